@@ -1,0 +1,5 @@
+import sys
+
+from feishu_mailbot.cli import main
+
+sys.exit(main())

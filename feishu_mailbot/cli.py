@@ -1,0 +1,173 @@
+"""`feishu-mailbot [--config PATH] SUBCOMMAND` — exit codes follow sysexits.h."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from feishu_mailbot import __version__, config, logs
+from feishu_mailbot.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="feishu-mailbot",
+        description="Forward Feishu (Lark) group messages to email.",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=f"configuration file (default: ${config.ENV_PATH} or {config.DEFAULT_PATH})",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    sub.add_parser("run", help="run the daemon in the foreground (systemd's ExecStart)")
+    check = sub.add_parser("check-config", help="validate the configuration")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also obtain a Feishu tenant token and log in to SMTP (sends nothing)",
+    )
+    sim = sub.add_parser("simulate", help="show what a message would trigger, and its email")
+    sim.add_argument("--chat", required=True, metavar="CHAT_ID")
+    sim.add_argument("--sender", required=True, metavar="OPEN_ID")
+    sim.add_argument("text")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return os.EX_USAGE if e.code not in (0, None) else os.EX_OK
+    path = args.config or config.default_path()
+    try:
+        settings = config.load(path)
+    except config.ConfigError as e:
+        print(f"{e}", file=sys.stderr)
+        return os.EX_CONFIG
+    if args.command == "run":
+        from feishu_mailbot import daemon
+
+        logs.setup(settings.log_level)
+        return daemon.run(settings)
+    if args.command == "check-config":
+        print(f"{path}: OK ({len(settings.chats)} chats, {len(settings.rules)} rules)")
+        if not args.online:
+            return os.EX_OK
+        return _check_online(settings)
+    if args.command == "simulate":
+        return _simulate(settings, args.chat, args.sender, args.text)
+    parser.error(f"unknown subcommand {args.command}")
+    return os.EX_USAGE
+
+
+def _check_online(settings: Settings) -> int:
+    from feishu_mailbot import smtp
+    from feishu_mailbot.feishu import FeishuApi, FeishuError
+
+    async def feishu_check() -> str:
+        api = FeishuApi(settings.feishu)
+        try:
+            await api.tenant_token()
+        finally:
+            await api.close()
+        return f"Feishu: tenant access token obtained from {settings.feishu.domain}"
+
+    ok = True
+    try:
+        print(asyncio.run(feishu_check()))
+    except FeishuError as e:
+        ok = False
+        print(f"Feishu: FAILED at {e.what} from {settings.feishu.domain}: {e}", file=sys.stderr)
+        print(
+            "  check feishu.app_id / feishu.app_secret (developer console → Credentials)",
+            file=sys.stderr,
+        )
+    try:
+        for step in smtp.check(settings.smtp):
+            print(f"SMTP: {step}")
+    except smtp.CheckFailed as e:
+        ok = False
+        print(f"SMTP: FAILED at {e.step}: {e.reason}", file=sys.stderr)
+    if ok:
+        print("online check passed; no mail was sent")
+        print(
+            "note: to receive every group message (not only @-mentions) the app needs the "
+            "im:message.group_msg scope and the event im.message.receive_v1 on a long connection"
+        )
+    return os.EX_OK if ok else os.EX_UNAVAILABLE
+
+
+def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
+    import json
+
+    from feishu_mailbot import events, mail, rules
+
+    if settings.chat(chat_id) is None:
+        print(
+            f"chat {chat_id} is not in the `chats` allowlist: the message would be ignored "
+            "and not stored"
+        )
+        return os.EX_OK
+    now_ms = int(time.time() * 1000)
+    payload = {
+        "schema": "2.0",
+        "header": {"event_id": "ev_simulated", "event_type": "im.message.receive_v1"},
+        "event": {
+            "sender": {"sender_id": {"open_id": sender}, "sender_type": "user"},
+            "message": {
+                "message_id": "om_simulated",
+                "chat_id": chat_id,
+                "chat_type": "group",
+                "message_type": "text",
+                "create_time": str(now_ms),
+                "content": json.dumps({"text": text}, ensure_ascii=False),
+            },
+        },
+    }
+    msg = events.parse_event(payload)
+    assert isinstance(msg, events.Message)
+    deliveries = rules.plan(settings.rules, msg)
+    if not deliveries:
+        print("no rule matches: the message would be stored, and no mail sent")
+        return os.EX_OK
+    chat = settings.chat(chat_id)
+    chat_name = (chat.name if chat else None) or chat_id
+    date = datetime.fromtimestamp(now_ms / 1000).astimezone()
+    for d in deliveries:
+        subject = rules.render_subject(
+            d.subject_template,
+            chat_name=chat_name,
+            sender_name=sender,
+            preview=events.preview(msg.text),
+            rule=d.rules[0],
+            msg_type=msg.msg_type,
+            date=date.strftime("%Y-%m-%d %H:%M"),
+        )
+        email = mail.compose_forward(
+            msg,
+            subject=subject,
+            sender=settings.smtp.sender,
+            to=d.recipients,
+            chat_name=chat_name,
+            sender_name=sender,
+            rule_names=d.rules,
+            message_id=mail.make_message_id("simulated/" + ",".join(d.recipients)),
+            date=date,
+        )
+        print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")
+        print("-" * 72)
+        print(email.as_string())
+    return os.EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""YAML configuration → frozen `Settings`, with errors an operator can act on.
+
+We validate the composed YAML node tree rather than the loaded dict so every
+error can name the file and line (`PATH:LINE: key.path: problem (expected …)`).
+Unknown keys are errors: a typo such as `keyword:` must not silently disable a
+rule.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from feishu_mailbot.rules import validate_subject_template
+from feishu_mailbot.settings import (
+    Chat,
+    FeishuSettings,
+    HealthSettings,
+    Rule,
+    Secret,
+    Security,
+    Settings,
+    SmtpSettings,
+)
+
+DEFAULT_PATH = "/etc/feishu-mailbot.yaml"
+ENV_PATH = "FEISHU_MAILBOT_CONFIG"
+
+DEFAULT_SUBJECT = "[{chat_name}] {sender_name}: {preview}"
+
+
+class ConfigError(Exception):
+    """One configuration problem, already formatted for stderr / the journal."""
+
+    def __init__(self, path: str, line: int | None, key: str, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.problem = problem
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+
+
+def default_path() -> str:
+    return os.environ.get(ENV_PATH) or DEFAULT_PATH
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A YAML node with its key path, so every check can point at file:line."""
+
+    path: str  # the config file
+    key: str  # dotted key path, e.g. rules[0].to
+    node: yaml.Node
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def error(self, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.line, self.key, problem)
+
+    def child(self, key: str, node: yaml.Node) -> _Node:
+        return _Node(self.path, f"{self.key}.{key}" if self.key else key, node)
+
+
+T = TypeVar("T")
+
+
+def _mapping(n: _Node, required: set[str], optional: set[str]) -> dict[str, _Node]:
+    if not isinstance(n.node, yaml.MappingNode):
+        raise n.error("must be a mapping (expected `key: value` lines)")
+    allowed = required | optional
+    out: dict[str, _Node] = {}
+    for knode, vnode in n.node.value:
+        if not isinstance(knode, yaml.ScalarNode):
+            raise n.child("?", knode).error("keys must be plain words")
+        key = str(knode.value)
+        child = n.child(key, vnode)
+        if key not in allowed:
+            hint = f"; did you mean `{_closest(key, allowed)}`?" if _closest(key, allowed) else ""
+            raise ConfigError(
+                n.path,
+                knode.start_mark.line + 1,
+                child.key,
+                f"unknown key (expected one of: {', '.join(sorted(allowed))}){hint}",
+            )
+        if key in out:
+            raise ConfigError(n.path, knode.start_mark.line + 1, child.key, "duplicate key")
+        out[key] = child
+    for key in sorted(required - out.keys()):
+        raise ConfigError(n.path, n.line, n.child(key, n.node).key, "missing (required)")
+    return out
+
+
+def _closest(key: str, allowed: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
+def _scalar(n: _Node) -> Any:
+    if not isinstance(n.node, yaml.ScalarNode):
+        raise n.error("must be a single value, not a list or mapping")
+    return yaml.SafeLoader("").construct_object(n.node)
+
+
+def _str(n: _Node, *, empty_ok: bool = False) -> str:
+    value = _scalar(n)
+    if isinstance(value, bool) or value is None or isinstance(value, list | dict):
+        raise n.error("must be a string (expected text, quoted if it looks like a number)")
+    text = str(value)
+    if not empty_ok and not text.strip():
+        raise n.error("must not be empty")
+    return text
+
+
+def _bool(n: _Node) -> bool:
+    value = _scalar(n)
+    if not isinstance(value, bool):
+        raise n.error("must be true or false")
+    return value
+
+
+def _number(n: _Node, *, minimum: float, maximum: float) -> float:
+    value = _scalar(n)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise n.error(f"must be a number (expected {minimum:g}…{maximum:g})")
+    if not minimum <= value <= maximum:
+        raise n.error(f"{value} is out of range (expected {minimum:g}…{maximum:g})")
+    return float(value)
+
+
+def _list(n: _Node, item: Callable[[_Node], T], *, allow_scalar: bool = True) -> tuple[T, ...]:
+    if isinstance(n.node, yaml.ScalarNode) and allow_scalar:
+        return (item(n),)
+    if not isinstance(n.node, yaml.SequenceNode):
+        raise n.error("must be a list (expected `- item` lines or [a, b])")
+    return tuple(
+        item(_Node(n.path, f"{n.key}[{i}]", child)) for i, child in enumerate(n.node.value)
+    )
+
+
+def _email(n: _Node) -> str:
+    text = _str(n)
+    name, addr = parseaddr(text)
+    ok = bool(addr) and re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+", addr) is not None
+    if ok:
+        try:
+            Address(display_name=name, addr_spec=addr)
+        except (ValueError, IndexError):
+            ok = False
+    if not ok or any(c in text for c in "\r\n"):
+        raise n.error(f"{text!r} is not an email address (expected user@example.com)")
+    return text
+
+
+def _secret(
+    section: dict[str, _Node], parent: _Node, key: str, *, required: bool, config_dir: Path
+) -> Secret | None:
+    file_key = f"{key}_file"
+    if key in section and file_key in section:
+        raise section[file_key].error(f"set either `{key}` or `{file_key}`, not both")
+    if key in section:
+        return Secret(_str(section[key]))
+    if file_key in section:
+        n = section[file_key]
+        path = Path(_str(n))
+        if not path.is_absolute():
+            path = config_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise n.error(f"cannot read {path}: {e.strerror} (expected a readable file)") from e
+        if not value:
+            raise n.error(f"{path} is empty (expected the secret on its first line)")
+        return Secret(value)
+    if required:
+        raise parent.child(key, parent.node).error(f"missing (set `{key}` or `{file_key}`)")
+    return None
+
+
+def _url(n: _Node) -> str:
+    text = _str(n).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", text):
+        raise n.error(f"{text!r} is not a URL (expected e.g. https://open.feishu.cn)")
+    return text
+
+
+_PLACEHOLDER_SECRETS = {"", "changeme", "your-app-secret"}
+
+
+def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
+    m = _mapping(n, {"app_id"}, {"app_secret", "app_secret_file", "domain"})
+    app_id = _str(m["app_id"])
+    if not re.fullmatch(r"cli_[0-9A-Za-z]+", app_id):
+        raise m["app_id"].error(
+            f"{app_id!r} does not look like a Feishu app id "
+            "(expected cli_… from the developer console's Credentials page)"
+        )
+    secret = _secret(m, n, "app_secret", required=True, config_dir=config_dir)
+    assert secret is not None
+    if secret.reveal() in _PLACEHOLDER_SECRETS:
+        raise (m.get("app_secret") or m["app_secret_file"]).error(
+            "still the example placeholder (expected the App Secret from the developer console)"
+        )
+    domain = _url(m["domain"]) if "domain" in m else "https://open.feishu.cn"
+    return FeishuSettings(app_id=app_id, app_secret=secret, domain=domain)
+
+
+def _chat(n: _Node) -> Chat:
+    if isinstance(n.node, yaml.ScalarNode):
+        chat_id = _str(n)
+        name = None
+    else:
+        m = _mapping(n, {"id"}, {"name"})
+        chat_id = _str(m["id"])
+        name = _str(m["name"]) if "name" in m else None
+    if not re.fullmatch(r"oc_[0-9A-Za-z_-]+", chat_id):
+        raise n.error(f"{chat_id!r} is not a chat id (expected oc_…)")
+    return Chat(id=chat_id, name=name)
+
+
+def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
+    m = _mapping(
+        n,
+        {"host", "from"},
+        {
+            "port",
+            "security",
+            "username",
+            "password",
+            "password_file",
+            "timeout",
+            "retry_initial",
+            "retry_max",
+            "give_up_after",
+        },
+    )
+    security_text = _str(m["security"]) if "security" in m else "starttls"
+    if security_text not in ("starttls", "tls", "none"):
+        raise m["security"].error(
+            f"{security_text!r} is not valid (expected starttls, tls or none)"
+        )
+    security: Security = security_text  # type: ignore[assignment]
+    default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
+    port = int(_number(m["port"], minimum=1, maximum=65535)) if "port" in m else default_port
+    username = _str(m["username"]) if "username" in m else None
+    password = _secret(m, n, "password", required=False, config_dir=config_dir)
+    if password is not None and username is None:
+        raise (m.get("password") or m["password_file"]).error(
+            "a password without `username` is never used (expected username too)"
+        )
+    timeout = _number(m["timeout"], minimum=1, maximum=600) if "timeout" in m else 30.0
+    return SmtpSettings(
+        host=_str(m["host"]),
+        port=port,
+        security=security,
+        sender=_email(m["from"]),
+        username=username,
+        password=password,
+        timeout=timeout,
+        retry_initial=_number(m["retry_initial"], minimum=0.01, maximum=3600)
+        if "retry_initial" in m
+        else 5.0,
+        retry_max=_number(m["retry_max"], minimum=0.01, maximum=86400)
+        if "retry_max" in m
+        else 600.0,
+        give_up_after=_number(m["give_up_after"], minimum=1, maximum=30 * 86400)
+        if "give_up_after" in m
+        else 2 * 24 * 3600.0,
+    )
+
+
+def _rule(n: _Node, chat_ids: set[str]) -> Rule:
+    m = _mapping(
+        n,
+        {"name", "to"},
+        {"chats", "keywords", "regex", "subject", "confirm", "notify_recall"},
+    )
+    name = _str(m["name"])
+    keywords = _list(m["keywords"], _str) if "keywords" in m else ()
+    regex = None
+    if "regex" in m:
+        source = _str(m["regex"])
+        try:
+            regex = re.compile(source)
+        except re.error as e:
+            raise m["regex"].error(
+                f"invalid regular expression: {e} (expected Python re syntax)"
+            ) from e
+    if not keywords and regex is None:
+        raise n.error("needs `keywords` or `regex` (a rule without either would match nothing)")
+    chats = _list(m["chats"], _str) if "chats" in m else ()
+    for i, chat_id in enumerate(chats):
+        if chat_id not in chat_ids:
+            raise _Node(n.path, f"{n.key}.chats[{i}]", m["chats"].node).error(
+                f"{chat_id!r} is not in the `chats` allowlist (expected one of the listed chats)"
+            )
+    subject = _str(m["subject"]) if "subject" in m else DEFAULT_SUBJECT
+    problem = validate_subject_template(subject)
+    if problem:
+        raise m["subject"].error(problem)
+    return Rule(
+        name=name,
+        to=_list(m["to"], _email),
+        keywords=keywords,
+        regex=regex,
+        chats=chats,
+        subject=subject,
+        confirm=_bool(m["confirm"]) if "confirm" in m else False,
+        notify_recall=_bool(m["notify_recall"]) if "notify_recall" in m else False,
+    )
+
+
+def _health(n: _Node) -> HealthSettings:
+    m = _mapping(n, set(), {"stall_after"})
+    if "stall_after" in m:
+        return HealthSettings(stall_after=_number(m["stall_after"], minimum=5, maximum=3600))
+    return HealthSettings()
+
+
+def parse(text: str, path: str) -> Settings:
+    """Validate `text` (the content of `path`); raise ConfigError on the first problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        context = ""
+        if e.context and e.context_mark and e.context_mark is not mark:
+            context = f", {e.context} started at line {e.context_mark.line + 1}"
+        raise ConfigError(
+            path,
+            line,
+            "",
+            f"YAML syntax error: {e.problem}{context} (check indentation and quoting)",
+        ) from e
+    except yaml.YAMLError as e:
+        raise ConfigError(path, None, "", f"YAML error: {e}") from e
+    if root is None:
+        raise ConfigError(
+            path, 1, "", "file is empty (expected the feishu, chats and smtp sections)"
+        )
+    top = _Node(path, "", root)
+    m = _mapping(
+        top,
+        {"feishu", "chats", "smtp"},
+        {"rules", "health", "state_dir", "log_level"},
+    )
+    config_dir = Path(path).resolve().parent
+    chats = _list(m["chats"], _chat, allow_scalar=False)
+    if not chats:
+        raise m["chats"].error(
+            "is empty (expected at least one chat id: messages from others are ignored)"
+        )
+    chat_ids = {c.id for c in chats}
+    rules = (
+        _list(m["rules"], lambda r: _rule(r, chat_ids), allow_scalar=False) if "rules" in m else ()
+    )
+    names = [r.name for r in rules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise _Node(path, f"rules[{i}].name", m["rules"].node.value[i]).error(
+                f"duplicate rule name {name!r} (expected unique names)"
+            )
+    log_level = _str(m["log_level"]) if "log_level" in m else "info"
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise m["log_level"].error(f"{log_level!r} (expected debug, info, warning or error)")
+    state_dir = _str(m["state_dir"]) if "state_dir" in m else "/var/lib/feishu-mailbot"
+    return Settings(
+        path=path,
+        feishu=_feishu(m["feishu"], config_dir),
+        chats=chats,
+        smtp=_smtp(m["smtp"], config_dir),
+        rules=rules,
+        health=_health(m["health"]) if "health" in m else HealthSettings(),
+        state_dir=state_dir,
+        log_level=log_level,
+    )
+
+
+def load(path: str) -> Settings:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(
+            path, None, "", "no such file (expected the config; see /usr/share/doc/feishu-mailbot)"
+        ) from e
+    except PermissionError as e:
+        raise ConfigError(
+            path, None, "", "permission denied (run as root or as the feishu-mailbot user)"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, "", f"not UTF-8 text: {e.reason} at byte {e.start}") from e
+    return parse(text, path)

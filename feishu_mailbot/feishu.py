@@ -1,0 +1,421 @@
+"""The Feishu edge: the SDK's long connection, and the few REST calls we need.
+
+`import lark_oapi` costs ≈4 s and ≈170 MB because the package's __init__ loads
+every generated API model (≈11,000 modules). The daemon needs only
+`lark_oapi.ws.client`, so `load_ws_client()` imports that module without
+running the package __init__; it pulls ≈480 modules instead.
+
+The SDK's `ws.Client` is used as is for the protocol (frames, ping/pong,
+split payloads, acks, its reconnect schedule), with small overrides where the
+1.7.5 release hurts a daemon:
+- the endpoint request runs `requests.post` with no timeout on the event loop
+  (lark-oapi #169): one stalled request wedges the process. We fetch the
+  endpoint with httpx, asynchronously and with a timeout.
+- it records no pong time and gives no hook on frames: we add both, so the
+  health model can tell a live connection from a deaf one.
+- when its reconnect budget runs out the exception dies in a background task
+  and the process idles forever: we catch it and report `gave_up`.
+The REST calls (tenant token, names, resources, replies) also use httpx rather
+than the SDK's generated clients, for the same import cost reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+import logging
+import re
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from feishu_mailbot.settings import FeishuSettings
+
+log = logging.getLogger("feishu_mailbot.feishu")
+
+HTTP_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 15.0
+
+
+def load_ws_client() -> types.ModuleType:
+    """Import `lark_oapi.ws.client` without `lark_oapi/__init__.py`; see the module docstring."""
+    if "lark_oapi" not in sys.modules:
+        spec = importlib.util.find_spec("lark_oapi")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("lark_oapi is not installed")
+        package = types.ModuleType("lark_oapi")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.__file__ = spec.origin
+        sys.modules["lark_oapi"] = package
+        # ws.client imports EventDispatcherHandler only as a type annotation; the real
+        # module drags in every API model. Our handler object is duck-typed instead.
+        dispatcher = types.ModuleType("lark_oapi.event.dispatcher_handler")
+        dispatcher.EventDispatcherHandler = object  # type: ignore[attr-defined]
+        sys.modules.setdefault("lark_oapi.event.dispatcher_handler", dispatcher)
+    module = importlib.import_module("lark_oapi.ws.client")
+    lark_log = logging.getLogger("Lark")
+    for handler in list(lark_log.handlers):  # the SDK prints to stdout; route it to ours
+        lark_log.removeHandler(handler)
+    lark_log.propagate = True
+    lark_log.addFilter(_redact_urls)
+    return module
+
+
+_URL_QUERY = re.compile(r"(wss?://[^\s?]+)\?\S*")
+
+
+def _redact_urls(record: logging.LogRecord) -> bool:
+    """The SDK logs the connection URL, whose query carries a connection ticket."""
+    message = record.getMessage()
+    if "://" in message:
+        record.msg = _URL_QUERY.sub(r"\1?…", message)
+        record.args = ()
+    return True
+
+
+class FeishuError(Exception):
+    """A Feishu API call failed; `code` is Feishu's error code when it sent one."""
+
+    def __init__(self, what: str, message: str, code: int | None = None) -> None:
+        self.what = what
+        self.code = code
+        super().__init__(
+            f"{what}: {message}" + (f" (Feishu code {code})" if code is not None else "")
+        )
+
+
+# Feishu codes that mean the credentials themselves are wrong: retrying cannot help.
+CREDENTIAL_ERRORS = {10003, 10014, 99991661, 99991663, 99991664, 99991665}
+
+
+@dataclass
+class ConnectionState:
+    """What the long connection has been doing; read by the health model and STATUS."""
+
+    connected: bool = False
+    connected_since: float | None = None
+    last_frame_at: float | None = None
+    last_pong_at: float | None = None
+    reconnecting_since: float | None = None
+    reconnect_attempts: int = 0
+    last_error: str | None = None
+    gave_up: bool = False
+    connects: int = 0
+
+
+class LongConnection:
+    """Owns one SDK ws.Client; `handle(payload)` is called for each event, on the loop."""
+
+    def __init__(
+        self,
+        settings: FeishuSettings,
+        handle: Callable[[bytes], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.state = ConnectionState()
+        self._handle = handle
+        self._clock = clock
+        self._ws = load_ws_client()
+        self._client = _make_client(self._ws, self)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The SDK schedules its tasks on a module-level loop created at import: run on it."""
+        loop: asyncio.AbstractEventLoop = self._ws.loop
+        return loop
+
+    async def connect(self) -> None:
+        """First connection; raises on failure so the caller can decide to retry or give up."""
+        await self._client._connect()
+        self._tasks.append(self.loop.create_task(self._client._ping_loop()))
+
+    async def close(self) -> None:
+        self._client._auto_reconnect = False
+        for task in self._tasks:
+            task.cancel()
+        await self._client._disconnect()
+
+    # -- callbacks from the client subclass -------------------------------------------
+
+    def _on_connected(self) -> None:
+        now = self._clock()
+        st = self.state
+        st.connected, st.connected_since, st.last_frame_at = True, now, now
+        st.reconnecting_since, st.reconnect_attempts, st.gave_up = None, 0, False
+        st.connects += 1
+        log.info("connected to Feishu (connection #%d)", st.connects)
+
+    def _on_disconnected(self) -> None:
+        if self.state.connected:
+            self.state.connected = False
+            self.state.connected_since = None
+            log.warning("Feishu long connection lost")
+
+    def _on_reconnecting(self) -> None:
+        if self.state.reconnecting_since is None:
+            self.state.reconnecting_since = self._clock()
+
+    def _on_attempt_failed(self, error: BaseException) -> None:
+        self.state.reconnect_attempts += 1
+        self.state.last_error = _describe(error)
+
+    def _on_gave_up(self, error: BaseException) -> None:
+        self.state.gave_up = True
+        self.state.last_error = _describe(error)
+        log.error("Feishu reconnect gave up: %s", self.state.last_error)
+
+    def _on_frame(self) -> None:
+        self.state.last_frame_at = self._clock()
+
+    def _on_pong(self) -> None:
+        self.state.last_pong_at = self._clock()
+
+    async def fetch_endpoint(self) -> tuple[str, dict[str, Any] | None]:
+        url = self.settings.domain + "/callback/ws/endpoint"
+        body = {"AppID": self.settings.app_id, "AppSecret": self.settings.app_secret.reveal()}
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+            try:
+                response = await http.post(url, json=body, headers={"locale": "en"})
+            except httpx.HTTPError as e:
+                raise FeishuError("long-connection endpoint", _describe(e)) from e
+        if response.status_code != 200:
+            raise FeishuError("long-connection endpoint", f"HTTP {response.status_code}")
+        try:
+            payload = response.json()
+        except ValueError as e:
+            raise FeishuError("long-connection endpoint", "response is not JSON") from e
+        code = payload.get("code")
+        if code != 0:
+            raise FeishuError("long-connection endpoint", str(payload.get("msg")), code)
+        data = payload.get("data") or {}
+        return str(data.get("URL")), data.get("ClientConfig")
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return _URL_QUERY.sub(r"\1?…", text)
+
+
+def _make_client(ws: types.ModuleType, owner: LongConnection) -> Any:
+    """Subclass the SDK client at run time (the module is imported lazily, see above)."""
+    base: Any = ws.Client
+
+    class _Sink:
+        """Duck-typed stand-in for EventDispatcherHandler: the SDK calls only this method."""
+
+        def _do_without_validation(self, payload: bytes) -> None:
+            owner._handle(payload)
+
+    class Client(base):  # type: ignore[misc]
+        _conn: Any
+
+        async def _connect(self) -> None:
+            await self._lock.acquire()
+            try:
+                if self._conn is not None:
+                    return
+                url, client_config = await owner.fetch_endpoint()
+                if client_config:
+                    self._configure(ws.ClientConfig(client_config))
+                conn_url = ws.build_connection_url(url, self._connection_host)
+                query = ws.parse_qs(ws.urlparse(conn_url).query)
+                conn = await asyncio.wait_for(
+                    ws.websockets.connect(conn_url, **ws._ws_connect_kwargs(None)),
+                    CONNECT_TIMEOUT,
+                )
+                self._conn, self._conn_url = conn, conn_url
+                self._conn_id = query[ws.DEVICE_ID][0]
+                self._service_id = query[ws.SERVICE_ID][0]
+                owner._on_connected()
+                ws.loop.create_task(self._receive_message_loop())
+            except ws.InvalidHandshake as e:
+                ws._parse_ws_conn_exception(e)
+            finally:
+                self._lock.release()
+
+        async def _disconnect(self) -> None:
+            owner._on_disconnected()
+            await super()._disconnect()
+
+        async def _reconnect(self) -> None:
+            try:
+                await super()._reconnect()
+            except Exception as e:  # the SDK would let this die unseen in a task
+                owner._on_gave_up(e)
+
+        async def _try_connect(self, cnt: int) -> bool:
+            owner._on_reconnecting()
+            ok = bool(await super()._try_connect(cnt))
+            if not ok:
+                owner._on_attempt_failed(RuntimeError("reconnect failed"))
+            return ok
+
+        async def _handle_message(self, msg: bytes) -> None:
+            owner._on_frame()
+            await super()._handle_message(msg)
+
+        async def _handle_control_frame(self, frame: Any) -> None:
+            for header in frame.headers:
+                if header.key == "type" and header.value == "pong":
+                    owner._on_pong()
+            await super()._handle_control_frame(frame)
+
+    client = Client(
+        owner.settings.app_id,
+        owner.settings.app_secret.reveal(),
+        event_handler=_Sink(),
+        domain=owner.settings.domain,
+        auto_reconnect=True,
+    )
+    # Reconnect observers the SDK offers; ours mark when a reconnect window opened.
+    client.on_reconnecting = owner._on_reconnecting
+    return client
+
+
+class FeishuApi:
+    """REST calls with a cached tenant token. All async, all with timeouts."""
+
+    def __init__(
+        self, settings: FeishuSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._http = httpx.AsyncClient(base_url=settings.domain, timeout=HTTP_TIMEOUT)
+        self._token: str | None = None
+        self._token_expires = 0.0
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def tenant_token(self, *, refresh: bool = False) -> str:
+        if self._token and not refresh and self._clock() < self._token_expires:
+            return self._token
+        body = {"app_id": self.settings.app_id, "app_secret": self.settings.app_secret.reveal()}
+        payload = await self._json(
+            "POST",
+            "/open-apis/auth/v3/tenant_access_token/internal",
+            "tenant access token",
+            json_body=body,
+            auth=False,
+        )
+        token = payload.get("tenant_access_token")
+        if not isinstance(token, str) or not token:
+            raise FeishuError("tenant access token", "no token in the response")
+        expire = float(payload.get("expire") or 7200)
+        self._token, self._token_expires = token, self._clock() + max(60.0, expire - 300)
+        return token
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        auth: bool = True,
+    ) -> dict[str, Any]:
+        for attempt in (0, 1):
+            headers = {}
+            if auth:
+                headers["Authorization"] = f"Bearer {await self.tenant_token(refresh=attempt == 1)}"
+            try:
+                response = await self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
+                )
+            except httpx.HTTPError as e:
+                raise FeishuError(what, _describe(e)) from e
+            try:
+                payload: dict[str, Any] = response.json()
+            except ValueError as e:
+                raise FeishuError(what, f"HTTP {response.status_code}, not JSON") from e
+            code = payload.get("code")
+            if code == 0:
+                return payload
+            if auth and attempt == 0 and code in (99991663, 99991668, 99991661):
+                continue  # token expired or revoked early: fetch a new one once
+            raise FeishuError(
+                what,
+                str(payload.get("msg") or f"HTTP {response.status_code}"),
+                code if isinstance(code, int) else None,
+            )
+        raise AssertionError("unreachable")
+
+    async def user_name(self, open_id: str) -> str:
+        payload = await self._json(
+            "GET",
+            f"/open-apis/contact/v3/users/{open_id}",
+            "user info",
+            params={"user_id_type": "open_id"},
+        )
+        return str(((payload.get("data") or {}).get("user") or {}).get("name") or open_id)
+
+    async def chat_name(self, chat_id: str) -> str:
+        payload = await self._json("GET", f"/open-apis/im/v1/chats/{chat_id}", "chat info")
+        return str((payload.get("data") or {}).get("name") or chat_id)
+
+    async def resource(self, message_id: str, key: str, kind: str) -> tuple[bytes, str, str | None]:
+        """Returns (bytes, content type, filename from Content-Disposition if any)."""
+        what = f"message resource {key}"
+        for attempt in (0, 1):
+            token = await self.tenant_token(refresh=attempt == 1)
+            try:
+                response = await self._http.get(
+                    f"/open-apis/im/v1/messages/{message_id}/resources/{key}",
+                    params={"type": "image" if kind == "image" else "file"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except httpx.HTTPError as e:
+                raise FeishuError(what, _describe(e)) from e
+            content_type = response.headers.get("content-type", "application/octet-stream")
+            if response.status_code == 200 and not content_type.startswith("application/json"):
+                return (
+                    response.content,
+                    content_type.split(";")[0].strip(),
+                    _filename(response.headers.get("content-disposition", "")),
+                )
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {}
+            code = payload.get("code")
+            if attempt == 0 and code in (99991663, 99991668, 99991661):
+                continue
+            raise FeishuError(
+                what,
+                str(payload.get("msg") or f"HTTP {response.status_code}"),
+                code if isinstance(code, int) else None,
+            )
+        raise AssertionError("unreachable")
+
+    async def reply_text(self, message_id: str, text: str) -> None:
+        await self._json(
+            "POST",
+            f"/open-apis/im/v1/messages/{message_id}/reply",
+            "reply",
+            json_body={
+                "msg_type": "text",
+                "content": json.dumps({"text": text}, ensure_ascii=False),
+            },
+        )
+
+
+def _filename(disposition: str) -> str | None:
+    from email.message import Message as _Headers
+
+    if not disposition:
+        return None
+    headers = _Headers()
+    headers["content-disposition"] = disposition
+    name = headers.get_filename()
+    return str(name) if name else None

@@ -1,0 +1,321 @@
+"""Forwarded chat messages and recall notices as `email.message.EmailMessage`.
+
+Everything that ends up in a header is either from the config (addresses,
+domain) or passes through `sanitize_header`; chat content only ever reaches a
+body, HTML-escaped.  That is what makes header injection impossible even for
+a chat named ``"x\\r\\nBcc: victim@example.com"``.
+
+Build with the default policy; send with ``as_smtp_bytes`` (CRLF line endings)
+so what the SMTP server gets is exactly what `bytes(msg)` shows, modulo EOLs.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import hashlib
+import html
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage, MIMEPart
+from email.utils import format_datetime
+
+from .events import Message, single_line
+
+DEFAULT_DOMAIN = "feishu-mailbot"
+MAILER = "feishu-mailbot"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+    # Set for an inline image: events.image_cid(resource.key), the id the HTML refers to.
+    content_id: str | None = None
+
+
+def sanitize_header(value: str) -> str:
+    """Flatten CR, LF and every other control character to single spaces.
+
+    The email policy would reject a raw CR/LF anyway, but with an exception
+    that would lose the mail; flattening keeps the mail and the header inert.
+    """
+    return single_line(value)
+
+
+_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_MSG_ID = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")
+
+
+def make_message_id(seed: str, domain: str = DEFAULT_DOMAIN) -> str:
+    """A Message-ID derived only from `seed`.
+
+    The outbox passes the row's identity as the seed, so a retry after a
+    crash between "SMTP accepted" and "row marked sent" reuses the same id
+    and receiving servers/clients can recognise the duplicate.
+    """
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError(f"invalid Message-ID domain {domain!r}")
+    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:40]
+    return f"<{digest}@{domain}>"
+
+
+def as_smtp_bytes(msg: EmailMessage) -> bytes:
+    """The wire form: CRLF line endings, lines folded for SMTP."""
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _address(value: str) -> str:
+    """Addresses come from the config; a control character there is a bug, not data."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        raise ValueError(f"address contains control characters: {value!r}")
+    value = value.strip()
+    if not value:
+        raise ValueError("empty address")
+    return value
+
+
+def _message_id(value: str, what: str) -> str:
+    value = value.strip()
+    if not _MSG_ID.fullmatch(value):
+        raise ValueError(f"{what} is not a <local@domain> message id: {value!r}")
+    return value
+
+
+def _base_headers(
+    msg: EmailMessage,
+    *,
+    subject: str,
+    sender: str,
+    to: Sequence[str],
+    message_id: str,
+    date: datetime,
+) -> None:
+    recipients = [_address(a) for a in to]
+    if not recipients:
+        raise ValueError("a mail needs at least one recipient")
+    msg["Subject"] = sanitize_header(subject) or "(无主题)"
+    msg["From"] = _address(sender)
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = _message_id(message_id, "message_id")
+    # RFC 3834: tells vacation responders and ticket systems not to answer a bot.
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Mailer"] = MAILER
+
+
+def _when(date: datetime) -> str:
+    """The message time as the reader's team sees it, with the offset spelled out."""
+    text = date.strftime("%Y-%m-%d %H:%M:%S")
+    offset = date.utcoffset()
+    if offset is None:
+        return text
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return f"{text} (UTC{sign}{minutes // 60:02d}:{minutes % 60:02d})"
+
+
+# --------------------------------------------------------------------------- bodies
+
+_FONT = (
+    "-apple-system,BlinkMacSystemFont,'Segoe UI','PingFang SC','Hiragino Sans GB',"
+    "'Microsoft YaHei',Helvetica,Arial,sans-serif"
+)
+_BODY_STYLE = (
+    f"margin:0;padding:16px;font-family:{_FONT};font-size:14px;line-height:1.6;color:#1f2329"
+)
+_META_STYLE = (
+    "font-size:12px;color:#646a73;border-bottom:1px solid #dee0e3;"
+    "padding-bottom:8px;margin-bottom:12px"
+)
+_CONTENT_STYLE = "word-wrap:break-word;overflow-wrap:anywhere"
+_FOOTER_STYLE = (
+    "font-size:12px;color:#8f959e;border-top:1px solid #dee0e3;padding-top:8px;margin-top:16px"
+)
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _html_document(meta: str, content: str, footer: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
+        f'<body style="{_BODY_STYLE}">\n'
+        f'<div style="{_META_STYLE}">{meta}</div>\n'
+        f'<div style="{_CONTENT_STYLE}">{content}</div>\n'
+        f'<div style="{_FOOTER_STYLE}">{footer}</div>\n'
+        "</body></html>\n"
+    )
+
+
+_CID_IMG = re.compile(r'<img src="cid:([^"]*)"[^>]*>')
+
+
+def _drop_missing_images(fragment: str, available: set[str]) -> str:
+    """Images that could not be downloaded become a visible note, not a broken icon.
+
+    The pattern only ever sees tags events.py generated: chat text is escaped,
+    so a user cannot type a literal ``<img``.
+    """
+
+    def replace(found: re.Match[str]) -> str:
+        if html.unescape(found.group(1)) in available:
+            return found.group(0)
+        return '<span style="color:#8f959e">[图片未能下载]</span>'
+
+    return _CID_IMG.sub(replace, fragment)
+
+
+def _split_type(content_type: str) -> tuple[str, str]:
+    maintype, _, subtype = content_type.strip().lower().partition("/")
+    token = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*")
+    if (
+        not token.fullmatch(maintype)
+        or not token.fullmatch(subtype)
+        or maintype in ("multipart", "message")
+    ):
+        return "application", "octet-stream"
+    return maintype, subtype
+
+
+def _filename(name: str) -> str:
+    """A header-safe file name; path separators go too so no client writes outside its folder."""
+    cleaned = sanitize_header(name).replace("/", "_").replace("\\", "_").strip(" .")
+    return cleaned or "attachment"
+
+
+def _cid(content_id: str) -> str:
+    return sanitize_header(content_id).strip("<> ")
+
+
+def _html_part(msg: EmailMessage) -> MIMEPart:
+    part = msg.get_body(preferencelist=("html",))
+    if not isinstance(part, MIMEPart):  # pragma: no cover - we just added it
+        raise RuntimeError("html alternative missing")
+    return part
+
+
+def compose_forward(
+    msg: Message,
+    *,
+    subject: str,
+    sender: str,
+    to: Sequence[str],
+    chat_name: str,
+    sender_name: str,
+    rule_names: Sequence[str],
+    message_id: str,
+    date: datetime,
+    attachments: Sequence[Attachment] = (),
+) -> EmailMessage:
+    """One chat message as a text + HTML mail, images inline and files attached.
+
+    `date` is the message's time in the team's timezone; it is both the Date
+    header and the time shown in the body, so recomposing the same outbox row
+    gives the same headers (only MIME boundaries, which are random to stay
+    unguessable by chat users, differ).
+    """
+    mail = EmailMessage(policy=email.policy.default)
+    _base_headers(mail, subject=subject, sender=sender, to=to, message_id=message_id, date=date)
+    mail["X-Feishu-Message-Id"] = sanitize_header(msg.message_id)
+    mail["X-Feishu-Chat-Id"] = sanitize_header(msg.chat_id)
+    if rule_names:
+        mail["X-Feishu-Mailbot-Rules"] = sanitize_header(", ".join(rule_names))
+
+    chat = single_line(chat_name) or msg.chat_id
+    who = single_line(sender_name) or msg.sender_open_id or "未知发送者"
+    when = _when(date)
+    rules_text = ", ".join(single_line(r) for r in rule_names)
+    footer = "由 feishu-mailbot 转发" + (f" · 规则: {rules_text}" if rules_text else "")
+
+    text = f"{chat} · {who} · {when}\n\n{msg.text}\n\n-- \n{footer}\n"
+    inline = [a for a in attachments if a.content_id]
+    files = [a for a in attachments if not a.content_id]
+    available = {_cid(a.content_id) for a in inline if a.content_id}
+    fragment = msg.html or html.escape(msg.text).replace("\n", "<br>")
+    meta = f"<b>{_esc(chat)}</b> · {_esc(who)} · {_esc(when)}"
+    document = _html_document(meta, _drop_missing_images(fragment, available), _esc(footer))
+
+    mail.set_content(text)
+    mail.add_alternative(document, subtype="html")
+    if inline:
+        related = _html_part(mail)
+        for att in inline:
+            maintype, subtype = _split_type(att.content_type)
+            related.add_related(
+                att.data,
+                maintype,
+                subtype,
+                cid=f"<{_cid(att.content_id or '')}>",
+                disposition="inline",
+                filename=_filename(att.filename),
+            )
+    for att in files:
+        maintype, subtype = _split_type(att.content_type)
+        mail.add_attachment(att.data, maintype, subtype, filename=_filename(att.filename))
+    return mail
+
+
+def compose_recall_notice(
+    *,
+    original_subject: str,
+    original_message_id: str,
+    sender: str,
+    to: Sequence[str],
+    chat_name: str,
+    sender_name: str,
+    message_id: str,
+    date: datetime,
+) -> EmailMessage:
+    """A short follow-up threaded under the forwarded mail, saying it was recalled.
+
+    The subject leads with [已撤回] so the inbox shows it without opening;
+    In-Reply-To/References keep it in the original's thread in clients that
+    thread by references.
+    """
+    original = _message_id(original_message_id, "original_message_id")
+    subject = sanitize_header(original_subject)
+    mail = EmailMessage(policy=email.policy.default)
+    _base_headers(
+        mail,
+        subject=f"[已撤回] {subject}",
+        sender=sender,
+        to=to,
+        message_id=message_id,
+        date=date,
+    )
+    mail["In-Reply-To"] = original
+    mail["References"] = original
+
+    chat = single_line(chat_name) or "群聊"
+    who = single_line(sender_name) or "发送者"
+    when = _when(date)
+    line = f"{who} 在「{chat}」撤回了一条消息（{when}）。"
+    detail = f"原邮件: {subject}"
+    note = "该消息在飞书中已不可见，之前转发的邮件内容可能已不再有效。"
+    mail.set_content(f"{line}\n{detail}\n\n{note}\n\n-- \n由 feishu-mailbot 发送\n")
+    document = _html_document(
+        f"<b>{_esc(chat)}</b> · {_esc(who)} · {_esc(when)}",
+        f"<p>{_esc(line)}</p><p>{_esc(detail)}</p><p>{_esc(note)}</p>",
+        _esc("由 feishu-mailbot 发送"),
+    )
+    mail.add_alternative(document, subtype="html")
+    return mail
+
+
+__all__ = [
+    "Attachment",
+    "as_smtp_bytes",
+    "compose_forward",
+    "compose_recall_notice",
+    "make_message_id",
+    "sanitize_header",
+]

@@ -1,0 +1,193 @@
+"""Which configured rules a message triggers, and who gets which email.
+
+The central promise is "one address, at most one email per message": when
+several rules match and their recipient lists overlap, `plan` merges them so a
+person on two lists is not mailed twice, while people whose rule sets differ
+still get a mail that names exactly the rules that concerned them.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .events import Message, single_line
+from .settings import Rule
+
+SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
+SUBJECT_MAX = 200
+
+
+@dataclass(frozen=True)
+class Delivery:
+    recipients: tuple[str, ...]
+    rules: tuple[str, ...]  # rule names, in config order
+    subject_template: str
+    confirm: bool
+    notify_recall: bool
+
+
+def _fold(text: str) -> str:
+    """NFKC + casefold, so ＵＲＧＥＮＴ, Urgent and urgent are one keyword.
+
+    NFKC is applied again after casefolding because folding can yield
+    characters that have a compatibility decomposition.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def match(rule: Rule, msg: Message) -> bool:
+    """True if `msg` is in the rule's chats and hits any keyword or the regex.
+
+    A rule with neither keywords nor regex matches every message in scope:
+    that is how an archive address ("send everything") is expressed.
+    """
+    if rule.chats and msg.chat_id not in rule.chats:
+        return False
+    keywords = [k for k in (_fold(k) for k in rule.keywords) if k]
+    if not keywords and rule.regex is None:
+        return True
+    if keywords:
+        folded = _fold(msg.text)
+        if any(k in folded for k in keywords):
+            return True
+    return rule.regex is not None and rule.regex.search(msg.text) is not None
+
+
+def plan(rules: Sequence[Rule], msg: Message) -> tuple[Delivery, ...]:
+    """Group recipients by the exact set of matching rules that name them.
+
+    Addresses are compared case-insensitively; the spelling of the first
+    occurrence in config order is the one used.  Output is ordered by the
+    groups' rule positions, so the same config and message always give the
+    same plan (the outbox relies on that for idempotent retries).
+    """
+    matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg)]
+    spelling: dict[str, str] = {}
+    rules_for: dict[str, list[int]] = {}
+    for index, rule in matched:
+        for address in rule.to:
+            key = address.strip().casefold()
+            if not key:
+                continue
+            spelling.setdefault(key, address.strip())
+            indices = rules_for.setdefault(key, [])
+            if not indices or indices[-1] != index:
+                indices.append(index)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for key, indices in rules_for.items():
+        groups.setdefault(tuple(indices), []).append(spelling[key])
+    deliveries: list[Delivery] = []
+    for group in sorted(groups):
+        group_rules = [rules[i] for i in group]
+        deliveries.append(
+            Delivery(
+                recipients=tuple(sorted(groups[group], key=lambda a: (a.casefold(), a))),
+                rules=tuple(r.name for r in group_rules),
+                subject_template=group_rules[0].subject,
+                confirm=any(r.confirm for r in group_rules),
+                notify_recall=any(r.notify_recall for r in group_rules),
+            )
+        )
+    return tuple(deliveries)
+
+
+# --------------------------------------------------------------------------- subjects
+
+_FORMATTER = string.Formatter()
+
+
+def _literal_field(field: str, conversion: str | None, spec: str) -> str:
+    text = "{" + field
+    if conversion:
+        text += "!" + conversion
+    if spec:
+        text += ":" + spec
+    return text + "}"
+
+
+def render_subject(
+    template: str,
+    *,
+    chat_name: str,
+    sender_name: str,
+    preview: str,
+    rule: str,
+    msg_type: str,
+    date: str,
+) -> str:
+    """Fill the template; never fails, because a bad subject must not stop a mail.
+
+    Unknown fields, bad format specs and unbalanced braces are left in the
+    subject literally (config validation reports them).  Values come from chat
+    users, so line breaks and control characters are flattened afterwards.
+    """
+    values: Mapping[str, str] = {
+        "chat_name": chat_name,
+        "sender_name": sender_name,
+        "preview": preview,
+        "rule": rule,
+        "msg_type": msg_type,
+        "date": date,
+    }
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError:
+        return _clip(template)
+    out: list[str] = []
+    for literal, field, spec, conversion in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        spec = spec or ""
+        value = values.get(field)
+        if value is None or conversion not in (None, "s") or "{" in spec:
+            out.append(_literal_field(field, conversion, spec))
+            continue
+        try:
+            out.append(format(value, spec))
+        except ValueError:
+            out.append(_literal_field(field, conversion, spec))
+    return _clip("".join(out))
+
+
+def _clip(text: str) -> str:
+    return single_line(text)[:SUBJECT_MAX].rstrip()
+
+
+def validate_subject_template(template: str) -> str | None:
+    """An error description for config validation, or None if the template is usable."""
+    allowed = ", ".join(sorted(SUBJECT_FIELDS))
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        return f"bad braces: {exc} (write {{{{ and }}}} for literal braces)"
+    for _literal, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field == "":
+            return f"empty placeholder {{}} (expected one of: {allowed})"
+        if field not in SUBJECT_FIELDS:
+            return f"unknown placeholder {{{field}}} (expected one of: {allowed})"
+        if conversion not in (None, "s"):
+            return f"conversion !{conversion} in {{{field}}} is not supported"
+        if spec and "{" in spec:
+            return f"nested placeholder in the format of {{{field}}} is not supported"
+        if spec:
+            try:
+                format("", spec)
+            except ValueError as exc:
+                return f"bad format {spec!r} in {{{field}}}: {exc}"
+    return None
+
+
+__all__ = [
+    "SUBJECT_FIELDS",
+    "Delivery",
+    "match",
+    "plan",
+    "render_subject",
+    "validate_subject_template",
+]

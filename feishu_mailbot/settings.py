@@ -1,0 +1,101 @@
+"""The validated configuration as plain frozen data.
+
+Kept apart from config.py (which parses YAML and reports errors) so the pure
+core can import the types without pulling in the YAML machinery.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class Secret:
+    """A string that refuses to show itself in repr/str, so it cannot leak into logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class FeishuSettings:
+    app_id: str
+    app_secret: Secret
+    domain: str = "https://open.feishu.cn"
+
+
+@dataclass(frozen=True)
+class Chat:
+    id: str
+    name: str | None = None
+
+
+Security = Literal["starttls", "tls", "none"]
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: Security
+    sender: str  # the `from` key: an RFC 5322 address, optionally with a display name
+    username: str | None = None
+    password: Secret | None = None
+    timeout: float = 30.0
+    retry_initial: float = 5.0  # first retry delay; doubles per attempt, with jitter
+    retry_max: float = 600.0
+    give_up_after: float = 2 * 24 * 3600.0  # then the mail is marked failed and logged
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    to: tuple[str, ...]
+    keywords: tuple[str, ...] = ()
+    regex: re.Pattern[str] | None = None
+    chats: tuple[str, ...] = ()  # empty: every allowed chat
+    subject: str = "[{chat_name}] {sender_name}: {preview}"
+    confirm: bool = False  # reply in the chat once the mail is sent
+    notify_recall: bool = False  # send a short "recalled" mail if recalled after delivery
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    stall_after: float = (
+        90.0  # seconds without pong/frame (or a blocked loop) before we stop feeding the watchdog
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str
+    feishu: FeishuSettings
+    chats: tuple[Chat, ...]
+    smtp: SmtpSettings
+    rules: tuple[Rule, ...] = ()
+    health: HealthSettings = field(default_factory=HealthSettings)
+    state_dir: str = "/var/lib/feishu-mailbot"
+    log_level: str = "info"
+
+    def chat(self, chat_id: str) -> Chat | None:
+        for chat in self.chats:
+            if chat.id == chat_id:
+                return chat
+        return None

@@ -1,0 +1,427 @@
+"""The SMTP edge: one reusable, blocking connection to the configured relay.
+
+Blocking stdlib smtplib on purpose: the outbox worker calls it through
+asyncio.to_thread, so a slow relay costs a worker thread, never the event loop
+that acknowledges Feishu events. Every failure leaves this module as a
+DeliveryError that says whether retrying can help, because that decision (keep
+the mail in the outbox or give up on it) belongs to the caller, and the caller
+must not have to know smtplib's exception zoo.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+
+from feishu_mailbot.settings import SmtpSettings
+
+__all__ = ["CheckFailed", "DeliveryError", "SmtpTransport", "check"]
+
+Refused = dict[str, tuple[int, bytes]]
+
+
+class DeliveryError(Exception):
+    """A mail could not be handed to the relay.
+
+    `permanent` is the only thing the outbox needs to decide between "retry with
+    backoff" and "give up and report": 5xx answers to the transaction and
+    rejected credentials will not get better by waiting; everything else
+    (4xx, network, TLS, disconnects) might.
+    """
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+class CheckFailed(Exception):
+    """The online check stopped at `step`; the CLI prints both to point at the fix."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class _StepFailed(Exception):
+    """Internal: session setup failed; carries the SMTP code so send() can classify it."""
+
+    def __init__(self, step: str, reason: str, code: int | None = None) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+        self.code = code
+
+
+class _Stale(Exception):
+    """Internal: a reused connection died before the server accepted anything."""
+
+
+def _reply(code: int, resp: bytes | str) -> str:
+    text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
+    return f"{code} {' '.join(text.split())}".strip()
+
+
+def _os_reason(exc: BaseException, timeout: float) -> str:
+    """Plain words for network failures; the exception class names mean nothing to an admin."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        detail = str(exc)
+        if "timed out" in detail:
+            return f"timed out after {timeout:g} s"
+        return "server closed the connection"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _scrubber(settings: SmtpSettings) -> re.Pattern[str] | None:
+    """Guards messages against a server that echoes credentials back in its reply."""
+    secret = settings.password.reveal() if settings.password else ""
+    return re.compile(re.escape(secret)) if secret else None
+
+
+def _scrub(text: str, pattern: re.Pattern[str] | None) -> str:
+    return pattern.sub("***", text) if pattern else text
+
+
+def _open(settings: SmtpSettings, context: ssl.SSLContext, steps: list[str]) -> smtplib.SMTP:
+    """Brings a session up to "ready for MAIL FROM", shared by send() and check().
+
+    Kept as one function so the online check exercises exactly the code path
+    that delivery uses; a check that passes while delivery fails would be worse
+    than none.
+    """
+    where = f"{settings.host}:{settings.port}"
+    timeout = settings.timeout
+    smtp: smtplib.SMTP
+    try:
+        # Host passed to the constructor (not to connect()) because smtplib
+        # only records it there, and STARTTLS verifies the certificate against it.
+        if settings.security == "tls":
+            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(settings.host, settings.port, timeout=timeout)
+    except smtplib.SMTPConnectError as exc:
+        reason = f"greeting rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
+        raise _StepFailed("connect", reason, exc.smtp_code) from exc
+    except ssl.SSLError as exc:
+        raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
+    except (OSError, smtplib.SMTPException) as exc:
+        raise _StepFailed("connect", _os_reason(exc, timeout)) from exc
+    try:
+        steps.append(f"connected to {where}")
+        if settings.security == "tls" and isinstance(smtp.sock, ssl.SSLSocket):
+            steps.append(f"TLS ok ({smtp.sock.version()})")
+
+        _ehlo(smtp, timeout)
+        steps.append("EHLO ok")
+
+        if settings.security == "starttls":
+            # Checked here rather than left to smtplib so the message says what the
+            # admin must change; the point is to never fall back to cleartext.
+            if not smtp.has_extn("starttls"):
+                raise _StepFailed("STARTTLS", "server does not offer STARTTLS")
+            try:
+                code, resp = smtp.starttls(context=context)
+            except ssl.SSLError as exc:
+                raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
+            except (OSError, smtplib.SMTPException) as exc:
+                raise _StepFailed("STARTTLS", _os_reason(exc, timeout)) from exc
+            if code != 220:
+                # smtplib returns instead of raising here; without this check the
+                # session would carry on in cleartext.
+                raise _StepFailed("STARTTLS", f"server refused ({_reply(code, resp)})", code)
+            version = smtp.sock.version() if isinstance(smtp.sock, ssl.SSLSocket) else "?"
+            steps.append(f"STARTTLS ok ({version})")
+            _ehlo(smtp, timeout)
+
+        if settings.username:
+            password = settings.password.reveal() if settings.password else ""
+            try:
+                smtp.login(settings.username, password)
+            except smtplib.SMTPAuthenticationError as exc:
+                reason = f"authentication rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
+                raise _StepFailed("AUTH", reason, exc.smtp_code) from exc
+            except smtplib.SMTPNotSupportedError as exc:
+                hint = " before STARTTLS" if settings.security == "none" else ""
+                raise _StepFailed("AUTH", f"server does not offer AUTH{hint}") from exc
+            except smtplib.SMTPResponseException as exc:
+                reason = f"authentication failed ({_reply(exc.smtp_code, exc.smtp_error)})"
+                raise _StepFailed("AUTH", reason, exc.smtp_code) from exc
+            except smtplib.SMTPException as exc:
+                offered = smtp.esmtp_features.get("auth", "").strip() or "none"
+                reason = f"{exc} (server offers: {offered})"
+                raise _StepFailed("AUTH", reason) from exc
+            except OSError as exc:
+                raise _StepFailed("AUTH", _os_reason(exc, timeout)) from exc
+            steps.append(f"AUTH ok as {settings.username}")
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+def _ehlo(smtp: smtplib.SMTP, timeout: float) -> None:
+    try:
+        code, resp = smtp.ehlo()
+    except (OSError, smtplib.SMTPException) as exc:
+        raise _StepFailed("EHLO", _os_reason(exc, timeout)) from exc
+    if code != 250:
+        raise _StepFailed("EHLO", f"rejected ({_reply(code, resp)})", code)
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    """Polite QUIT, but a dying connection must never turn into an error on shutdown."""
+    try:
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        pass
+    finally:
+        smtp.close()
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class SmtpTransport:
+    """One lazily opened connection, reused across send() calls.
+
+    Reuse matters for bursts (a rule matching many messages, the daily report
+    fan-out): a TLS handshake plus AUTH costs more than the mail itself. The
+    price is that the relay may have dropped the connection while we were idle,
+    so a connection idle for longer than `probe_after` is NOOP-probed first, and
+    a reused connection that dies before the server accepted anything of the
+    transaction is replaced once, transparently.
+
+    Calls are serialised by a lock, so the object may be shared between the
+    worker threads asyncio.to_thread hands out.
+    """
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        probe_after: float = 10.0,
+    ) -> None:
+        self._settings = settings
+        self._context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self._probe_after = probe_after
+        self._where = f"{settings.host}:{settings.port}"
+        self._scrub_pattern = _scrubber(settings)
+        self._smtp: smtplib.SMTP | None = None
+        self._last_used = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None
+
+    def __enter__(self) -> SmtpTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
+        """Hands one message to the relay.
+
+        Returns the recipients the server refused while accepting the message for
+        the others (same shape as smtplib's sendmail), so the caller can log or
+        retry just those. Raises DeliveryError when nobody got the message.
+        """
+        if not recipients:
+            raise ValueError("send() needs at least one recipient")
+        data = _EOL.sub(b"\r\n", raw)
+        with self._lock:
+            try:
+                return self._send_once(data, sender, recipients, may_retry=True)
+            except _Stale:
+                return self._send_once(data, sender, recipients, may_retry=False)
+
+    def close(self) -> None:
+        """QUITs the connection if there is one; errors are ignored because it is going away."""
+        with self._lock:
+            self._drop(polite=True)
+
+    def close_if_idle(self, idle_seconds: float) -> bool:
+        """Drops a connection unused for `idle_seconds`, before the server's own timeout does.
+
+        Never waits for a send in progress (a busy connection is not idle);
+        returns whether a connection was closed.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._smtp is None or time.monotonic() - self._last_used < idle_seconds:
+                return False
+            self._drop(polite=True)
+            return True
+        finally:
+            self._lock.release()
+
+    # -- internals -------------------------------------------------------------
+
+    def _error(self, what: str, reason: str, permanent: bool) -> DeliveryError:
+        text = _scrub(f"{self._where}: {what} failed: {reason}", self._scrub_pattern)
+        return DeliveryError(text, permanent)
+
+    def _drop(self, polite: bool) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if polite:
+            _quit(smtp)
+        else:
+            smtp.close()
+
+    def _connect(self) -> smtplib.SMTP:
+        try:
+            smtp = _open(self._settings, self._context, [])
+        except _StepFailed as exc:
+            # Rejected credentials stay rejected; everything else in setup
+            # (network, TLS, a relay that is only having a bad minute) may recover.
+            permanent = exc.step == "AUTH" and exc.code is not None and exc.code >= 500
+            raise self._error(exc.step, exc.reason, permanent) from exc
+        self._smtp = smtp
+        self._last_used = time.monotonic()
+        return smtp
+
+    def _session(self) -> tuple[smtplib.SMTP, bool]:
+        """Returns a ready session and whether it is a reused one."""
+        smtp = self._smtp
+        if smtp is None:
+            return self._connect(), False
+        if time.monotonic() - self._last_used >= self._probe_after:
+            try:
+                code, _ = smtp.noop()
+            except (OSError, smtplib.SMTPException):
+                code = -1
+            if code != 250:
+                self._drop(polite=False)
+                return self._connect(), False
+        return smtp, True
+
+    def _send_once(
+        self, data: bytes, sender: str, recipients: Sequence[str], *, may_retry: bool
+    ) -> Refused:
+        smtp, reused = self._session()
+        timeout = self._settings.timeout
+        stage = "MAIL FROM"
+        try:
+            options = self._mail_options(smtp, data, sender, recipients)
+            code, resp = smtp.mail(sender, options)
+            if code != 250:
+                self._reset_or_drop(smtp, code)
+                raise self._error(
+                    "MAIL FROM", f"sender refused ({_reply(code, resp)})", code >= 500
+                )
+
+            stage = "RCPT TO"
+            refused: Refused = {}
+            for rcpt in recipients:
+                code, resp = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = (code, resp)
+                if code == 421:
+                    break
+            closing = any(c == 421 for c, _ in refused.values())
+            if closing or len(refused) == len(recipients):
+                self._reset_or_drop(smtp, 421 if closing else 550)
+                detail = "; ".join(f"{r}: {_reply(c, m)}" for r, (c, m) in refused.items())
+                permanent = all(c >= 500 for c, _ in refused.values())
+                what = "server is closing the connection" if closing else "all recipients refused"
+                raise self._error("RCPT TO", f"{what} ({detail})", permanent)
+
+            stage = "DATA"
+            reply: bytes | str
+            try:
+                code, reply = smtp.data(data)
+            except smtplib.SMTPDataError as exc:  # the DATA command itself (not 354)
+                code, reply = exc.smtp_code, exc.smtp_error
+            if code != 250:
+                self._reset_or_drop(smtp, code)
+                raise self._error("DATA", f"message refused ({_reply(code, reply)})", code >= 500)
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            self._drop(polite=False)
+            if reused and may_retry and stage == "MAIL FROM":
+                raise _Stale from exc
+            raise self._error(stage, _os_reason(exc, timeout), False) from exc
+        except smtplib.SMTPException as exc:  # anything smtplib invents beyond the above
+            self._drop(polite=False)
+            raise self._error(stage, str(exc), False) from exc
+        self._last_used = time.monotonic()
+        return refused
+
+    def _mail_options(
+        self, smtp: smtplib.SMTP, data: bytes, sender: str, recipients: Sequence[str]
+    ) -> list[str]:
+        """Declares 8-bit bodies and UTF-8 addresses where the server supports them.
+
+        Non-ASCII addresses on a server without SMTPUTF8 can never be delivered
+        there, hence permanent; smtplib would otherwise die with UnicodeEncodeError.
+        """
+        options: list[str] = []
+        if not data.isascii() and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not all(a.isascii() for a in (sender, *recipients)):
+            if not smtp.has_extn("smtputf8"):
+                raise self._error("MAIL FROM", "non-ASCII address but server lacks SMTPUTF8", True)
+            options.append("SMTPUTF8")
+        return options
+
+    def _reset_or_drop(self, smtp: smtplib.SMTP, code: int) -> None:
+        """Keeps the connection reusable after a refused transaction; 421 means it is closing."""
+        if code == 421:
+            self._drop(polite=False)
+            return
+        try:
+            code, _ = smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            code = -1
+        if code != 250:
+            self._drop(polite=False)
+        else:
+            self._last_used = time.monotonic()
+
+
+def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:
+    """`check-config --online`: proves the relay accepts us, without sending any mail.
+
+    Runs the same session setup as delivery (connect, EHLO, TLS, AUTH), then
+    NOOP and QUIT; returns the steps that succeeded for the CLI to print.
+    """
+    context = ssl_context if ssl_context is not None else ssl.create_default_context()
+    scrub = _scrubber(settings)
+    steps: list[str] = []
+    try:
+        smtp = _open(settings, context, steps)
+    except _StepFailed as exc:
+        raise CheckFailed(exc.step, _scrub(exc.reason, scrub)) from None
+    try:
+        try:
+            code, resp = smtp.noop()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise CheckFailed("NOOP", _os_reason(exc, settings.timeout)) from None
+        if code != 250:
+            raise CheckFailed("NOOP", _scrub(f"rejected ({_reply(code, resp)})", scrub))
+        steps.append("NOOP ok")
+    finally:
+        _quit(smtp)
+    return steps

@@ -1,0 +1,400 @@
+"""SQLite state: seen events, accepted messages, the outbox, a name cache.
+
+One connection, used only from the event-loop thread. WAL mode so the commit
+that precedes every ack is a single append; `synchronous=FULL` because an
+acknowledged event is gone from Feishu for good and must survive a power cut.
+
+Outbox rows move pending → sending → sent (or cancelled / failed). A row found
+in `sending` at start-up was interrupted mid-delivery: it goes back to pending
+and is re-sent with the same stored bytes and Message-ID, so a receiving
+server (or a human) sees one message, never two different ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from feishu_mailbot.events import Message, Recall, message_from_json, message_to_json
+from feishu_mailbot.rules import Delivery
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE events (
+    event_id    TEXT PRIMARY KEY,
+    received_at REAL NOT NULL
+);
+CREATE TABLE messages (
+    message_id  TEXT PRIMARY KEY,
+    event_id    TEXT NOT NULL,
+    chat_id     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    recalled    INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL
+);
+CREATE TABLE recalls (
+    message_id  TEXT PRIMARY KEY,
+    recalled_at REAL NOT NULL
+);
+CREATE TABLE outbox (
+    mail_id          TEXT PRIMARY KEY,
+    message_id       TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    recipients       TEXT NOT NULL,
+    rules            TEXT NOT NULL,
+    subject_template TEXT NOT NULL,
+    confirm          INTEGER NOT NULL,
+    notify_recall    INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    recalled         INTEGER NOT NULL DEFAULT 0,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT,
+    subject          TEXT,
+    raw              BLOB,
+    created_at       REAL NOT NULL,
+    sent_at          REAL
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_message ON outbox (message_id);
+CREATE TABLE names (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"""
+
+
+class Ingest(Enum):
+    NEW = "new"
+    DUPLICATE_EVENT = "duplicate event_id"
+    DUPLICATE_MESSAGE = "duplicate message_id"
+    ALREADY_RECALLED = "recalled before it arrived"
+
+
+@dataclass(frozen=True)
+class RecallOutcome:
+    known: bool  # we had stored the message
+    cancelled: int  # pending mails that will now never be sent
+    notices: int  # "recalled" follow-ups queued for mails already sent
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    mail_id: str
+    message_id: str
+    kind: str  # "forward" | "recall"
+    recipients: tuple[str, ...]
+    rules: tuple[str, ...]
+    subject_template: str
+    confirm: bool
+    notify_recall: bool
+    attempts: int
+    created_at: float
+    subject: str | None
+    raw: bytes | None
+
+
+def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
+    """Stable per (message, recipient set): re-planning the same message yields the same id."""
+    return f"{message_id}/{','.join(sorted(r.lower() for r in recipients))}"
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: database schema {version} is newer than this program "
+                f"understands ({SCHEMA_VERSION}); upgrade feishu-mailbot"
+            )
+        # version 0 is a new file; later schema versions add their steps here.
+        self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- intake (called from the event handler, before the ack) -----------------
+
+    def ingest(self, msg: Message, deliveries: Sequence[Delivery], now: float) -> Ingest:
+        """Record one accepted message and its mails in one transaction."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
+                (msg.event_id, now),
+            )
+            if cur.rowcount == 0:
+                return Ingest.DUPLICATE_EVENT
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO messages"
+                " (message_id, event_id, chat_id, sender, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    msg.message_id,
+                    msg.event_id,
+                    msg.chat_id,
+                    msg.sender_open_id,
+                    message_to_json(msg),
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                return Ingest.DUPLICATE_MESSAGE
+            if self._db.execute(
+                "SELECT 1 FROM recalls WHERE message_id = ?", (msg.message_id,)
+            ).fetchone():
+                self._db.execute(
+                    "UPDATE messages SET recalled = 1 WHERE message_id = ?", (msg.message_id,)
+                )
+                return Ingest.ALREADY_RECALLED
+            for d in deliveries:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
+                    " subject_template, confirm, notify_recall, status, next_attempt_at,"
+                    " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (
+                        mail_id_for(msg.message_id, d.recipients),
+                        msg.message_id,
+                        json.dumps(d.recipients),
+                        json.dumps(d.rules),
+                        d.subject_template,
+                        int(d.confirm),
+                        int(d.notify_recall),
+                        now,
+                        now,
+                    ),
+                )
+            return Ingest.NEW
+
+    def record_event(self, event_id: str, now: float) -> bool:
+        """Mark an event id seen; False if it was already (a Feishu re-push)."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
+                (event_id, now),
+            )
+            return cur.rowcount == 1
+
+    def recall(self, recall: Recall, now: float) -> RecallOutcome | None:
+        """Apply a recall; None if this recall event was already applied."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
+                (recall.event_id, now),
+            )
+            if cur.rowcount == 0:
+                return None
+            self._db.execute(
+                "INSERT OR IGNORE INTO recalls (message_id, recalled_at) VALUES (?, ?)",
+                (recall.message_id, now),
+            )
+            known = (
+                self._db.execute(
+                    "UPDATE messages SET recalled = 1 WHERE message_id = ?", (recall.message_id,)
+                ).rowcount
+                == 1
+            )
+            cancelled = self._db.execute(
+                "UPDATE outbox SET status = 'cancelled', raw = NULL"
+                " WHERE message_id = ? AND kind = 'forward' AND status IN ('pending', 'failed')",
+                (recall.message_id,),
+            ).rowcount
+            self._db.execute(
+                "UPDATE outbox SET recalled = 1"
+                " WHERE message_id = ? AND kind = 'forward' AND status IN ('sending', 'sent')",
+                (recall.message_id,),
+            )
+            notices = 0
+            for (mail_id,) in self._db.execute(
+                "SELECT mail_id FROM outbox WHERE message_id = ? AND kind = 'forward'"
+                " AND status = 'sent' AND notify_recall = 1",
+                (recall.message_id,),
+            ).fetchall():
+                notices += self._queue_recall_notice(mail_id, now)
+            return RecallOutcome(known=known, cancelled=cancelled, notices=notices)
+
+    def _queue_recall_notice(self, mail_id: str, now: float) -> int:
+        return self._db.execute(
+            "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
+            " subject_template, confirm, notify_recall, status, next_attempt_at, created_at,"
+            " subject)"
+            " SELECT mail_id || '#recall', message_id, 'recall', recipients, rules,"
+            " subject_template, 0, 0, 'pending', ?, ?, subject FROM outbox WHERE mail_id = ?",
+            (now, now, mail_id),
+        ).rowcount
+
+    # -- outbox (called by the worker) -------------------------------------------
+
+    def requeue_interrupted(self) -> int:
+        """At start-up, mail caught mid-send goes back to pending (same bytes, same Message-ID)."""
+        with self._tx():
+            return self._db.execute(
+                "UPDATE outbox SET status = 'pending' WHERE status = 'sending'"
+            ).rowcount
+
+    def due(self, now: float, limit: int = 50) -> list[OutboxRow]:
+        rows = self._db.execute(
+            "SELECT mail_id, message_id, kind, recipients, rules, subject_template, confirm,"
+            " notify_recall, attempts, created_at, subject, raw FROM outbox"
+            " WHERE status = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, created_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [
+            OutboxRow(
+                mail_id=r[0],
+                message_id=r[1],
+                kind=r[2],
+                recipients=tuple(json.loads(r[3])),
+                rules=tuple(json.loads(r[4])),
+                subject_template=r[5],
+                confirm=bool(r[6]),
+                notify_recall=bool(r[7]),
+                attempts=r[8],
+                created_at=r[9],
+                subject=r[10],
+                raw=r[11],
+            )
+            for r in rows
+        ]
+
+    def next_due_at(self) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def pending_count(self) -> int:
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')"
+            ).fetchone()[0]
+        )
+
+    def save_prepared(self, mail_id: str, subject: str, raw: bytes) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE outbox SET subject = ?, raw = ? WHERE mail_id = ? AND raw IS NULL",
+                (subject, raw, mail_id),
+            )
+
+    def begin_send(self, mail_id: str) -> bool:
+        """pending → sending; False if the row was cancelled (recalled) meanwhile."""
+        with self._tx():
+            return (
+                self._db.execute(
+                    "UPDATE outbox SET status = 'sending' WHERE mail_id = ? AND status = 'pending'",
+                    (mail_id,),
+                ).rowcount
+                == 1
+            )
+
+    def mark_sent(self, mail_id: str, now: float) -> bool:
+        """Returns True if a recall arrived while sending and a follow-up was queued."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL,"
+                " attempts = attempts + 1 WHERE mail_id = ?",
+                (now, mail_id),
+            )
+            row = self._db.execute(
+                "SELECT recalled, notify_recall FROM outbox WHERE mail_id = ?", (mail_id,)
+            ).fetchone()
+            if row and row[0] and row[1]:
+                return self._queue_recall_notice(mail_id, now) == 1
+            return False
+
+    def mark_retry(self, mail_id: str, next_attempt_at: float, error: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE outbox SET status = 'pending', attempts = attempts + 1,"
+                " next_attempt_at = ?, last_error = ? WHERE mail_id = ?",
+                (next_attempt_at, error, mail_id),
+            )
+
+    def mark_failed(self, mail_id: str, error: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
+                " WHERE mail_id = ?",
+                (error, mail_id),
+            )
+
+    def mail_status(self, mail_id: str) -> str | None:
+        row = self._db.execute("SELECT status FROM outbox WHERE mail_id = ?", (mail_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_message(self, message_id: str) -> Message | None:
+        row = self._db.execute(
+            "SELECT body FROM messages WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else message_from_json(row[0])
+
+    def has_message(self, message_id: str) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM messages WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            is not None
+        )
+
+    def counts(self) -> dict[str, int]:
+        out = {"messages": 0, "events": 0}
+        out["messages"] = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        out["events"] = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        for status, n in self._db.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status"):
+            out[f"outbox_{status}"] = n
+        return out
+
+    # -- name cache -----------------------------------------------------------------
+
+    def cached_name(self, kind: str, id_: str, max_age: float, now: float) -> str | None:
+        row = self._db.execute(
+            "SELECT name, fetched_at FROM names WHERE kind = ? AND id = ?", (kind, id_)
+        ).fetchone()
+        if row is None or now - row[1] > max_age:
+            return None
+        return str(row[0])
+
+    def cache_name(self, kind: str, id_: str, name: str, now: float) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO names (kind, id, name, fetched_at) VALUES (?, ?, ?, ?)",
+                (kind, id_, name, now),
+            )
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT/ROLLBACK; sqlite3's implicit transactions are too implicit."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,139 @@
+"""Runs the real daemon (`python -m feishu_mailbot run`) against the emulators.
+
+Each test gets its own state dir and config; the daemon's stderr goes to a
+file the test can read (and that the secret scan in conftest reads too).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_SECRETS = ("test-secret", "smtp-pass-9f2c")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def write_config(
+    directory: Path,
+    *,
+    feishu_url: str,
+    smtp_port: int,
+    chats: str = "  - id: oc_team\n    name: 研发群\n",
+    rules: str | None = None,
+    smtp_extra: str = "",
+    extra: str = "",
+) -> Path:
+    if rules is None:
+        rules = textwrap.dedent("""\
+          - name: oncall
+            keywords: [故障, urgent]
+            to: [oncall@example.com]
+          - name: archive
+            keywords: [故障]
+            to: [archive@example.com, oncall@example.com]
+          - name: files
+            regex: '\\[(图片|文件)\\]'
+            to: [files@example.com]
+        """)
+    text = (
+        "feishu:\n"
+        "  app_id: cli_test\n"
+        "  app_secret: test-secret\n"
+        f"  domain: {feishu_url}\n"
+        f"chats:\n{chats}"
+        "smtp:\n"
+        "  host: 127.0.0.1\n"
+        f"  port: {smtp_port}\n"
+        "  security: none\n"
+        '  from: "Feishu Mailbot <bot@example.com>"\n'
+        "  timeout: 5\n"
+        "  retry_initial: 0.2\n"
+        "  retry_max: 1\n"
+        f"{smtp_extra}"
+        f"rules:\n{textwrap.indent(rules, '  ') if not rules.startswith('  ') else rules}"
+        f"state_dir: {directory / 'state'}\n"
+        f"{extra}"
+    )
+    path = directory / "feishu-mailbot.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class Bot:
+    """One daemon process; `start()` can be called again after `stop()` (a restart)."""
+
+    def __init__(self, config: Path, log_dir: Path) -> None:
+        self.config = config
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"daemon-{self.runs}.log"
+
+    def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> Bot:
+        self.runs += 1
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "feishu_mailbot", "--config", str(self.config), "run"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        )
+        if wait_ready:
+            self.wait_log("ready:", timeout=20)
+        return self
+
+    def log(self) -> str:
+        return "\n".join(
+            (self.log_dir / f"daemon-{i}.log").read_text("utf-8", "replace")
+            for i in range(1, self.runs + 1)
+        )
+
+    def current_log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace")
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        def seen() -> bool:
+            if (
+                self.proc is not None
+                and self.proc.poll() is not None
+                and text not in self.current_log()
+            ):
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before logging {text!r}:\n"
+                    + self.current_log()
+                )
+            return text in self.current_log()
+
+        wait_until(seen, timeout, f"log line {text!r}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)

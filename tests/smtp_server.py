@@ -1,0 +1,309 @@
+"""A real SMTP server on loopback for tests and the demo: aiosmtpd in a thread.
+
+Real rather than mocked because the failures worth testing (STARTTLS that is
+not offered, a certificate nobody trusts, a relay that hangs up on an idle
+connection, a port nobody listens on) live in the protocol and the sockets,
+which a mock of smtplib would only restate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import email
+import email.policy
+import functools
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Received:
+    """One accepted message with its envelope, which the headers alone do not show."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    message: EmailMessage
+    auth_login: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _self_signed_cert() -> tuple[str, str]:
+    """One throwaway cert per test process: openssl ships with Debian, generation is ~20 ms."""
+    directory = Path(tempfile.mkdtemp(prefix="smtp-test-cert-"))
+    atexit.register(shutil.rmtree, directory, True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "2",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=localhost",
+            "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+class _Controller(Controller):
+    """Controller that binds port 0 (no free-port race) and remembers its protocols."""
+
+    def __init__(self, owner: SmtpServer, handler: _Handler, port: int, **kwargs: Any) -> None:
+        super().__init__(handler, hostname=HOST, port=port, **kwargs)
+        self._owner = owner
+
+    def factory(self) -> SMTP:
+        protocol = super().factory()  # type: ignore[no-untyped-call]
+        self._owner._protocols.append(protocol)
+        return cast(SMTP, protocol)
+
+    def _trigger_server(self) -> None:
+        if self.port == 0 and isinstance(self.server, asyncio.Server):
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+class _Handler:
+    """aiosmtpd hooks; all state lives on the SmtpServer so tests can steer it."""
+
+    def __init__(self, owner: SmtpServer) -> None:
+        self._owner = owner
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must do this itself
+        self._owner._saw_connection(server)
+        return responses
+
+    async def handle_HELO(self, server: SMTP, session: Any, envelope: Any, hostname: str) -> str:
+        session.host_name = hostname
+        self._owner._saw_connection(server)
+        return f"250 {server.hostname}"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() in self._owner._refused_rcpts:
+            return f"550 5.1.1 <{address}>: mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        owner = self._owner
+        if owner._delay:
+            await asyncio.sleep(owner._delay)  # yields: other connections keep being served
+        with owner._cond:
+            if owner._fail_left > 0:
+                owner._fail_left -= 1
+                status = "4.3.0" if owner._fail_code < 500 else "5.3.0"
+                return f"{owner._fail_code} {status} try again later"
+        raw = bytes(envelope.original_content or envelope.content)
+        message: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
+        login = getattr(session, "auth_data", None)
+        record = Received(
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            raw=raw,
+            message=message,
+            auth_login=login.login.decode() if isinstance(login, LoginPassword) else None,
+        )
+        with owner._cond:
+            owner.received.append(record)
+            owner.messages.append(message)
+            owner._cond.notify_all()
+        return "250 2.0.0 OK queued"
+
+
+@dataclass
+class SmtpServer:
+    """Loopback SMTP server with switches for the failure modes delivery must survive.
+
+    require_auth: (user, password), offered as AUTH PLAIN/LOGIN and required
+        before MAIL. Without starttls it is offered in cleartext (test only).
+    starttls: offer STARTTLS with a self-signed cert (and then require it);
+        `ssl_context_for_client` trusts that cert.
+    tls: implicit TLS on connect (SMTP_SSL / port 465 style) with the same cert.
+    """
+
+    require_auth: tuple[str, str] | None = None
+    starttls: bool = False
+    tls: bool = False
+    port: int = 0
+    messages: list[EmailMessage] = field(default_factory=list, init=False)
+    received: list[Received] = field(default_factory=list, init=False)
+    ssl_context_for_client: ssl.SSLContext | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition()
+        self._greeted: list[SMTP] = []
+        self._protocols: list[SMTP] = []
+        self._fail_left = 0
+        self._fail_code = 451
+        self._delay = 0.0
+        self._refused_rcpts: set[str] = set()
+        self._handler = _Handler(self)
+        self._controller: _Controller | None = None
+        self._server_tls: ssl.SSLContext | None = None
+        if self.starttls or self.tls:
+            cert, key = _self_signed_cert()
+            self._server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._server_tls.load_cert_chain(cert, key)
+            self.ssl_context_for_client = ssl.create_default_context(cafile=cert)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> SmtpServer:
+        assert self._controller is None, "already running"
+        kwargs: dict[str, Any] = {"server_hostname": "smtp.test", "timeout": 30}
+        if self.tls:
+            kwargs["ssl_context"] = self._server_tls
+        if self.starttls:
+            kwargs["tls_context"] = self._server_tls
+            kwargs["require_starttls"] = True
+        if self.require_auth is not None:
+            kwargs["authenticator"] = self._authenticate
+            kwargs["auth_required"] = True
+            # Without TLS on the wire aiosmtpd would hide AUTH entirely.
+            kwargs["auth_require_tls"] = self.starttls
+        controller = _Controller(self, self._handler, self.port, **kwargs)
+        controller.start()
+        self.port = controller.port
+        self._controller = controller
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            # Hang up first: stopping the loop alone would leave accepted sockets
+            # open and unserved, so a client would hang instead of seeing a close.
+            self.drop_connections()
+            controller, self._controller = self._controller, None
+            controller.stop()
+
+    def __enter__(self) -> SmtpServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- observations ----------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        """Connections that got as far as EHLO/HELO (the controller's start-up probe does not)."""
+        with self._cond:
+            return len(self._greeted)
+
+    @property
+    def raw(self) -> list[bytes]:
+        with self._cond:
+            return [r.raw for r in self.received]
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[EmailMessage]:
+        """Blocks until at least n messages arrived; returns them all."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.messages) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"got {len(self.messages)} of {n} messages in {timeout} s")
+                self._cond.wait(left)
+            return list(self.messages)
+
+    # -- failure switches ------------------------------------------------------
+
+    def fail_next(self, n: int, code: int = 451) -> None:
+        """Answer the next n DATA commands (after the content) with `code`."""
+        with self._cond:
+            self._fail_left = n
+            self._fail_code = code
+
+    def delay_per_message(self, seconds: float) -> None:
+        """Sleep before answering each DATA, like a slow relay; other sessions go on."""
+        self._delay = seconds
+
+    def permanent_fail_rcpt(self, address: str) -> None:
+        """Answer RCPT TO:<address> with 550."""
+        self._refused_rcpts.add(address.lower())
+
+    @property
+    def refuse(self) -> bool:
+        return self._controller is None
+
+    @refuse.setter
+    def refuse(self, value: bool) -> None:
+        """True: close the listener (and live sessions) so connects get ECONNREFUSED.
+
+        False: listen again on the same port, as a relay coming back would.
+        """
+        if value and self._controller is not None:
+            self.stop()
+        elif not value and self._controller is None:
+            self.start()
+
+    def drop_connections(self) -> None:
+        """Hang up on every open session without a word, as a relay's idle timeout does."""
+        controller = self._controller
+        if controller is None:
+            return
+        done = threading.Event()
+
+        def close_all() -> None:
+            for protocol in self._protocols:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            done.set()
+
+        controller.loop.call_soon_threadsafe(close_all)
+        done.wait(5)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _saw_connection(self, protocol: SMTP) -> None:
+        with self._cond:
+            # Keyed on the protocol object: aiosmtpd starts a fresh Session after
+            # STARTTLS, but it is still one TCP connection.
+            if not any(p is protocol for p in self._greeted):
+                self._greeted.append(protocol)
+
+    def _authenticate(
+        self, server: SMTP, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert self.require_auth is not None
+        user, password = self.require_auth
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == user.encode()
+            and auth_data.password == password.encode()
+        )
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
+def free_port() -> int:
+    """A port nobody listens on (for connection-refused tests)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,147 @@
+"""Config validation: every bad config exits 78 with PATH:LINE: key: problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from feishu_mailbot import config
+
+GOOD = """\
+feishu:
+  app_id: cli_test
+  app_secret: test-secret
+  domain: http://127.0.0.1:9
+chats:
+  - id: oc_team
+    name: 研发群
+  - oc_other
+smtp:
+  host: 127.0.0.1
+  port: 2525
+  security: none
+  from: "Bot <bot@example.com>"
+rules:
+  - name: oncall
+    keywords: [故障, urgent]
+    to: [oncall@example.com]
+  - name: archive
+    regex: '(?i)release\\s+\\d+'
+    chats: [oc_team]
+    to: archive@example.com
+    subject: "{chat_name}: {preview}"
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def test_good_config_parses(tmp_path: Path) -> None:
+    s = config.load(write(tmp_path, GOOD))
+    assert s.feishu.app_id == "cli_test"
+    assert s.feishu.app_secret.reveal() == "test-secret"
+    assert "test-secret" not in repr(s)
+    assert [c.id for c in s.chats] == ["oc_team", "oc_other"]
+    assert s.chats[0].name == "研发群"
+    assert s.smtp.port == 2525 and s.smtp.security == "none"
+    assert s.rules[0].keywords == ("故障", "urgent")
+    assert s.rules[1].to == ("archive@example.com",)
+    assert s.rules[1].regex is not None and s.rules[1].regex.search("Release 3")
+    assert s.state_dir == "/var/lib/feishu-mailbot"
+
+
+def test_secret_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("from-file\n")
+    text = GOOD.replace("app_secret: test-secret", "app_secret_file: secret")
+    s = config.load(write(tmp_path, text))
+    assert s.feishu.app_secret.reveal() == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "words"),
+    [
+        ("  host: 127.0.0.1", "  host: [127.0.0.1", 11, "", "flow sequence started at line 10"),
+        ("  port: 2525", "  prot: 2525", 11, "smtp.prot", "unknown key"),
+        ("  app_id: cli_test\n", "", 2, "feishu.app_id", "missing"),
+        (
+            "to: [oncall@example.com]",
+            "to: [oncall-at-example.com]",
+            17,
+            "rules[0].to[0]",
+            "not an email address",
+        ),
+        (
+            "regex: '(?i)release",
+            "regex: '(?i)release(",
+            19,
+            "rules[1].regex",
+            "invalid regular expression",
+        ),
+        ("  port: 2525", "  port: many", 11, "smtp.port", "must be a number"),
+        ("chats: [oc_team]", "chats: [oc_nope]", 20, "rules[1].chats[0]", "allowlist"),
+        ('subject: "{chat_name}', 'subject: "{chat}', 22, "rules[1].subject", "placeholder"),
+        ("keywords: [故障, urgent]", "keyword: [故障]", 16, "rules[0].keyword", "keywords"),
+    ],
+)
+def test_bad_configs_name_file_line_and_key(
+    tmp_path: Path, old: str, new: str, line: int, key: str, words: str
+) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    if key:
+        assert f": {key}: " in message, message
+    assert words in message, message
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="no such file"):
+        config.load(str(tmp_path / "absent.yaml"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "feishu_mailbot", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_daemon_refuses_bad_config_with_exit_78(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("  app_id: cli_test\n", ""))
+    for command in (["run"], ["check-config"]):
+        result = run_cli("--config", path, *command)
+        assert result.returncode == 78
+        assert f"{path}:2: feishu.app_id: missing" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_shipped_example_config_asks_for_credentials() -> None:
+    example = Path(__file__).resolve().parents[1] / "etc" / "feishu-mailbot.yaml"
+    result = run_cli("--config", str(example), "check-config")
+    assert result.returncode == 78
+    assert "feishu.app_secret: still the example placeholder" in result.stderr
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    result = run_cli("--config", write(tmp_path, GOOD), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "OK (2 chats, 2 rules)" in result.stdout
+
+
+def test_usage_error_is_64() -> None:
+    assert run_cli("no-such-command").returncode == 64

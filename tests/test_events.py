@@ -1,0 +1,314 @@
+"""Feishu event payloads → Message / Recall / Ignored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from feishu_mailbot.events import (
+    EventError,
+    Ignored,
+    Mention,
+    Message,
+    Recall,
+    Resource,
+    image_cid,
+    message_from_json,
+    message_to_json,
+    parse_event,
+    preview,
+)
+
+
+def receive(
+    msg_type: str,
+    content: object,
+    *,
+    mentions: list[dict[str, Any]] | None = None,
+    event_id: str = "ev_1",
+    message_id: str | None = "om_1",
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "root_id": "om_root",
+        "parent_id": "om_parent",
+        "create_time": "1714526400123",
+        "chat_id": "oc_chat",
+        "chat_type": "group",
+        "message_type": msg_type,
+        "content": content if isinstance(content, str) else json.dumps(content),
+    }
+    if message_id is not None:
+        message["message_id"] = message_id
+    if mentions is not None:
+        message["mentions"] = mentions
+    return {
+        "schema": "2.0",
+        "header": {
+            "event_id": event_id,
+            "event_type": "im.message.receive_v1",
+            "create_time": "1714526400999",
+            "token": "t",
+            "app_id": "cli_x",
+            "tenant_key": "tk",
+        },
+        "event": {
+            "sender": {
+                "sender_id": {"open_id": "ou_sender", "union_id": "on_x", "user_id": None},
+                "sender_type": "user",
+                "tenant_key": "tk",
+            },
+            "message": message,
+        },
+    }
+
+
+def parse_message(payload: object) -> Message:
+    result = parse_event(json.dumps(payload))
+    assert isinstance(result, Message)
+    return result
+
+
+MENTIONS = [
+    {"key": "@_user_1", "id": {"open_id": "ou_zhang"}, "name": "张三", "tenant_key": "tk"},
+    {"key": "@_user_10", "id": {"open_id": "ou_li"}, "name": "李四", "tenant_key": "tk"},
+]
+
+
+def test_text_with_mentions() -> None:
+    content = {"text": "@_user_1 @_user_10 请看 <b>故障</b> @_all"}
+    m = parse_message(receive("text", content, mentions=MENTIONS))
+    assert m.text == "@张三 @李四 请看 <b>故障</b> @所有人"
+    assert "&lt;b&gt;故障&lt;/b&gt;" in m.html
+    assert "<b>" not in m.html
+    assert "@张三" in m.html and "@李四" in m.html and "@所有人" in m.html
+    assert m.mentions == (
+        Mention("@_user_1", "张三", "ou_zhang"),
+        Mention("@_user_10", "李四", "ou_li"),
+    )
+    assert (m.event_id, m.message_id, m.chat_id, m.chat_type) == (
+        "ev_1",
+        "om_1",
+        "oc_chat",
+        "group",
+    )
+    assert (m.sender_open_id, m.sender_type, m.msg_type) == ("ou_sender", "user", "text")
+    assert m.create_time_ms == 1714526400123
+    assert (m.root_id, m.parent_id) == ("om_root", "om_parent")
+
+
+def test_text_newlines_become_br_and_chinese_is_intact() -> None:
+    m = parse_message(receive("text", {"text": "第一行\n第二行　全角空格 😀"}))
+    assert m.text == "第一行\n第二行　全角空格 😀"
+    assert m.html == "第一行<br>第二行　全角空格 😀"
+
+
+def test_accepts_bytes_str_and_mapping() -> None:
+    payload = receive("text", {"text": "hi"})
+    from_bytes = parse_event(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+    assert from_bytes == parse_event(json.dumps(payload)) == parse_event(payload)
+
+
+POST = {
+    "title": "发布 <script>alert(1)</script>",
+    "content": [
+        [
+            {"tag": "text", "text": "重要", "style": ["bold"]},
+            {"tag": "text", "text": "：见"},
+            {"tag": "a", "href": "https://example.com/a?b=1&c=2", "text": "文档"},
+            {"tag": "a", "href": "javascript:alert(1)", "text": "坏链接"},
+            {"tag": "at", "user_id": "@_user_1", "user_name": "张三"},
+            {"tag": "at", "user_id": "all", "user_name": ""},
+            {"tag": "emotion", "emoji_type": "SMILE"},
+        ],
+        [{"tag": "img", "image_key": "img_v2_abc", "width": 100, "height": 80}],
+        [{"tag": "code_block", "language": "PYTHON", "text": "print('<script>')\nx = 1"}],
+        [{"tag": "hr"}],
+        [{"tag": "text", "text": "<script>evil()</script>"}],
+    ],
+}
+
+
+def test_post_plain_text() -> None:
+    m = parse_message(receive("post", POST, mentions=MENTIONS[:1]))
+    assert m.title == "发布 <script>alert(1)</script>"
+    lines = m.text.split("\n")
+    assert lines[0] == m.title
+    assert lines[1] == (
+        "重要：见文档 (https://example.com/a?b=1&c=2)"
+        "坏链接 (javascript:alert(1))@张三@所有人[SMILE]"
+    )
+    assert lines[2] == "[图片]"
+    assert lines[3:5] == ["print('<script>')", "x = 1"]
+    assert lines[6] == "<script>evil()</script>"
+    assert m.resources == (Resource("image", "img_v2_abc", ""),)
+
+
+def test_post_html_is_safe() -> None:
+    m = parse_message(receive("post", POST, mentions=MENTIONS[:1]))
+    assert "<script>" not in m.html
+    assert "&lt;script&gt;evil()&lt;/script&gt;" in m.html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in m.html  # the title
+    assert "<b>重要</b>" in m.html
+    assert '<a href="https://example.com/a?b=1&amp;c=2">文档</a>' in m.html
+    assert "javascript:" not in m.html.replace("(javascript:alert(1))", "")
+    assert 'href="javascript' not in m.html
+    assert '<img src="cid:img_v2_abc@feishu-mailbot"' in m.html
+    assert image_cid("img_v2_abc") == "img_v2_abc@feishu-mailbot"
+    assert "<pre" in m.html and "print(&#x27;&lt;script&gt;&#x27;)" in m.html
+    assert "<hr" in m.html
+    assert "@张三" in m.html and "@所有人" in m.html and "[SMILE]" in m.html
+
+
+def test_post_locale_wrapped_and_styles() -> None:
+    content = {
+        "en_us": {"title": "english", "content": [[{"tag": "text", "text": "no"}]]},
+        "zh_cn": {
+            "title": "标题",
+            "content": [
+                [
+                    {"tag": "text", "text": "斜", "style": ["italic", "underline", "lineThrough"]},
+                    {"tag": "md", "text": "**md**\n第二行"},
+                    {"tag": "media", "file_key": "file_v3_media", "image_key": "img_cover"},
+                    {"tag": "a", "href": " java\tscript:x", "text": "x"},
+                    {"tag": "a", "href": "mailto:a@example.com", "text": "mail"},
+                    {"tag": "unknown_tag", "text": "保留"},
+                ]
+            ],
+        },
+    }
+    m = parse_message(receive("post", content))
+    assert m.title == "标题"
+    assert (
+        m.text == "标题\n斜**md**\n第二行[视频]x ( java\tscript:x)mail (mailto:a@example.com)保留"
+    )
+    assert "<s><u><i>斜</i></u></s>" in m.html
+    assert "**md**<br>第二行" in m.html
+    assert '<a href="mailto:a@example.com">mail</a>' in m.html
+    assert '<a href="java' not in m.html
+    assert m.resources == (Resource("media", "file_v3_media", ""),)
+
+
+def test_image_message() -> None:
+    m = parse_message(receive("image", {"image_key": "img_v2_xyz"}))
+    assert m.text == "[图片]"
+    assert m.resources == (Resource("image", "img_v2_xyz", ""),)
+    assert 'src="cid:img_v2_xyz@feishu-mailbot"' in m.html
+
+
+def test_file_message() -> None:
+    m = parse_message(receive("file", {"file_key": "file_v2_1", "file_name": "季度报告.pdf"}))
+    assert m.text == "[文件] 季度报告.pdf"
+    assert m.resources == (Resource("file", "file_v2_1", "季度报告.pdf"),)
+    assert "[文件] 季度报告.pdf" in m.html
+
+
+def test_audio_and_media_messages() -> None:
+    audio = parse_message(receive("audio", {"file_key": "file_a", "duration": 3000}))
+    assert audio.text == "[语音 3秒]"
+    assert audio.resources == (Resource("audio", "file_a", ""),)
+    media = parse_message(
+        receive("media", {"file_key": "file_m", "image_key": "img_m", "file_name": "demo.mp4"})
+    )
+    assert media.text == "[视频] demo.mp4"
+    assert media.resources == (Resource("media", "file_m", "demo.mp4"),)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "content", "expected"),
+    [
+        ("sticker", {"file_key": "x"}, "[表情包]"),
+        ("interactive", {"title": "审批", "elements": []}, "[卡片消息] 审批"),
+        ("share_chat", {"chat_id": "oc_x"}, "[群名片]"),
+        ("share_user", {"user_id": "ou_x"}, "[个人名片]"),
+        ("merge_forward", {}, "[合并转发消息]"),
+        ("system", {"template": "x"}, "[系统消息]"),
+        ("location", {"name": "北京", "latitude": "1"}, "[位置] 北京"),
+        ("brand_new_type", {"a": 1}, "[不支持的消息类型: brand_new_type]"),
+        ("<script>", "not json at all", "[不支持的消息类型: <script>]"),
+    ],
+)
+def test_other_types_get_placeholders(msg_type: str, content: object, expected: str) -> None:
+    m = parse_message(receive(msg_type, content))
+    assert m.text == expected
+    assert m.resources == ()
+    assert "<script>" not in m.html
+
+
+def test_text_with_unparseable_content_keeps_raw_string() -> None:
+    m = parse_message(receive("text", "plain, not JSON"))
+    assert m.text == "plain, not JSON"
+
+
+def test_recall() -> None:
+    payload = {
+        "schema": "2.0",
+        "header": {"event_id": "ev_r", "event_type": "im.message.recalled_v1"},
+        "event": {
+            "message_id": "om_1",
+            "chat_id": "oc_chat",
+            "recall_time": "1714526500000",
+            "recall_type": "message_owner",
+        },
+    }
+    assert parse_event(payload) == Recall("ev_r", "om_1", "oc_chat", 1714526500000)
+
+
+def test_other_event_types_are_ignored() -> None:
+    payload = {
+        "schema": "2.0",
+        "header": {"event_id": "ev_x", "event_type": "im.chat.member.bot.added_v1"},
+        "event": {"chat_id": "oc_chat"},
+    }
+    result = parse_event(payload)
+    assert isinstance(result, Ignored)
+    assert (result.event_id, result.event_type) == ("ev_x", "im.chat.member.bot.added_v1")
+    assert "im.chat.member.bot.added_v1" in result.reason
+
+
+def test_missing_message_id_is_an_error() -> None:
+    with pytest.raises(EventError, match=r"ev_bad.*message_id"):
+        parse_event(receive("text", {"text": "x"}, event_id="ev_bad", message_id=None))
+
+
+def test_missing_event_id_and_invalid_json_are_errors() -> None:
+    payload = receive("text", {"text": "x"})
+    del payload["header"]["event_id"]
+    with pytest.raises(EventError, match="event_id"):
+        parse_event(payload)
+    with pytest.raises(EventError, match="JSON"):
+        parse_event(b"{not json")
+    with pytest.raises(EventError):
+        parse_event("[1, 2]")
+    recall_header = {"event_id": "e", "event_type": "im.message.recalled_v1"}
+    with pytest.raises(EventError, match="message_id"):
+        parse_event({"header": recall_header, "event": {"chat_id": "oc"}})
+    with pytest.raises(EventError, match="chat_id"):
+        parse_event({"header": recall_header, "event": {"message_id": "om"}})
+
+
+def test_json_round_trip() -> None:
+    m = parse_message(receive("post", POST, mentions=MENTIONS))
+    stored = message_to_json(m)
+    assert "张三" in stored  # UTF-8 kept readable in the database
+    assert message_from_json(stored) == m
+    plain = parse_message(receive("file", {"file_key": "f", "file_name": "a.txt"}))
+    assert message_from_json(message_to_json(plain)) == plain
+
+
+def test_message_from_json_rejects_corrupt_rows() -> None:
+    with pytest.raises(EventError):
+        message_from_json("{")
+    with pytest.raises(EventError):
+        message_from_json('{"event_id": "x"}')
+
+
+def test_preview() -> None:
+    assert preview("第一行\r\n第二行\t\x00end") == "第一行 第二行 end"
+    assert preview("a" * 40) == "a" * 40
+    cut = preview("一二三四五六七八九十" * 5, limit=10)
+    assert cut == "一二三四五六七八九…"
+    assert len(cut) == 10
+    assert preview("line\u2028sep") == "line sep"
+    assert preview("anything", limit=0) == ""

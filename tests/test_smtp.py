@@ -1,0 +1,281 @@
+"""SmtpTransport and check() against a real aiosmtpd server on loopback."""
+
+from __future__ import annotations
+
+import email.policy
+import threading
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+
+from feishu_mailbot.settings import Secret, SmtpSettings
+from feishu_mailbot.smtp import CheckFailed, DeliveryError, SmtpTransport, check
+from tests.smtp_server import HOST, SmtpServer, free_port
+
+PASSWORD = "hunter2-Sekrit"
+SENDER = "bot@example.test"
+
+
+def make_settings(
+    port: int,
+    security: str = "none",
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 5.0,
+) -> SmtpSettings:
+    return SmtpSettings(
+        host=HOST,
+        port=port,
+        security=security,  # type: ignore[arg-type]
+        sender=f"Feishu Bot <{SENDER}>",
+        username=username,
+        password=Secret(password) if password is not None else None,
+        timeout=timeout,
+    )
+
+
+def make_mail(subject: str = "日报：测试 ✓ report", to: str = "alice@example.test") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Feishu Bot <{SENDER}>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content("正文 body\n.leading dot line\n")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+@pytest.fixture
+def server() -> Iterator[SmtpServer]:
+    with SmtpServer() as srv:
+        yield srv
+
+
+# -- delivery ------------------------------------------------------------------
+
+
+def test_plain_send_round_trips_utf8_subject(server: SmtpServer) -> None:
+    with SmtpTransport(make_settings(server.port)) as transport:
+        refused = transport.send(make_mail(), SENDER, ["alice@example.test"])
+    assert refused == {}
+    [msg] = server.wait_for(1)
+    assert msg["Subject"] == "日报：测试 ✓ report"
+    body = msg.get_body()
+    assert body is not None
+    # CRLF survives parsing of an 8bit part; the point is that dot-stuffing was undone.
+    assert body.get_content().replace("\r\n", "\n") == "正文 body\n.leading dot line\n"
+    assert server.received[0].mail_from == SENDER
+    assert server.received[0].rcpt_tos == ["alice@example.test"]
+    assert server.raw[0].startswith(b"From: ")
+
+
+def test_three_sends_share_one_connection(server: SmtpServer) -> None:
+    with SmtpTransport(make_settings(server.port)) as transport:
+        for i in range(3):
+            transport.send(make_mail(f"n{i}"), SENDER, ["alice@example.test"])
+        assert transport.connected
+    assert [m["Subject"] for m in server.wait_for(3)] == ["n0", "n1", "n2"]
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("probe_after", [0.0, 3600.0], ids=["noop-probe", "mail-fails"])
+def test_reconnects_once_after_server_dropped_idle_connection(
+    server: SmtpServer, probe_after: float
+) -> None:
+    with SmtpTransport(make_settings(server.port), probe_after=probe_after) as transport:
+        transport.send(make_mail("before"), SENDER, ["alice@example.test"])
+        server.drop_connections()
+        time.sleep(0.05)  # let the FIN arrive
+        transport.send(make_mail("after"), SENDER, ["alice@example.test"])
+    assert [m["Subject"] for m in server.wait_for(2)] == ["before", "after"]
+    assert server.connections == 2
+
+
+def test_starttls_and_auth() -> None:
+    with SmtpServer(starttls=True, require_auth=("bot", PASSWORD)) as srv:
+        settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
+        with SmtpTransport(settings, ssl_context=srv.ssl_context_for_client) as transport:
+            transport.send(make_mail(), SENDER, ["alice@example.test"])
+        srv.wait_for(1)
+        assert srv.received[0].auth_login == "bot"
+
+
+def test_implicit_tls() -> None:
+    with SmtpServer(tls=True) as srv:
+        settings = make_settings(srv.port, "tls")
+        with SmtpTransport(settings, ssl_context=srv.ssl_context_for_client) as transport:
+            transport.send(make_mail(), SENDER, ["alice@example.test"])
+        srv.wait_for(1)
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_wrong_password_is_permanent_and_not_echoed() -> None:
+    with SmtpServer(require_auth=("bot", "right")) as srv:
+        settings = make_settings(srv.port, "none", "bot", PASSWORD)
+        with SmtpTransport(settings) as transport, pytest.raises(DeliveryError) as info:
+            transport.send(make_mail(), SENDER, ["alice@example.test"])
+        assert info.value.permanent
+        text = str(info.value)
+        assert f"{HOST}:{srv.port}: AUTH failed" in text
+        assert "535" in text
+        assert PASSWORD not in text and PASSWORD not in repr(info.value)
+        assert srv.messages == []
+
+
+def test_451_is_temporary_and_connection_stays_usable(server: SmtpServer) -> None:
+    server.fail_next(1)
+    with SmtpTransport(make_settings(server.port)) as transport:
+        with pytest.raises(DeliveryError) as info:
+            transport.send(make_mail("first"), SENDER, ["alice@example.test"])
+        assert not info.value.permanent
+        assert "DATA failed" in str(info.value) and "451" in str(info.value)
+        transport.send(make_mail("second"), SENDER, ["alice@example.test"])
+    assert [m["Subject"] for m in server.wait_for(1)] == ["second"]
+    assert server.connections == 1
+
+
+def test_5xx_on_data_is_permanent(server: SmtpServer) -> None:
+    server.fail_next(1, code=554)
+    with SmtpTransport(make_settings(server.port)) as transport, pytest.raises(DeliveryError) as e:
+        transport.send(make_mail(), SENDER, ["alice@example.test"])
+    assert e.value.permanent
+
+
+def test_some_recipients_refused_is_success_for_the_rest(server: SmtpServer) -> None:
+    server.permanent_fail_rcpt("gone@example.test")
+    with SmtpTransport(make_settings(server.port)) as transport:
+        refused = transport.send(make_mail(), SENDER, ["alice@example.test", "gone@example.test"])
+        assert list(refused) == ["gone@example.test"]
+        assert refused["gone@example.test"][0] == 550
+        with pytest.raises(DeliveryError) as info:
+            transport.send(make_mail(), SENDER, ["gone@example.test"])
+        assert info.value.permanent
+        assert "RCPT TO failed: all recipients refused" in str(info.value)
+    server.wait_for(1)
+    assert server.received[0].rcpt_tos == ["alice@example.test"]
+    assert len(server.messages) == 1
+
+
+def test_refused_port_is_temporary() -> None:
+    port = free_port()
+    with SmtpTransport(make_settings(port)) as transport, pytest.raises(DeliveryError) as info:
+        transport.send(make_mail(), SENDER, ["alice@example.test"])
+    assert not info.value.permanent
+    assert str(info.value) == f"{HOST}:{port}: connect failed: connection refused"
+
+
+def test_server_going_away_and_coming_back(server: SmtpServer) -> None:
+    with SmtpTransport(make_settings(server.port)) as transport:
+        transport.send(make_mail("one"), SENDER, ["alice@example.test"])
+        server.refuse = True
+        with pytest.raises(DeliveryError) as info:
+            transport.send(make_mail("lost"), SENDER, ["alice@example.test"])
+        assert not info.value.permanent
+        assert "connection refused" in str(info.value)
+        server.refuse = False
+        transport.send(make_mail("two"), SENDER, ["alice@example.test"])
+    assert [m["Subject"] for m in server.wait_for(2)] == ["one", "two"]
+
+
+def test_starttls_not_offered_never_sends_in_clear(server: SmtpServer) -> None:
+    with (
+        SmtpTransport(make_settings(server.port, "starttls")) as transport,
+        pytest.raises(DeliveryError) as info,
+    ):
+        transport.send(make_mail(), SENDER, ["alice@example.test"])
+    assert not info.value.permanent
+    assert "STARTTLS failed: server does not offer STARTTLS" in str(info.value)
+    assert server.messages == []
+
+
+def test_slow_server_does_not_serialise_connections_and_times_out(server: SmtpServer) -> None:
+    server.delay_per_message(0.4)
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            with SmtpTransport(make_settings(server.port)) as transport:
+                transport.send(make_mail(), SENDER, ["alice@example.test"])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=deliver) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert time.monotonic() - started < 1.0  # three 0.4 s DATA answers overlapped
+
+    with (
+        SmtpTransport(make_settings(server.port, timeout=0.1)) as transport,
+        pytest.raises(DeliveryError) as info,
+    ):
+        transport.send(make_mail(), SENDER, ["alice@example.test"])
+    assert not info.value.permanent
+    assert "DATA failed: timed out after 0.1 s" in str(info.value)
+    assert not transport.connected
+
+
+def test_close_if_idle(server: SmtpServer) -> None:
+    transport = SmtpTransport(make_settings(server.port))
+    assert not transport.close_if_idle(0)  # nothing to close
+    transport.send(make_mail(), SENDER, ["alice@example.test"])
+    assert not transport.close_if_idle(3600)
+    assert transport.connected
+    assert transport.close_if_idle(0)
+    assert not transport.connected
+    transport.send(make_mail(), SENDER, ["alice@example.test"])  # reconnects lazily
+    transport.close()
+    transport.close()  # idempotent
+    assert server.connections == 2
+
+
+# -- check-config --online -----------------------------------------------------
+
+
+def test_check_success_sends_nothing() -> None:
+    with SmtpServer(starttls=True, require_auth=("bot", PASSWORD)) as srv:
+        settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
+        steps = check(settings, srv.ssl_context_for_client)
+        assert steps[0] == f"connected to {HOST}:{srv.port}"
+        assert any(s.startswith("STARTTLS ok (TLSv1.") for s in steps)
+        assert "AUTH ok as bot" in steps
+        assert steps[-1] == "NOOP ok"
+        time.sleep(0.05)
+        assert srv.messages == []
+        assert srv.connections == 1
+
+
+def test_check_refused() -> None:
+    with pytest.raises(CheckFailed) as info:
+        check(make_settings(free_port()))
+    assert (info.value.step, info.value.reason) == ("connect", "connection refused")
+
+
+def test_check_bad_auth_names_step_and_hides_password() -> None:
+    with SmtpServer(starttls=True, require_auth=("bot", "right")) as srv:
+        settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
+        with pytest.raises(CheckFailed) as info:
+            check(settings, srv.ssl_context_for_client)
+        assert info.value.step == "AUTH"
+        assert info.value.reason.startswith("authentication rejected (535")
+        assert PASSWORD not in str(info.value)
+        assert srv.messages == []
+
+
+def test_check_starttls_not_offered(server: SmtpServer) -> None:
+    with pytest.raises(CheckFailed) as info:
+        check(make_settings(server.port, "starttls"))
+    assert (info.value.step, info.value.reason) == ("STARTTLS", "server does not offer STARTTLS")
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_check_untrusted_certificate(security: str) -> None:
+    srv = SmtpServer(starttls=security == "starttls", tls=security == "tls")
+    with srv, pytest.raises(CheckFailed) as info:
+        check(make_settings(srv.port, security))  # system trust store: self-signed fails
+    assert info.value.step == "TLS handshake"
+    assert info.value.reason.startswith("certificate verify failed: ")
+    assert srv.messages == []

@@ -126,7 +126,9 @@ class LongConnection:
         self._clock = clock
         self._ws = load_ws_client()
         self._client = _make_client(self._ws, self)
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
+        self._pinger: asyncio.Task[Any] | None = None
+        self._receiver: asyncio.Task[Any] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -137,12 +139,15 @@ class LongConnection:
     async def connect(self) -> None:
         """First connection; raises on failure so the caller can decide to retry or give up."""
         await self._client._connect()
-        self._tasks.append(self.loop.create_task(self._client._ping_loop()))
+        self._pinger = self.loop.create_task(self._client._ping_loop())
 
     async def close(self) -> None:
+        """Stop pinging and receiving first, so the SDK sees no 'lost' connection to repair."""
+        self._closing = True
         self._client._auto_reconnect = False
-        for task in self._tasks:
-            task.cancel()
+        for task in (self._pinger, self._receiver):
+            if task is not None:
+                task.cancel()
         await self._client._disconnect()
 
     # -- callbacks from the client subclass -------------------------------------------
@@ -159,7 +164,10 @@ class LongConnection:
         if self.state.connected:
             self.state.connected = False
             self.state.connected_since = None
-            log.warning("Feishu long connection lost")
+            if self._closing:
+                log.info("Feishu long connection closed")
+            else:
+                log.warning("Feishu long connection lost")
 
     def _on_reconnecting(self) -> None:
         if self.state.reconnecting_since is None:
@@ -237,7 +245,7 @@ def _make_client(ws: types.ModuleType, owner: LongConnection) -> Any:
                 self._conn_id = query[ws.DEVICE_ID][0]
                 self._service_id = query[ws.SERVICE_ID][0]
                 owner._on_connected()
-                ws.loop.create_task(self._receive_message_loop())
+                owner._receiver = ws.loop.create_task(self._receive_message_loop())
             except ws.InvalidHandshake as e:
                 ws._parse_ws_conn_exception(e)
             finally:
@@ -270,9 +278,12 @@ def _make_client(ws: types.ModuleType, owner: LongConnection) -> Any:
                     owner._on_pong()
             await super()._handle_control_frame(frame)
 
+    # The SDK sets its logger's level in __init__ (INFO by default); keep the one logs.py chose.
+    keep_level = types.SimpleNamespace(value=logging.getLogger("Lark").level or logging.WARNING)
     client = Client(
         owner.settings.app_id,
         owner.settings.app_secret.reveal(),
+        log_level=keep_level,
         event_handler=_Sink(),
         domain=owner.settings.domain,
         auto_reconnect=True,

@@ -71,5 +71,7 @@ def _stderr_handler() -> logging.Handler:
 
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(LEVELS.get(level, logging.INFO))
+    # httpx logs every request at INFO; a request that fails surfaces in our own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # The SDK is chatty at INFO (every reconnect attempt twice); keep its warnings.
     logging.getLogger("Lark").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

@@ -175,7 +175,7 @@ class Outbox:
         delay = backoff(row.attempts, self.policy)
         self.store.mark_retry(row.mail_id, self._now() + delay, error)
         log.warning(
-            "mail %s attempt %d failed, retrying in %.0fs: %s",
+            "mail %s attempt %d failed, retrying in %.1fs: %s",
             row.kind,
             row.attempts + 1,
             delay,

@@ -1,0 +1,66 @@
+"""Shared fixtures: the Feishu emulator, an SMTP server, and the daemon under test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.feishu_emulator import FeishuEmulator
+from tests.harness import TEST_SECRETS, Bot, write_config
+from tests.smtp_server import SmtpServer
+
+_logs: list[Path] = []
+
+
+@pytest.fixture
+def emulator() -> Iterator[FeishuEmulator]:
+    emu = FeishuEmulator(ping_interval=2, reconnect_interval=1, reconnect_nonce=0)
+    emu.start()
+    emu.register_chat("oc_team", "研发群")
+    emu.register_user("ou_alice", "张三")
+    emu.register_user("ou_bob", "Bob")
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_bot(tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer) -> Iterator[object]:
+    bots: list[Bot] = []
+
+    def make(**config: str) -> Bot:
+        path = write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=smtp.port, **config)
+        bot = Bot(path, tmp_path)
+        bots.append(bot)
+        return bot
+
+    yield make
+    for bot in bots:
+        if bot.proc is not None and bot.proc.poll() is None:
+            bot.kill()
+        _logs.extend(tmp_path.glob("daemon-*.log"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """No secret may reach any log line of the whole suite (DESIGN §3)."""
+    yield
+    leaks = []
+    for path in _logs:
+        if path.exists():
+            text = path.read_text("utf-8", "replace")
+            leaks += [f"{path}: contains {s!r}" for s in TEST_SECRETS if s in text]
+    assert not leaks, "secret leaked into daemon logs:\n" + "\n".join(leaks)

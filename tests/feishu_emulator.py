@@ -1,0 +1,1101 @@
+"""A Feishu open-platform emulator for tests and ``make demo``.
+
+The real ``lark_oapi.ws.Client`` connects to it over real WebSockets and speaks the real
+protocol with the SDK's own protobuf ``Frame`` (``lark_oapi.ws.pb.pbbp2_pb2``):
+
+* ``POST /callback/ws/endpoint`` hands out a ``ws://`` URL plus a ``ClientConfig``;
+* the client's CONTROL ``ping`` frames are answered with ``pong`` frames whose payload is the
+  ``ClientConfig`` JSON;
+* events are DATA frames (headers ``type=event``, ``message_id``, ``sum``, ``seq``,
+  ``trace_id``), optionally split over several frames; the client acks by echoing the frame
+  with a ``{"code": 200}`` payload, which is recorded in :attr:`FeishuEmulator.acks`;
+* unacknowledged events can be re-pushed (``repush_after``), like Feishu does.
+
+The REST side covers what the bot uses: tenant access token, reply/send message, reactions,
+message resources, user and chat info.
+
+The server is aiohttp on 127.0.0.1 (random free port) in a background thread with its own
+event loop; every public method is synchronous and thread-safe (it schedules onto that loop
+and waits), so sync pytest tests and the demo script can drive it.
+
+Fault modes:
+
+* :meth:`stall_heartbeat` - pings are still read and counted but no ``pong`` frame goes back;
+  everything else (events, WebSocket-level pongs) keeps working.
+* :meth:`go_silent` - the *currently open* connections become half-open: nothing is sent on
+  them any more (no pongs, no events, no WebSocket-level pongs, no close reply) and everything
+  received is ignored; the sockets stay open. Connections made afterwards are normal, so a
+  client that detects the stall and reconnects recovers. ``go_silent(False)`` revives them.
+* :meth:`drop_connections` - aborts the TCP transport of every WebSocket (the client sees an
+  abnormal closure, 1006, without a close frame).
+* :meth:`refuse_connections` - ``mode="tcp"`` (default) closes the listening socket, so new
+  TCP connects get ECONNREFUSED (endpoint POSTs, WS handshakes and REST calls all fail, as in a
+  network outage); idle keep-alive HTTP connections are closed too, and any request that still
+  arrives on an old connection is aborted. Established WebSockets stay up. Turning it off
+  re-binds the *same* port. ``mode="http"`` keeps TCP up but answers the endpoint POST and the
+  WS handshake with HTTP 503 (REST keeps working).
+* :meth:`set_slow` - every HTTP request (including the endpoint POST and the WS handshake) is
+  delayed by that many seconds before it is handled.
+
+Event delivery follows Feishu's cluster mode: each event goes to exactly one connection
+(round-robin over the open, non-silent ones, for determinism). With no usable connection the
+event is queued and delivered as soon as one appears.
+
+REST business errors are returned with HTTP 400 and the Feishu ``code``/``msg`` in the body,
+except the endpoint's wrong-secret answer (HTTP 200, code 10003) as the SDK expects.
+A token invalidated by :meth:`expire_tokens` gets code 99991677 (token expired); a token that
+was never issued gets 99991663.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import types
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from aiohttp import WSMsgType, web
+
+__all__ = ["Ack", "FeishuEmulator"]
+
+T = TypeVar("T")
+
+
+def _load_frame_class() -> Any:
+    """Return the SDK's protobuf ``Frame`` class without importing all of ``lark_oapi``.
+
+    ``import lark_oapi`` costs seconds (it loads thousands of modules). The generated protobuf
+    module and the protobuf runtime the SDK vendors only need their own sub-packages, so when
+    ``lark_oapi`` is not imported yet, placeholder package modules stand in for ``lark_oapi``
+    and ``lark_oapi.ws`` while ``lark_oapi.ws.pb.pbbp2_pb2`` loads, and are removed again
+    afterwards. A later real ``import lark_oapi`` then runs its ``__init__`` normally and
+    reuses the already loaded ``lark_oapi.ws.pb`` modules (same ``Frame`` class).
+    """
+    if "lark_oapi" not in sys.modules:
+        spec = importlib.util.find_spec("lark_oapi")
+        if spec is not None and spec.submodule_search_locations:
+            root = next(iter(spec.submodule_search_locations))
+            placeholders = {
+                "lark_oapi": root,
+                "lark_oapi.ws": os.path.join(root, "ws"),
+            }
+            for name, path in placeholders.items():
+                module = types.ModuleType(name)
+                module.__path__ = [path]
+                sys.modules[name] = module
+            try:
+                from lark_oapi.ws.pb.pbbp2_pb2 import Frame as frame_cls
+
+                return frame_cls
+            finally:
+                for name in placeholders:
+                    loaded = sys.modules.get(name)
+                    if loaded is not None and getattr(loaded, "__file__", None) is None:
+                        del sys.modules[name]
+    from lark_oapi.ws.pb.pbbp2_pb2 import Frame as frame_cls
+
+    return frame_cls
+
+
+Frame: Any = _load_frame_class()
+
+# Protocol constants (lark_oapi.ws.const / lark_oapi.ws.enum).
+_METHOD_CONTROL = 0
+_METHOD_DATA = 1
+_AUTH_FAILED = 514
+_EXCEED_CONN_LIMIT = 1000040350
+_SERVICE_ID = 1
+
+
+def _now_ms() -> str:
+    return str(int(time.time() * 1000))
+
+
+def _hex(n: int = 16) -> str:
+    return secrets.token_hex(n // 2)
+
+
+def _digest(prefix: str, value: str, n: int = 24) -> str:
+    return prefix + hashlib.sha1(value.encode()).hexdigest()[:n]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _json(data: Mapping[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(dict(data), status=status, dumps=_dumps)
+
+
+def _error(code: int, msg: str, status: int = 400) -> web.Response:
+    return _json({"code": code, "msg": msg}, status)
+
+
+@dataclass
+class Ack:
+    """One acknowledgement frame received from a client."""
+
+    frame_id: str  # the frame's ``message_id`` header
+    event_id: str  # ``header.event_id`` of the event it acknowledges ("" if unknown)
+    code: int  # the ``code`` of the JSON payload: 200 ok, 500 handler error
+    ms: float  # time from the (latest) push of the frame to this ack, in milliseconds
+    late: bool  # ``ms`` exceeded the emulator's ``ack_timeout``
+    at: float  # time.time() when it arrived
+    payload: dict[str, Any]  # the decoded JSON payload
+
+
+@dataclass
+class _Delivery:
+    frame_id: str
+    event: dict[str, Any]
+    event_id: str
+    payload: bytes
+    split: int
+    trace_id: str
+    attempts: int = 0
+    sent_at: float | None = None  # monotonic time of the latest push
+    acked: bool = False  # acked with code 200
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Conn:
+    ws: web.WebSocketResponse
+    request: web.Request
+    device_id: str
+    service_id: int
+    opened_at: float = field(default_factory=time.time)
+    silent: bool = False
+    seq: int = 0
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    @property
+    def gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+
+class FeishuEmulator:
+    """Feishu open platform on 127.0.0.1: long-connection endpoint, WebSocket and REST API."""
+
+    def __init__(
+        self,
+        app_id: str = "cli_test",
+        app_secret: str = "test-secret",
+        *,
+        ping_interval: int = 120,
+        reconnect_count: int = -1,
+        reconnect_interval: int = 1,
+        reconnect_nonce: int = 0,
+        repush_after: float | None = None,
+        max_repush: int = 3,
+        ack_timeout: float = 3.0,
+        tenant_key: str = "tenant_test",
+        max_connections: int = 50,
+        port: int = 0,
+    ) -> None:
+        self.app_id = app_id
+        self.app_secret = app_secret
+        self.tenant_key = tenant_key
+        self.repush_after = repush_after
+        self.max_repush = max_repush
+        self.ack_timeout = ack_timeout
+        self.max_connections = max_connections
+        self._client_config: dict[str, int] = {
+            "ReconnectCount": reconnect_count,
+            "ReconnectInterval": reconnect_interval,
+            "ReconnectNonce": reconnect_nonce,
+            "PingInterval": ping_interval,
+        }
+        self.port = port
+        # Recorded traffic (appended on the emulator thread, read from any thread).
+        self.acks: list[Ack] = []
+        self.ack_codes: dict[str, int] = {}  # frame message_id -> code of the latest ack
+        self.sent_messages: list[dict[str, Any]] = []
+        self.reactions: list[dict[str, Any]] = []
+        self.pushed_events: list[dict[str, Any]] = []
+        self.data_frames: list[dict[str, Any]] = []  # headers of every event frame written
+        self.errors: list[str] = []  # unexpected exceptions inside the emulator
+        self.connect_count = 0  # accepted WebSocket handshakes, ever
+        self.endpoint_count = 0  # successful endpoint POSTs, ever
+        self.ping_count = 0
+        self.pong_count = 0
+        self.last_ping_at: float | None = None  # time.time() of the latest ping frame
+        self.token_count = 0
+        # Registries.
+        self._users: dict[str, str] = {}
+        self._chats: dict[str, str] = {}
+        self._resources: dict[str, tuple[bytes, str, str | None]] = {}
+        self._message_chats: dict[str, str] = {}
+        # Internal state, owned by the emulator loop.
+        self._tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self._expired_tokens: set[str] = set()
+        self._device_ids: set[str] = set()
+        self._conns: list[_Conn] = []
+        self._rr = 0
+        self._pending: list[_Delivery] = []
+        self._deliveries: dict[str, _Delivery] = {}
+        self._stall = False
+        self._refuse: str | None = None
+        self._slow = 0.0
+        self._reply_n = 0
+        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._listen_sock: socket.socket | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FeishuEmulator:
+        if self._thread is not None:
+            raise RuntimeError("emulator already started")
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(loop,), name="feishu-emulator", daemon=True
+        )
+        self._thread.start()
+        self._call(self._startup())
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not self._stopping:
+            self._stopping = True
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> FeishuEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._on_loop_exception)
+        try:
+            loop.run_forever()
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
+        exc = ctx.get("exception")
+        if isinstance(exc, (ConnectionError, asyncio.CancelledError)) or self._stopping:
+            return
+        self.errors.append(f"{ctx.get('message')}: {exc!r}")
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("emulator is not running")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("FeishuEmulator methods must not be called from its own loop")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    async def _startup(self) -> None:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_post("/callback/ws/endpoint", self._h_endpoint)
+        app.router.add_get("/ws", self._h_ws)
+        app.router.add_post("/open-apis/auth/v3/tenant_access_token/internal", self._h_token)
+        app.router.add_get(
+            "/open-apis/im/v1/messages/{message_id}/resources/{file_key}", self._h_resource
+        )
+        app.router.add_get("/open-apis/contact/v3/users/{open_id}", self._h_user)
+        app.router.add_get("/open-apis/im/v1/chats/{chat_id}", self._h_chat)
+        app.router.add_post("/open-apis/im/v1/messages/{message_id}/reply", self._h_reply)
+        app.router.add_post("/open-apis/im/v1/messages/{message_id}/reactions", self._h_reaction)
+        app.router.add_post("/open-apis/im/v1/messages", self._h_send)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        await self._bind()
+
+    async def _bind(self) -> None:
+        # The emulator owns the listening socket so refuse mode can stop accepting cleanly.
+        assert self._runner is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.setblocking(False)
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self._site, self._listen_sock = site, sock
+        self.port = int(sock.getsockname()[1])
+
+    async def _unbind(self) -> None:
+        """Close the listening socket: new TCP connects get ECONNREFUSED."""
+        site, sock = self._site, self._listen_sock
+        if site is None or sock is None:
+            return
+        self._site = self._listen_sock = None
+        # Stop accepting first and let connections asyncio already accepted finish their
+        # setup; closing the server right away would leak them (CPython 3.11's
+        # Server._attach asserts on a closed server and the accepted socket is never closed).
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        await asyncio.sleep(0.02)
+        await site.stop()  # closes the listening socket; the backlog is reset by the kernel
+
+    async def _shutdown(self) -> None:
+        for delivery in self._deliveries.values():
+            if delivery.timer is not None:
+                delivery.timer.cancel()
+        for conn in list(self._conns):
+            conn.abort()
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.cleanup()
+        self._notify()
+
+    # ------------------------------------------------------------------ test controls
+
+    def register_user(self, open_id: str, name: str) -> None:
+        self._users[open_id] = name
+
+    def register_chat(self, chat_id: str, name: str) -> None:
+        self._chats[chat_id] = name
+
+    def register_resource(
+        self, file_key: str, data: bytes, content_type: str, filename: str | None = None
+    ) -> None:
+        self._resources[file_key] = (bytes(data), content_type, filename)
+
+    def set_client_config(self, **changes: int) -> None:
+        """Change the ClientConfig sent from now on (endpoint and pongs).
+
+        Keys: ``ping_interval``, ``reconnect_count``, ``reconnect_interval``, ``reconnect_nonce``.
+        """
+        names = {
+            "ping_interval": "PingInterval",
+            "reconnect_count": "ReconnectCount",
+            "reconnect_interval": "ReconnectInterval",
+            "reconnect_nonce": "ReconnectNonce",
+        }
+        for key, value in changes.items():
+            self._client_config[names[key]] = int(value)
+
+    @property
+    def client_config(self) -> dict[str, int]:
+        return dict(self._client_config)
+
+    def expire_tokens(self) -> None:
+        """Invalidate every tenant access token issued so far (they answer 99991677)."""
+        self._expired_tokens.update(self._tokens)
+        self._tokens.clear()
+
+    def build_message_event(
+        self,
+        chat_id: str,
+        sender_open_id: str,
+        message_type: str,
+        content: Mapping[str, Any],
+        *,
+        message_id: str | None = None,
+        event_id: str | None = None,
+        mentions: Sequence[str | tuple[str, str] | Mapping[str, Any]] | None = None,
+        chat_type: str = "group",
+        root_id: str = "",
+        parent_id: str = "",
+    ) -> dict[str, Any]:
+        """An ``im.message.receive_v1`` event (schema 2.0), as Feishu sends it.
+
+        ``mentions`` items are an open_id (name from :meth:`register_user`), an
+        ``(open_id, name)`` pair, or a ready Feishu mention dict; they get the keys
+        ``@_user_1``, ``@_user_2``, ... in order (use those keys in the text).
+        """
+        message_id = message_id or f"om_{_hex(32)}"
+        now = _now_ms()
+        feishu_mentions: list[dict[str, Any]] = []
+        for i, item in enumerate(mentions or (), start=1):
+            if isinstance(item, Mapping):
+                feishu_mentions.append(dict(item))
+                continue
+            if isinstance(item, str):
+                open_id, name = item, self._users.get(item, item)
+            else:
+                open_id, name = item
+            feishu_mentions.append(
+                {
+                    "key": f"@_user_{i}",
+                    "id": self._user_ids(open_id),
+                    "name": name,
+                    "tenant_key": self.tenant_key,
+                }
+            )
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "root_id": root_id,
+            "parent_id": parent_id,
+            "create_time": now,
+            "update_time": now,
+            "chat_id": chat_id,
+            "chat_type": chat_type,
+            "message_type": message_type,
+            "content": _dumps(dict(content)),
+        }
+        if feishu_mentions:
+            message["mentions"] = feishu_mentions
+        return {
+            "schema": "2.0",
+            "header": self._event_header("im.message.receive_v1", event_id),
+            "event": {
+                "sender": {
+                    "sender_id": self._user_ids(sender_open_id),
+                    "sender_type": "user",
+                    "tenant_key": self.tenant_key,
+                },
+                "message": message,
+            },
+        }
+
+    def push_text(
+        self,
+        chat_id: str,
+        sender_open_id: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        event_id: str | None = None,
+        mentions: Sequence[str | tuple[str, str] | Mapping[str, Any]] | None = None,
+        chat_type: str = "group",
+        split: int = 1,
+    ) -> dict[str, Any]:
+        return self.push_message(
+            chat_id,
+            sender_open_id,
+            "text",
+            {"text": text},
+            message_id=message_id,
+            event_id=event_id,
+            mentions=mentions,
+            chat_type=chat_type,
+            split=split,
+        )
+
+    def push_message(
+        self,
+        chat_id: str,
+        sender_open_id: str,
+        message_type: str,
+        content: Mapping[str, Any],
+        *,
+        message_id: str | None = None,
+        event_id: str | None = None,
+        mentions: Sequence[str | tuple[str, str] | Mapping[str, Any]] | None = None,
+        chat_type: str = "group",
+        root_id: str = "",
+        parent_id: str = "",
+        split: int = 1,
+    ) -> dict[str, Any]:
+        """Push an ``im.message.receive_v1`` event (text, post, image, file, ...)."""
+        event = self.build_message_event(
+            chat_id,
+            sender_open_id,
+            message_type,
+            content,
+            message_id=message_id,
+            event_id=event_id,
+            mentions=mentions,
+            chat_type=chat_type,
+            root_id=root_id,
+            parent_id=parent_id,
+        )
+        return self.push_raw(event, split=split)
+
+    def push_recall(
+        self, message_id: str, chat_id: str, *, event_id: str | None = None
+    ) -> dict[str, Any]:
+        event = {
+            "schema": "2.0",
+            "header": self._event_header("im.message.recalled_v1", event_id),
+            "event": {
+                "message_id": message_id,
+                "chat_id": chat_id,
+                "recall_time": _now_ms(),
+                "recall_type": "message_owner",
+            },
+        }
+        return self.push_raw(event)
+
+    def push_raw(self, event: Mapping[str, Any], split: int = 1) -> dict[str, Any]:
+        """Push any event dict as one DATA frame (or ``split`` frames). Returns the event."""
+        event = dict(event)
+        self._call(self._push(event, split))
+        return event
+
+    def repush(self, event: Mapping[str, Any], split: int = 1) -> dict[str, Any]:
+        """Deliver the same event (same event_id/message_id) again, in a new frame."""
+        return self.push_raw(event, split=split)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` (re-checked on every emulator state change) is true."""
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise TimeoutError(f"condition not met within {timeout}s")
+
+    def wait_connected(self, timeout: float = 10.0, *, total: int | None = None) -> None:
+        """Wait for an open WebSocket (and, with ``total``, for that many handshakes ever)."""
+
+        def ok() -> bool:
+            return self.connections > 0 and (total is None or self.connect_count >= total)
+
+        self.wait_for(ok, timeout)
+
+    def wait_disconnected(self, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: self.connections == 0, timeout)
+
+    def wait_pings(self, count: int, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: self.ping_count >= count, timeout)
+
+    def wait_ack(self, key: str | Mapping[str, Any], timeout: float = 10.0) -> Ack:
+        """First ack for an event (its event_id, or the event dict) or for a frame id."""
+        if isinstance(key, Mapping):
+            key = str(key["header"]["event_id"])
+        found: list[Ack] = []
+
+        def match() -> bool:
+            found[:] = [a for a in self.acks if key in (a.event_id, a.frame_id)]
+            return bool(found)
+
+        try:
+            self.wait_for(match, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no ack for {key} within {timeout}s") from None
+        return found[0]
+
+    def unacked_events(self) -> list[dict[str, Any]]:
+        """Events pushed but not (yet) acknowledged with code 200."""
+
+        async def collect() -> list[dict[str, Any]]:
+            return [d.event for d in self._deliveries.values() if not d.acked]
+
+        return self._call(collect())
+
+    @property
+    def connections(self) -> int:
+        """Number of currently open WebSockets."""
+        return len(self._conns)
+
+    def stall_heartbeat(self, on: bool = True) -> None:
+        self._stall = on
+
+    def go_silent(self, on: bool = True) -> None:
+        self._call(self._go_silent(on))
+
+    def drop_connections(self) -> None:
+        self._call(self._drop())
+
+    def refuse_connections(self, on: bool = True, *, mode: str = "tcp") -> None:
+        if mode not in ("tcp", "http"):
+            raise ValueError("mode must be 'tcp' or 'http'")
+        self._call(self._set_refuse(mode if on else None))
+
+    def set_slow(self, seconds: float) -> None:
+        self._slow = max(0.0, float(seconds))
+
+    # ------------------------------------------------------------------ event helpers
+
+    def _event_header(self, event_type: str, event_id: str | None) -> dict[str, Any]:
+        return {
+            "event_id": event_id or f"ev_{_hex(32)}",
+            "event_type": event_type,
+            "create_time": _now_ms(),
+            "token": "",
+            "app_id": self.app_id,
+            "tenant_key": self.tenant_key,
+        }
+
+    @staticmethod
+    def _user_ids(open_id: str) -> dict[str, str]:
+        return {
+            "open_id": open_id,
+            "union_id": _digest("on_", open_id),
+            "user_id": _digest("u", open_id, 8),
+        }
+
+    # ------------------------------------------------------------------ delivery (loop)
+
+    async def _push(self, event: dict[str, Any], split: int) -> None:
+        header = event.get("header") or {}
+        body = event.get("event") or {}
+        message = body.get("message") if isinstance(body, dict) else None
+        if isinstance(message, dict) and message.get("message_id") and message.get("chat_id"):
+            self._message_chats[str(message["message_id"])] = str(message["chat_id"])
+        delivery = _Delivery(
+            frame_id=uuid.uuid4().hex,
+            event=event,
+            event_id=str(header.get("event_id", "")),
+            payload=_dumps(event).encode(),
+            split=max(1, int(split)),
+            trace_id=uuid.uuid4().hex,
+        )
+        self._deliveries[delivery.frame_id] = delivery
+        self.pushed_events.append(event)
+        await self._deliver(delivery)
+
+    def _pick_conn(self) -> _Conn | None:
+        usable = [c for c in self._conns if not c.silent and not c.gone]
+        if not usable:
+            return None
+        self._rr += 1
+        return usable[self._rr % len(usable)]
+
+    async def _deliver(self, delivery: _Delivery) -> None:
+        while True:
+            conn = self._pick_conn()
+            if conn is None:
+                self._pending.append(delivery)
+                return
+            if await self._send_delivery(conn, delivery):
+                return
+            conn.abort()  # broken connection: try another one (or queue)
+
+    def _frames(self, conn: _Conn, delivery: _Delivery) -> list[bytes]:
+        payload, n = delivery.payload, min(delivery.split, max(1, len(delivery.payload)))
+        size = -(-len(payload) // n)
+        frames = []
+        for seq in range(n):
+            frame = Frame()
+            conn.seq += 1
+            frame.SeqID = conn.seq
+            frame.LogID = 0
+            frame.service = conn.service_id
+            frame.method = _METHOD_DATA
+            for key, value in (
+                ("type", "event"),
+                ("message_id", delivery.frame_id),
+                ("sum", str(n)),
+                ("seq", str(seq)),
+                ("trace_id", delivery.trace_id),
+            ):
+                header = frame.headers.add()
+                header.key = key
+                header.value = value
+            frame.payload = payload[seq * size : (seq + 1) * size]
+            frames.append(frame.SerializeToString())
+            self.data_frames.append(
+                {
+                    "message_id": delivery.frame_id,
+                    "event_id": delivery.event_id,
+                    "sum": n,
+                    "seq": seq,
+                    "trace_id": delivery.trace_id,
+                    "device_id": conn.device_id,
+                    "attempt": delivery.attempts + 1,
+                }
+            )
+        return frames
+
+    async def _send_delivery(self, conn: _Conn, delivery: _Delivery) -> bool:
+        frames = self._frames(conn, delivery)
+        delivery.attempts += 1
+        delivery.sent_at = time.monotonic()
+        for data in frames:
+            if not await self._send(conn, data):
+                return False
+        if self.repush_after is not None and delivery.attempts <= self.max_repush:
+            loop = asyncio.get_running_loop()
+            if delivery.timer is not None:
+                delivery.timer.cancel()
+            delivery.timer = loop.call_later(self.repush_after, self._repush_due, delivery.frame_id)
+        return True
+
+    def _repush_due(self, frame_id: str) -> None:
+        delivery = self._deliveries.get(frame_id)
+        if delivery is None or delivery.acked or self._stopping:
+            return
+        delivery.timer = None
+        asyncio.get_running_loop().create_task(self._deliver(delivery))
+
+    async def _send(self, conn: _Conn, data: bytes) -> bool:
+        if conn.silent:
+            return True  # half-open: written into the void
+        try:
+            async with conn.send_lock:
+                await conn.ws.send_bytes(data)
+            return True
+        except Exception:
+            return False
+
+    async def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for delivery in pending:
+            if not delivery.acked:
+                await self._deliver(delivery)
+
+    async def _go_silent(self, on: bool) -> None:
+        for conn in self._conns:
+            conn.silent = on
+        if not on:
+            await self._flush_pending()
+
+    async def _drop(self) -> None:
+        for conn in list(self._conns):
+            conn.abort()
+
+    async def _set_refuse(self, mode: str | None) -> None:
+        self._refuse = mode
+        if mode == "tcp" and self._site is not None:
+            await self._unbind()
+            # Cut every HTTP connection (idle keep-alive ones included) except WebSockets.
+            assert self._runner is not None
+            server = self._runner.server
+            if server is not None:
+                ws_handlers = {id(c.request.protocol) for c in self._conns}
+                for handler in server.connections:
+                    if id(handler) not in ws_handlers:
+                        handler.force_close()
+        elif mode != "tcp" and self._site is None and not self._stopping:
+            await self._bind()
+
+    # ------------------------------------------------------------------ HTTP (loop)
+
+    @web.middleware
+    async def _middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if self._slow:
+            await asyncio.sleep(self._slow)
+        if self._refuse == "tcp":
+            # Arrived on a connection accepted before the listener was closed.
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable()
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self.errors.append(f"{request.method} {request.path}: {exc!r}")
+            return _error(1, f"emulator error: {exc!r}", 500)
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        auth = request.headers.get("Authorization", "")
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
+        expiry = self._tokens.get(token)
+        if expiry is not None and expiry > time.monotonic():
+            return None
+        if token in self._expired_tokens or expiry is not None:
+            return _error(99991677, "Authentication token expired")
+        return _error(99991663, "Invalid access token")
+
+    async def _h_endpoint(self, request: web.Request) -> web.Response:
+        if self._refuse == "http":
+            return _error(1, "system busy", 503)
+        body = await self._body(request)
+        if body.get("AppID") != self.app_id or body.get("AppSecret") != self.app_secret:
+            return _error(10003, "invalid app_id or app_secret", 200)
+        device_id = str(uuid.uuid4())
+        self._device_ids.add(device_id)
+        self.endpoint_count += 1
+        self._notify()
+        url = f"ws://127.0.0.1:{self.port}/ws?device_id={device_id}&service_id={_SERVICE_ID}"
+        return _json(
+            {
+                "code": 0,
+                "msg": "ok",
+                "data": {"URL": url, "ClientConfig": dict(self._client_config)},
+            }
+        )
+
+    async def _h_ws(self, request: web.Request) -> web.StreamResponse:
+        if self._refuse == "http":
+            return _error(1, "system busy", 503)
+        device_id = request.query.get("device_id", "")
+        service_id = request.query.get("service_id", "")
+        if device_id not in self._device_ids or not service_id.isdigit():
+            return self._handshake_error(0, "invalid device_id or service_id")
+        if len(self._conns) >= self.max_connections:
+            return self._handshake_error(_EXCEED_CONN_LIMIT, "exceed connection limit")
+        ws = web.WebSocketResponse(autoping=False, autoclose=False, timeout=1.0)
+        try:
+            await ws.prepare(request)
+        except Exception:
+            return ws
+        conn = _Conn(ws=ws, request=request, device_id=device_id, service_id=int(service_id))
+        self._conns.append(conn)
+        self.connect_count += 1
+        self._notify()
+        try:
+            await self._flush_pending()
+            await self._read_loop(conn)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception as exc:
+            if not self._stopping:
+                self.errors.append(f"websocket {device_id}: {exc!r}")
+        finally:
+            self._conns.remove(conn)
+            conn.abort()
+            self._notify()
+        return ws
+
+    @staticmethod
+    def _handshake_error(auth_code: int, msg: str) -> web.Response:
+        headers = {
+            "handshake-status": str(_AUTH_FAILED),
+            "handshake-msg": msg,
+            "handshake-autherrcode": str(auth_code),
+        }
+        return web.Response(status=403, text=msg, headers=headers)
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        ws = conn.ws
+        while True:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING):
+                # The client closes. A silent (half-open) peer never answers.
+                while conn.silent and not conn.gone and not self._stopping:
+                    await asyncio.sleep(0.05)
+                await ws.close(drain=False)
+                return
+            if conn.silent:
+                continue
+            if msg.type == WSMsgType.PING:
+                with contextlib.suppress(Exception):
+                    async with conn.send_lock:
+                        await ws.pong(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await self._on_frame(conn, msg.data)
+
+    async def _on_frame(self, conn: _Conn, data: bytes) -> None:
+        frame = Frame()
+        try:
+            frame.ParseFromString(data)
+        except Exception as exc:
+            self.errors.append(f"undecodable frame: {exc!r}")
+            return
+        headers = {h.key: h.value for h in frame.headers}
+        kind = headers.get("type")
+        if frame.method == _METHOD_CONTROL and kind == "ping":
+            self.ping_count += 1
+            self.last_ping_at = time.time()
+            if frame.service != conn.service_id:
+                self.errors.append(f"ping with service {frame.service} != {conn.service_id}")
+            if not self._stall:
+                await self._send(conn, self._pong_frame(conn))
+                self.pong_count += 1
+            self._notify()
+        elif frame.method == _METHOD_DATA:
+            self._on_ack(headers.get("message_id", ""), bytes(frame.payload))
+
+    def _pong_frame(self, conn: _Conn) -> bytes:
+        frame = Frame()
+        frame.SeqID = 0
+        frame.LogID = 0
+        frame.service = conn.service_id
+        frame.method = _METHOD_CONTROL
+        header = frame.headers.add()
+        header.key = "type"
+        header.value = "pong"
+        frame.payload = _dumps(self._client_config).encode()
+        return bytes(frame.SerializeToString())
+
+    def _on_ack(self, frame_id: str, payload: bytes) -> None:
+        try:
+            body = json.loads(payload.decode("utf-8"))
+            code = int(body.get("code"))
+        except (ValueError, TypeError, AttributeError):
+            self.errors.append(f"bad ack payload for {frame_id}: {payload[:200]!r}")
+            return
+        delivery = self._deliveries.get(frame_id)
+        now = time.monotonic()
+        ms = (now - delivery.sent_at) * 1000 if delivery and delivery.sent_at else 0.0
+        ack = Ack(
+            frame_id=frame_id,
+            event_id=delivery.event_id if delivery else "",
+            code=code,
+            ms=ms,
+            late=ms > self.ack_timeout * 1000,
+            at=time.time(),
+            payload=body,
+        )
+        self.acks.append(ack)
+        self.ack_codes[frame_id] = code
+        if delivery is not None and code == 200:
+            delivery.acked = True
+            if delivery.timer is not None:
+                delivery.timer.cancel()
+                delivery.timer = None
+        self._notify()
+
+    # ------------------------------------------------------------------ REST (loop)
+
+    async def _h_token(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if body.get("app_id") != self.app_id or body.get("app_secret") != self.app_secret:
+            return _error(10014, "app secret invalid")
+        token = f"t-{_hex(40)}"
+        self._tokens[token] = time.monotonic() + 7200
+        self.token_count += 1
+        return _json({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": 7200})
+
+    async def _h_resource(self, request: web.Request) -> web.StreamResponse:
+        if (err := self._auth_error(request)) is not None:
+            return err
+        if request.query.get("type") not in ("image", "file"):
+            return _error(234001, "Invalid request param.")
+        resource = self._resources.get(request.match_info["file_key"])
+        if resource is None:
+            return _error(234003, "File not in msg.", 404)
+        data, content_type, filename = resource
+        headers = {"Content-Type": content_type}
+        if filename:
+            ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+            headers["Content-Disposition"] = (
+                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+            )
+        return web.Response(body=data, headers=headers)
+
+    async def _h_user(self, request: web.Request) -> web.Response:
+        if (err := self._auth_error(request)) is not None:
+            return err
+        open_id = request.match_info["open_id"]
+        name = self._users.get(open_id)
+        if name is None:
+            return _error(41050, "no user authority error")
+        user = {**self._user_ids(open_id), "name": name, "en_name": name}
+        return _json({"code": 0, "msg": "success", "data": {"user": user}})
+
+    async def _h_chat(self, request: web.Request) -> web.Response:
+        if (err := self._auth_error(request)) is not None:
+            return err
+        chat_id = request.match_info["chat_id"]
+        name = self._chats.get(chat_id)
+        if name is None:
+            return _error(232011, "chat not found")
+        data = {"chat_id": chat_id, "name": name, "chat_mode": "group", "chat_type": "private"}
+        return _json({"code": 0, "msg": "success", "data": data})
+
+    def _record_message(
+        self, kind: str, chat_id: str | None, reply_to: str | None, body: Mapping[str, Any]
+    ) -> web.Response:
+        raw = body.get("content")
+        try:
+            content = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            content = raw
+        self._reply_n += 1
+        message_id = f"om_reply_{self._reply_n}"
+        self.sent_messages.append(
+            {
+                "kind": kind,
+                "message_id": message_id,
+                "reply_to": reply_to,
+                "chat_id": chat_id,
+                "msg_type": body.get("msg_type"),
+                "content": content,
+                "at": time.time(),
+            }
+        )
+        self._notify()
+        data = {
+            "message_id": message_id,
+            "root_id": reply_to or "",
+            "parent_id": reply_to or "",
+            "msg_type": body.get("msg_type"),
+            "create_time": _now_ms(),
+            "chat_id": chat_id,
+            "sender": {"id": self.app_id, "id_type": "app_id", "sender_type": "app"},
+            "body": {"content": raw},
+        }
+        return _json({"code": 0, "msg": "success", "data": data})
+
+    async def _h_reply(self, request: web.Request) -> web.Response:
+        if (err := self._auth_error(request)) is not None:
+            return err
+        body = await self._body(request)
+        if not body.get("msg_type") or not isinstance(body.get("content"), str):
+            return _error(230001, "invalid message content")
+        reply_to = request.match_info["message_id"]
+        return self._record_message("reply", self._message_chats.get(reply_to), reply_to, body)
+
+    async def _h_send(self, request: web.Request) -> web.Response:
+        if (err := self._auth_error(request)) is not None:
+            return err
+        if request.query.get("receive_id_type") != "chat_id":
+            return _error(99992402, "field validation failed: receive_id_type")
+        body = await self._body(request)
+        if not body.get("receive_id") or not body.get("msg_type"):
+            return _error(99992402, "field validation failed")
+        if not isinstance(body.get("content"), str):
+            return _error(230001, "invalid message content")
+        return self._record_message("send", str(body["receive_id"]), None, body)
+
+    async def _h_reaction(self, request: web.Request) -> web.Response:
+        if (err := self._auth_error(request)) is not None:
+            return err
+        body = await self._body(request)
+        reaction_type = body.get("reaction_type")
+        emoji = reaction_type.get("emoji_type") if isinstance(reaction_type, dict) else None
+        if not emoji:
+            return _error(231001, "reaction type is invalid")
+        message_id = request.match_info["message_id"]
+        self.reactions.append({"message_id": message_id, "emoji_type": emoji, "at": time.time()})
+        self._notify()
+        data = {
+            "reaction_id": f"r_{len(self.reactions)}",
+            "operator": {"operator_id": self.app_id, "operator_type": "app"},
+            "action_time": _now_ms(),
+            "reaction_type": {"emoji_type": emoji},
+        }
+        return _json({"code": 0, "msg": "success", "data": data})

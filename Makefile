@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml
+APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml systemd
 
 .PHONY: all setup test lint typecheck unit demo clean
 

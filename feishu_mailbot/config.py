@@ -323,10 +323,16 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
 
 
 def _health(n: _Node) -> HealthSettings:
-    m = _mapping(n, set(), {"stall_after"})
-    if "stall_after" in m:
-        return HealthSettings(stall_after=_number(m["stall_after"], minimum=5, maximum=3600))
-    return HealthSettings()
+    m = _mapping(n, set(), {"stall_after", "reconnect_budget"})
+    default = HealthSettings()
+    return HealthSettings(
+        stall_after=_number(m["stall_after"], minimum=1, maximum=3600)
+        if "stall_after" in m
+        else default.stall_after,
+        reconnect_budget=_number(m["reconnect_budget"], minimum=1, maximum=86400)
+        if "reconnect_budget" in m
+        else default.reconnect_budget,
+    )
 
 
 def parse(text: str, path: str) -> Settings:

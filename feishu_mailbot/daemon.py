@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
-from feishu_mailbot import config, events, logs, rules
-from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError, LongConnection
+from feishu_mailbot import config, events, health, logs, rules
+from feishu_mailbot.feishu import (
+    CREDENTIAL_ERRORS,
+    RECONNECT_MAX,
+    FeishuApi,
+    FeishuError,
+    LongConnection,
+)
 from feishu_mailbot.outbox import Outbox, RetryPolicy
 from feishu_mailbot.settings import Settings
 from feishu_mailbot.store import Ingest, Store
-from feishu_mailbot.systemd import Notifier
+from feishu_mailbot.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger("feishu_mailbot.daemon")
 
 DB_NAME = "feishu-mailbot.db"
-STOP_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0  # the unit's TimeoutStopSec is longer, so in-flight SMTP can finish
+STATUS_EVERY = 5.0
 
 
 def db_path(settings: Settings) -> Path:
@@ -42,9 +51,12 @@ class Daemon:
         self.outbox = Outbox(
             settings, self.store, self.api, policy=RetryPolicy.from_settings(settings)
         )
-        self.connection = LongConnection(settings.feishu, self.handle)
+        self.connection = LongConnection(
+            settings.feishu, self.handle, ping_every=settings.health.stall_after / 3
+        )
         self._stop = asyncio.Event()
-        self.events_accepted = 0
+        self._exit_code = os.EX_OK
+        self._ready = False
 
     # -- intake: runs inside the SDK's frame handler, before the ack ----------------
 
@@ -92,7 +104,6 @@ class Daemon:
         if result is not Ingest.NEW:
             log.info("%s ignored", result.value, extra=fields)
             return
-        self.events_accepted += 1
         if deliveries:
             names = ",".join(dict.fromkeys(r for d in deliveries for r in d.rules))
             log.info(
@@ -113,10 +124,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         outbox_task = loop.create_task(self.outbox.run())
+        supervisor = loop.create_task(self._supervise())
         try:
             code = await self._connect_until_up()
             if code is not None:
                 return code
+            self._ready = True
             self.notifier.ready(self.status_line())
             log.info(
                 "ready: %d chats allowed, %d rules, outbox %d",
@@ -124,19 +137,61 @@ class Daemon:
                 len(self.settings.rules),
                 self.store.pending_count(),
             )
-            while not self._stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 5.0)
-                if self.connection.state.gave_up:
-                    log.error(
-                        "Feishu long connection is gone and the SDK stopped retrying; "
-                        "exiting so the service manager restarts us"
-                    )
-                    return os.EX_TEMPFAIL
-                self.notifier.status(self.status_line())
-            return os.EX_OK
+            await self._stop.wait()
+            return self._exit_code
         finally:
+            supervisor.cancel()
             await self._shutdown(outbox_task)
+
+    async def _supervise(self) -> None:
+        """Feed the watchdog while healthy, keep STATUS= current, act on a stall."""
+        loop = asyncio.get_running_loop()
+        feed_every = watchdog_interval()
+        tick = min(1.0, feed_every or 1.0)
+        last_feed = last_status = float("-inf")
+        previous: health.Verdict | None = None
+        expected = loop.time() + tick
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            lag, expected = max(0.0, now - expected), now + tick
+            verdict = self.assess(lag)
+            if verdict.feed_watchdog:
+                if feed_every is not None and now - last_feed >= feed_every:
+                    self.notifier.watchdog()
+                    last_feed = now
+                if previous is health.Verdict.STALLED:
+                    log.warning("recovered from stall: %s", verdict.reason)
+            elif previous is not health.Verdict.STALLED:
+                if feed_every is not None:
+                    log.error(
+                        "stalled: %s; withholding the watchdog so systemd restarts us",
+                        verdict.reason,
+                    )
+                else:
+                    log.error("stalled: %s; exiting so a supervisor can restart us", verdict.reason)
+                    self._exit_code = os.EX_TEMPFAIL
+                    self._stop.set()
+            if verdict.verdict is not previous or now - last_status >= STATUS_EVERY:
+                self.notifier.status(self.status_line(verdict))
+                last_status = now
+            previous = verdict.verdict
+
+    def assess(self, loop_lag: float = 0.0) -> health.Health:
+        conn = self.connection
+        snapshot = health.Snapshot(
+            now=time.monotonic(),
+            connected=conn.state.connected,
+            last_heard_at=conn.last_heard_at,
+            reconnecting_since=conn.state.reconnecting_since,
+            gave_up=conn.state.gave_up,
+            loop_lag=loop_lag,
+            ever_connected=conn.state.connects > 0,
+        )
+        h = self.settings.health
+        return health.assess(
+            snapshot, stall_after=h.stall_after, reconnect_budget=h.reconnect_budget
+        )
 
     async def _connect_until_up(self) -> int | None:
         delay = 1.0
@@ -152,16 +207,20 @@ class Daemon:
                         e,
                         self.settings.path,
                     )
+                    self.notifier.status(
+                        f"Feishu rejected the app credentials: fix {self.settings.path}"
+                    )
                     return os.EX_CONFIG
                 error = str(e)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
             self.connection.state.last_error = error
+            self.connection.state.reconnect_attempts += 1
             log.warning("cannot connect to Feishu (%s); retrying in %.0fs", error, delay)
             self.notifier.status(f"connecting to Feishu, last error: {error}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, RECONNECT_MAX)
         return os.EX_OK
 
     async def _shutdown(self, outbox_task: asyncio.Task[None]) -> None:
@@ -180,31 +239,46 @@ class Daemon:
         self.store.close()
 
     def reload(self) -> None:
-        self.notifier.notify("RELOADING=1")
+        """SIGHUP: swap in a valid new config without touching the long connection."""
+        self.notifier.reloading()
         try:
             new = config.load(self.settings.path)
         except config.ConfigError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
+        else:
+            if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
+                log.warning("feishu.* and state_dir changes take effect only after a restart")
+            self.settings = new
+            self.outbox.reconfigure(new)
+            self.connection.ping_every = new.health.stall_after / 3
+            logs.set_level(new.log_level)
+            log.info("configuration reloaded: %d chats, %d rules", len(new.chats), len(new.rules))
+        if self._ready:
             self.notifier.ready(self.status_line())
-            return
-        if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
-            log.warning("feishu.* and state_dir changes take effect only after a restart")
-        self.settings = new
-        self.outbox.reconfigure(new)
-        logs.set_level(new.log_level)
-        log.info("configuration reloaded: %d chats, %d rules", len(new.chats), len(new.rules))
-        self.notifier.ready(self.status_line())
+        else:  # still connecting: READY=1 must wait for the first connection
+            self.notifier.status(self.status_line())
 
-    def status_line(self) -> str:
+    def status_line(self, verdict: health.Health | None = None) -> str:
+        """The line `systemctl status` shows: plain words, for the operator."""
         st = self.connection.state
         outbox = self.store.pending_count()
+        verdict = verdict or self.assess()
+        if verdict.verdict is health.Verdict.STALLED:
+            return f"STALLED: {verdict.reason}; outbox {outbox}"
         if st.connected and st.connected_since is not None:
             up = _duration(time.monotonic() - st.connected_since)
-            return f"connected {up}, {self.events_accepted} events accepted, outbox {outbox}"
+            today = self.store.messages_since(_local_midnight())
+            return f"connected {up}, {today} events today, outbox {outbox}"
+        what = "connecting" if st.connects == 0 else "reconnecting"
         return (
-            f"reconnecting (attempt {st.reconnect_attempts}, last error: "
+            f"{what} (attempt {st.reconnect_attempts}, last error: "
             f"{st.last_error or 'connection lost'}), outbox {outbox}"
         )
+
+
+def _local_midnight() -> float:
+    now = datetime.now().astimezone()
+    return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 def _duration(seconds: float) -> str:
@@ -216,6 +290,9 @@ def _duration(seconds: float) -> str:
 
 
 def run(settings: Settings) -> int:
+    # On the watchdog's SIGABRT (or any fatal signal) print every thread's stack to
+    # stderr, which is the journal under systemd: the stall explains itself.
+    faulthandler.enable()
     daemon = Daemon(settings)
     # The SDK schedules its tasks on the loop it made at import; we must run on that one.
     loop = daemon.connection.loop

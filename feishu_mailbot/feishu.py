@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import random
 import re
 import sys
 import time
@@ -42,6 +43,7 @@ log = logging.getLogger("feishu_mailbot.feishu")
 
 HTTP_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 15.0
+RECONNECT_MAX = 15.0  # so the bot is back within ~15 s of Feishu (or the network) returning
 
 
 def load_ws_client() -> types.ModuleType:
@@ -112,16 +114,25 @@ class ConnectionState:
 
 
 class LongConnection:
-    """Owns one SDK ws.Client; `handle(payload)` is called for each event, on the loop."""
+    """Owns one SDK ws.Client; `handle(payload)` is called for each event, on the loop.
+
+    We run the ping loop and the reconnect schedule ourselves (the SDK's own are
+    driven by the server's ClientConfig: pings every 120 s and reconnects every
+    120 s on Feishu, too slow to detect a deaf connection or to recover within
+    seconds of an outage ending). Frames, acks and split payloads stay the SDK's.
+    """
 
     def __init__(
         self,
         settings: FeishuSettings,
         handle: Callable[[bytes], None],
+        *,
+        ping_every: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.state = ConnectionState()
+        self.ping_every = ping_every
         self._handle = handle
         self._clock = clock
         self._ws = load_ws_client()
@@ -139,16 +150,53 @@ class LongConnection:
     async def connect(self) -> None:
         """First connection; raises on failure so the caller can decide to retry or give up."""
         await self._client._connect()
-        self._pinger = self.loop.create_task(self._client._ping_loop())
+        self._pinger = self.loop.create_task(self._ping_loop())
 
     async def close(self) -> None:
-        """Stop pinging and receiving first, so the SDK sees no 'lost' connection to repair."""
+        """Stop pinging and receiving first, so nothing sees a 'lost' connection to repair."""
         self._closing = True
-        self._client._auto_reconnect = False
         for task in (self._pinger, self._receiver):
             if task is not None:
                 task.cancel()
         await self._client._disconnect()
+
+    async def _ping_loop(self) -> None:
+        while True:
+            client = self._client
+            # Feishu's interval (ClientConfig) is an upper bound; we ping at least that often.
+            interval = min(self.ping_every, float(client._ping_interval or self.ping_every))
+            if client._conn is not None and client._service_id:
+                try:
+                    frame = self._ws._new_ping_frame(int(client._service_id))
+                    await client._write_message(frame.SerializeToString())
+                except Exception as e:  # a dead socket shows up in the receive loop
+                    log.debug("ping failed: %s", _describe(e))
+            await asyncio.sleep(interval)
+
+    async def _reconnect(self) -> None:
+        """Reconnect until it works, backing off 1 s → RECONNECT_MAX with jitter.
+
+        We never give up here: the health model decides when an outage has lasted
+        longer than its budget, and then systemd restarts the whole process.
+        """
+        self.state.reconnecting_since = self.state.reconnecting_since or self._clock()
+        delay = 1.0
+        while not self._closing:
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            if self._closing:
+                return
+            self.state.reconnect_attempts += 1
+            try:
+                await self._client._connect()
+                return
+            except Exception as e:
+                self.state.last_error = _describe(e)
+                log.warning(
+                    "reconnect attempt %d failed: %s",
+                    self.state.reconnect_attempts,
+                    self.state.last_error,
+                )
+            delay = min(delay * 2, RECONNECT_MAX)
 
     # -- callbacks from the client subclass -------------------------------------------
 
@@ -169,24 +217,21 @@ class LongConnection:
             else:
                 log.warning("Feishu long connection lost")
 
-    def _on_reconnecting(self) -> None:
-        if self.state.reconnecting_since is None:
-            self.state.reconnecting_since = self._clock()
-
-    def _on_attempt_failed(self, error: BaseException) -> None:
-        self.state.reconnect_attempts += 1
-        self.state.last_error = _describe(error)
-
     def _on_gave_up(self, error: BaseException) -> None:
         self.state.gave_up = True
         self.state.last_error = _describe(error)
-        log.error("Feishu reconnect gave up: %s", self.state.last_error)
+        log.error("Feishu reconnect loop died: %s", self.state.last_error)
 
     def _on_frame(self) -> None:
         self.state.last_frame_at = self._clock()
 
     def _on_pong(self) -> None:
         self.state.last_pong_at = self._clock()
+
+    @property
+    def last_heard_at(self) -> float | None:
+        times = [t for t in (self.state.last_frame_at, self.state.last_pong_at) if t is not None]
+        return max(times) if times else None
 
     async def fetch_endpoint(self) -> tuple[str, dict[str, Any] | None]:
         url = self.settings.domain + "/callback/ws/endpoint"
@@ -256,17 +301,12 @@ def _make_client(ws: types.ModuleType, owner: LongConnection) -> Any:
             await super()._disconnect()
 
         async def _reconnect(self) -> None:
+            if owner._closing:
+                return
             try:
-                await super()._reconnect()
-            except Exception as e:  # the SDK would let this die unseen in a task
+                await owner._reconnect()
+            except Exception as e:  # a bug here must not leave the process idling deaf
                 owner._on_gave_up(e)
-
-        async def _try_connect(self, cnt: int) -> bool:
-            owner._on_reconnecting()
-            ok = bool(await super()._try_connect(cnt))
-            if not ok:
-                owner._on_attempt_failed(RuntimeError("reconnect failed"))
-            return ok
 
         async def _handle_message(self, msg: bytes) -> None:
             owner._on_frame()
@@ -288,8 +328,6 @@ def _make_client(ws: types.ModuleType, owner: LongConnection) -> Any:
         domain=owner.settings.domain,
         auto_reconnect=True,
     )
-    # Reconnect observers the SDK offers; ours mark when a reconnect window opened.
-    client.on_reconnecting = owner._on_reconnecting
     return client
 
 

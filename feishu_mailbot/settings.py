@@ -78,9 +78,11 @@ class Rule:
 
 @dataclass(frozen=True)
 class HealthSettings:
-    stall_after: float = (
-        90.0  # seconds without pong/frame (or a blocked loop) before we stop feeding the watchdog
-    )
+    # Seconds without a pong or frame from Feishu (or with the event loop blocked)
+    # before we stop feeding the watchdog. We ping every stall_after/3 seconds.
+    stall_after: float = 90.0
+    # How long a reconnect may take before it counts as a stall (and systemd restarts us).
+    reconnect_budget: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
+CREATE INDEX messages_received ON messages (received_at);
 CREATE TABLE names (
     kind       TEXT NOT NULL,
     id         TEXT NOT NULL,
@@ -359,6 +360,13 @@ class Store:
                 "SELECT 1 FROM messages WHERE message_id = ?", (message_id,)
             ).fetchone()
             is not None
+        )
+
+    def messages_since(self, since: float) -> int:
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE received_at >= ?", (since,)
+            ).fetchone()[0]
         )
 
     def counts(self) -> dict[str, int]:

@@ -137,3 +137,57 @@ class Bot:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET like systemd's: records every sd_notify datagram with its time."""
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+        import threading
+
+        self.path = directory / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            for line in data.decode("utf-8").splitlines():
+                self.messages.append((now, line))
+
+    def env(self, watchdog_usec: int | None = None) -> dict[str, str]:
+        env = {"NOTIFY_SOCKET": str(self.path)}
+        if watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        return env
+
+    def times(self, line: str) -> list[float]:
+        return [t for t, m in list(self.messages) if m == line]
+
+    def first(self, line: str) -> float | None:
+        found = self.times(line)
+        return found[0] if found else None
+
+    def statuses(self) -> list[str]:
+        return [m[len("STATUS=") :] for _, m in list(self.messages) if m.startswith("STATUS=")]
+
+    def wait(self, line: str, timeout: float = 10.0, after: float = 0.0) -> float:
+        wait_until(lambda: any(t >= after for t in self.times(line)), timeout, line)
+        return min(t for t in self.times(line) if t >= after)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()

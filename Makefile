@@ -1,22 +1,36 @@
 # Every target sets itself up from nothing on Debian 12 (as root): apt packages,
 # then .venv. Debian's python3-systemd/-sdnotify/-yaml are used through
-# --system-site-packages, the same modules the .deb will depend on.
+# --system-site-packages, the same modules the .deb depends on.
 SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml systemd
+# Runtime modules, plus what the tests drive: systemd-analyze, and debootstrap +
+# systemd-nspawn for the system test on a real systemd.
+APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
+	systemd debootstrap systemd-container
+DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 
-.PHONY: all setup test lint typecheck unit demo clean
+VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' packaging/debian/changelog)
+ARCH := $(shell dpkg --print-architecture)
+DEB := dist/feishu-mailbot_$(VERSION)_$(ARCH).deb
+DEB_SOURCES := $(shell git ls-files feishu_mailbot packaging etc docs README.md 2>/dev/null)
+
+# Install the Debian packages in $(1) that are not installed yet.
+define apt_ensure
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+endef
+
+.PHONY: all setup test lint demo deb bench clean
 
 all: test
 
 $(VENV)/.ready: pyproject.toml
-	@if ! dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -qv '^install ok installed$$' \
-	    && [ "$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | wc -l)" -eq "$(words $(APT_PACKAGES))" ]; then :; \
-	else \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
-	fi
+	$(call apt_ensure,$(APT_PACKAGES))
 	rm -rf $(VENV)
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -29,11 +43,27 @@ lint: setup
 	$(VENV)/bin/ruff format --check feishu_mailbot tests
 	$(VENV)/bin/mypy feishu_mailbot
 
-test: setup lint
+# The system test (tests/system) installs the freshly built .deb on a real systemd.
+test: setup lint deb
 	$(PY) -m pytest -q tests
 
 demo: setup
 	$(PY) -m tests.demo
+
+# The .deb: dpkg-buildpackage in a copy of the tree with packaging/debian as debian/;
+# it lands in dist/ only once lintian (0 errors, 0 warnings) has passed.
+deb: $(DEB)
+
+$(DEB): $(DEB_SOURCES)
+	$(call apt_ensure,$(DEB_BUILD_PACKAGES))
+	rm -rf build/deb && mkdir -p build/deb/feishu-mailbot-$(VERSION) dist
+	cp -r feishu_mailbot etc docs README.md build/deb/feishu-mailbot-$(VERSION)/
+	cp -r packaging/debian build/deb/feishu-mailbot-$(VERSION)/debian
+	cp packaging/systemd/feishu-mailbot.service build/deb/feishu-mailbot-$(VERSION)/debian/
+	cd build/deb/feishu-mailbot-$(VERSION) && dpkg-buildpackage -us -uc -b >../build.log 2>&1 \
+	    || { tail -40 ../build.log; exit 1; }
+	lintian --fail-on error,warning build/deb/feishu-mailbot_$(VERSION)_$(ARCH).deb
+	mv build/deb/feishu-mailbot_$(VERSION)_$(ARCH).deb $@
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info test-output

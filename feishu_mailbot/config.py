@@ -8,22 +8,31 @@ rule.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import time
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from feishu_mailbot.digest import validate_digest_subject
 from feishu_mailbot.rules import validate_subject_template
 from feishu_mailbot.settings import (
+    ACKNOWLEDGE_MODES,
+    MATCH_MODES,
+    SEND_MODES,
     Chat,
     FeishuSettings,
     HealthSettings,
+    ReportSettings,
+    RosterMember,
     Rule,
     Secret,
     Security,
@@ -182,7 +191,7 @@ def _secret(
         except OSError as e:
             raise n.error(f"cannot read {path}: {e.strerror} (expected a readable file)") from e
         if not value:
-            raise n.error(f"{path} is empty (expected the secret on its first line)")
+            raise n.error(f"{path} is empty (expected the secret in it)")
         return Secret(value)
     if required:
         raise parent.child(key, parent.node).error(f"missing (set `{key}` or `{file_key}`)")
@@ -322,6 +331,89 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
     )
 
 
+_WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+def _time_of_day(n: _Node) -> time:
+    value = _scalar(n)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 18:30 as the sexagesimal number 1110.
+        value = f"{value // 60:02d}:{value % 60:02d}"
+    text = str(value)
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise n.error(f'{text!r} is not a time of day (expected HH:MM, e.g. "18:30")')
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _choice(n: _Node, choices: tuple[str, ...]) -> str:
+    text = _str(n)
+    if text not in choices:
+        raise n.error(f"{text!r} is not valid (expected one of: {', '.join(choices)})")
+    return text
+
+
+def _weekday(n: _Node) -> int:
+    text = _str(n).strip().lower()[:3]
+    if text not in _WEEKDAYS:
+        raise n.error(f"{_str(n)!r} is not a weekday (expected mon, tue, wed, thu, fri, sat, sun)")
+    return _WEEKDAYS[text]
+
+
+def _roster_member(n: _Node) -> RosterMember:
+    m = _mapping(n, {"name", "open_id"}, set())
+    open_id = _str(m["open_id"])
+    if not re.fullmatch(r"ou_[0-9A-Za-z_-]+", open_id):
+        raise m["open_id"].error(f"{open_id!r} is not an open_id (expected ou_…)")
+    return RosterMember(name=_str(m["name"]), open_id=open_id)
+
+
+def _daily_report(n: _Node, chat_ids: set[str]) -> ReportSettings:
+    fields = {f.name for f in dataclasses.fields(ReportSettings)}
+    m = _mapping(n, {"chat", "recipients"}, fields - {"chat", "recipients"})
+    d = ReportSettings(chat="", recipients=())
+    chat = _str(m["chat"])
+    if chat not in chat_ids:
+        raise m["chat"].error(f"{chat!r} is not in the `chats` allowlist (add it there first)")
+    timezone = _str(m["timezone"]) if "timezone" in m else d.timezone
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise m["timezone"].error(
+            f"unknown time zone {timezone!r} (expected an IANA name like Asia/Shanghai)"
+        ) from e
+    weekdays = tuple(sorted(set(_list(m["weekdays"], _weekday)))) if "weekdays" in m else d.weekdays
+    mode = _choice(m["mode"], SEND_MODES) if "mode" in m else d.mode
+    if mode == "scheduled" and not weekdays:
+        raise m["weekdays"].error("is empty, so a scheduled digest would never go out")
+    subject = _str(m["subject"]) if "subject" in m else d.subject
+    problem = validate_digest_subject(subject)
+    if problem:
+        raise m["subject"].error(problem)
+    users = _list(m["trigger_users"], _str) if "trigger_users" in m else ()
+    return ReportSettings(
+        chat=chat,
+        recipients=_list(m["recipients"], _email),
+        match=_choice(m["match"], MATCH_MODES) if "match" in m else d.match,
+        prefixes=_list(m["prefixes"], _str) if "prefixes" in m else d.prefixes,
+        timezone=timezone,
+        cutoff=_time_of_day(m["cutoff"]) if "cutoff" in m else d.cutoff,
+        mode=mode,
+        at=_time_of_day(m["at"]) if "at" in m else d.at,
+        weekdays=weekdays,
+        trigger=_str(m["trigger"]) if "trigger" in m else d.trigger,
+        resend_trigger=_str(m["resend_trigger"]) if "resend_trigger" in m else d.resend_trigger,
+        trigger_users=users,
+        acknowledge=_choice(m["acknowledge"], ACKNOWLEDGE_MODES)
+        if "acknowledge" in m
+        else d.acknowledge,
+        reaction=_str(m["reaction"]) if "reaction" in m else d.reaction,
+        supplements=_bool(m["supplements"]) if "supplements" in m else d.supplements,
+        roster=_list(m["roster"], _roster_member, allow_scalar=False) if "roster" in m else (),
+        subject=subject,
+    )
+
+
 def _health(n: _Node) -> HealthSettings:
     m = _mapping(n, set(), {"stall_after", "reconnect_budget"})
     default = HealthSettings()
@@ -361,7 +453,7 @@ def parse(text: str, path: str) -> Settings:
     m = _mapping(
         top,
         {"feishu", "chats", "smtp"},
-        {"rules", "health", "state_dir", "log_level"},
+        {"rules", "daily_report", "health", "state_dir", "log_level"},
     )
     config_dir = Path(path).resolve().parent
     chats = _list(m["chats"], _chat, allow_scalar=False)
@@ -389,6 +481,7 @@ def parse(text: str, path: str) -> Settings:
         chats=chats,
         smtp=_smtp(m["smtp"], config_dir),
         rules=rules,
+        daily_report=_daily_report(m["daily_report"], chat_ids) if "daily_report" in m else None,
         health=_health(m["health"]) if "health" in m else HealthSettings(),
         state_dir=state_dir,
         log_level=log_level,

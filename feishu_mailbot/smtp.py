@@ -295,10 +295,9 @@ class SmtpTransport:
         try:
             smtp = _open(self._settings, self._context, [])
         except _StepFailed as exc:
-            # Rejected credentials stay rejected; everything else in setup
-            # (network, TLS, a relay that is only having a bad minute) may recover.
-            permanent = exc.step == "AUTH" and exc.code is not None and exc.code >= 500
-            raise self._error(exc.step, exc.reason, permanent) from exc
+            # Even a 535 is temporary for the outbox: a wrong password is an operator's
+            # mistake to fix, and the mail must still be there when it is fixed.
+            raise self._error(exc.step, exc.reason, False) from exc
         self._smtp = smtp
         self._last_used = time.monotonic()
         return smtp

@@ -109,12 +109,13 @@ def test_implicit_tls() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-def test_wrong_password_is_permanent_and_not_echoed() -> None:
+def test_wrong_password_keeps_mail_retrying_and_is_not_echoed() -> None:
+    """A 535 is an operator's mistake to fix; the mail must survive until it is fixed."""
     with SmtpServer(require_auth=("bot", "right")) as srv:
         settings = make_settings(srv.port, "none", "bot", PASSWORD)
         with SmtpTransport(settings) as transport, pytest.raises(DeliveryError) as info:
             transport.send(make_mail(), SENDER, ["alice@example.test"])
-        assert info.value.permanent
+        assert not info.value.permanent
         text = str(info.value)
         assert f"{HOST}:{srv.port}: AUTH failed" in text
         assert "535" in text

@@ -5,10 +5,11 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Runtime modules, plus what the tests drive: systemd-analyze, and debootstrap +
-# systemd-nspawn for the system test on a real systemd.
+# Runtime modules, plus what the tests drive: systemd-analyze, debootstrap +
+# systemd-nspawn for the system test on a real systemd, libfaketime as the daemon's
+# controllable clock, and headless Chromium (with CJK fonts) to render the digest.
 APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
-	systemd debootstrap systemd-container
+	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' packaging/debian/changelog)

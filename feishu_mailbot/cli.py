@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also obtain a Feishu tenant token and log in to SMTP (sends nothing)",
     )
+    rep = sub.add_parser("send-report", help="build the daily-report digest now and queue it")
+    rep.add_argument("--date", metavar="YYYY-MM-DD", help="report day (default: the current one)")
+    rep.add_argument("--dry-run", action="store_true", help="print the digest, send nothing")
+    rep.add_argument("--force", action="store_true", help="send even if already sent that day")
     sim = sub.add_parser("simulate", help="show what a message would trigger, and its email")
     sim.add_argument("--chat", required=True, metavar="CHAT_ID")
     sim.add_argument("--sender", required=True, metavar="OPEN_ID")
@@ -63,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.online:
             return os.EX_OK
         return _check_online(settings)
+    if args.command == "send-report":
+        return _send_report(settings, args.date, args.dry_run, args.force)
     if args.command == "simulate":
         return _simulate(settings, args.chat, args.sender, args.text)
     parser.error(f"unknown subcommand {args.command}")
@@ -104,6 +110,61 @@ def _check_online(settings: Settings) -> int:
             "im:message.group_msg scope and the event im.message.receive_v1 on a long connection"
         )
     return os.EX_OK if ok else os.EX_UNAVAILABLE
+
+
+def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force: bool) -> int:
+    from datetime import date
+
+    from feishu_mailbot.daemon import db_path
+    from feishu_mailbot.feishu import FeishuApi, FeishuError
+    from feishu_mailbot.outbox import Outbox
+    from feishu_mailbot.reporter import Reporter, current_day
+    from feishu_mailbot.store import Store
+
+    rs = settings.daily_report
+    if rs is None:
+        print(
+            f"{settings.path}: daily_report: not configured (add the section first)",
+            file=sys.stderr,
+        )
+        return os.EX_CONFIG
+    try:
+        day = date.fromisoformat(day_text) if day_text else current_day(time.time(), rs)
+    except ValueError:
+        print(f"--date {day_text!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return os.EX_USAGE
+    logs.setup(settings.log_level)
+
+    async def build() -> int:
+        store = Store(db_path(settings))
+        api = FeishuApi(settings.feishu)
+        try:
+            names = Outbox(settings, store, api).name
+            outcome = await Reporter(settings, store, api, names).build(
+                day, force=force, dry_run=dry_run
+            )
+        finally:
+            await api.close()
+            store.close()
+        to = ", ".join(outcome.recipients)
+        if outcome.already_at is not None:
+            when = datetime.fromtimestamp(outcome.already_at).astimezone().strftime("%H:%M")
+            print(
+                f"the digest for {day} was already sent at {when} to {to}; "
+                "use --force to send it again"
+            )
+            return os.EX_OK
+        print(f"Subject: {outcome.subject}\nTo: {to}\n")
+        print(outcome.text)
+        if not dry_run:
+            print(f"queued for {to}; the running daemon sends it within seconds")
+        return os.EX_OK
+
+    try:
+        return asyncio.run(build())
+    except FeishuError as e:
+        print(f"Feishu: {e}", file=sys.stderr)
+        return os.EX_UNAVAILABLE
 
 
 def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:

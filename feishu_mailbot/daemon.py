@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from feishu_mailbot import config, events, health, logs, rules
+from feishu_mailbot import config, events, health, logs, reports, rules
 from feishu_mailbot.feishu import (
     CREDENTIAL_ERRORS,
     RECONNECT_MAX,
@@ -27,6 +27,7 @@ from feishu_mailbot.feishu import (
     LongConnection,
 )
 from feishu_mailbot.outbox import Outbox, RetryPolicy
+from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
 from feishu_mailbot.store import Ingest, Store
 from feishu_mailbot.systemd import Notifier, watchdog_interval
@@ -36,6 +37,7 @@ log = logging.getLogger("feishu_mailbot.daemon")
 DB_NAME = "feishu-mailbot.db"
 STOP_TIMEOUT = 60.0  # the unit's TimeoutStopSec is longer, so in-flight SMTP can finish
 STATUS_EVERY = 5.0
+REPORT_TICK = 20.0  # how often the digest schedule is looked at
 
 
 def db_path(settings: Settings) -> Path:
@@ -57,6 +59,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._exit_code = os.EX_OK
         self._ready = False
+        self.bot_open_id = ""
+        self.reporter = Reporter(settings, self.store, self.api, self.outbox.name)
+        self.outbox.perform = self.reporter.perform
 
     # -- intake: runs inside the SDK's frame handler, before the ack ----------------
 
@@ -100,10 +105,14 @@ class Daemon:
                 self.outbox.wake()
             return
         deliveries = rules.plan(self.settings.rules, event)
-        result = self.store.ingest(event, deliveries, now)
+        actions = self._report_actions(event, now)
+        result = self.store.ingest(event, deliveries, now, actions)
         if result is not Ingest.NEW:
             log.info("%s ignored", result.value, extra=fields)
             return
+        if actions:
+            log.info("daily report: %s queued", ", ".join(k for k, _ in actions), extra=fields)
+            self.outbox.wake()
         if deliveries:
             names = ",".join(dict.fromkeys(r for d in deliveries for r in d.rules))
             log.info(
@@ -116,6 +125,40 @@ class Daemon:
         else:
             log.info("message accepted, no rule matched", extra=fields)
 
+    def _report_actions(
+        self, msg: events.Message, now: float
+    ) -> list[tuple[str, dict[str, object]]]:
+        """Daily-report work this message asks for; done later by the outbox worker."""
+        rs = self.settings.daily_report
+        if rs is None or msg.chat_id != rs.chat:
+            return []
+        mentioned = (
+            any(m.open_id == self.bot_open_id for m in msg.mentions)
+            if self.bot_open_id
+            else bool(msg.mentions)
+        )
+        trigger = reports.parse_trigger(msg, rs, bot_mentioned=mentioned)
+        if trigger is not None:
+            day = trigger.date or reports.report_day(msg.create_time_ms, rs)
+            request = {
+                "day": day.isoformat(),
+                "force": trigger.force,
+                "error": trigger.error,
+                "sender": msg.sender_open_id,
+            }
+            return [("digest-request", request)]
+        if not reports.is_report(msg, rs):
+            return []
+        report_day = reports.report_day(msg.create_time_ms, rs).isoformat()
+        out: list[tuple[str, dict[str, object]]] = []
+        if rs.acknowledge != "none":
+            out.append(("acknowledge", {"day": report_day}))
+        if rs.mode == "immediate":
+            out.append(("report-immediate", {"day": report_day}))
+        elif rs.supplements and self.store.digests_for(rs.chat, report_day):
+            out.append(("supplement", {"day": report_day}))
+        return out
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def main(self) -> int:
@@ -125,6 +168,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         outbox_task = loop.create_task(self.outbox.run())
         supervisor = loop.create_task(self._supervise())
+        reports_task = loop.create_task(self._reports_loop())
         try:
             code = await self._connect_until_up()
             if code is not None:
@@ -141,7 +185,23 @@ class Daemon:
             return self._exit_code
         finally:
             supervisor.cancel()
+            reports_task.cancel()
             await self._shutdown(outbox_task)
+
+    async def _reports_loop(self) -> None:
+        """Learn the bot's open_id (to spot @-mentions), then run the digest schedule."""
+        while True:
+            if self.settings.daily_report is not None:
+                if not self.bot_open_id:
+                    try:
+                        self.bot_open_id = await self.api.bot_open_id()
+                    except FeishuError as e:
+                        log.warning("cannot learn the bot's open_id yet: %s", e)
+                try:
+                    await self.reporter.run_schedule()
+                except FeishuError as e:
+                    log.warning("scheduled digest postponed: %s", e)
+            await asyncio.sleep(REPORT_TICK)
 
     async def _supervise(self) -> None:
         """Feed the watchdog while healthy, keep STATUS= current, act on a stall."""
@@ -250,6 +310,7 @@ class Daemon:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
             self.settings = new
             self.outbox.reconfigure(new)
+            self.reporter.settings = new
             self.connection.ping_every = new.health.stall_after / 3
             logs.set_level(new.log_level)
             log.info("configuration reloaded: %d chats, %d rules", len(new.chats), len(new.rules))

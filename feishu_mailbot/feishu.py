@@ -447,6 +447,22 @@ class FeishuApi:
             )
         raise AssertionError("unreachable")
 
+    async def bot_open_id(self) -> str:
+        """The bot's own open_id, to recognise an @-mention of the bot in a message."""
+        payload = await self._json("GET", "/open-apis/bot/v3/info", "bot info")
+        open_id = (payload.get("bot") or {}).get("open_id")
+        if not isinstance(open_id, str) or not open_id:
+            raise FeishuError("bot info", "no open_id in the response")
+        return open_id
+
+    async def react(self, message_id: str, emoji: str) -> None:
+        await self._json(
+            "POST",
+            f"/open-apis/im/v1/messages/{message_id}/reactions",
+            "reaction",
+            json_body={"reaction_type": {"emoji_type": emoji}},
+        )
+
     async def reply_text(self, message_id: str, text: str) -> None:
         await self._json(
             "POST",

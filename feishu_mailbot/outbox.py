@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -23,12 +23,15 @@ from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
 from feishu_mailbot.rules import render_subject
 from feishu_mailbot.settings import Settings
 from feishu_mailbot.smtp import DeliveryError, SmtpTransport
-from feishu_mailbot.store import OutboxRow, Store
+from feishu_mailbot.store import Action, OutboxRow, Store
 
 log = logging.getLogger("feishu_mailbot.outbox")
 
 NAME_CACHE_SECONDS = 6 * 3600
 SMTP_IDLE_SECONDS = 30.0
+# Mail can also be queued by another process (`feishu-mailbot send-report`): look
+# at the database at least this often even when nobody wakes us.
+POLL_SECONDS = 5.0
 CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
@@ -76,6 +79,8 @@ class Outbox:
         self._stopping = False
         self.sending = False
         self.sent_total = 0
+        # Set by the daemon when daily reports are on: performs a queued Action.
+        self.perform: Callable[[Action], Awaitable[None]] | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         if settings.smtp != self.settings.smtp:
@@ -102,15 +107,23 @@ class Outbox:
                     break
                 await self._deliver(row)
                 last_sent = self._now()
-            if rows:
+            actions = self.store.due_actions(self._now()) if self.perform else []
+            for action in actions:
+                if self._stopping:
+                    break
+                await self._perform(action)
+            if rows or actions:
                 continue
             if self._now() - last_sent > SMTP_IDLE_SECONDS:
                 await asyncio.to_thread(self.transport.close_if_idle, SMTP_IDLE_SECONDS)
-            next_at = self.store.next_due_at()
+            next_at = min(
+                (t for t in (self.store.next_due_at(), self.store.next_action_at()) if t),
+                default=None,
+            )
             timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(timeout, SMTP_IDLE_SECONDS))
+                await asyncio.wait_for(self._wake.wait(), min(timeout, POLL_SECONDS))
         await asyncio.to_thread(self.transport.close)
 
     async def _deliver(self, row: OutboxRow) -> None:
@@ -158,6 +171,25 @@ class Outbox:
         if row.confirm and row.kind == "forward":
             await self._confirm(row, delivered)
 
+    async def _perform(self, action: Action) -> None:
+        assert self.perform is not None
+        fields = {"MESSAGE_ID": action.message_id}
+        try:
+            await self.perform(action)
+        except FeishuError as e:
+            if self._now() - action.created_at > self.policy.give_up_after:
+                self.store.finish_action(action.id, str(e))
+                log.error("%s failed for good: %s", action.kind, e, extra=fields)
+                return
+            delay = backoff(action.attempts, self.policy)
+            self.store.retry_action(action.id, self._now() + delay, str(e))
+            log.warning("%s failed, retrying in %.1fs: %s", action.kind, delay, e, extra=fields)
+        except Exception as e:  # a bug must not wedge the queue: record it and go on
+            log.exception("%s failed: %s", action.kind, e, extra=fields)
+            self.store.finish_action(action.id, f"{type(e).__name__}: {e}")
+        else:
+            self.store.finish_action(action.id)
+
     def _failed_attempt(
         self, row: OutboxRow, error: str, permanent: bool, fields: dict[str, str]
     ) -> None:
@@ -187,8 +219,8 @@ class Outbox:
         msg = self.store.get_message(row.message_id)
         if msg is None:
             raise PrepareError(f"message {row.message_id} is not in the store", permanent=True)
-        chat_name = await self._name("chat", msg.chat_id)
-        sender_name = await self._name("user", msg.sender_open_id)
+        chat_name = await self.name("chat", msg.chat_id)
+        sender_name = await self.name("user", msg.sender_open_id)
         date = datetime.fromtimestamp(msg.create_time_ms / 1000, CHINA)
         message_id = mail.make_message_id(row.mail_id)
         if row.kind == "recall":
@@ -250,7 +282,7 @@ class Outbox:
             )
         return out
 
-    async def _name(self, kind: str, id_: str) -> str:
+    async def name(self, kind: str, id_: str) -> str:
         if kind == "chat":
             configured = self.settings.chat(id_)
             if configured is not None and configured.name:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import time
 from typing import Literal
 
 
@@ -85,6 +86,42 @@ class HealthSettings:
     reconnect_budget: float = 300.0
 
 
+MATCH_MODES = ("prefix", "all")
+SEND_MODES = ("immediate", "manual", "scheduled")
+ACKNOWLEDGE_MODES = ("none", "reaction", "reply")
+
+
+@dataclass(frozen=True)
+class RosterMember:
+    name: str
+    open_id: str
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """daily_report: which chat's 日报 are collected, and how the digest goes out."""
+
+    chat: str
+    recipients: tuple[str, ...]
+    match: str = "prefix"  # "prefix" | "all"
+    prefixes: tuple[str, ...] = ("日报", "#日报", "【日报】")
+    timezone: str = "Asia/Shanghai"
+    # A report posted before the cutoff counts for the previous day (night owls at 01:30).
+    cutoff: time = time(4, 0)
+    mode: str = "manual"  # "immediate" | "manual" | "scheduled"
+    at: time = time(18, 30)
+    weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)  # Monday=0, of the report day
+    trigger: str = "发送日报"
+    resend_trigger: str = "重发日报"
+    # open_ids allowed to trigger; empty = roster members, or anyone if there is no roster.
+    trigger_users: tuple[str, ...] = ()
+    acknowledge: str = "reaction"  # "none" | "reaction" | "reply"
+    reaction: str = "OK"
+    supplements: bool = True
+    roster: tuple[RosterMember, ...] = ()
+    subject: str = "日报汇总 {date} · {chat_name} · {submitted}/{expected} 已提交"
+
+
 @dataclass(frozen=True)
 class Settings:
     path: str
@@ -93,6 +130,7 @@ class Settings:
     smtp: SmtpSettings
     rules: tuple[Rule, ...] = ()
     health: HealthSettings = field(default_factory=HealthSettings)
+    daily_report: ReportSettings | None = None
     state_dir: str = "/var/lib/feishu-mailbot"
     log_level: str = "info"
 

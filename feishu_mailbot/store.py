@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from feishu_mailbot.events import Message, Recall, message_from_json, message_to_json
 from feishu_mailbot.rules import Delivery
@@ -35,6 +36,7 @@ CREATE TABLE messages (
     event_id    TEXT NOT NULL,
     chat_id     TEXT NOT NULL,
     sender      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
     body        TEXT NOT NULL,
     recalled    INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL
@@ -65,6 +67,37 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
 CREATE INDEX messages_received ON messages (received_at);
+CREATE INDEX messages_chat_time ON messages (chat_id, created_ms);
+-- Side effects other than mail (reactions, replies, digest requests), queued in the
+-- same transaction as the message that caused them and done by the worker.
+CREATE TABLE actions (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    message_id      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,
+    created_at      REAL NOT NULL
+);
+CREATE INDEX actions_due ON actions (status, next_attempt_at);
+-- One row per digest mail queued: what makes "a digest for a day is sent once" hold
+-- across restarts, triggers and the schedule.
+CREATE TABLE digests (
+    mail_id    TEXT PRIMARY KEY,
+    chat_id    TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    queued_at  REAL NOT NULL
+);
+CREATE INDEX digests_day ON digests (chat_id, day);
+CREATE TABLE digest_entries (
+    mail_id    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (mail_id, message_id)
+);
 CREATE TABLE names (
     kind       TEXT NOT NULL,
     id         TEXT NOT NULL,
@@ -105,6 +138,24 @@ class OutboxRow:
     raw: bytes | None
 
 
+@dataclass(frozen=True)
+class Action:
+    id: int
+    kind: str  # "acknowledge" | "digest-request" | "report-immediate" | "supplement"
+    message_id: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DigestRecord:
+    mail_id: str
+    kind: str  # "digest" | "supplement" | "immediate"
+    recipients: tuple[str, ...]
+    queued_at: float
+
+
 def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
     """Stable per (message, recipient set): re-planning the same message yields the same id."""
     return f"{message_id}/{','.join(sorted(r.lower() for r in recipients))}"
@@ -140,7 +191,13 @@ class Store:
 
     # -- intake (called from the event handler, before the ack) -----------------
 
-    def ingest(self, msg: Message, deliveries: Sequence[Delivery], now: float) -> Ingest:
+    def ingest(
+        self,
+        msg: Message,
+        deliveries: Sequence[Delivery],
+        now: float,
+        actions: Sequence[tuple[str, dict[str, object]]] = (),
+    ) -> Ingest:
         """Record one accepted message and its mails in one transaction."""
         with self._tx():
             cur = self._db.execute(
@@ -151,13 +208,14 @@ class Store:
                 return Ingest.DUPLICATE_EVENT
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO messages"
-                " (message_id, event_id, chat_id, sender, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (message_id, event_id, chat_id, sender, created_ms, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     msg.message_id,
                     msg.event_id,
                     msg.chat_id,
                     msg.sender_open_id,
+                    msg.create_time_ms,
                     message_to_json(msg),
                     now,
                 ),
@@ -188,6 +246,8 @@ class Store:
                         now,
                     ),
                 )
+            for kind, payload in actions:
+                self._add_action(kind, msg.message_id, payload, now)
             return Ingest.NEW
 
     def record_event(self, event_id: str, now: float) -> bool:
@@ -376,6 +436,121 @@ class Store:
         for status, n in self._db.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status"):
             out[f"outbox_{status}"] = n
         return out
+
+    # -- actions: reactions, replies, digest requests ------------------------------
+
+    def _add_action(
+        self, kind: str, message_id: str, payload: dict[str, object], now: float
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO actions (kind, message_id, payload, next_attempt_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kind, message_id, json.dumps(payload, ensure_ascii=False), now, now),
+        )
+
+    def add_action(
+        self, kind: str, message_id: str, payload: dict[str, object], now: float
+    ) -> None:
+        with self._tx():
+            self._add_action(kind, message_id, payload, now)
+
+    def due_actions(self, now: float, limit: int = 50) -> list[Action]:
+        rows = self._db.execute(
+            "SELECT id, kind, message_id, payload, attempts, created_at FROM actions"
+            " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [Action(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def next_action_at(self) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(next_attempt_at) FROM actions WHERE status = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def finish_action(self, action_id: int, error: str | None = None) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE actions SET status = ?, attempts = attempts + 1, last_error = ?"
+                " WHERE id = ?",
+                ("failed" if error else "done", error, action_id),
+            )
+
+    def retry_action(self, action_id: int, next_attempt_at: float, error: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE actions SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                " WHERE id = ?",
+                (next_attempt_at, error, action_id),
+            )
+
+    # -- daily reports -------------------------------------------------------------------
+
+    def messages_between(self, chat_id: str, start_ms: int, end_ms: int) -> list[Message]:
+        """A chat's messages created in [start_ms, end_ms), oldest first, minus recalled ones."""
+        rows = self._db.execute(
+            "SELECT body FROM messages WHERE chat_id = ? AND created_ms >= ? AND created_ms < ?"
+            " AND recalled = 0 ORDER BY created_ms, rowid",
+            (chat_id, start_ms, end_ms),
+        ).fetchall()
+        return [message_from_json(r[0]) for r in rows]
+
+    def digests_for(self, chat_id: str, day: str) -> list[DigestRecord]:
+        rows = self._db.execute(
+            "SELECT mail_id, kind, recipients, queued_at FROM digests"
+            " WHERE chat_id = ? AND day = ? ORDER BY queued_at",
+            (chat_id, day),
+        ).fetchall()
+        return [DigestRecord(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
+
+    def last_digest_day(self, chat_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT MAX(day) FROM digests WHERE chat_id = ? AND kind = 'digest'", (chat_id,)
+        ).fetchone()
+        return None if row[0] is None else str(row[0])
+
+    def included_in_digests(self, chat_id: str, day: str) -> set[str]:
+        rows = self._db.execute(
+            "SELECT e.message_id FROM digest_entries e JOIN digests d USING (mail_id)"
+            " WHERE d.chat_id = ? AND d.day = ?",
+            (chat_id, day),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def queue_digest(
+        self,
+        *,
+        mail_id: str,
+        chat_id: str,
+        day: str,
+        kind: str,
+        recipients: Sequence[str],
+        subject: str,
+        raw: bytes,
+        message_ids: Sequence[str],
+        now: float,
+    ) -> bool:
+        """Record the digest and queue its mail in one transaction; False if already queued."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO digests (mail_id, chat_id, day, kind, recipients, queued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (mail_id, chat_id, day, kind, json.dumps(list(recipients)), now),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._db.executemany(
+                "INSERT OR IGNORE INTO digest_entries (mail_id, message_id) VALUES (?, ?)",
+                [(mail_id, m) for m in message_ids],
+            )
+            self._db.execute(
+                "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
+                " subject_template, confirm, notify_recall, status, next_attempt_at,"
+                " created_at, subject, raw) VALUES (?, '', ?, ?, '[]', '', 0, 0, 'pending', ?,"
+                " ?, ?, ?)",
+                (mail_id, kind, json.dumps(list(recipients)), now, now, subject, raw),
+            )
+            return True
 
     # -- name cache -----------------------------------------------------------------
 

@@ -231,6 +231,7 @@ class FeishuEmulator:
         self.ack_codes: dict[str, int] = {}  # frame message_id -> code of the latest ack
         self.sent_messages: list[dict[str, Any]] = []
         self.reactions: list[dict[str, Any]] = []
+        self.bot_open_id = "ou_mailbot"
         self.pushed_events: list[dict[str, Any]] = []
         self.data_frames: list[dict[str, Any]] = []  # headers of every event frame written
         self.errors: list[str] = []  # unexpected exceptions inside the emulator
@@ -347,6 +348,7 @@ class FeishuEmulator:
         )
         app.router.add_get("/open-apis/contact/v3/users/{open_id}", self._h_user)
         app.router.add_get("/open-apis/im/v1/chats/{chat_id}", self._h_chat)
+        app.router.add_get("/open-apis/bot/v3/info", self._h_bot_info)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reply", self._h_reply)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reactions", self._h_reaction)
         app.router.add_post("/open-apis/im/v1/messages", self._h_send)
@@ -1025,6 +1027,13 @@ class FeishuEmulator:
             return _error(232011, "chat not found")
         data = {"chat_id": chat_id, "name": name, "chat_mode": "group", "chat_type": "private"}
         return _json({"code": 0, "msg": "success", "data": data})
+
+    async def _h_bot_info(self, request: web.Request) -> web.Response:
+        """The bot's own identity: how the bot recognises an @-mention of itself."""
+        if (err := self._auth_error(request)) is not None:
+            return err
+        bot = {"open_id": self.bot_open_id, "app_name": "Mailbot", "activate_status": 2}
+        return _json({"code": 0, "msg": "ok", "bot": bot})
 
     def _record_message(
         self, kind: str, chat_id: str | None, reply_to: str | None, body: Mapping[str, Any]

@@ -24,11 +24,23 @@ CACHE = Path("/var/cache/feishu-mailbot-tests")
 SUITE = "bookworm"
 # The .deb's Depends come from here, so `apt install ./x.deb` needs no network.
 PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "python3", "python3-systemd", "python3-sdnotify",
-    "python3-yaml", "adduser", "procps",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-systemd",
+    "python3-sdnotify",
+    "python3-yaml",
+    "adduser",
+    "procps",
 )
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TERM": "dumb",
-       "SYSTEMD_PAGER": "", "DEBIAN_FRONTEND": "noninteractive"}
+ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    "SYSTEMD_PAGER": "",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
 
 
 def _mirror() -> str:
@@ -45,9 +57,18 @@ def ensure_host_tools() -> None:
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap",
-             "systemd-container", "util-linux"],
-            check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            [
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "debootstrap",
+                "systemd-container",
+                "util-linux",
+            ],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
 
 
@@ -61,9 +82,16 @@ def cached_tree() -> Path:
     shutil.rmtree(tree, ignore_errors=True)
     tree.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-         str(tree), _mirror()],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(tree),
+            _mirror(),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     # No getty on a console nobody reads; the container must boot quickly and quietly.
     for unit in ("getty@tty1.service", "console-getty.service"):
@@ -85,9 +113,21 @@ class Container:
         subprocess.run(["cp", "-a", "--reflink=auto", f"{tree}/.", str(self.root)], check=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the container
         self.proc = subprocess.Popen(
-            ["systemd-nspawn", "-q", "-D", str(self.root), "-b", "--register=no",
-             "--keep-unit", "--resolv-conf=off", "--timezone=off", "--link-journal=no"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                "systemd-nspawn",
+                "-q",
+                "-D",
+                str(self.root),
+                "-b",
+                "--register=no",
+                "--keep-unit",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--link-journal=no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + 60
@@ -123,9 +163,11 @@ class Container:
             except OSError:
                 continue
             nspid = re.search(r"^NSpid:\s+(.*)$", status, re.M)
-            if nspid and nspid.group(1).split()[-1] == "1" and "systemd" in Path(
-                f"/proc/{pid}/comm"
-            ).read_text():
+            if (
+                nspid
+                and nspid.group(1).split()[-1] == "1"
+                and "systemd" in Path(f"/proc/{pid}/comm").read_text()
+            ):
                 return pid
             todo.extend(children.get(pid, []))
         return 0
@@ -135,7 +177,11 @@ class Container:
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             ["nsenter", "-t", str(self.pid), "-a", *cmd],
-            capture_output=True, text=True, timeout=timeout, env=ENV, input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=ENV,
+            input=input,
         )
         if check and result.returncode != 0:
             raise AssertionError(

@@ -103,19 +103,24 @@ def journal(box: Container, *args: str) -> str:
 
 def test_fresh_install_with_the_example_config(box: Container) -> None:
     deb = newest_deb()
-    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
     # The mode in the archive is what exists between unpack and postinst: never world-readable.
     assert re.search(r"^-rw-r----- root/root .* \./etc/feishu-mailbot\.yaml$", listing, re.M)
     (box.root / "var" / "tmp" / deb.name).write_bytes(deb.read_bytes())
-    box.run("apt-get", "install", "-y", "--no-install-recommends", f"/var/tmp/{deb.name}",
-            timeout=300)
+    box.run(
+        "apt-get", "install", "-y", "--no-install-recommends", f"/var/tmp/{deb.name}", timeout=300
+    )
     owner = box.run("stat", "-c", "%U:%G %a", "/etc/feishu-mailbot.yaml").stdout.split()
     assert owner == ["root:feishu-mailbot", "640"]
-    for path in ("/usr/bin/feishu-mailbot", "/usr/share/man/man8/feishu-mailbot.8.gz",
-                 "/usr/share/man/man5/feishu-mailbot.yaml.5.gz",
-                 "/usr/share/doc/feishu-mailbot/copyright",
-                 "/usr/share/doc/feishu-mailbot/changelog.gz"):
+    for path in (
+        "/usr/bin/feishu-mailbot",
+        "/usr/share/man/man8/feishu-mailbot.8.gz",
+        "/usr/share/man/man5/feishu-mailbot.yaml.5.gz",
+        "/usr/share/doc/feishu-mailbot/copyright",
+        "/usr/share/doc/feishu-mailbot/changelog.gz",
+    ):
         box.run("test", "-e", path)
     # The unedited example: refused with a plain message, exit 78, no restart loop.
     wait_until(lambda: show(box, "ActiveState") == "failed", 30, "the example config refusal")
@@ -175,8 +180,9 @@ def test_reload_with_a_broken_config_keeps_running(
 ) -> None:
     pid = show(box, "MainPID")
     good = config_text(emulator, smtp)
-    box.write("/etc/feishu-mailbot.yaml", good.replace("keywords: [故障]", "keywords: [故障"),
-              0o640)
+    box.write(
+        "/etc/feishu-mailbot.yaml", good.replace("keywords: [故障]", "keywords: [故障"), 0o640
+    )
     reload = systemctl(box, "reload", UNIT, check=False)
     assert reload.returncode != 0
     assert show(box, "ActiveState") == "active" and show(box, "MainPID") == pid
@@ -194,8 +200,7 @@ def test_reload_with_a_broken_config_keeps_running(
 def test_watchdog_restarts_a_stalled_bot_and_pending_mail_goes_once(
     box: Container, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:
-    box.write(f"/etc/systemd/system/{UNIT}.d/test-watchdog.conf",
-              "[Service]\nWatchdogSec=6\n")
+    box.write(f"/etc/systemd/system/{UNIT}.d/test-watchdog.conf", "[Service]\nWatchdogSec=6\n")
     systemctl(box, "daemon-reload")
     systemctl(box, "restart", UNIT)
     pid = show(box, "MainPID")
@@ -204,12 +209,18 @@ def test_watchdog_restarts_a_stalled_bot_and_pending_mail_goes_once(
     emulator.push_text("oc_team", "ou_alice", "故障：等待发送")
     wait_until(lambda: "attempt 1 failed" in journal(box), 20, "a failed attempt")
     emulator.stall_heartbeat(True)
-    wait_until(lambda: "Watchdog timeout" in box.run(
-        "journalctl", "--no-pager", "-u", UNIT).stdout, 30, "systemd's watchdog timeout")
+    wait_until(
+        lambda: "Watchdog timeout" in box.run("journalctl", "--no-pager", "-u", UNIT).stdout,
+        30,
+        "systemd's watchdog timeout",
+    )
     emulator.stall_heartbeat(False)
     smtp.refuse = False
-    wait_until(lambda: show(box, "ActiveState") == "active" and show(box, "MainPID") != pid,
-               60, "the restart")
+    wait_until(
+        lambda: show(box, "ActiveState") == "active" and show(box, "MainPID") != pid,
+        60,
+        "the restart",
+    )
     assert "Fatal Python error: Aborted" in journal(box)
     smtp.wait_for(sent_before + 1, timeout=30)
     time.sleep(2)
@@ -224,14 +235,20 @@ def test_kill_9_during_delivery_loses_and_duplicates_nothing(
     smtp.delay_per_message(4)
     connections = smtp.connections
     emulator.push_text("oc_team", "ou_alice", "故障：投递中被 kill -9")
-    wait_until(lambda: smtp.connections > connections or smtp.messages[sent_before:], 20,
-               "the SMTP transaction to begin")
+    wait_until(
+        lambda: smtp.connections > connections or smtp.messages[sent_before:],
+        20,
+        "the SMTP transaction to begin",
+    )
     time.sleep(1)
     pid = show(box, "MainPID")
     box.run("kill", "-9", pid)
     smtp.delay_per_message(0)
-    wait_until(lambda: show(box, "ActiveState") == "active" and show(box, "MainPID") != pid,
-               60, "the restart after kill -9")
+    wait_until(
+        lambda: show(box, "ActiveState") == "active" and show(box, "MainPID") != pid,
+        60,
+        "the restart after kill -9",
+    )
     smtp.wait_for(sent_before + 1, timeout=30)
     time.sleep(3)
     subjects = [str(m["Subject"]) for m in smtp.messages[sent_before:]]
@@ -251,8 +268,11 @@ def test_two_minute_feishu_outage_never_leaves_the_unit_failed(
     assert "failed" not in states, states
     back = time.monotonic()
     emulator.refuse_connections(False)
-    wait_until(lambda: emulator.connections >= 1 and show(box, "ActiveState") == "active",
-               30, "reconnection within 30 s of Feishu's return")
+    wait_until(
+        lambda: emulator.connections >= 1 and show(box, "ActiveState") == "active",
+        30,
+        "reconnection within 30 s of Feishu's return",
+    )
     assert time.monotonic() - back <= 30
     assert show(box, "ActiveState") == "active"
 
@@ -264,17 +284,25 @@ def test_upgrade_keeps_the_config_and_restarts(box: Container) -> None:
     control = work / "pkg" / "DEBIAN" / "control"
     version = re.search(r"^Version: (\S+)$", control.read_text(), re.M)
     assert version
-    control.write_text(control.read_text().replace(
-        f"Version: {version.group(1)}", f"Version: {version.group(1)}+upgrade1"))
+    control.write_text(
+        control.read_text().replace(
+            f"Version: {version.group(1)}", f"Version: {version.group(1)}+upgrade1"
+        )
+    )
     upgraded = box.root / "var" / "tmp" / "feishu-mailbot-upgrade.deb"
-    subprocess.run(["dpkg-deb", "-b", "--root-owner-group", str(work / "pkg"), str(upgraded)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["dpkg-deb", "-b", "--root-owner-group", str(work / "pkg"), str(upgraded)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     edited = box.run("cat", "/etc/feishu-mailbot.yaml").stdout
     pid = show(box, "MainPID")
     box.run("apt-get", "install", "-y", "/var/tmp/feishu-mailbot-upgrade.deb", timeout=300)
     assert box.run("cat", "/etc/feishu-mailbot.yaml").stdout == edited
     assert box.run("stat", "-c", "%U:%G %a", "/etc/feishu-mailbot.yaml").stdout.split() == [
-        "root:feishu-mailbot", "640"]
+        "root:feishu-mailbot",
+        "640",
+    ]
     assert show(box, "ActiveState") == "active" and show(box, "MainPID") != pid
 
 
@@ -283,10 +311,17 @@ def test_remove_stops_and_purge_leaves_nothing(box: Container) -> None:
     assert show(box, "ActiveState") in ("inactive", "")
     box.run("test", "-e", "/etc/feishu-mailbot.yaml")  # remove keeps conffiles
     box.run("apt-get", "purge", "-y", "feishu-mailbot", timeout=300)
-    for path in ("/etc/feishu-mailbot.yaml", "/var/lib/feishu-mailbot", "/usr/lib/feishu-mailbot",
-                 "/usr/bin/feishu-mailbot", "/lib/systemd/system/feishu-mailbot.service"):
+    for path in (
+        "/etc/feishu-mailbot.yaml",
+        "/var/lib/feishu-mailbot",
+        "/usr/lib/feishu-mailbot",
+        "/usr/bin/feishu-mailbot",
+        "/lib/systemd/system/feishu-mailbot.service",
+    ):
         assert box.run("test", "-e", path, check=False).returncode != 0, path
     assert box.run("getent", "passwd", "feishu-mailbot", check=False).returncode != 0
     assert box.run("getent", "group", "feishu-mailbot", check=False).returncode != 0
-    assert box.run("dpkg-statoverride", "--list", "/etc/feishu-mailbot.yaml",
-                   check=False).returncode != 0
+    assert (
+        box.run("dpkg-statoverride", "--list", "/etc/feishu-mailbot.yaml", check=False).returncode
+        != 0
+    )

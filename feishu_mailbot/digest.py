@@ -1,0 +1,412 @@
+"""The daily-report digest as an email a manager actually reads.
+
+Mail clients are the constraint: Outlook renders with Word, Gmail strips
+``<style>``, many clients block remote images.  So the HTML is nested tables
+with inline styles only, a fixed 680px width attribute that clients honouring
+CSS relax to ``max-width``, and images travel inside the mail (multipart/related,
+``cid:``).  The plain-text part is written to stand on its own, because some
+readers (and `send-report --dry-run`) only ever see that one.
+
+Chat content reaches the HTML only escaped: names and the chat name are
+escaped here; report bodies are the fragments events.py already escaped.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import html
+import string
+from collections.abc import Mapping, Sequence
+from datetime import date as Date
+from datetime import datetime
+from email.message import EmailMessage
+
+from .events import Message, image_cid, single_line
+from .mail import (
+    Attachment,
+    _base_headers,
+    _drop_missing_images,
+    _filename,
+    _html_part,
+    _split_type,
+    sanitize_header,
+)
+from .reports import Digest, Entry, Section, local_time
+
+DIGEST_SUBJECT_FIELDS = frozenset({"date", "chat_name", "submitted", "expected", "missing"})
+SUBJECT_MAX = 200
+SUPPLEMENT_TAG = "[补充]"
+WEEKDAYS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日")
+
+# --------------------------------------------------------------------------- subject
+
+_FORMATTER = string.Formatter()
+
+
+def _literal_field(field: str, conversion: str | None, spec: str) -> str:
+    text = "{" + field
+    if conversion:
+        text += "!" + conversion
+    if spec:
+        text += ":" + spec
+    return text + "}"
+
+
+def render_digest_subject(
+    template: str,
+    day: Date,
+    chat_name: str,
+    submitted: int,
+    expected: int,
+    *,
+    supplement: bool = False,
+) -> str:
+    """Fill the subject template; never fails, because a bad subject must not stop a digest.
+
+    Unknown fields and bad format specs stay in the subject literally (config
+    validation reports them).  Counts are integers so ``{submitted:02d}``
+    works.  A supplement is tagged at the front, where an inbox shows it.
+    """
+    values: Mapping[str, str | int] = {
+        "date": day.isoformat(),
+        "chat_name": single_line(chat_name),
+        "submitted": submitted,
+        "expected": expected,
+        "missing": max(expected - submitted, 0),
+    }
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError:
+        parts = [(template, None, None, None)]
+    out: list[str] = [f"{SUPPLEMENT_TAG} "] if supplement else []
+    for literal, field, spec, conversion in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        spec = spec or ""
+        value = values.get(field)
+        if value is None or conversion not in (None, "s") or "{" in spec:
+            out.append(_literal_field(field, conversion, spec))
+            continue
+        try:
+            out.append(format(str(value) if conversion == "s" else value, spec))
+        except ValueError:
+            out.append(_literal_field(field, conversion, spec))
+    return single_line("".join(out))[:SUBJECT_MAX].rstrip()
+
+
+def validate_digest_subject(template: str) -> str | None:
+    """An error description for config validation, or None if the template is usable."""
+    allowed = ", ".join(sorted(DIGEST_SUBJECT_FIELDS))
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        return f"bad braces: {exc} (write {{{{ and }}}} for literal braces)"
+    samples: Mapping[str, str | int] = {"date": "", "chat_name": "", "submitted": 0}
+    for _literal, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in DIGEST_SUBJECT_FIELDS:
+            return f"unknown placeholder {{{field}}} (expected one of: {allowed})"
+        if conversion not in (None, "s"):
+            return f"conversion !{conversion} in {{{field}}} is not supported"
+        if spec:
+            if "{" in spec:
+                return f"nested placeholder in the format of {{{field}}} is not supported"
+            sample = samples.get(field, 0)
+            try:
+                format(str(sample) if conversion == "s" else sample, spec)
+            except ValueError as exc:
+                return f"bad format {spec!r} in {{{field}}}: {exc}"
+    return None
+
+
+# --------------------------------------------------------------------------- shared bits
+
+
+def _day_label(day: Date) -> str:
+    return f"{day.isoformat()}（{WEEKDAYS[day.weekday()]}）"
+
+
+def _chat_label(d: Digest) -> str:
+    return single_line(d.chat_name) or "群聊"
+
+
+def _title(d: Digest) -> str:
+    return "日报汇总 · 补充" if d.supplement else "日报汇总"
+
+
+def _time_label(msg: Message, d: Digest) -> str:
+    """HH:MM, with the date when the post was after midnight (counted for the day via cutoff)."""
+    local = local_time(msg.create_time_ms, d.timezone)
+    if local.date() != d.day:
+        return local.strftime("%m-%d %H:%M")
+    return local.strftime("%H:%M")
+
+
+def _section_name(section: Section) -> str:
+    return single_line(section.name) or section.open_id or "未知成员"
+
+
+def _count_label(section: Section) -> str:
+    return f"{len(section.entries)} 条" if len(section.entries) > 1 else ""
+
+
+def _missing_title(d: Digest) -> str:
+    return f"{'仍未提交' if d.supplement else '未提交'}（{len(d.missing)}）"
+
+
+# --------------------------------------------------------------------------- plain text
+
+_RULE = "─" * 24
+
+
+def render_text(d: Digest) -> str:
+    """The digest as plain text: the mail's text alternative and what --dry-run prints."""
+    lines = [f"{_title(d)} {_day_label(d.day)} · {_chat_label(d)}"]
+    lines.append(f"已提交 {d.submitted}/{d.expected}")
+    if d.supplement:
+        lines.append("本邮件只包含上次汇总发出之后提交的日报。")
+    if d.missing:
+        names = "、".join(single_line(n) for n in d.missing)
+        lines += ["", f"{_missing_title(d)}：{names}"]
+    if not d.sections:
+        lines += ["", "这一天还没有收到日报。"]
+    for section in d.sections:
+        head = f"■ {_section_name(section)}"
+        if count := _count_label(section):
+            head += f"（{count}）"
+        if section.outsider:
+            head += " [不在名单中]"
+        lines += ["", _RULE, head, _RULE]
+        for i, entry in enumerate(section.entries):
+            if i:
+                lines.append("")
+            lines.append(f"[{_time_label(entry.message, d)}]")
+            body = entry.message.text.replace("\r\n", "\n").replace("\r", "\n").rstrip()
+            lines.append(body or "(空)")
+    lines += ["", "-- ", "由 feishu-mailbot 汇总"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- HTML
+
+_FONT = (
+    "-apple-system,BlinkMacSystemFont,'Segoe UI','PingFang SC','Hiragino Sans GB',"
+    "'Microsoft YaHei',Helvetica,Arial,sans-serif"
+)
+_BLUE = "#3370ff"
+_TEXT = "#1f2329"
+_MUTED = "#8f959e"
+_BORDER = "#dee0e3"
+_TABLE = 'role="presentation" cellpadding="0" cellspacing="0" border="0"'
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _entry_html(entry: Entry, d: Digest, first: bool, available: set[str]) -> str:
+    msg = entry.message
+    fragment = msg.html or _esc(msg.text).replace("\n", "<br>")
+    divider = "" if first else f"border-top:1px dashed {_BORDER};"
+    return (
+        f'<tr><td style="padding:10px 16px;{divider}">'
+        f'<div style="font-size:12px;color:{_MUTED};margin:0 0 4px">'
+        f"{_esc(_time_label(msg, d))}</div>"
+        f'<div style="font-size:14px;line-height:1.6;color:{_TEXT};'
+        f'word-wrap:break-word;overflow-wrap:anywhere">'
+        f"{_drop_missing_images(fragment, available)}</div>"
+        "</td></tr>"
+    )
+
+
+def _section_html(section: Section, d: Digest, available: set[str]) -> str:
+    extra = []
+    if count := _count_label(section):
+        extra.append(count)
+    if section.outsider:
+        extra.append("不在名单中")
+    note = (
+        f' <span style="font-size:12px;font-weight:normal;color:{_MUTED}">'
+        f"· {_esc(' · '.join(extra))}</span>"
+        if extra
+        else ""
+    )
+    entries = "".join(_entry_html(e, d, i == 0, available) for i, e in enumerate(section.entries))
+    return (
+        '<tr><td style="padding:16px 24px 0">'
+        f'<table {_TABLE} width="100%" style="border:1px solid {_BORDER};'
+        'border-collapse:separate;border-radius:6px">'
+        f'<tr><td style="padding:10px 16px;background-color:#f5f6f7;'
+        f"border-bottom:1px solid {_BORDER};border-radius:6px 6px 0 0;"
+        f'font-size:15px;font-weight:bold;color:{_TEXT}">'
+        f"{_esc(_section_name(section))}{note}</td></tr>"
+        f"{entries}</table></td></tr>"
+    )
+
+
+def _progress_html(d: Digest) -> str:
+    """A bar made of table cells, because CSS widths on divs are unreliable in Outlook."""
+    if d.expected <= 0:
+        return ""
+    done = max(0, min(100, round(100 * d.submitted / d.expected)))
+    cells = []
+    if done > 0:
+        cells.append(f'<td width="{done}%" bgcolor="#ffffff" style="background-color:#ffffff;')
+    if done < 100:
+        cells.append(
+            f'<td width="{100 - done}%" bgcolor="#7fa5ff" style="background-color:#7fa5ff;'
+        )
+    bar = "".join(f'{c}height:6px;font-size:0;line-height:0">&nbsp;</td>' for c in cells)
+    return (
+        f'<table {_TABLE} width="100%" style="margin-top:14px;border-radius:3px">'
+        f"<tr>{bar}</tr></table>"
+    )
+
+
+def _header_html(d: Digest) -> str:
+    return (
+        f'<tr><td bgcolor="{_BLUE}" style="padding:20px 24px;background-color:{_BLUE};'
+        'border-radius:8px 8px 0 0;color:#ffffff">'
+        f'<table {_TABLE} width="100%"><tr>'
+        '<td valign="top" style="color:#ffffff">'
+        f'<div style="font-size:20px;font-weight:bold;line-height:1.3">{_esc(_title(d))}</div>'
+        f'<div style="font-size:14px;line-height:1.5;margin-top:4px;color:#e1eaff">'
+        f"{_esc(_day_label(d.day))} · {_esc(_chat_label(d))}</div></td>"
+        '<td valign="top" align="right" style="white-space:nowrap;color:#ffffff">'
+        f'<div style="font-size:28px;font-weight:bold;line-height:1.1">'
+        f"{d.submitted}/{d.expected}</div>"
+        '<div style="font-size:12px;color:#e1eaff">已提交</div></td>'
+        "</tr></table>"
+        f"{_progress_html(d)}</td></tr>"
+    )
+
+
+def _missing_html(d: Digest) -> str:
+    if not d.missing:
+        return ""
+    names = "、".join(_esc(single_line(n)) for n in d.missing)
+    return (
+        '<tr><td style="padding:16px 24px 0">'
+        f'<table {_TABLE} width="100%"><tr>'
+        '<td bgcolor="#fff3e8" style="padding:10px 14px;background-color:#fff3e8;'
+        'border-left:4px solid #ff7d00;font-size:14px;line-height:1.6;color:#7a3d00">'
+        f"<b>{_esc(_missing_title(d))}</b>：{names}</td></tr></table></td></tr>"
+    )
+
+
+def _when(moment: datetime) -> str:
+    text = moment.strftime("%Y-%m-%d %H:%M")
+    offset = moment.utcoffset()
+    if offset is None:
+        return text
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return f"{text} (UTC{sign}{minutes // 60:02d}:{minutes % 60:02d})"
+
+
+def render_html(d: Digest, *, title: str, generated: datetime, available: set[str]) -> str:
+    """The HTML document; `available` holds the Content-IDs that will be attached."""
+    body: list[str] = [_header_html(d), _missing_html(d)]
+    if d.supplement:
+        body.append(
+            f'<tr><td style="padding:16px 24px 0;font-size:13px;color:{_MUTED}">'
+            "本邮件只包含上次汇总发出之后提交的日报。</td></tr>"
+        )
+    if not d.sections:
+        body.append(
+            f'<tr><td style="padding:24px;font-size:14px;color:{_MUTED};text-align:center">'
+            "这一天还没有收到日报。</td></tr>"
+        )
+    body += [_section_html(s, d, available) for s in d.sections]
+    body.append(
+        f'<tr><td style="padding:20px 24px;font-size:12px;color:{_MUTED}">'
+        f"由 feishu-mailbot 汇总 · {_esc(_when(generated))}</td></tr>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{_esc(title)}</title></head>\n"
+        '<body style="margin:0;padding:0;background-color:#f5f6f7">\n'
+        f'<table {_TABLE} width="100%" bgcolor="#f5f6f7" style="background-color:#f5f6f7">'
+        '<tr><td align="center" style="padding:24px 12px">\n'
+        f'<table {_TABLE} width="680" style="width:100%;max-width:680px;'
+        f"background-color:#ffffff;border:1px solid {_BORDER};border-collapse:separate;"
+        f'border-radius:8px;font-family:{_FONT};font-size:14px;line-height:1.6;color:{_TEXT}">\n'
+        + "\n".join(part for part in body if part)
+        + "\n</table>\n</td></tr></table>\n</body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- mail
+
+
+def _image_keys(d: Digest) -> list[str]:
+    keys = (
+        r.key
+        for s in d.sections
+        for e in s.entries
+        for r in e.message.resources
+        if r.kind == "image"
+    )
+    return list(dict.fromkeys(keys))
+
+
+def compose_digest(
+    d: Digest,
+    *,
+    subject: str,
+    sender: str,
+    to: Sequence[str],
+    message_id: str,
+    date: datetime,
+    images: Mapping[str, Attachment],
+) -> EmailMessage:
+    """The digest as text + HTML, with the reports' images inline.
+
+    `subject` is the template (ReportSettings.subject), rendered here from the
+    digest itself so the counts in the subject always agree with the body.
+    `images` maps Feishu image keys to downloaded images; an image that is
+    missing shows as a note instead of a broken icon, and images not used by
+    any report are not attached.  `date` is when the digest is composed; the
+    outbox should pass the stored one so a retry produces the same headers.
+    """
+    rendered = render_digest_subject(
+        subject, d.day, d.chat_name, d.submitted, d.expected, supplement=d.supplement
+    )
+    mail = EmailMessage(policy=email.policy.default)
+    _base_headers(mail, subject=rendered, sender=sender, to=to, message_id=message_id, date=date)
+    mail["X-Feishu-Mailbot-Report-Day"] = d.day.isoformat()
+
+    used = [(key, images[key]) for key in _image_keys(d) if key in images]
+    available = {image_cid(key) for key, _ in used}
+    mail.set_content(render_text(d))
+    mail.add_alternative(
+        render_html(d, title=sanitize_header(rendered), generated=date, available=available),
+        subtype="html",
+    )
+    if used:
+        related = _html_part(mail)
+        for key, att in used:
+            maintype, subtype = _split_type(att.content_type)
+            related.add_related(
+                att.data,
+                maintype,
+                subtype,
+                cid=f"<{image_cid(key)}>",
+                disposition="inline",
+                filename=_filename(att.filename or f"{key}.{subtype}"),
+            )
+    return mail
+
+
+__all__ = [
+    "DIGEST_SUBJECT_FIELDS",
+    "compose_digest",
+    "render_digest_subject",
+    "render_html",
+    "render_text",
+    "validate_digest_subject",
+]

@@ -37,7 +37,8 @@ log = logging.getLogger("feishu_mailbot.daemon")
 DB_NAME = "feishu-mailbot.db"
 STOP_TIMEOUT = 60.0  # the unit's TimeoutStopSec is longer, so in-flight SMTP can finish
 STATUS_EVERY = 5.0
-REPORT_TICK = 20.0  # how often the digest schedule is looked at
+REPORT_TICK = 5.0  # how often the digest schedule is looked at
+NO_EVENTS_HINT = 30 * 60.0  # connected this long without a single event: say what to check
 
 
 def db_path(settings: Settings) -> Path:
@@ -60,6 +61,8 @@ class Daemon:
         self._exit_code = os.EX_OK
         self._ready = False
         self.bot_open_id = ""
+        self.events_seen = 0
+        self.started = time.monotonic()
         self.reporter = Reporter(settings, self.store, self.api, self.outbox.name)
         self.outbox.perform = self.reporter.perform
 
@@ -67,6 +70,7 @@ class Daemon:
 
     def handle(self, payload: bytes) -> None:
         """Parse, filter, commit. Raising makes the SDK answer 500 so Feishu re-pushes."""
+        self.events_seen += 1
         try:
             event = events.parse_event(payload)
         except events.EventError as e:
@@ -329,7 +333,16 @@ class Daemon:
         if st.connected and st.connected_since is not None:
             up = _duration(time.monotonic() - st.connected_since)
             today = self.store.messages_since(_local_midnight())
-            return f"connected {up}, {today} events today, outbox {outbox}"
+            line = f"connected {up}, {today} events today, outbox {outbox}"
+            if self.api.missing_permissions:
+                what, message = next(iter(self.api.missing_permissions.items()))
+                line += f"; missing Feishu permission for {what}: {message}"
+            elif self.events_seen == 0 and time.monotonic() - self.started > NO_EVENTS_HINT:
+                line += (
+                    "; no event received since start: check the app's event subscription "
+                    "(im.message.receive_v1, long connection) and the im:message.group_msg scope"
+                )
+            return line
         what = "connecting" if st.connects == 0 else "reconnecting"
         return (
             f"{what} (attempt {st.reconnect_attempts}, last error: "

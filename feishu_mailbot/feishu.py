@@ -94,6 +94,10 @@ class FeishuError(Exception):
         )
 
 
+# Feishu's "the app lacks a permission (scope)" codes: an operator must add the scope
+# in the developer console and publish a new app version.
+SCOPE_ERRORS = {99991672, 99991679}
+
 # Feishu codes that mean the credentials themselves are wrong: retrying cannot help.
 CREDENTIAL_ERRORS = {10003, 10014, 99991661, 99991663, 99991664, 99991665}
 
@@ -342,6 +346,8 @@ class FeishuApi:
         self._http = httpx.AsyncClient(base_url=settings.domain, timeout=HTTP_TIMEOUT)
         self._token: str | None = None
         self._token_expires = 0.0
+        # what → Feishu's message, for calls refused for a missing scope (shown in STATUS).
+        self.missing_permissions: dict[str, str] = {}
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -390,15 +396,28 @@ class FeishuApi:
                 raise FeishuError(what, f"HTTP {response.status_code}, not JSON") from e
             code = payload.get("code")
             if code == 0:
+                self.missing_permissions.pop(what, None)
                 return payload
             if auth and attempt == 0 and code in (99991663, 99991668, 99991661):
                 continue  # token expired or revoked early: fetch a new one once
+            if code in SCOPE_ERRORS:
+                self._missing_permission(what, str(payload.get("msg")))
             raise FeishuError(
                 what,
                 str(payload.get("msg") or f"HTTP {response.status_code}"),
                 code if isinstance(code, int) else None,
             )
         raise AssertionError("unreachable")
+
+    def _missing_permission(self, what: str, message: str) -> None:
+        if what not in self.missing_permissions:
+            log.error(
+                "Feishu refused %s for a missing permission: %s; add the scope in the developer "
+                "console (Permissions & Scopes) and publish a new app version",
+                what,
+                message,
+            )
+        self.missing_permissions[what] = message
 
     async def user_name(self, open_id: str) -> str:
         payload = await self._json(
@@ -440,6 +459,8 @@ class FeishuApi:
             code = payload.get("code")
             if attempt == 0 and code in (99991663, 99991668, 99991661):
                 continue
+            if code in SCOPE_ERRORS:
+                self._missing_permission("message resource", str(payload.get("msg")))
             raise FeishuError(
                 what,
                 str(payload.get("msg") or f"HTTP {response.status_code}"),

@@ -509,13 +509,18 @@ def rounded(value: float, digits: int) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     global READY_RUNS, LOAD_RUNS, LADDER_REPS, MAIL_REPS
-    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="1 repetition of everything")
     args = parser.parse_args(argv)
     if args.quick:
         READY_RUNS = LOAD_RUNS = LADDER_REPS = MAIL_REPS = 1
 
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fmb-bench-") as tmp:
         root = Path(tmp)
 
@@ -576,8 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = [r for r in daemon_runs if r.acks]
     base_loaded = [r for r in baseline_runs if r.acks]
     ingest_per_rep = [max([s.target for s in steps if s.ok], default=0) for steps in ladder]
+    unacked = sum(ACK_EVENTS - r.acks.acked for r in loaded if r.acks)
     lost = (
-        sum(r.lost + (ACK_EVENTS - r.acks.acked) for r in loaded if r.acks)
+        sum(r.lost for r in loaded)
         + sum(s.lost for steps in ladder for s in steps)
         + sum(d.lost for d in drains)
     )
@@ -603,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mail_per_s": rounded(median([d.mail_per_s for d in drains]), 1),
         "lost": lost,
         "duplicates": duplicates,
+        "unacked": unacked,
         # context
         "ack_offered_eps": rounded(median([r.acks.offered_eps for r in loaded if r.acks]), 1),
         "ack_events": ACK_EVENTS,
@@ -628,6 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mail": len(drains),
         },
         "bench_s": round(time.monotonic() - started, 1),
+        # the machine is shared: how busy it was around the bench
+        "loadavg_1m": [load_start, os.getloadavg()[0]],
     }
     print_table(figures, daemon_runs, baseline_runs)
     print("BENCH " + json.dumps(figures, ensure_ascii=False, separators=(",", ":")))
@@ -678,6 +687,10 @@ def print_table(f: dict[str, Any], daemon: list[LoadResult], baseline: list[Load
     print(
         f"mail: first mail {fmt(g('mail_first_s'))}s after SMTP came back; "
         f"retry_initial {RETRY_INITIAL}, retry_max {RETRY_MAX}; bench took {f['bench_s']}s"
+    )
+    print(
+        f"unacked after 30 s: {f['unacked']}; load average (1 min) at start/end: "
+        + "/".join(f"{x:.2f}" for x in f["loadavg_1m"])
     )
 
 

@@ -144,6 +144,16 @@ def _error(code: int, msg: str, status: int = 400) -> web.Response:
     return _json({"code": code, "msg": msg}, status)
 
 
+# Which scope each REST path needs (the first matching fragment wins).
+_SCOPES = (
+    ("/contact/v3/users/", "contact:user.base:readonly"),
+    ("/resources/", "im:resource"),
+    ("/reactions", "im:message.reactions:write_only"),
+    ("/reply", "im:message:send_as_bot"),
+    ("/im/v1/chats/", "im:chat:readonly"),
+)
+
+
 @dataclass
 class Ack:
     """One acknowledgement frame received from a client."""
@@ -232,6 +242,8 @@ class FeishuEmulator:
         self.sent_messages: list[dict[str, Any]] = []
         self.reactions: list[dict[str, Any]] = []
         self.bot_open_id = "ou_mailbot"
+        # Scopes the app "lacks": calls that need one answer 99991672, as Feishu does.
+        self.missing_scopes: set[str] = set()
         self.pushed_events: list[dict[str, Any]] = []
         self.data_frames: list[dict[str, Any]] = []  # headers of every event frame written
         self.errors: list[str] = []  # unexpected exceptions inside the emulator
@@ -833,6 +845,12 @@ class FeishuEmulator:
         token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         expiry = self._tokens.get(token)
         if expiry is not None and expiry > time.monotonic():
+            for fragment, scope in _SCOPES:
+                if fragment in request.path and scope in self.missing_scopes:
+                    return _error(
+                        99991672,
+                        f"Access denied. One of the following scopes is required: [{scope}].",
+                    )
             return None
         if token in self._expired_tokens or expiry is not None:
             return _error(99991677, "Authentication token expired")

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import Bot
+from tests.harness import Bot, wait_until
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -184,3 +184,28 @@ def test_sigterm_exits_zero_and_logs_stop(make_bot: MakeBot) -> None:
 def test_config_file_state_dir_is_created(make_bot: MakeBot, tmp_path: Path) -> None:
     make_bot().start().stop()
     assert (tmp_path / "state" / "feishu-mailbot.db").exists()
+
+
+def test_confirmation_reply_and_recall_notice_when_the_rule_asks(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    make_bot(
+        rules="- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com]\n"
+        "  confirm: true\n  notify_recall: true\n"
+    ).start()
+    event = emulator.push_text("oc_team", "ou_alice", "故障：已转发吗？")
+    [original] = smtp.wait_for(1)
+    message_id = event["event"]["message"]["message_id"]
+    wait_until(
+        lambda: any(m["reply_to"] == message_id for m in emulator.sent_messages),
+        10,
+        "the in-chat confirmation",
+    )
+    reply = next(m for m in emulator.sent_messages if m["reply_to"] == message_id)
+    assert "oncall@example.com" in reply["content"]["text"]
+    emulator.push_recall(message_id, "oc_team")
+    [_, notice] = smtp.wait_for(2)
+    assert str(notice["Subject"]).startswith("[已撤回]")
+    assert notice["In-Reply-To"] == original["Message-ID"]
+    time.sleep(0.5)
+    assert len(smtp.messages) == 2

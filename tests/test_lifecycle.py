@@ -240,3 +240,18 @@ def test_log_lines_carry_structured_fields(
         assert field in accepted
     sent = next(line for line in bot.current_log().splitlines() if "mail forward sent" in line)
     assert f"MESSAGE_ID={message_id}" in sent and "MAIL_ID=" in sent
+
+
+def test_missing_scope_is_named_in_the_log_and_in_status(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, notify: NotifySocket
+) -> None:
+    emulator.missing_scopes.add("contact:user.base:readonly")
+    bot = start(make_bot, notify, rules=ONE_RULE)
+    emulator.push_text("oc_team", "ou_alice", "故障")
+    [mail] = smtp.wait_for(1)
+    assert "ou_alice" in str(mail["Subject"])  # the mail still goes, with the open_id
+    bot.wait_log("Feishu refused user info for a missing permission")
+    assert "contact:user.base:readonly" in bot.current_log()
+    wait_until(
+        lambda: "missing Feishu permission for user info" in notify.statuses()[-1], 15, "STATUS"
+    )

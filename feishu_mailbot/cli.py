@@ -114,6 +114,7 @@ def _check_online(settings: Settings) -> int:
 
 def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force: bool) -> int:
     from datetime import date
+    from zoneinfo import ZoneInfo
 
     from feishu_mailbot.daemon import db_path
     from feishu_mailbot.feishu import FeishuApi, FeishuError
@@ -128,10 +129,17 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
             file=sys.stderr,
         )
         return os.EX_CONFIG
+    today = current_day(time.time(), rs)
     try:
-        day = date.fromisoformat(day_text) if day_text else current_day(time.time(), rs)
+        day = date.fromisoformat(day_text) if day_text else today
     except ValueError:
         print(f"--date {day_text!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return os.EX_USAGE
+    if day > today:
+        # Recording a future day as sent would hold back the schedule until then.
+        print(
+            f"--date {day}: that report day has not begun yet (today is {today})", file=sys.stderr
+        )
         return os.EX_USAGE
     logs.setup(settings.log_level)
 
@@ -148,7 +156,8 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
             store.close()
         to = ", ".join(outcome.recipients)
         if outcome.already_at is not None:
-            when = datetime.fromtimestamp(outcome.already_at).astimezone().strftime("%H:%M")
+            zone = ZoneInfo(rs.timezone)
+            when = datetime.fromtimestamp(outcome.already_at, zone).strftime("%H:%M")
             print(
                 f"the digest for {day} was already sent at {when} to {to}; "
                 "use --force to send it again"

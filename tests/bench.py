@@ -362,8 +362,19 @@ class Baseline:
         with open(self.log_path, "wb") as log:
             t0 = time.monotonic()
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.emu.wait_for(lambda: self.emu.connect_count >= 1, 60)
-        return time.monotonic() - t0
+        deadline = t0 + 60
+        while True:  # woken by the emulator on connect; checks the process every 0.5 s
+            with contextlib.suppress(TimeoutError):
+                self.emu.wait_for(lambda: self.emu.connect_count >= 1, 0.5)
+                return time.monotonic() - t0
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"baseline exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"baseline not connected in 60 s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
     @property
     def pid(self) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import TEST_SECRETS, Bot, write_config
+from tests.harness import SMTP_PASSWORD, SMTP_USER, TEST_SECRETS, Bot, write_config
 from tests.smtp_server import SmtpServer
 
 _logs: list[Path] = []
@@ -29,7 +29,7 @@ def emulator() -> Iterator[FeishuEmulator]:
 
 @pytest.fixture
 def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
+    server = SmtpServer(require_auth=(SMTP_USER, SMTP_PASSWORD))
     server.start()
     try:
         yield server

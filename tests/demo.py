@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import Bot, wait_until, write_config
+from tests.harness import SMTP_PASSWORD, SMTP_USER, Bot, wait_until, write_config
 from tests.smtp_server import SmtpServer
 
 # A 1×1 PNG, so the demo needs no image files.
@@ -55,7 +55,7 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="feishu-mailbot-demo-") as tmp,
         FeishuEmulator(ping_interval=5) as emulator,
-        SmtpServer() as smtp,
+        SmtpServer(require_auth=(SMTP_USER, SMTP_PASSWORD)) as smtp,
     ):
         directory = Path(tmp)
         emulator.register_chat("oc_team", "研发群")

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_SECRETS = ("test-secret", "smtp-pass-9f2c")
+SMTP_USER = "bot"
+SMTP_PASSWORD = "smtp-pass-9f2c"
+TEST_SECRETS = ("test-secret", SMTP_PASSWORD)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -61,6 +63,8 @@ def write_config(
         f"  port: {smtp_port}\n"
         "  security: none\n"
         '  from: "Feishu Mailbot <bot@example.com>"\n'
+        f"  username: {SMTP_USER}\n"
+        f"  password: {SMTP_PASSWORD}\n"
         "  timeout: 5\n"
         "  retry_initial: 0.2\n"
         "  retry_max: 1\n"

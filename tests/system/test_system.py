@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import TEST_SECRETS, wait_until
+from tests.harness import SMTP_PASSWORD, SMTP_USER, TEST_SECRETS, wait_until
 from tests.smtp_server import SmtpServer
 from tests.system.container import Container, cached_tree
 
@@ -49,7 +49,7 @@ def emulator() -> Iterator[FeishuEmulator]:
 
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
+    server = SmtpServer(require_auth=(SMTP_USER, SMTP_PASSWORD))
     server.start()
     yield server
     server.stop()
@@ -76,6 +76,8 @@ smtp:
   port: {smtp.port}
   security: none
   from: "Feishu Mailbot <bot@example.com>"
+  username: {SMTP_USER}
+  password_file: /etc/feishu-mailbot/smtp_password
   timeout: 10
   retry_initial: 0.5
   retry_max: 2
@@ -138,6 +140,7 @@ def test_configured_service_starts_ready_and_hardened(
     box: Container, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:
     box.write("/etc/feishu-mailbot/app_secret", "test-secret\n", 0o640)
+    box.write("/etc/feishu-mailbot/smtp_password", SMTP_PASSWORD + "\n", 0o640)
     box.run("chgrp", "-R", "feishu-mailbot", "/etc/feishu-mailbot")
     box.run("chmod", "0750", "/etc/feishu-mailbot")
     box.write("/etc/feishu-mailbot.yaml", config_text(emulator, smtp), 0o640)

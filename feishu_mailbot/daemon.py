@@ -14,6 +14,7 @@ import faulthandler
 import logging
 import os
 import signal
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from feishu_mailbot.feishu import (
     FeishuError,
     LongConnection,
 )
+from feishu_mailbot.intake import Intake
 from feishu_mailbot.outbox import Outbox, RetryPolicy
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
@@ -50,9 +52,15 @@ class Daemon:
         self.settings = settings
         self.notifier = Notifier()
         self.store = Store(db_path(settings))
+        # Intake commits on its own connection, in a thread (see intake.py).
+        self.intake = Intake(Store(db_path(settings)))
         self.api = FeishuApi(settings.feishu)
         self.outbox = Outbox(
-            settings, self.store, self.api, policy=RetryPolicy.from_settings(settings)
+            settings,
+            self.store,
+            self.api,
+            policy=RetryPolicy.from_settings(settings),
+            write=self.intake.run,
         )
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3
@@ -68,8 +76,8 @@ class Daemon:
 
     # -- intake: runs inside the SDK's frame handler, before the ack ----------------
 
-    def handle(self, payload: bytes) -> None:
-        """Parse, filter, commit. Raising makes the SDK answer 500 so Feishu re-pushes."""
+    async def handle(self, payload: bytes) -> None:
+        """Parse, filter, commit; the ack follows. Raising answers 500 so Feishu re-pushes."""
         self.events_seen += 1
         try:
             event = events.parse_event(payload)
@@ -95,7 +103,8 @@ class Daemon:
             log.debug("chat not in the allowlist, ignored", extra=fields)
             return
         if isinstance(event, events.Recall):
-            outcome = self.store.recall(event, now)
+            recall = event
+            outcome = await self.intake.run(lambda s: s.recall(recall, now))
             if outcome is None:
                 log.debug("duplicate recall event ignored", extra=fields)
                 return
@@ -110,7 +119,8 @@ class Daemon:
             return
         deliveries = rules.plan(self.settings.rules, event)
         actions = self._report_actions(event, now)
-        result = self.store.ingest(event, deliveries, now, actions)
+        message = event
+        result = await self.intake.run(lambda s: s.ingest(message, deliveries, now, actions))
         if result is not Ingest.NEW:
             log.info("%s ignored", result.value, extra=fields)
             return
@@ -300,6 +310,7 @@ class Daemon:
             )
             outbox_task.cancel()
         await self.api.close()
+        self.intake.close()
         self.store.close()
 
     def reload(self) -> None:
@@ -367,6 +378,9 @@ def run(settings: Settings) -> int:
     # On the watchdog's SIGABRT (or any fatal signal) print every thread's stack to
     # stderr, which is the journal under systemd: the stall explains itself.
     faulthandler.enable()
+    # Composing and SMTP run in threads; with the default 5 ms GIL switch interval a
+    # busy one could hold back the event loop (and so an ack) for that long each time.
+    sys.setswitchinterval(0.0005)
     daemon = Daemon(settings)
     # The SDK schedules its tasks on the loop it made at import; we must run on that one.
     loop = daemon.connection.loop

@@ -14,8 +14,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from feishu_mailbot import mail
 from feishu_mailbot.events import Message, image_cid, preview
@@ -28,7 +30,10 @@ from feishu_mailbot.store import Action, OutboxRow, Store
 log = logging.getLogger("feishu_mailbot.outbox")
 
 NAME_CACHE_SECONDS = 6 * 3600
+NAME_RETRY_SECONDS = 600.0  # after a failed lookup, use the id this long before asking again
 SMTP_IDLE_SECONDS = 30.0
+# Parallel SMTP sessions: a relay's round trips, not our CPU, bound one session.
+SMTP_CONNECTIONS = 4
 # Mail can also be queued by another process (`feishu-mailbot send-report`): look
 # at the database at least this often even when nobody wakes us.
 POLL_SECONDS = 5.0
@@ -59,33 +64,53 @@ class PrepareError(Exception):
         self.permanent = permanent
 
 
+Write = Callable[[Callable[[Store], Any]], Awaitable[Any]]
+
+
+async def _write_now(store: Store, work: Callable[[Store], Any]) -> Any:
+    return work(store)
+
+
 class Outbox:
+    """Delivers due mail over up to SMTP_CONNECTIONS connections at once.
+
+    Bookkeeping writes go through `write` (the daemon's group-committing
+    intake, off the loop); composing runs in a worker thread, so a burst of
+    mail never delays the acks of incoming events.
+    """
+
     def __init__(
         self,
         settings: Settings,
         store: Store,
         api: FeishuApi,
-        transport: SmtpTransport | None = None,
         policy: RetryPolicy = RetryPolicy(),
         wall_clock: Callable[[], float] = time.time,
+        write: Write | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.api = api
-        self.transport = transport or SmtpTransport(settings.smtp)
         self.policy = policy
         self._now = wall_clock
+        self._write: Write = write or (lambda work: _write_now(store, work))
+        self._transports = [SmtpTransport(settings.smtp) for _ in range(SMTP_CONNECTIONS)]
+        self._idle: asyncio.Queue[SmtpTransport] | None = None
+        # SMTP sessions block a thread each, for as long as the relay takes.
+        self._smtp_threads = ThreadPoolExecutor(SMTP_CONNECTIONS, thread_name_prefix="smtp")
+        self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
         self._wake = asyncio.Event()
         self._stopping = False
-        self.sending = False
+        self._names: dict[tuple[str, str], tuple[str, float]] = {}  # → (name, valid until)
         self.sent_total = 0
         # Set by the daemon when daily reports are on: performs a queued Action.
         self.perform: Callable[[Action], Awaitable[None]] | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         if settings.smtp != self.settings.smtp:
-            self.transport.close()
-            self.transport = SmtpTransport(settings.smtp)
+            # Connections in use finish their mail; new ones use the new settings.
+            for transport in self._transports:
+                transport.reconfigure(settings.smtp)
             self.policy = RetryPolicy.from_settings(settings)
         self.settings = settings
 
@@ -97,15 +122,16 @@ class Outbox:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver due mail until stop(); an in-flight SMTP transaction is always finished."""
+        """Deliver due mail until stop(); in-flight SMTP transactions are always finished."""
+        self._idle = asyncio.Queue()
+        for transport in self._transports:
+            self._idle.put_nowait(transport)
         self.store.requeue_interrupted()
         last_sent = self._now()
         while not self._stopping:
-            rows = self.store.due(self._now())
-            for row in rows:
-                if self._stopping:
-                    break
-                await self._deliver(row)
+            rows = self.store.due(self._now(), limit=200)
+            if rows:
+                await asyncio.gather(*(self._deliver_in_slot(row) for row in rows))
                 last_sent = self._now()
             actions = self.store.due_actions(self._now()) if self.perform else []
             for action in actions:
@@ -115,7 +141,8 @@ class Outbox:
             if rows or actions:
                 continue
             if self._now() - last_sent > SMTP_IDLE_SECONDS:
-                await asyncio.to_thread(self.transport.close_if_idle, SMTP_IDLE_SECONDS)
+                for transport in self._transports:
+                    await asyncio.to_thread(transport.close_if_idle, SMTP_IDLE_SECONDS)
             next_at = min(
                 (t for t in (self.store.next_due_at(), self.store.next_action_at()) if t),
                 default=None,
@@ -124,31 +151,42 @@ class Outbox:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(timeout, POLL_SECONDS))
-        await asyncio.to_thread(self.transport.close)
+        for transport in self._transports:
+            await asyncio.to_thread(transport.close)
+        self._smtp_threads.shutdown(wait=False)
+
+    async def _deliver_in_slot(self, row: OutboxRow) -> None:
+        async with self._slots:
+            await self._deliver(row)
 
     async def _deliver(self, row: OutboxRow) -> None:
+        if self._stopping:
+            return  # stays pending for the next start
         fields = {"MAIL_ID": row.mail_id, "MESSAGE_ID": row.message_id}
         raw, subject = row.raw, row.subject
         if raw is None:
             try:
                 subject, raw = await self._prepare(row)
             except PrepareError as e:
-                self._failed_attempt(row, str(e), e.permanent, fields)
+                await self._failed_attempt(row, str(e), e.permanent, fields)
                 return
-            self.store.save_prepared(row.mail_id, subject, raw)
-        if not self.store.begin_send(row.mail_id):
+        prepared, body = subject or "", raw
+        claimed = await self._write(lambda s: s.begin_send(row.mail_id, prepared=(prepared, body)))
+        if not claimed:
             return  # recalled while we were preparing
-        self.sending = True
+        assert self._idle is not None
+        transport = await self._idle.get()
         try:
-            refused = await asyncio.to_thread(
-                self.transport.send, raw, self.settings.smtp.sender, row.recipients
+            refused = await asyncio.get_running_loop().run_in_executor(
+                self._smtp_threads, transport.send, raw, self.settings.smtp.sender, row.recipients
             )
         except DeliveryError as e:
-            self._failed_attempt(row, str(e), e.permanent, fields)
+            await self._failed_attempt(row, str(e), e.permanent, fields)
             return
         finally:
-            self.sending = False
-        queued_notice = self.store.mark_sent(row.mail_id, self._now())
+            self._idle.put_nowait(transport)
+        now = self._now()
+        queued_notice = await self._write(lambda s: s.mark_sent(row.mail_id, now))
         self.sent_total += 1
         delivered = [r for r in row.recipients if r not in refused]
         log.info(
@@ -177,25 +215,28 @@ class Outbox:
         try:
             await self.perform(action)
         except FeishuError as e:
+            problem = str(e)
             if self._now() - action.created_at > self.policy.give_up_after:
-                self.store.finish_action(action.id, str(e))
+                await self._write(lambda s: s.finish_action(action.id, problem))
                 log.error("%s failed for good: %s", action.kind, e, extra=fields)
                 return
             delay = backoff(action.attempts, self.policy)
-            self.store.retry_action(action.id, self._now() + delay, str(e))
+            retry_at = self._now() + delay
+            await self._write(lambda s: s.retry_action(action.id, retry_at, problem))
             log.warning("%s failed, retrying in %.1fs: %s", action.kind, delay, e, extra=fields)
         except Exception as e:  # a bug must not wedge the queue: record it and go on
             log.exception("%s failed: %s", action.kind, e, extra=fields)
-            self.store.finish_action(action.id, f"{type(e).__name__}: {e}")
+            error = f"{type(e).__name__}: {e}"
+            await self._write(lambda s: s.finish_action(action.id, error))
         else:
-            self.store.finish_action(action.id)
+            await self._write(lambda s: s.finish_action(action.id))
 
-    def _failed_attempt(
+    async def _failed_attempt(
         self, row: OutboxRow, error: str, permanent: bool, fields: dict[str, str]
     ) -> None:
         age = self._now() - row.created_at
         if permanent or age > self.policy.give_up_after:
-            self.store.mark_failed(row.mail_id, error)
+            await self._write(lambda s: s.mark_failed(row.mail_id, error))
             log.error(
                 "mail %s failed for good after %d attempts: %s",
                 row.kind,
@@ -205,7 +246,8 @@ class Outbox:
             )
             return
         delay = backoff(row.attempts, self.policy)
-        self.store.mark_retry(row.mail_id, self._now() + delay, error)
+        retry_at = self._now() + delay
+        await self._write(lambda s: s.mark_retry(row.mail_id, retry_at, error))
         log.warning(
             "mail %s attempt %d failed, retrying in %.1fs: %s",
             row.kind,
@@ -246,19 +288,24 @@ class Outbox:
             date=date.strftime("%Y-%m-%d %H:%M"),
         )
         attachments = await self._attachments(msg)
-        email = mail.compose_forward(
-            msg,
-            subject=subject,
-            sender=self.settings.smtp.sender,
-            to=row.recipients,
-            chat_name=chat_name,
-            sender_name=sender_name,
-            rule_names=row.rules,
-            message_id=message_id,
-            date=date,
-            attachments=attachments,
-        )
-        return subject, mail.as_smtp_bytes(email)
+
+        def compose() -> bytes:
+            email = mail.compose_forward(
+                msg,
+                subject=subject,
+                sender=self.settings.smtp.sender,
+                to=row.recipients,
+                chat_name=chat_name,
+                sender_name=sender_name,
+                rule_names=row.rules,
+                message_id=message_id,
+                date=date,
+                attachments=attachments,
+            )
+            return mail.as_smtp_bytes(email)
+
+        # Composing (header folding above all) is the costliest step: keep it off the loop.
+        return subject, await asyncio.to_thread(compose)
 
     async def _attachments(self, msg: Message) -> list[mail.Attachment]:
         out = []
@@ -283,20 +330,29 @@ class Outbox:
         return out
 
     async def name(self, kind: str, id_: str) -> str:
+        """A display name: config, then memory, then SQLite, then Feishu (cached either way)."""
         if kind == "chat":
             configured = self.settings.chat(id_)
             if configured is not None and configured.name:
                 return configured.name
-        cached = self.store.cached_name(kind, id_, NAME_CACHE_SECONDS, self._now())
+        now = self._now()
+        remembered = self._names.get((kind, id_))
+        if remembered is not None and remembered[1] > now:
+            return remembered[0]
+        cached = self.store.cached_name(kind, id_, NAME_CACHE_SECONDS, now)
         if cached is not None:
+            self._names[(kind, id_)] = (cached, now + NAME_CACHE_SECONDS)
             return cached
         try:
             name = await (self.api.chat_name(id_) if kind == "chat" else self.api.user_name(id_))
         except FeishuError as e:
-            # A name is decoration: mail with the id beats mail held back.
+            # A name is decoration: mail with the id beats mail held back. Remember the
+            # failure for a while, or a missing scope would cost a call per mail.
             log.warning("cannot resolve %s name for %s: %s", kind, id_, e)
+            self._names[(kind, id_)] = (id_, now + NAME_RETRY_SECONDS)
             return id_
-        self.store.cache_name(kind, id_, name, self._now())
+        self._names[(kind, id_)] = (name, now + NAME_CACHE_SECONDS)
+        await self._write(lambda s: s.cache_name(kind, id_, name, now))
         return name
 
     async def _confirm(self, row: OutboxRow, delivered: list[str]) -> None:

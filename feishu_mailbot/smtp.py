@@ -239,6 +239,11 @@ class SmtpTransport:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def reconfigure(self, settings: SmtpSettings) -> None:
+        """New settings take effect with the next connection."""
+        self.close()
+        self._settings = settings
+
     def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
         """Hands one message to the relay.
 

@@ -189,6 +189,10 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def transaction(self) -> _Transaction:
+        """A transaction, or inside one a savepoint: intake.py batches units of work in it."""
+        return self._tx()
+
     # -- intake (called from the event handler, before the ack) -----------------
 
     def ingest(
@@ -355,16 +359,14 @@ class Store:
             ).fetchone()[0]
         )
 
-    def save_prepared(self, mail_id: str, subject: str, raw: bytes) -> None:
+    def begin_send(self, mail_id: str, prepared: tuple[str, bytes] | None = None) -> bool:
+        """pending → sending (storing the composed mail first, if new); False if recalled."""
         with self._tx():
-            self._db.execute(
-                "UPDATE outbox SET subject = ?, raw = ? WHERE mail_id = ? AND raw IS NULL",
-                (subject, raw, mail_id),
-            )
-
-    def begin_send(self, mail_id: str) -> bool:
-        """pending → sending; False if the row was cancelled (recalled) meanwhile."""
-        with self._tx():
+            if prepared is not None:
+                self._db.execute(
+                    "UPDATE outbox SET subject = ?, raw = ? WHERE mail_id = ? AND raw IS NULL",
+                    (prepared[0], prepared[1], mail_id),
+                )
             return (
                 self._db.execute(
                     "UPDATE outbox SET status = 'sending' WHERE mail_id = ? AND status = 'pending'",
@@ -571,13 +573,25 @@ class Store:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT/ROLLBACK; sqlite3's implicit transactions are too implicit."""
+    """BEGIN IMMEDIATE … COMMIT/ROLLBACK; inside a batch, a SAVEPOINT of its own.
+
+    sqlite3's implicit transactions are too implicit. The savepoint lets one
+    event's work fail and roll back without undoing the rest of its batch.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._nested = False
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._nested = self._db.in_transaction
+        self._db.execute("SAVEPOINT work" if self._nested else "BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if not self._nested:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        elif exc_type is None:
+            self._db.execute("RELEASE work")
+        else:
+            self._db.execute("ROLLBACK TO work")
+            self._db.execute("RELEASE work")

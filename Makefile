@@ -51,6 +51,11 @@ test: setup lint deb
 demo: setup
 	$(PY) -m tests.demo
 
+# Performance figures (medians; run it on an otherwise idle machine): the last line is
+# BENCH {json}. `$(PY) -m tests.bench --quick` does one repetition of everything.
+bench: setup
+	$(PY) -m tests.bench
+
 # The .deb: dpkg-buildpackage in a copy of the tree with packaging/debian as debian/;
 # it lands in dist/ only once lintian (0 errors, 0 warnings) has passed.
 deb: $(DEB)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import email.policy
 import html
-import string
 from collections.abc import Mapping, Sequence
 from datetime import date as Date
 from datetime import datetime
 from email.message import EmailMessage
 
+from . import subjects
 from .events import Message, image_cid, single_line
 from .mail import (
     Attachment,
@@ -34,22 +34,10 @@ from .mail import (
 from .reports import Digest, Entry, Section, local_time
 
 DIGEST_SUBJECT_FIELDS = frozenset({"date", "chat_name", "submitted", "expected", "missing"})
-SUBJECT_MAX = 200
 SUPPLEMENT_TAG = "[补充]"
 WEEKDAYS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日")
 
 # --------------------------------------------------------------------------- subject
-
-_FORMATTER = string.Formatter()
-
-
-def _literal_field(field: str, conversion: str | None, spec: str) -> str:
-    text = "{" + field
-    if conversion:
-        text += "!" + conversion
-    if spec:
-        text += ":" + spec
-    return text + "}"
 
 
 def render_digest_subject(
@@ -61,64 +49,30 @@ def render_digest_subject(
     *,
     supplement: bool = False,
 ) -> str:
-    """Fill the subject template; never fails, because a bad subject must not stop a digest.
+    """Fill the subject template (see subjects.py); a supplement is tagged at the front.
 
-    Unknown fields and bad format specs stay in the subject literally (config
-    validation reports them).  Counts are integers so ``{submitted:02d}``
-    works.  A supplement is tagged at the front, where an inbox shows it.
+    Counts are integers so ``{submitted:02d}`` works.
     """
     values: Mapping[str, str | int] = {
         "date": day.isoformat(),
-        "chat_name": single_line(chat_name),
+        "chat_name": chat_name,
         "submitted": submitted,
         "expected": expected,
         "missing": max(expected - submitted, 0),
     }
-    try:
-        parts = list(_FORMATTER.parse(template))
-    except ValueError:
-        parts = [(template, None, None, None)]
-    out: list[str] = [f"{SUPPLEMENT_TAG} "] if supplement else []
-    for literal, field, spec, conversion in parts:
-        out.append(literal)
-        if field is None:
-            continue
-        spec = spec or ""
-        value = values.get(field)
-        if value is None or conversion not in (None, "s") or "{" in spec:
-            out.append(_literal_field(field, conversion, spec))
-            continue
-        try:
-            out.append(format(str(value) if conversion == "s" else value, spec))
-        except ValueError:
-            out.append(_literal_field(field, conversion, spec))
-    return single_line("".join(out))[:SUBJECT_MAX].rstrip()
+    return subjects.fill(template, values, prefix=f"{SUPPLEMENT_TAG} " if supplement else "")
 
 
 def validate_digest_subject(template: str) -> str | None:
     """An error description for config validation, or None if the template is usable."""
-    allowed = ", ".join(sorted(DIGEST_SUBJECT_FIELDS))
-    try:
-        parts = list(_FORMATTER.parse(template))
-    except ValueError as exc:
-        return f"bad braces: {exc} (write {{{{ and }}}} for literal braces)"
-    samples: Mapping[str, str | int] = {"date": "", "chat_name": "", "submitted": 0}
-    for _literal, field, spec, conversion in parts:
-        if field is None:
-            continue
-        if field not in DIGEST_SUBJECT_FIELDS:
-            return f"unknown placeholder {{{field}}} (expected one of: {allowed})"
-        if conversion not in (None, "s"):
-            return f"conversion !{conversion} in {{{field}}} is not supported"
-        if spec:
-            if "{" in spec:
-                return f"nested placeholder in the format of {{{field}}} is not supported"
-            sample = samples.get(field, 0)
-            try:
-                format(str(sample) if conversion == "s" else sample, spec)
-            except ValueError as exc:
-                return f"bad format {spec!r} in {{{field}}}: {exc}"
-    return None
+    samples: Mapping[str, str | int] = {
+        "date": "",
+        "chat_name": "",
+        "submitted": 0,
+        "expected": 0,
+        "missing": 0,
+    }
+    return subjects.problem(template, DIGEST_SUBJECT_FIELDS, samples)
 
 
 # --------------------------------------------------------------------------- shared bits

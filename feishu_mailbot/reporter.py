@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import digest, mail, reports
@@ -97,18 +98,8 @@ class Reporter:
         model = reports.build_digest(
             day, chat_name, entries, rs, supplement=kind == "supplement", earlier=earlier_entries
         )
-        images = await self._images(fresh)
-        n = len(records) + 1
-        mail_id = f"digest/{rs.chat}/{day_key}/{n}"
-        email = digest.compose_digest(
-            model,
-            subject=rs.subject,
-            sender=self.settings.smtp.sender,
-            to=rs.recipients,
-            message_id=mail.make_message_id(mail_id),
-            date=datetime.now(ZoneInfo(rs.timezone)),
-            images=images,
-        )
+        mail_id = f"digest/{rs.chat}/{day_key}/{len(records) + 1}"
+        email = await self._compose(model, mail_id, fresh)
         subject = str(email["Subject"])
         text = digest.render_text(model)
         outcome = Outcome(
@@ -150,6 +141,20 @@ class Reporter:
             rs.recipients,
             submitted=model.submitted,
             expected=model.expected,
+        )
+
+    async def _compose(
+        self, model: reports.Digest, mail_id: str, messages: Sequence[Message]
+    ) -> EmailMessage:
+        rs = self.rs
+        return digest.compose_digest(
+            model,
+            subject=rs.subject,
+            sender=self.settings.smtp.sender,
+            to=rs.recipients,
+            message_id=mail.make_message_id(mail_id),
+            date=datetime.now(ZoneInfo(rs.timezone)),
+            images=await self._images(messages),
         )
 
     async def _entry(self, msg: Message) -> reports.Entry:
@@ -235,15 +240,7 @@ class Reporter:
             day, await self._names("chat", rs.chat), [await self._entry(msg)], rs
         )
         mail_id = f"report/{msg.message_id}"
-        email = digest.compose_digest(
-            model,
-            subject=rs.subject,
-            sender=self.settings.smtp.sender,
-            to=rs.recipients,
-            message_id=mail.make_message_id(mail_id),
-            date=datetime.now(ZoneInfo(rs.timezone)),
-            images=await self._images([msg]),
-        )
+        email = await self._compose(model, mail_id, [msg])
         self.store.queue_digest(
             mail_id=mail_id,
             chat_id=rs.chat,

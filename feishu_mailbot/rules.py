@@ -8,16 +8,15 @@ still get a mail that names exactly the rules that concerned them.
 
 from __future__ import annotations
 
-import string
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .events import Message, single_line
+from . import subjects
+from .events import Message
 from .settings import Rule
 
 SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
-SUBJECT_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -96,17 +95,6 @@ def plan(rules: Sequence[Rule], msg: Message) -> tuple[Delivery, ...]:
 
 # --------------------------------------------------------------------------- subjects
 
-_FORMATTER = string.Formatter()
-
-
-def _literal_field(field: str, conversion: str | None, spec: str) -> str:
-    text = "{" + field
-    if conversion:
-        text += "!" + conversion
-    if spec:
-        text += ":" + spec
-    return text + "}"
-
 
 def render_subject(
     template: str,
@@ -118,13 +106,8 @@ def render_subject(
     msg_type: str,
     date: str,
 ) -> str:
-    """Fill the template; never fails, because a bad subject must not stop a mail.
-
-    Unknown fields, bad format specs and unbalanced braces are left in the
-    subject literally (config validation reports them).  Values come from chat
-    users, so line breaks and control characters are flattened afterwards.
-    """
-    values: Mapping[str, str] = {
+    """Fill the template; chat users' values are flattened to one line (see subjects.py)."""
+    values = {
         "chat_name": chat_name,
         "sender_name": sender_name,
         "preview": preview,
@@ -132,55 +115,12 @@ def render_subject(
         "msg_type": msg_type,
         "date": date,
     }
-    try:
-        parts = list(_FORMATTER.parse(template))
-    except ValueError:
-        return _clip(template)
-    out: list[str] = []
-    for literal, field, spec, conversion in parts:
-        out.append(literal)
-        if field is None:
-            continue
-        spec = spec or ""
-        value = values.get(field)
-        if value is None or conversion not in (None, "s") or "{" in spec:
-            out.append(_literal_field(field, conversion, spec))
-            continue
-        try:
-            out.append(format(value, spec))
-        except ValueError:
-            out.append(_literal_field(field, conversion, spec))
-    return _clip("".join(out))
-
-
-def _clip(text: str) -> str:
-    return single_line(text)[:SUBJECT_MAX].rstrip()
+    return subjects.fill(template, values)
 
 
 def validate_subject_template(template: str) -> str | None:
     """An error description for config validation, or None if the template is usable."""
-    allowed = ", ".join(sorted(SUBJECT_FIELDS))
-    try:
-        parts = list(_FORMATTER.parse(template))
-    except ValueError as exc:
-        return f"bad braces: {exc} (write {{{{ and }}}} for literal braces)"
-    for _literal, field, spec, conversion in parts:
-        if field is None:
-            continue
-        if field == "":
-            return f"empty placeholder {{}} (expected one of: {allowed})"
-        if field not in SUBJECT_FIELDS:
-            return f"unknown placeholder {{{field}}} (expected one of: {allowed})"
-        if conversion not in (None, "s"):
-            return f"conversion !{conversion} in {{{field}}} is not supported"
-        if spec and "{" in spec:
-            return f"nested placeholder in the format of {{{field}}} is not supported"
-        if spec:
-            try:
-                format("", spec)
-            except ValueError as exc:
-                return f"bad format {spec!r} in {{{field}}}: {exc}"
-    return None
+    return subjects.problem(template, SUBJECT_FIELDS, {})
 
 
 __all__ = [

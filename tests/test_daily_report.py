@@ -269,3 +269,20 @@ def test_digest_screenshot_in_headless_chromium(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     png = out.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_immediate_mode_mails_each_report_as_it_arrives(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot_with_reports(
+        make_bot, emulator, extra=report_config("immediate", "acknowledge: reply\n")
+    ).start()
+    report = emulator.push_text("oc_team", "ou_carol", "【日报】今天修好了告警")
+    [mail] = smtp.wait_for(1, timeout=20)
+    assert str(mail["To"]) == "manager@example.com"
+    assert "今天修好了告警" in mail.get_body(preferencelist=("plain",)).get_content()
+    wait_until(lambda: replies_to(emulator, report), 15, "the acknowledging reply")
+    assert "已收到" in replies_to(emulator, report)[0]
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_bob", "不是日报"))
+    time.sleep(1)
+    assert len(smtp.messages) == 1

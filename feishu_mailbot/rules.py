@@ -11,6 +11,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import subjects
 from .events import Message
@@ -37,19 +38,26 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
-def match(rule: Rule, msg: Message) -> bool:
+@lru_cache(maxsize=1024)
+def _folded_keywords(keywords: tuple[str, ...]) -> tuple[str, ...]:
+    """Folding is the costly part of matching: do it once per configured keyword list."""
+    return tuple(k for k in (_fold(k) for k in keywords) if k)
+
+
+def match(rule: Rule, msg: Message, folded_text: str | None = None) -> bool:
     """True if `msg` is in the rule's chats and hits any keyword or the regex.
 
     A rule with neither keywords nor regex matches every message in scope:
     that is how an archive address ("send everything") is expressed.
+    `folded_text` is `_fold(msg.text)` when the caller has it already.
     """
     if rule.chats and msg.chat_id not in rule.chats:
         return False
-    keywords = [k for k in (_fold(k) for k in rule.keywords) if k]
+    keywords = _folded_keywords(rule.keywords)
     if not keywords and rule.regex is None:
         return True
     if keywords:
-        folded = _fold(msg.text)
+        folded = _fold(msg.text) if folded_text is None else folded_text
         if any(k in folded for k in keywords):
             return True
     return rule.regex is not None and rule.regex.search(msg.text) is not None
@@ -63,7 +71,8 @@ def plan(rules: Sequence[Rule], msg: Message) -> tuple[Delivery, ...]:
     groups' rule positions, so the same config and message always give the
     same plan (the outbox relies on that for idempotent retries).
     """
-    matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg)]
+    folded = _fold(msg.text)
+    matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg, folded)]
     spelling: dict[str, str] = {}
     rules_for: dict[str, list[int]] = {}
     for index, rule in matched:

@@ -31,7 +31,7 @@ from feishu_mailbot.intake import Intake
 from feishu_mailbot.outbox import Outbox, RetryPolicy
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
-from feishu_mailbot.store import Ingest, Store
+from feishu_mailbot.store import Ingest, StateError, Store
 from feishu_mailbot.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger("feishu_mailbot.daemon")
@@ -378,10 +378,20 @@ def run(settings: Settings) -> int:
     # On the watchdog's SIGABRT (or any fatal signal) print every thread's stack to
     # stderr, which is the journal under systemd: the stall explains itself.
     faulthandler.enable()
+    if os.stat(settings.path).st_mode & 0o004:
+        log.warning(
+            "%s is world-readable but holds secrets: chmod 0640 it (owner root, group "
+            "feishu-mailbot)",
+            settings.path,
+        )
     # Composing and SMTP run in threads; with the default 5 ms GIL switch interval a
     # busy one could hold back the event loop (and so an ack) for that long each time.
     sys.setswitchinterval(0.0005)
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+    except StateError as e:
+        log.error("%s", e)
+        return os.EX_CONFIG
     # The SDK schedules its tasks on the loop it made at import; we must run on that one.
     loop = daemon.connection.loop
     asyncio.set_event_loop(loop)

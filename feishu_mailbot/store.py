@@ -108,6 +108,10 @@ CREATE TABLE names (
 """
 
 
+class StateError(Exception):
+    """The state database cannot be used; restarting will not help, an operator must act."""
+
+
 class Ingest(Enum):
     NEW = "new"
     DUPLICATE_EVENT = "duplicate event_id"
@@ -163,10 +167,16 @@ def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
 
 class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as e:
+            raise StateError(
+                f"{self.path}: cannot open the state database: {e} (check state_dir and that "
+                "the feishu-mailbot user may write there)"
+            ) from e
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
@@ -176,9 +186,10 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise StateError(
                 f"{self.path}: database schema {version} is newer than this program "
-                f"understands ({SCHEMA_VERSION}); upgrade feishu-mailbot"
+                f"understands ({SCHEMA_VERSION}); upgrade feishu-mailbot (a downgrade cannot "
+                "read it)"
             )
         # version 0 is a new file; later schema versions add their steps here.
         self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")

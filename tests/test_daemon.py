@@ -209,3 +209,16 @@ def test_confirmation_reply_and_recall_notice_when_the_rule_asks(
     assert notice["In-Reply-To"] == original["Message-ID"]
     time.sleep(0.5)
     assert len(smtp.messages) == 2
+
+
+def test_a_database_from_a_newer_version_stops_with_exit_78(
+    make_bot: MakeBot, tmp_path: Path
+) -> None:
+    bot = make_bot()
+    (tmp_path / "state").mkdir()
+    db = sqlite3.connect(tmp_path / "state" / "feishu-mailbot.db")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    bot.start(wait_ready=False)
+    assert bot.proc is not None and bot.proc.wait(30) == 78
+    assert "database schema 99 is newer than this program understands" in bot.log()

@@ -1,9 +1,9 @@
 """Wiring and lifecycle: connect, take events, deliver mail, reload, stop.
 
-The event handler is synchronous and runs on the loop (the SDK calls it and
-acks after it returns): it parses, filters on the chat allowlist, plans mail
-with the rules, commits to SQLite and returns. It does no network I/O, so the
-ack goes out within milliseconds even while SMTP is slow or down.
+The event handler runs on the loop for each data frame and the ack follows its
+return: it parses, filters on the chat allowlist, plans mail with the rules and
+waits for the group commit (intake.py). It does no network I/O, so the ack goes
+out within milliseconds even while SMTP is slow or down.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from .mail import (
     _filename,
     _html_part,
     _split_type,
+    format_when,
     sanitize_header,
 )
 from .reports import Digest, Entry, Section, local_time
@@ -250,17 +251,6 @@ def _missing_html(d: Digest) -> str:
     )
 
 
-def _when(moment: datetime) -> str:
-    text = moment.strftime("%Y-%m-%d %H:%M")
-    offset = moment.utcoffset()
-    if offset is None:
-        return text
-    minutes = int(offset.total_seconds()) // 60
-    sign = "+" if minutes >= 0 else "-"
-    minutes = abs(minutes)
-    return f"{text} (UTC{sign}{minutes // 60:02d}:{minutes % 60:02d})"
-
-
 def render_html(d: Digest, *, title: str, generated: datetime, available: set[str]) -> str:
     """The HTML document; `available` holds the Content-IDs that will be attached."""
     body: list[str] = [_header_html(d), _missing_html(d)]
@@ -277,7 +267,7 @@ def render_html(d: Digest, *, title: str, generated: datetime, available: set[st
     body += [_section_html(s, d, available) for s in d.sections]
     body.append(
         f'<tr><td style="padding:20px 24px;font-size:12px;color:{_MUTED}">'
-        f"由 feishu-mailbot 汇总 · {_esc(_when(generated))}</td></tr>"
+        f"由 feishu-mailbot 汇总 · {_esc(format_when(generated, seconds=False))}</td></tr>"
     )
     return (
         '<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8">'

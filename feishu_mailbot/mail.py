@@ -110,9 +110,9 @@ def _base_headers(
     msg["X-Mailer"] = MAILER
 
 
-def _when(date: datetime) -> str:
-    """The message time as the reader's team sees it, with the offset spelled out."""
-    text = date.strftime("%Y-%m-%d %H:%M:%S")
+def format_when(date: datetime, *, seconds: bool = True) -> str:
+    """A time as the reader's team sees it, with the offset spelled out."""
+    text = date.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
     offset = date.utcoffset()
     if offset is None:
         return text
@@ -232,7 +232,7 @@ def compose_forward(
 
     chat = single_line(chat_name) or msg.chat_id
     who = single_line(sender_name) or msg.sender_open_id or "未知发送者"
-    when = _when(date)
+    when = format_when(date)
     rules_text = ", ".join(single_line(r) for r in rule_names)
     footer = "由 feishu-mailbot 转发" + (f" · 规则: {rules_text}" if rules_text else "")
 
@@ -297,7 +297,7 @@ def compose_recall_notice(
 
     chat = single_line(chat_name) or "群聊"
     who = single_line(sender_name) or "发送者"
-    when = _when(date)
+    when = format_when(date)
     line = f"{who} 在「{chat}」撤回了一条消息（{when}）。"
     detail = f"原邮件: {subject}"
     note = "该消息在飞书中已不可见，之前转发的邮件内容可能已不再有效。"

@@ -102,7 +102,6 @@ class Outbox:
         self._wake = asyncio.Event()
         self._stopping = False
         self._names: dict[tuple[str, str], tuple[str, float]] = {}  # → (name, valid until)
-        self.sent_total = 0
         # Set by the daemon when daily reports are on: performs a queued Action.
         self.perform: Callable[[Action], Awaitable[None]] | None = None
 
@@ -187,7 +186,6 @@ class Outbox:
             self._idle.put_nowait(transport)
         now = self._now()
         queued_notice = await self._write(lambda s: s.mark_sent(row.mail_id, now))
-        self.sent_total += 1
         delivered = [r for r in row.recipients if r not in refused]
         log.info(
             "mail %s sent to %s: %s",

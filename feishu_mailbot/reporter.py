@@ -10,6 +10,7 @@ any other.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -133,15 +134,7 @@ class Reporter:
                 subject,
                 extra={"CHAT_ID": rs.chat, "MAIL_ID": mail_id},
             )
-        return Outcome(
-            queued,
-            day,
-            text,
-            subject,
-            rs.recipients,
-            submitted=model.submitted,
-            expected=model.expected,
-        )
+        return dataclasses.replace(outcome, queued=queued)
 
     async def _compose(
         self, model: reports.Digest, mail_id: str, messages: Sequence[Message]
@@ -233,7 +226,7 @@ class Reporter:
     async def _immediate(self, action: Action) -> None:
         rs = self.rs
         msg = self.store.get_message(action.message_id)
-        if msg is None or not self.store.has_message(action.message_id):
+        if msg is None:
             return
         day = reports.report_day(msg.create_time_ms, rs)
         model = reports.build_digest(

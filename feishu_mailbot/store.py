@@ -215,11 +215,7 @@ class Store:
     ) -> Ingest:
         """Record one accepted message and its mails in one transaction."""
         with self._tx():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
-                (msg.event_id, now),
-            )
-            if cur.rowcount == 0:
+            if not self._mark_seen(msg.event_id, now):
                 return Ingest.DUPLICATE_EVENT
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO messages"
@@ -265,23 +261,18 @@ class Store:
                 self._add_action(kind, msg.message_id, payload, now)
             return Ingest.NEW
 
-    def record_event(self, event_id: str, now: float) -> bool:
-        """Mark an event id seen; False if it was already (a Feishu re-push)."""
-        with self._tx():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
-                (event_id, now),
-            )
-            return cur.rowcount == 1
+    def _mark_seen(self, event_id: str, now: float) -> bool:
+        """Record an event id; False if it was seen before (a Feishu re-push)."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
+            (event_id, now),
+        )
+        return cur.rowcount == 1
 
     def recall(self, recall: Recall, now: float) -> RecallOutcome | None:
         """Apply a recall; None if this recall event was already applied."""
         with self._tx():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)",
-                (recall.event_id, now),
-            )
-            if cur.rowcount == 0:
+            if not self._mark_seen(recall.event_id, now):
                 return None
             self._db.execute(
                 "INSERT OR IGNORE INTO recalls (message_id, recalled_at) VALUES (?, ?)",
@@ -417,23 +408,11 @@ class Store:
                 (error, mail_id),
             )
 
-    def mail_status(self, mail_id: str) -> str | None:
-        row = self._db.execute("SELECT status FROM outbox WHERE mail_id = ?", (mail_id,)).fetchone()
-        return None if row is None else str(row[0])
-
     def get_message(self, message_id: str) -> Message | None:
         row = self._db.execute(
             "SELECT body FROM messages WHERE message_id = ?", (message_id,)
         ).fetchone()
         return None if row is None else message_from_json(row[0])
-
-    def has_message(self, message_id: str) -> bool:
-        return (
-            self._db.execute(
-                "SELECT 1 FROM messages WHERE message_id = ?", (message_id,)
-            ).fetchone()
-            is not None
-        )
 
     def messages_since(self, since: float) -> int:
         return int(
@@ -441,14 +420,6 @@ class Store:
                 "SELECT COUNT(*) FROM messages WHERE received_at >= ?", (since,)
             ).fetchone()[0]
         )
-
-    def counts(self) -> dict[str, int]:
-        out = {"messages": 0, "events": 0}
-        out["messages"] = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-        out["events"] = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        for status, n in self._db.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status"):
-            out[f"outbox_{status}"] = n
-        return out
 
     # -- actions: reactions, replies, digest requests ------------------------------
 

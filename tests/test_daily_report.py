@@ -167,6 +167,9 @@ def faketime_env(moment: datetime) -> dict[str, str]:
     }
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
 def today_in_shanghai() -> date:
     return (datetime.now(SH) - timedelta(hours=4)).date()  # the report day (cutoff 04:00)
 
@@ -176,7 +179,7 @@ def test_scheduled_digest_goes_once_and_catches_up_after_downtime(
 ) -> None:
     day = today_in_shanghai()
     at = datetime.combine(day, datetime.strptime("23:00", "%H:%M").time(), SH)
-    weekday = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][day.weekday()]
+    weekday = WEEKDAYS[day.weekday()]
     bot = bot_with_reports(
         make_bot,
         emulator,
@@ -203,7 +206,7 @@ def test_catch_up_when_stopped_across_the_scheduled_minute(
 ) -> None:
     day = today_in_shanghai()
     at = datetime.combine(day, datetime.strptime("22:00", "%H:%M").time(), SH)
-    weekday = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][day.weekday()]
+    weekday = WEEKDAYS[day.weekday()]
     bot = bot_with_reports(
         make_bot,
         emulator,

@@ -7,23 +7,44 @@ from pathlib import Path
 
 import pytest
 
+from feishu_mailbot.events import Message
 from feishu_mailbot.intake import Intake
-from feishu_mailbot.store import Store
+from feishu_mailbot.store import Ingest, Store
+
+
+def message(event_id: str) -> Message:
+    return Message(
+        event_id=event_id,
+        message_id=f"om_{event_id}",
+        chat_id="oc_team",
+        chat_type="group",
+        sender_open_id="ou_alice",
+        sender_type="user",
+        msg_type="text",
+        create_time_ms=0,
+        text="hi",
+        html="hi",
+    )
+
+
+def seen(s: Store, event_id: str) -> bool:
+    """Store the event's message; True if it was new (a unit of intake work)."""
+    return s.ingest(message(event_id), (), 1.0) is Ingest.NEW
 
 
 def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path) -> None:
     intake = Intake(Store(tmp_path / "db.sqlite"))
 
     def failing(s: Store) -> bool:
-        s.record_event("ev_b", 1.0)
+        seen(s, "ev_b")
         raise ValueError("handler bug")
 
     async def main() -> list[object]:
         return await asyncio.gather(
-            intake.run(lambda s: s.record_event("ev_a", 1.0)),
+            intake.run(lambda s: seen(s, "ev_a")),
             intake.run(failing),
-            intake.run(lambda s: s.record_event("ev_c", 1.0)),
-            intake.run(lambda s: s.record_event("ev_a", 2.0)),  # same id in the same batch
+            intake.run(lambda s: seen(s, "ev_c")),
+            intake.run(lambda s: seen(s, "ev_a")),  # same id in the same batch
             return_exceptions=True,
         )
 
@@ -33,8 +54,8 @@ def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path)
     assert intake.batches == 1 and intake.committed == 4
     intake.close()
     check = Store(tmp_path / "db.sqlite")
-    assert check.record_event("ev_b", 3.0) is True  # rolled back with its savepoint
-    assert check.record_event("ev_a", 3.0) is False  # committed
+    assert seen(check, "ev_b") is True  # rolled back with its savepoint
+    assert seen(check, "ev_a") is False  # committed
     check.close()
 
 
@@ -48,7 +69,7 @@ def test_a_failed_commit_fails_every_waiting_event(tmp_path: Path) -> None:
     intake.store._db.execute("PRAGMA busy_timeout=100")
 
     async def main() -> None:
-        await intake.run(lambda s: s.record_event("ev_x", 1.0))
+        await intake.run(lambda s: seen(s, "ev_x"))
 
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         asyncio.run(main())

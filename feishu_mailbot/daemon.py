@@ -52,8 +52,8 @@ class Daemon:
         self.settings = settings
         self.notifier = Notifier()
         self.store = Store(db_path(settings))
-        # Intake commits on its own connection, in a thread (see intake.py).
-        self.intake = Intake(Store(db_path(settings)))
+        # Intake writes and commits on its own connection (see intake.py).
+        self.intake = Intake(db_path(settings))
         self.api = FeishuApi(settings.feishu)
         self.outbox = Outbox(
             settings,

@@ -13,23 +13,21 @@ escaped here; report bodies are the fragments events.py already escaped.
 
 from __future__ import annotations
 
-import email.policy
 import html
 from collections.abc import Mapping, Sequence
 from datetime import date as Date
 from datetime import datetime
-from email.message import EmailMessage
 
-from . import subjects
+from . import mime, subjects
 from .events import Message, image_cid, single_line
 from .mail import (
     Attachment,
-    _base_headers,
     _drop_missing_images,
-    _filename,
-    _html_part,
     _split_type,
+    base_headers,
     format_when,
+    html_with_images,
+    inline_image,
     sanitize_header,
 )
 from .reports import Digest, Entry, Section, local_time
@@ -307,8 +305,8 @@ def compose_digest(
     message_id: str,
     date: datetime,
     images: Mapping[str, Attachment],
-) -> EmailMessage:
-    """The digest as text + HTML, with the reports' images inline.
+) -> tuple[str, bytes]:
+    """The digest as text + HTML with the reports' images inline: (subject, wire bytes).
 
     `subject` is the template (ReportSettings.subject), rendered here from the
     digest itself so the counts in the subject always agree with the body.
@@ -320,30 +318,22 @@ def compose_digest(
     rendered = render_digest_subject(
         subject, d.day, d.chat_name, d.submitted, d.expected, supplement=d.supplement
     )
-    mail = EmailMessage(policy=email.policy.default)
-    _base_headers(mail, subject=rendered, sender=sender, to=to, message_id=message_id, date=date)
-    mail["X-Feishu-Mailbot-Report-Day"] = d.day.isoformat()
+    headers = base_headers(subject=rendered, sender=sender, to=to, message_id=message_id, date=date)
+    headers.append(f"X-Feishu-Mailbot-Report-Day: {d.day.isoformat()}")
 
     used = [(key, images[key]) for key in _image_keys(d) if key in images]
     available = {image_cid(key) for key, _ in used}
-    mail.set_content(render_text(d))
-    mail.add_alternative(
-        render_html(d, title=sanitize_header(rendered), generated=date, available=available),
-        subtype="html",
+    document = render_html(d, title=sanitize_header(rendered), generated=date, available=available)
+    inline = [
+        inline_image(
+            att, image_cid(key), att.filename or f"{key}.{_split_type(att.content_type)[1]}"
+        )
+        for key, att in used
+    ]
+    body = mime.Multipart(
+        "alternative", (mime.text(render_text(d)), html_with_images(document, inline))
     )
-    if used:
-        related = _html_part(mail)
-        for key, att in used:
-            maintype, subtype = _split_type(att.content_type)
-            related.add_related(
-                att.data,
-                maintype,
-                subtype,
-                cid=f"<{image_cid(key)}>",
-                disposition="inline",
-                filename=_filename(att.filename or f"{key}.{subtype}"),
-            )
-    return mail
+    return sanitize_header(rendered), mime.render(headers, body)
 
 
 __all__ = [

@@ -1,17 +1,16 @@
-"""Forwarded chat messages and recall notices as `email.message.EmailMessage`.
+"""Forwarded chat messages and recall notices, as the bytes the SMTP server gets.
 
 Everything that ends up in a header is either from the config (addresses,
 domain) or passes through `sanitize_header`; chat content only ever reaches a
-body, HTML-escaped.  That is what makes header injection impossible even for
-a chat named ``"x\\r\\nBcc: victim@example.com"``.
+body, HTML-escaped and base64-encoded.  That is what makes header injection
+impossible even for a chat named ``"x\\r\\nBcc: victim@example.com"``.
 
-Build with the default policy; send with ``as_smtp_bytes`` (CRLF line endings)
-so what the SMTP server gets is exactly what `bytes(msg)` shows, modulo EOLs.
+The wire form is written by mime.py (CRLF line endings, folded headers), and
+the outbox stores exactly those bytes, so every retry sends the same mail.
 """
 
 from __future__ import annotations
 
-import email.policy
 import hashlib
 import html
 import re
@@ -19,9 +18,9 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage, MIMEPart
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 
+from . import mime
 from .events import Message, single_line
 
 DEFAULT_DOMAIN = "feishu-mailbot"
@@ -63,11 +62,6 @@ def make_message_id(seed: str, domain: str = DEFAULT_DOMAIN) -> str:
     return f"<{digest}@{domain}>"
 
 
-def as_smtp_bytes(msg: EmailMessage) -> bytes:
-    """The wire form: CRLF line endings, lines folded for SMTP."""
-    return msg.as_bytes(policy=email.policy.SMTP)
-
-
 # --------------------------------------------------------------------------- headers
 
 
@@ -88,26 +82,35 @@ def _message_id(value: str, what: str) -> str:
     return value
 
 
-def _base_headers(
-    msg: EmailMessage,
+def _sender(value: str) -> str:
+    name, addr = parseaddr(_address(value))
+    if not addr:
+        raise ValueError(f"no address in sender {value!r}")
+    return mime.address((name, addr))
+
+
+def base_headers(
     *,
     subject: str,
     sender: str,
     to: Sequence[str],
     message_id: str,
     date: datetime,
-) -> None:
+) -> list[str]:
+    """The headers every mail of ours has, ready for mime.render."""
     recipients = [_address(a) for a in to]
     if not recipients:
         raise ValueError("a mail needs at least one recipient")
-    msg["Subject"] = sanitize_header(subject) or "(无主题)"
-    msg["From"] = _address(sender)
-    msg["To"] = ", ".join(recipients)
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = _message_id(message_id, "message_id")
-    # RFC 3834: tells vacation responders and ticket systems not to answer a bot.
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Mailer"] = MAILER
+    return [
+        mime.header("Subject", sanitize_header(subject) or "(无主题)"),
+        f"From: {_sender(sender)}",
+        mime.address_list("To", recipients),
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {_message_id(message_id, 'message_id')}",
+        # RFC 3834: tells vacation responders and ticket systems not to answer a bot.
+        "Auto-Submitted: auto-generated",
+        f"X-Mailer: {MAILER}",
+    ]
 
 
 def format_when(date: datetime, *, seconds: bool = True) -> str:
@@ -196,11 +199,21 @@ def _cid(content_id: str) -> str:
     return sanitize_header(content_id).strip("<> ")
 
 
-def _html_part(msg: EmailMessage) -> MIMEPart:
-    part = msg.get_body(preferencelist=("html",))
-    if not isinstance(part, MIMEPart):  # pragma: no cover - we just added it
-        raise RuntimeError("html alternative missing")
-    return part
+def html_with_images(document: str, images: Sequence[mime.Leaf]) -> mime.Part:
+    """The HTML part, with its inline images beside it in a multipart/related."""
+    part = mime.text(document, "html")
+    return mime.Multipart("related", (part, *images)) if images else part
+
+
+def inline_image(att: Attachment, content_id: str, filename: str) -> mime.Leaf:
+    maintype, subtype = _split_type(att.content_type)
+    return mime.Leaf(
+        f"{maintype}/{subtype}",
+        att.data,
+        disposition="inline",
+        filename=_filename(filename),
+        content_id=_cid(content_id),
+    )
 
 
 def compose_forward(
@@ -215,7 +228,7 @@ def compose_forward(
     message_id: str,
     date: datetime,
     attachments: Sequence[Attachment] = (),
-) -> EmailMessage:
+) -> bytes:
     """One chat message as a text + HTML mail, images inline and files attached.
 
     `date` is the message's time in the team's timezone; it is both the Date
@@ -223,12 +236,13 @@ def compose_forward(
     gives the same headers (only MIME boundaries, which are random to stay
     unguessable by chat users, differ).
     """
-    mail = EmailMessage(policy=email.policy.default)
-    _base_headers(mail, subject=subject, sender=sender, to=to, message_id=message_id, date=date)
-    mail["X-Feishu-Message-Id"] = sanitize_header(msg.message_id)
-    mail["X-Feishu-Chat-Id"] = sanitize_header(msg.chat_id)
+    headers = base_headers(subject=subject, sender=sender, to=to, message_id=message_id, date=date)
+    headers.append(mime.header("X-Feishu-Message-Id", sanitize_header(msg.message_id)))
+    headers.append(mime.header("X-Feishu-Chat-Id", sanitize_header(msg.chat_id)))
     if rule_names:
-        mail["X-Feishu-Mailbot-Rules"] = sanitize_header(", ".join(rule_names))
+        headers.append(
+            mime.header("X-Feishu-Mailbot-Rules", sanitize_header(", ".join(rule_names)))
+        )
 
     chat = single_line(chat_name) or msg.chat_id
     who = single_line(sender_name) or msg.sender_open_id or "未知发送者"
@@ -237,31 +251,30 @@ def compose_forward(
     footer = "由 feishu-mailbot 转发" + (f" · 规则: {rules_text}" if rules_text else "")
 
     text = f"{chat} · {who} · {when}\n\n{msg.text}\n\n-- \n{footer}\n"
-    inline = [a for a in attachments if a.content_id]
+    images = [inline_image(a, a.content_id, a.filename) for a in attachments if a.content_id]
     files = [a for a in attachments if not a.content_id]
-    available = {_cid(a.content_id) for a in inline if a.content_id}
+    available = {leaf.content_id for leaf in images if leaf.content_id}
     fragment = msg.html or html.escape(msg.text).replace("\n", "<br>")
     meta = f"<b>{_esc(chat)}</b> · {_esc(who)} · {_esc(when)}"
     document = _html_document(meta, _drop_missing_images(fragment, available), _esc(footer))
 
-    mail.set_content(text)
-    mail.add_alternative(document, subtype="html")
-    if inline:
-        related = _html_part(mail)
-        for att in inline:
+    body: mime.Part = mime.Multipart(
+        "alternative", (mime.text(text), html_with_images(document, images))
+    )
+    if files:
+        attached = []
+        for att in files:
             maintype, subtype = _split_type(att.content_type)
-            related.add_related(
-                att.data,
-                maintype,
-                subtype,
-                cid=f"<{_cid(att.content_id or '')}>",
-                disposition="inline",
-                filename=_filename(att.filename),
+            attached.append(
+                mime.Leaf(
+                    f"{maintype}/{subtype}",
+                    att.data,
+                    disposition="attachment",
+                    filename=_filename(att.filename),
+                )
             )
-    for att in files:
-        maintype, subtype = _split_type(att.content_type)
-        mail.add_attachment(att.data, maintype, subtype, filename=_filename(att.filename))
-    return mail
+        body = mime.Multipart("mixed", (body, *attached))
+    return mime.render(headers, body)
 
 
 def compose_recall_notice(
@@ -274,7 +287,7 @@ def compose_recall_notice(
     sender_name: str,
     message_id: str,
     date: datetime,
-) -> EmailMessage:
+) -> bytes:
     """A short follow-up threaded under the forwarded mail, saying it was recalled.
 
     The subject leads with [已撤回] so the inbox shows it without opening;
@@ -283,17 +296,15 @@ def compose_recall_notice(
     """
     original = _message_id(original_message_id, "original_message_id")
     subject = sanitize_header(original_subject)
-    mail = EmailMessage(policy=email.policy.default)
-    _base_headers(
-        mail,
-        subject=f"[已撤回] {subject}",
+    headers = base_headers(
+        subject=recall_subject(original_subject),
         sender=sender,
         to=to,
         message_id=message_id,
         date=date,
     )
-    mail["In-Reply-To"] = original
-    mail["References"] = original
+    headers.append(f"In-Reply-To: {original}")
+    headers.append(f"References: {original}")
 
     chat = single_line(chat_name) or "群聊"
     who = single_line(sender_name) or "发送者"
@@ -301,21 +312,29 @@ def compose_recall_notice(
     line = f"{who} 在「{chat}」撤回了一条消息（{when}）。"
     detail = f"原邮件: {subject}"
     note = "该消息在飞书中已不可见，之前转发的邮件内容可能已不再有效。"
-    mail.set_content(f"{line}\n{detail}\n\n{note}\n\n-- \n由 feishu-mailbot 发送\n")
+    text = f"{line}\n{detail}\n\n{note}\n\n-- \n由 feishu-mailbot 发送\n"
     document = _html_document(
         f"<b>{_esc(chat)}</b> · {_esc(who)} · {_esc(when)}",
         f"<p>{_esc(line)}</p><p>{_esc(detail)}</p><p>{_esc(note)}</p>",
         _esc("由 feishu-mailbot 发送"),
     )
-    mail.add_alternative(document, subtype="html")
-    return mail
+    return mime.render(
+        headers, mime.Multipart("alternative", (mime.text(text), mime.text(document, "html")))
+    )
+
+
+def recall_subject(original_subject: str) -> str:
+    return f"[已撤回] {sanitize_header(original_subject)}"
 
 
 __all__ = [
     "Attachment",
-    "as_smtp_bytes",
+    "base_headers",
     "compose_forward",
     "compose_recall_notice",
+    "html_with_images",
+    "inline_image",
     "make_message_id",
+    "recall_subject",
     "sanitize_header",
 ]

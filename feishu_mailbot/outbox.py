@@ -1,9 +1,10 @@
 """The outbox worker: turns stored outbox rows into delivered mail.
 
-Runs on the event loop but never blocks it: Feishu REST calls are async and
-SMTP runs in a worker thread. A mail is composed once (names resolved,
-attachments fetched) and its bytes stored before the first SMTP attempt, so
-every retry sends byte-identical mail with the same Message-ID.
+Runs on the event loop and never waits on the network there: Feishu REST
+calls are async and each SMTP session runs in a worker thread. A mail is
+composed once (names resolved, attachments fetched) and its bytes stored
+before the first SMTP attempt, so every retry sends byte-identical mail with
+the same Message-ID.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class Outbox:
     """Delivers due mail over up to SMTP_CONNECTIONS connections at once.
 
     Bookkeeping writes go through `write` (the daemon's group-committing
-    intake, off the loop); composing runs in a worker thread, so a burst of
-    mail never delays the acks of incoming events.
+    intake), so they share the events' commits. Composing runs on the loop:
+    mime.py makes it ≈0.15 ms a mail, less than a hand-over to a thread costs
+    under the GIL, and base64 of a large attachment would hold the GIL in a
+    thread just the same.
     """
 
     def __init__(
@@ -275,7 +278,7 @@ class Outbox:
                 message_id=message_id,
                 date=datetime.now(CHINA),
             )
-            return str(notice["Subject"]), mail.as_smtp_bytes(notice)
+            return mail.recall_subject(original), notice
         subject = render_subject(
             row.subject_template,
             chat_name=chat_name,
@@ -287,23 +290,19 @@ class Outbox:
         )
         attachments = await self._attachments(msg)
 
-        def compose() -> bytes:
-            email = mail.compose_forward(
-                msg,
-                subject=subject,
-                sender=self.settings.smtp.sender,
-                to=row.recipients,
-                chat_name=chat_name,
-                sender_name=sender_name,
-                rule_names=row.rules,
-                message_id=message_id,
-                date=date,
-                attachments=attachments,
-            )
-            return mail.as_smtp_bytes(email)
-
-        # Composing (header folding above all) is the costliest step: keep it off the loop.
-        return subject, await asyncio.to_thread(compose)
+        raw = mail.compose_forward(
+            msg,
+            subject=subject,
+            sender=self.settings.smtp.sender,
+            to=row.recipients,
+            chat_name=chat_name,
+            sender_name=sender_name,
+            rule_names=row.rules,
+            message_id=message_id,
+            date=date,
+            attachments=attachments,
+        )
+        return subject, raw
 
     async def _attachments(self, msg: Message) -> list[mail.Attachment]:
         out = []

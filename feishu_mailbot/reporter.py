@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import digest, mail, reports
@@ -100,8 +99,7 @@ class Reporter:
             day, chat_name, entries, rs, supplement=kind == "supplement", earlier=earlier_entries
         )
         mail_id = f"digest/{rs.chat}/{day_key}/{len(records) + 1}"
-        email = await self._compose(model, mail_id, fresh)
-        subject = str(email["Subject"])
+        subject, raw = await self._compose(model, mail_id, fresh)
         text = digest.render_text(model)
         outcome = Outcome(
             False,
@@ -121,7 +119,7 @@ class Reporter:
             kind=kind,
             recipients=rs.recipients,
             subject=subject,
-            raw=mail.as_smtp_bytes(email),
+            raw=raw,
             message_ids=[m.message_id for m in fresh],
             now=self._now(),
         )
@@ -138,7 +136,7 @@ class Reporter:
 
     async def _compose(
         self, model: reports.Digest, mail_id: str, messages: Sequence[Message]
-    ) -> EmailMessage:
+    ) -> tuple[str, bytes]:
         rs = self.rs
         return digest.compose_digest(
             model,
@@ -233,15 +231,15 @@ class Reporter:
             day, await self._names("chat", rs.chat), [await self._entry(msg)], rs
         )
         mail_id = f"report/{msg.message_id}"
-        email = await self._compose(model, mail_id, [msg])
+        subject, raw = await self._compose(model, mail_id, [msg])
         self.store.queue_digest(
             mail_id=mail_id,
             chat_id=rs.chat,
             day=day.isoformat(),
             kind="immediate",
             recipients=rs.recipients,
-            subject=str(email["Subject"]),
-            raw=mail.as_smtp_bytes(email),
+            subject=subject,
+            raw=raw,
             message_ids=[msg.message_id],
             now=self._now(),
         )

@@ -21,7 +21,7 @@ from feishu_mailbot.digest import (
     validate_digest_subject,
 )
 from feishu_mailbot.events import Message, image_cid, parse_event
-from feishu_mailbot.mail import Attachment, as_smtp_bytes, make_message_id
+from feishu_mailbot.mail import Attachment, make_message_id
 from feishu_mailbot.reports import (
     Digest,
     Entry,
@@ -131,8 +131,8 @@ def sample_digest() -> Sample:
     return Sample(digest, images, SETTINGS)
 
 
-def compose(d: Digest, images: dict[str, Attachment] | None = None) -> EmailMessage:
-    return compose_digest(
+def compose(d: Digest, images: dict[str, Attachment] | None = None) -> bytes:
+    _, raw = compose_digest(
         d,
         subject=SETTINGS.subject,
         sender="日报机器人 <bot@example.com>",
@@ -141,10 +141,11 @@ def compose(d: Digest, images: dict[str, Attachment] | None = None) -> EmailMess
         date=SENT_AT,
         images=images or {},
     )
+    return raw
 
 
-def reparse(mail: EmailMessage) -> EmailMessage:
-    parsed = email.message_from_bytes(as_smtp_bytes(mail), policy=email.policy.default)
+def reparse(raw: bytes) -> EmailMessage:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 

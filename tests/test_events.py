@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -292,6 +293,8 @@ def test_json_round_trip() -> None:
     m = parse_message(receive("post", POST, mentions=MENTIONS))
     stored = message_to_json(m)
     assert "张三" in stored  # UTF-8 kept readable in the database
+    as_dict = json.loads(json.dumps(dataclasses.asdict(m)))
+    assert json.loads(stored) == {**as_dict, "v": 1}  # every field, as asdict would give
     assert message_from_json(stored) == m
     plain = parse_message(receive("file", {"file_key": "f", "file_name": "a.txt"}))
     assert message_from_json(message_to_json(plain)) == plain

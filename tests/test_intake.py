@@ -33,7 +33,7 @@ def seen(s: Store, event_id: str) -> bool:
 
 
 def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path) -> None:
-    intake = Intake(Store(tmp_path / "db.sqlite"))
+    intake = Intake(tmp_path / "db.sqlite")
 
     def failing(s: Store) -> bool:
         seen(s, "ev_b")
@@ -62,7 +62,7 @@ def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path)
 def test_a_failed_commit_fails_every_waiting_event(tmp_path: Path) -> None:
     import sqlite3
 
-    intake = Intake(Store(tmp_path / "db.sqlite"))
+    intake = Intake(tmp_path / "db.sqlite")
     blocker = sqlite3.connect(tmp_path / "db.sqlite", timeout=0.1)
     blocker.execute("PRAGMA busy_timeout=0")
     blocker.execute("BEGIN EXCLUSIVE")

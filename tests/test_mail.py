@@ -13,7 +13,6 @@ import pytest
 from feishu_mailbot.events import Message, image_cid, parse_event
 from feishu_mailbot.mail import (
     Attachment,
-    as_smtp_bytes,
     compose_forward,
     compose_recall_notice,
     make_message_id,
@@ -55,15 +54,15 @@ def post_message() -> Message:
     return result
 
 
-def reparse(mail: EmailMessage) -> EmailMessage:
-    parsed = email.message_from_bytes(as_smtp_bytes(mail), policy=email.policy.default)
+def reparse(raw: bytes) -> EmailMessage:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
 
 def forward(
     *, chat_name: str = "研发群", attachments: tuple[Attachment, ...] = (), subject: str = ""
-) -> EmailMessage:
+) -> bytes:
     m = post_message()
     return compose_forward(
         m,
@@ -103,7 +102,7 @@ def test_no_header_injection_through_chat_name_or_subject() -> None:
         msg_type="post",
         date="",
     )
-    raw = as_smtp_bytes(forward(chat_name=EVIL_CHAT, subject=subject))
+    raw = forward(chat_name=EVIL_CHAT, subject=subject)
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["Bcc"] is None
     assert parsed["Subject"] == "[研发群 Bcc: x@evil.example] 张三: 上线"
@@ -156,7 +155,7 @@ def test_chinese_attachment_filename_round_trip() -> None:
     doc = Attachment(
         name, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", data
     )
-    raw = as_smtp_bytes(forward(attachments=(doc,)))
+    raw = forward(attachments=(doc,))
     assert b"filename*=utf-8''" in raw or b"filename*0*=utf-8''" in raw
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)

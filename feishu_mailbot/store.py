@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -167,7 +166,7 @@ def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike[str], *, autocheckpoint: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +179,6 @@ class Store:
             ) from e
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        if not autocheckpoint:  # a Checkpointer does it, off the committing thread
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._migrate()
 
     def _migrate(self) -> None:
@@ -568,44 +565,6 @@ class Store:
                 "INSERT OR REPLACE INTO names (kind, id, name, fetched_at) VALUES (?, ?, ?, ?)",
                 (kind, id_, name, now),
             )
-
-
-class Checkpointer:
-    """Copies the WAL back into the database from a thread of its own, once a second.
-
-    SQLite checkpoints inside the COMMIT that crosses 1000 WAL pages: that
-    commit then writes and fsyncs the database file too, and with the intake
-    committing on the event loop (intake.py) the loop stalled for it, ≈10 ms
-    each time at 500 events/s. A PASSIVE checkpoint never waits for or blocks
-    a writer, and SQLite releases the GIL while it runs; the WAL still starts
-    over from its beginning once a checkpoint has caught up, so it stays small.
-    """
-
-    INTERVAL = 1.0
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.dirty = False  # set by the writer after a commit; a plain flag, no hand-over
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            while not self._stop.wait(self.INTERVAL):
-                if self.dirty:
-                    self.dirty = False
-                    try:
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    except sqlite3.Error:
-                        self.dirty = True  # busy or I/O trouble: the next round tries again
-        finally:
-            db.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class _Transaction:

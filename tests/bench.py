@@ -1,7 +1,8 @@
 """`make bench`: the daemon's performance, measured against the plain lark_oapi client.
 
 Runs the real daemon (`python -m feishu_mailbot --config X run`, as tests/harness.Bot does)
-against the Feishu emulator and an aiosmtpd server on loopback, every run in a fresh state
+against the Feishu emulator and an aiosmtpd server (a child process, so its Python does not
+compete with the emulator's for a GIL) on loopback, every run in a fresh state
 dir. Progress goes to stderr; a table and, as the very last line, `BENCH {json}` go to stdout.
 
 Phases (figures are medians over the repetitions):
@@ -50,7 +51,7 @@ from typing import Any
 
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, NotifySocket
-from tests.smtp_server import SmtpServer
+from tests.smtp_server import SmtpProcess
 
 CHAT = "oc_team"
 SENDER = "ou_alice"
@@ -249,17 +250,15 @@ class Daemon:
     smtp_refused: bool = False
     smtp_delay: float = 0.0
     emu: FeishuEmulator = field(init=False)
-    smtp: SmtpServer = field(init=False)
+    smtp: SmtpProcess = field(init=False)
     proc: subprocess.Popen[bytes] | None = None
     ready_s: float = math.nan
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="d", dir=self.root))
         self.emu = new_emulator()
-        self.smtp = SmtpServer().start()
-        self.smtp.delay_per_message(self.smtp_delay)
-        if self.smtp_refused:
-            self.smtp.refuse = True
+        # In a process of its own: here its Python would compete with the emulator's.
+        self.smtp = SmtpProcess(self.smtp_delay, refuse=self.smtp_refused)
         self.config = self.dir / "feishu-mailbot.yaml"
         self.config.write_text(
             config_text(self.dir, self.emu, self.smtp.port, self.rules), encoding="utf-8"
@@ -338,7 +337,7 @@ class Daemon:
         return len(offered - set(stored_ids)), duplicates
 
     def mail_duplicates(self) -> int:
-        ids = [str(m["Message-ID"]) for m in list(self.smtp.messages)]
+        ids = self.smtp.message_ids()
         return len(ids) - len(set(ids))
 
 

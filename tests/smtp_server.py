@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import email
 import email.policy
 import functools
+import json
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -232,6 +236,11 @@ class SmtpServer:
 
     def wait_for(self, n: int, timeout: float = 5.0) -> list[EmailMessage]:
         """Blocks until at least n messages arrived; returns them all."""
+        self.wait_count(n, timeout)
+        return self.messages
+
+    def wait_count(self, n: int, timeout: float = 5.0) -> int:
+        """Blocks until at least n messages arrived; returns how many, parsing none."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self.received) < n:
@@ -239,7 +248,7 @@ class SmtpServer:
                 if left <= 0:
                     raise TimeoutError(f"got {len(self.received)} of {n} messages in {timeout} s")
                 self._cond.wait(left)
-        return self.messages
+            return len(self.received)
 
     # -- failure switches ------------------------------------------------------
 
@@ -315,3 +324,99 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+# -- in a process of its own (make bench) ------------------------------------------------
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.MULTILINE | re.IGNORECASE)
+
+
+class SmtpProcess:
+    """An SmtpServer in a child process, driven over a pipe of one-line commands.
+
+    For `make bench`: in the bench's own process the server's Python competed for
+    the GIL with the Feishu emulator, so the emulator's ack times and the drain
+    rate measured the bench as much as the bot. Covers what the bench needs:
+    delay, refuse, waiting for a count, and the received Message-IDs.
+    """
+
+    def __init__(self, delay: float = 0.0, refuse: bool = False) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.smtp_server", str(delay), "1" if refuse else "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+            text=True,
+        )
+        self.port = int(self._read())
+
+    def _read(self) -> str:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"SMTP server process exited ({self._proc.wait()})")
+        return line.strip()
+
+    def _ask(self, command: str) -> str:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    @property
+    def refuse(self) -> bool:
+        return self._ask("refuse?") == "1"
+
+    @refuse.setter
+    def refuse(self, value: bool) -> None:
+        self._ask(f"refuse {int(value)}")
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> int:
+        answer = self._ask(f"wait {n} {timeout}")
+        if answer.startswith("timeout"):
+            raise TimeoutError(f"got {answer.split()[1]} of {n} messages in {timeout} s")
+        return int(answer)
+
+    def message_ids(self) -> list[str]:
+        return list(json.loads(self._ask("ids")))
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self._ask("quit")
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def _serve(delay: float, refuse: bool) -> None:
+    """The child's side of SmtpProcess: commands on stdin, one answer line each."""
+    server = SmtpServer().start()
+    server.delay_per_message(delay)
+    server.refuse = refuse
+    print(server.port, flush=True)
+    for line in sys.stdin:
+        command, *args = line.split()
+        if command == "refuse?":
+            answer = str(int(server.refuse))
+        elif command == "refuse":
+            server.refuse = args[0] == "1"
+            answer = "ok"
+        elif command == "wait":
+            try:
+                answer = str(server.wait_count(int(args[0]), float(args[1])))
+            except TimeoutError:
+                answer = f"timeout {len(server.raw)}"
+        elif command == "ids":
+            found = (_MESSAGE_ID.search(raw) for raw in server.raw)
+            answer = json.dumps([m.group(1).decode("ascii", "replace") for m in found if m])
+        else:
+            break
+        print(answer, flush=True)
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve(float(sys.argv[1]), sys.argv[2] == "1")

@@ -389,8 +389,8 @@ def run(settings: Settings) -> int:
             "feishu-mailbot)",
             settings.path,
         )
-    # Composing and SMTP run in threads; with the default 5 ms GIL switch interval a
-    # busy one could hold back the event loop (and so an ack) for that long each time.
+    # SMTP sessions run in threads; with the default 5 ms GIL switch interval a busy
+    # one could hold back the event loop (and so an ack) for that long each time.
     sys.setswitchinterval(0.0005)
     try:
         daemon = Daemon(settings)

@@ -10,10 +10,11 @@ neighbours. While one batch commits, the next accumulates in the socket and in
 `_pending`, so the batch grows with the load by itself.
 
 The commit runs on the loop, blocking it for the fsync (≈0.5 ms here, p99
-≈1.3 ms). Two threaded designs were measured and were slower at 500 events/s:
-units and commit in a worker thread (its Python fought the loop's for the
-GIL; ack p50 5.8 ms), and only the COMMIT in a thread (each hand-over waits
-for a GIL switch interval; ack p50 3.7 ms), against 1.9 ms inline. On a disk
+≈1.3 ms). Two threaded designs were measured at 500 events/s and were no
+better: units and commit in a worker thread (its Python fought the loop's for
+the GIL; ack p50 ≈6 ms against ≈2 ms inline), and only the COMMIT in a thread
+(each hand-over waits for a GIL switch interval; p50 worse, p99 the same: the
+single SQLite writer, not the loop, is what events queue for). On a disk
 whose fsync takes tens of milliseconds the loop pauses that long per batch;
 acks wait for that fsync in any design, and the watchdog allows a minute.
 

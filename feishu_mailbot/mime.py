@@ -4,7 +4,8 @@ The stdlib's `EmailMessage` parses every header it is given into a token tree
 and folds it again on output; for a forwarded chat message that was ≈2.2 ms
 of CPU, the costliest step of delivering a mail, and done in a thread it held
 the GIL long enough to show in the event loop's ack times. The mails we send
-have one fixed shape, so writing them directly is simple and ≈15× cheaper:
+have one fixed shape, so writing them directly is simple and ≈11× cheaper
+(0.19 ms a mail):
 
 - every body is base64 (UTF-8 for text), so chat content never reaches a
   header and no line is ever too long, whatever the relay;

@@ -12,6 +12,7 @@ server (or a human) sees one message, never two different ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -214,8 +215,10 @@ class Store:
         self._db.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+        """Best effort: after a failed COMMIT the transaction may be gone already."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     # -- intake (called from the event handler, before the ack) -----------------
 

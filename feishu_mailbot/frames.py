@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CONTROL = 0  # FrameType.CONTROL in lark_oapi.ws.enum: ping / pong
-DATA = 1  # FrameType.DATA: events and card callbacks
+DATA = 1  # FrameType.DATA in lark_oapi.ws.enum: events and card callbacks (0 is ping/pong)
 
 
 class FrameError(ValueError):

@@ -77,7 +77,7 @@ class Outbox:
 
     Bookkeeping writes go through `write` (the daemon's group-committing
     intake), so they share the events' commits. Composing runs on the loop:
-    mime.py makes it ≈0.15 ms a mail, less than a hand-over to a thread costs
+    mime.py makes it ≈0.3 ms a mail, less than a hand-over to a thread costs
     under the GIL, and base64 of a large attachment would hold the GIL in a
     thread just the same.
     """

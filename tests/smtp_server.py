@@ -349,6 +349,7 @@ class SmtpProcess:
             text=True,
         )
         self.port = int(self._read())
+        self._refuse = refuse
 
     def _read(self) -> str:
         assert self._proc.stdout is not None
@@ -365,11 +366,12 @@ class SmtpProcess:
 
     @property
     def refuse(self) -> bool:
-        return self._ask("refuse?") == "1"
+        return self._refuse
 
     @refuse.setter
     def refuse(self, value: bool) -> None:
         self._ask(f"refuse {int(value)}")
+        self._refuse = value
 
     def wait_for(self, n: int, timeout: float = 5.0) -> int:
         answer = self._ask(f"wait {n} {timeout}")
@@ -399,9 +401,7 @@ def _serve(delay: float, refuse: bool) -> None:
     print(server.port, flush=True)
     for line in sys.stdin:
         command, *args = line.split()
-        if command == "refuse?":
-            answer = str(int(server.refuse))
-        elif command == "refuse":
+        if command == "refuse":
             server.refuse = args[0] == "1"
             answer = "ok"
         elif command == "wait":

@@ -38,6 +38,10 @@ SMTP_CONNECTIONS = 4
 # Mail can also be queued by another process (`feishu-mailbot send-report`): look
 # at the database at least this often even when nobody wakes us.
 POLL_SECONDS = 5.0
+# Messages whose planned mail one transaction moves into the outbox (Store.queue_planned):
+# enough to amortise the outbox's index pages, few enough not to hold up the acks
+# that share its commit.
+PLANNED_BATCH = 64
 CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
@@ -131,6 +135,10 @@ class Outbox:
         self.store.requeue_interrupted()
         last_sent = self._now()
         while not self._stopping:
+            # Cleared before looking, so a wake() that comes while we look is kept.
+            self._wake.clear()
+            while await self._write(lambda s: s.queue_planned(PLANNED_BATCH)) == PLANNED_BATCH:
+                pass
             rows = self.store.due(self._now(), limit=200)
             if rows:
                 await asyncio.gather(*(self._deliver_in_slot(row) for row in rows))
@@ -150,7 +158,6 @@ class Outbox:
                 default=None,
             )
             timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(timeout, POLL_SECONDS))
         for transport in self._transports:

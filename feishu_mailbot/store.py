@@ -25,7 +25,7 @@ from typing import Any
 from feishu_mailbot.events import Message, Recall, message_from_json, message_to_json
 from feishu_mailbot.rules import Delivery
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE events (
@@ -40,7 +40,8 @@ CREATE TABLE messages (
     created_ms  INTEGER NOT NULL,
     body        TEXT NOT NULL,
     recalled    INTEGER NOT NULL DEFAULT 0,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    deliveries  TEXT  -- planned mail not yet in the outbox (JSON); see Store.ingest
 );
 CREATE TABLE recalls (
     message_id  TEXT PRIMARY KEY,
@@ -69,6 +70,7 @@ CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
 CREATE INDEX messages_received ON messages (received_at);
 CREATE INDEX messages_chat_time ON messages (chat_id, created_ms);
+CREATE INDEX messages_planned ON messages (received_at) WHERE deliveries IS NOT NULL;
 -- Side effects other than mail (reactions, replies, digest requests), queued in the
 -- same transaction as the message that caused them and done by the worker.
 CREATE TABLE actions (
@@ -161,6 +163,31 @@ class DigestRecord:
     queued_at: float
 
 
+# Step from version N to N+1, for databases made by an older release.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE messages ADD COLUMN deliveries TEXT;
+CREATE INDEX messages_planned ON messages (received_at) WHERE deliveries IS NOT NULL;
+""",
+}
+
+
+def _deliveries_to_json(deliveries: Sequence[Delivery]) -> str:
+    return json.dumps(
+        [
+            {
+                "to": list(d.recipients),
+                "rules": list(d.rules),
+                "subject": d.subject_template,
+                "confirm": d.confirm,
+                "notify_recall": d.notify_recall,
+            }
+            for d in deliveries
+        ],
+        ensure_ascii=False,
+    )
+
+
 def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
     """Stable per (message, recipient set): re-planning the same message yields the same id."""
     return f"{message_id}/{','.join(sorted(r.lower() for r in recipients))}"
@@ -192,8 +219,11 @@ class Store:
                 f"understands ({SCHEMA_VERSION}); upgrade feishu-mailbot (a downgrade cannot "
                 "read it)"
             )
-        # version 0 is a new file; later schema versions add their steps here.
-        self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        if version == 0:
+            steps = _SCHEMA
+        else:
+            steps = "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+        self._db.executescript(f"BEGIN; {steps} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
@@ -205,8 +235,7 @@ class Store:
         """A transaction, or inside one a savepoint: intake.py batches units of work in it."""
         return self._tx()
 
-    # A batch transaction spanning threads (intake.py): begun and filled on the loop,
-    # committed in a worker thread, never used by both at once.
+    # A batch transaction (intake.py): begun, filled with savepoints, then committed.
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -229,14 +258,21 @@ class Store:
         now: float,
         actions: Sequence[tuple[str, dict[str, object]]] = (),
     ) -> Ingest:
-        """Record one accepted message and its mails in one transaction."""
+        """Record one accepted message and the mail it asks for, in one transaction.
+
+        The planned mail stays in the message's row until `queue_planned` turns it
+        into outbox rows, in batches, off the acknowledgement's path: an outbox row
+        and its two indexes cost four more B-tree pages per event in the commit
+        every ack waits for, and at 500 events/s that alone moved ack p99 from
+        ≈6.5 to ≈9.5 ms.
+        """
         with self._tx():
             if not self._mark_seen(msg.event_id, now):
                 return Ingest.DUPLICATE_EVENT
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO messages"
-                " (message_id, event_id, chat_id, sender, created_ms, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " (message_id, event_id, chat_id, sender, created_ms, body, received_at,"
+                " deliveries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     msg.message_id,
                     msg.event_id,
@@ -245,6 +281,7 @@ class Store:
                     msg.create_time_ms,
                     message_to_json(msg),
                     now,
+                    _deliveries_to_json(deliveries) if deliveries else None,
                 ),
             )
             if cur.rowcount == 0:
@@ -253,29 +290,50 @@ class Store:
                 "SELECT 1 FROM recalls WHERE message_id = ?", (msg.message_id,)
             ).fetchone():
                 self._db.execute(
-                    "UPDATE messages SET recalled = 1 WHERE message_id = ?", (msg.message_id,)
+                    "UPDATE messages SET recalled = 1, deliveries = NULL WHERE message_id = ?",
+                    (msg.message_id,),
                 )
                 return Ingest.ALREADY_RECALLED
-            for d in deliveries:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
-                    " subject_template, confirm, notify_recall, status, next_attempt_at,"
-                    " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (
-                        mail_id_for(msg.message_id, d.recipients),
-                        msg.message_id,
-                        json.dumps(d.recipients),
-                        json.dumps(d.rules),
-                        d.subject_template,
-                        int(d.confirm),
-                        int(d.notify_recall),
-                        now,
-                        now,
-                    ),
-                )
             for kind, payload in actions:
                 self._add_action(kind, msg.message_id, payload, now)
             return Ingest.NEW
+
+    def queue_planned(self, limit: int = 64) -> int:
+        """Move the planned mail of up to `limit` messages into the outbox, oldest first.
+
+        Returns how many messages it took: fewer than `limit` means none is left.
+        """
+        with self._tx():
+            rows = self._db.execute(
+                "SELECT message_id, deliveries, received_at FROM messages"
+                " WHERE deliveries IS NOT NULL ORDER BY received_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            for message_id, planned, received_at in rows:
+                self._queue_deliveries(message_id, planned, received_at)
+            return len(rows)
+
+    def _queue_deliveries(self, message_id: str, planned: str, received_at: float) -> None:
+        for d in json.loads(planned):
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
+                " subject_template, confirm, notify_recall, status, next_attempt_at,"
+                " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (
+                    mail_id_for(message_id, d["to"]),
+                    message_id,
+                    json.dumps(d["to"]),
+                    json.dumps(d["rules"]),
+                    d["subject"],
+                    int(d["confirm"]),
+                    int(d["notify_recall"]),
+                    received_at,
+                    received_at,
+                ),
+            )
+        self._db.execute(
+            "UPDATE messages SET deliveries = NULL WHERE message_id = ?", (message_id,)
+        )
 
     def _mark_seen(self, event_id: str, now: float) -> bool:
         """Record an event id; False if it was seen before (a Feishu re-push)."""
@@ -294,6 +352,13 @@ class Store:
                 "INSERT OR IGNORE INTO recalls (message_id, recalled_at) VALUES (?, ?)",
                 (recall.message_id, now),
             )
+            planned = self._db.execute(
+                "SELECT deliveries, received_at FROM messages"
+                " WHERE message_id = ? AND deliveries IS NOT NULL",
+                (recall.message_id,),
+            ).fetchone()
+            if planned is not None:  # not in the outbox yet: cancelled there like the rest
+                self._queue_deliveries(recall.message_id, planned[0], planned[1])
             known = (
                 self._db.execute(
                     "UPDATE messages SET recalled = 1 WHERE message_id = ?", (recall.message_id,)
@@ -371,11 +436,15 @@ class Store:
         return None if row[0] is None else float(row[0])
 
     def pending_count(self) -> int:
-        return int(
-            self._db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')"
-            ).fetchone()[0]
-        )
+        """Mail not sent yet: in the outbox, or still planned in its message's row."""
+        queued = self._db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')"
+        ).fetchone()[0]
+        planned = self._db.execute(
+            "SELECT COALESCE(SUM(json_array_length(deliveries)), 0) FROM messages"
+            " WHERE deliveries IS NOT NULL"
+        ).fetchone()[0]
+        return int(queued) + int(planned)
 
     def begin_send(self, mail_id: str, prepared: tuple[str, bytes] | None = None) -> bool:
         """pending → sending (storing the composed mail first, if new); False if recalled."""

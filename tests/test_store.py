@@ -1,0 +1,117 @@
+"""The state database: planned mail queued off the ack path, recalls of it, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+from feishu_mailbot.events import Message, Recall, message_to_json
+from feishu_mailbot.rules import Delivery
+from feishu_mailbot.store import SCHEMA_VERSION, Ingest, Store, mail_id_for
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OPS = Delivery(("ops@example.com",), ("urgent",), "[{chat}] {preview}", False, True)
+BOSS = Delivery(("boss@example.com", "cto@example.com"), ("all",), "{preview}", True, False)
+RECALL_1 = Recall(event_id="ev_r1", message_id="om_1", chat_id="oc_team", recall_time_ms=0)
+
+
+def message(n: int, text: str = "故障: 数据库") -> Message:
+    return Message(
+        event_id=f"ev_{n}",
+        message_id=f"om_{n}",
+        chat_id="oc_team",
+        chat_type="group",
+        sender_open_id="ou_alice",
+        sender_type="user",
+        msg_type="text",
+        create_time_ms=1_700_000_000_000 + n,
+        text=text,
+        html=text,
+    )
+
+
+def test_planned_mail_reaches_the_outbox_in_batches_oldest_first(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    for n in range(5):
+        assert store.ingest(message(n), (OPS, BOSS), now=100.0 + n) is Ingest.NEW
+    assert store.ingest(message(9), (), now=200.0) is Ingest.NEW  # nothing planned
+    assert store.due(now=1000.0) == []  # not in the outbox yet ...
+    assert store.pending_count() == 10  # ... but counted as mail to send
+
+    assert store.queue_planned(limit=3) == 3
+    assert store.queue_planned(limit=3) == 2  # fewer than asked: none left
+    assert store.queue_planned(limit=3) == 0
+
+    rows = store.due(now=1000.0, limit=50)
+    assert [r.message_id for r in rows] == [f"om_{n}" for n in range(5) for _ in "ab"]
+    boss = next(r for r in rows if r.mail_id == mail_id_for("om_0", BOSS.recipients))
+    assert boss.recipients == ("boss@example.com", "cto@example.com")
+    assert (boss.kind, boss.rules, boss.subject_template) == ("forward", ("all",), "{preview}")
+    assert (boss.confirm, boss.notify_recall, boss.attempts) == (True, False, 0)
+    assert store.pending_count() == 10
+    assert store.get_message("om_3") == message(3)  # the message itself is untouched
+    store.close()
+
+
+def test_a_recall_cancels_planned_mail_that_never_reached_the_outbox(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    store.ingest(message(1), (OPS, BOSS), now=100.0)
+    store.ingest(message(2), (OPS,), now=101.0)
+    outcome = store.recall(RECALL_1, now=102.0)
+    assert outcome is not None
+    assert (outcome.known, outcome.cancelled, outcome.notices) == (True, 2, 0)
+    assert store.pending_count() == 1
+    assert store.queue_planned() == 1
+    assert [r.message_id for r in store.due(now=1000.0)] == ["om_2"]
+    store.close()
+
+
+def test_a_message_recalled_before_it_arrived_plans_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    outcome = store.recall(RECALL_1, now=100.0)
+    assert outcome is not None and not outcome.known
+    assert store.ingest(message(1), (OPS,), now=101.0) is Ingest.ALREADY_RECALLED
+    assert store.pending_count() == 0
+    assert store.queue_planned() == 0
+    store.close()
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript((FIXTURES / "schema-v1.sql").read_text(encoding="utf-8"))
+    old.execute("PRAGMA user_version=1")
+    old.execute(
+        "INSERT INTO messages (message_id, event_id, chat_id, sender, created_ms, body,"
+        " received_at) VALUES ('om_old', 'ev_old', 'oc_team', 'ou_alice', 0, ?, 1.0)",
+        (message_to_json(replace(message(0), event_id="ev_old", message_id="om_old")),),
+    )
+    old.execute(
+        "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules, subject_template,"
+        " confirm, notify_recall, status, next_attempt_at, created_at) VALUES"
+        " ('om_old/ops@example.com', 'om_old', 'forward', '[\"ops@example.com\"]', '[]',"
+        " '{preview}', 0, 0, 'pending', 1.0, 1.0)"
+    )
+    old.commit()
+    old.close()
+
+    store = Store(path)
+    assert user_version(path) == SCHEMA_VERSION
+    assert [r.mail_id for r in store.due(now=10.0)] == ["om_old/ops@example.com"]
+    assert store.ingest(message(1), (OPS,), now=2.0) is Ingest.NEW
+    assert store.pending_count() == 2
+    assert store.queue_planned() == 1
+    assert [r.message_id for r in store.due(now=10.0)] == ["om_old", "om_1"]
+    store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    check.close()
+
+
+def user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        db.close()

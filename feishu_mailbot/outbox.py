@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 from feishu_mailbot import mail
@@ -38,10 +39,9 @@ SMTP_CONNECTIONS = 4
 # Mail can also be queued by another process (`feishu-mailbot send-report`): look
 # at the database at least this often even when nobody wakes us.
 POLL_SECONDS = 5.0
-# Messages whose planned mail one transaction moves into the outbox (Store.queue_planned):
-# enough to amortise the outbox's index pages, few enough not to hold up the acks
-# that share its commit.
-PLANNED_BATCH = 64
+# Mail taken from the outbox per round: a few times what can be in flight, so a round
+# starts little work at once (each starts a task per mail, and queues planned mail).
+DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
 CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
@@ -109,6 +109,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._stopping = False
         self._names: dict[tuple[str, str], tuple[str, float]] = {}  # → (name, valid until)
+        self._lookups: dict[tuple[str, str], asyncio.Future[str]] = {}  # asked of Feishu now
         # Set by the daemon when daily reports are on: performs a queued Action.
         self.perform: Callable[[Action], Awaitable[None]] | None = None
 
@@ -137,9 +138,13 @@ class Outbox:
         while not self._stopping:
             # Cleared before looking, so a wake() that comes while we look is kept.
             self._wake.clear()
-            while await self._write(lambda s: s.queue_planned(PLANNED_BATCH)) == PLANNED_BATCH:
-                pass
-            rows = self.store.due(self._now(), limit=200)
+            rows = self.store.due(self._now(), limit=DUE_BATCH)
+            if len(rows) < DUE_BATCH:
+                # Planned mail enters the outbox only as fast as it is sent, a few
+                # messages per transaction, so a backlog never floods the commits.
+                wanted = DUE_BATCH - len(rows)
+                if await self._write(partial(Store.queue_planned, limit=wanted)):
+                    rows = self.store.due(self._now(), limit=DUE_BATCH)
             if rows:
                 await asyncio.gather(*(self._deliver_in_slot(row) for row in rows))
                 last_sent = self._now()
@@ -347,6 +352,15 @@ class Outbox:
         if cached is not None:
             self._names[(kind, id_)] = (cached, now + NAME_CACHE_SECONDS)
             return cached
+        # Mail prepared side by side often has the same sender: one lookup serves them all.
+        lookup = self._lookups.get((kind, id_))
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(kind, id_, now))
+            self._lookups[(kind, id_)] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop((kind, id_), None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, kind: str, id_: str, now: float) -> str:
         try:
             name = await (self.api.chat_name(id_) if kind == "chat" else self.api.user_name(id_))
         except FeishuError as e:

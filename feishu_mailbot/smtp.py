@@ -10,6 +10,10 @@ must not have to know smtplib's exception zoo.
 
 from __future__ import annotations
 
+# socket.getaddrinfo encodes host names with this codec. Imported lazily, it loads
+# (with stringprep and its tables) in the first SMTP thread to connect, holding the
+# GIL for milliseconds while the event loop has acks to send.
+import encodings.idna  # noqa: F401
 import re
 import smtplib
 import socket

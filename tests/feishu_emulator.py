@@ -62,6 +62,7 @@ import threading
 import time
 import types
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -270,6 +271,7 @@ class FeishuEmulator:
         self._refuse: str | None = None
         self._slow = 0.0
         self._reply_n = 0
+        self.rest_calls: Counter[str] = Counter()  # open-apis path → requests received
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -815,6 +817,8 @@ class FeishuEmulator:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
+        if request.path.startswith("/open-apis/"):
+            self.rest_calls[request.path] += 1
         if self._slow:
             await asyncio.sleep(self._slow)
         if self._refuse == "tcp":

@@ -58,6 +58,19 @@ def test_keyword_message_becomes_a_well_formed_email(
     assert "message accepted" in log and "EVENT_ID=" + event["header"]["event_id"] in log
 
 
+def test_a_sender_name_is_looked_up_once_for_mail_prepared_together(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot = make_bot().start()
+    emulator.set_slow(0.3)  # the lookup is still out while the other mails are prepared
+    events = [emulator.push_text("oc_team", "ou_bob", f"故障 {i}") for i in range(6)]
+    assert all(emulator.wait_ack(e).code == 200 for e in events)
+    mails = smtp.wait_for(12, timeout=20)
+    assert all(str(m["Subject"]).startswith("[研发群] Bob: 故障") for m in mails)
+    assert emulator.rest_calls["/open-apis/contact/v3/users/ou_bob"] == 1
+    bot.stop()
+
+
 def test_other_chats_are_ignored_and_not_stored(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:

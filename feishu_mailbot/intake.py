@@ -14,16 +14,17 @@ The commit runs on the loop, blocking it for the fsync (≈0.5 ms here, p99
 better: units and commit in a worker thread (its Python fought the loop's for
 the GIL; ack p50 ≈6 ms against ≈2 ms inline), and only the COMMIT in a thread
 (each hand-over waits for a GIL switch interval; p50 worse, p99 the same: the
-single SQLite writer, not the loop, is what events queue for). On a disk
+single SQLite writer, not the loop, is what events queue for). A third,
+`synchronous=NORMAL` with a thread fdatasyncing the WAL behind the commits
+(group commit that never blocks the loop), halved the events slower than 8 ms
+but not the p99, and twice in fifteen runs an ack took 100-200 ms. On a disk
 whose fsync takes tens of milliseconds the loop pauses that long per batch;
 acks wait for that fsync in any design, and the watchdog allows a minute.
 
 The connection is this object's alone, so nothing else's reads or writes
-land in a batch's transaction. SQLite's own WAL checkpoint runs in the commit
-that crosses 1000 pages (≈4 MB): a few milliseconds, a few times a second at
-500 events/s. Checkpointing from a thread instead was measured too: under
-continuous load a commit always lands during the checkpoint, so the WAL never
-starts over and grew by ≈20 MB/s, with no better ack times.
+land in a batch's transaction. Its WAL checkpoints are not SQLite's automatic
+ones, which ran inside a commit and blocked the loop for 4-10 ms: see
+checkpoint.py.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from feishu_mailbot.checkpoint import Checkpointer
 from feishu_mailbot.store import Store
 
 T = TypeVar("T")
@@ -41,7 +43,8 @@ _Work = tuple[Callable[[Store], Any], "asyncio.Future[Any]"]
 
 class Intake:
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.store = Store(path)
+        self.store = Store(path, autocheckpoint=False)
+        self._checkpointer = Checkpointer(self.store.path)
         self._pending: list[_Work] = []
         self._scheduled = False
         self.batches = 0
@@ -64,6 +67,7 @@ class Intake:
         try:
             outcomes = self._apply(batch)
             self.store.commit()
+            self._checkpointer.committed()
         except Exception as e:  # the transaction failed: none of the batch is durable
             self.store.rollback()
             for _, future in batch:
@@ -79,6 +83,8 @@ class Intake:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        if self._checkpointer.restart_due:  # queued after the acks this batch releases
+            asyncio.get_running_loop().call_soon(self._checkpointer.restart, self.store.checkpoint)
 
     def _apply(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
         """Run each unit in its own savepoint of one new transaction, left open to commit."""
@@ -93,4 +99,5 @@ class Intake:
         return outcomes
 
     def close(self) -> None:
+        self._checkpointer.close()
         self.store.close()

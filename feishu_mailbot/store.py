@@ -194,7 +194,7 @@ def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], autocheckpoint: bool = True) -> None:
         self.path = str(path)
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +207,8 @@ class Store:
             ) from e
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        if not autocheckpoint:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._migrate()
 
     def _migrate(self) -> None:
@@ -242,6 +244,14 @@ class Store:
 
     def commit(self) -> None:
         self._db.execute("COMMIT")
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database as far as readers allow, without blocking anyone.
+
+        Returns (busy, frames in the WAL, frames copied), as `PRAGMA wal_checkpoint` does.
+        """
+        busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(frames), int(copied)
 
     def rollback(self) -> None:
         """Best effort: after a failed COMMIT the transaction may be gone already."""

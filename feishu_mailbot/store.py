@@ -41,7 +41,8 @@ CREATE TABLE messages (
     body        TEXT NOT NULL,
     recalled    INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
-    deliveries  TEXT  -- planned mail not yet in the outbox (JSON); see Store.ingest
+    deliveries  TEXT,  -- planned mail not yet in the outbox (JSON); see Store.ingest
+    planned     INTEGER NOT NULL DEFAULT 0  -- how many mails `deliveries` holds
 );
 CREATE TABLE recalls (
     message_id  TEXT PRIMARY KEY,
@@ -70,7 +71,7 @@ CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
 CREATE INDEX messages_received ON messages (received_at);
 CREATE INDEX messages_chat_time ON messages (chat_id, created_ms);
-CREATE INDEX messages_planned ON messages (received_at) WHERE deliveries IS NOT NULL;
+CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned > 0;
 -- Side effects other than mail (reactions, replies, digest requests), queued in the
 -- same transaction as the message that caused them and done by the worker.
 CREATE TABLE actions (
@@ -167,7 +168,8 @@ class DigestRecord:
 _MIGRATIONS = {
     1: """
 ALTER TABLE messages ADD COLUMN deliveries TEXT;
-CREATE INDEX messages_planned ON messages (received_at) WHERE deliveries IS NOT NULL;
+ALTER TABLE messages ADD COLUMN planned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned > 0;
 """,
 }
 
@@ -282,7 +284,7 @@ class Store:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO messages"
                 " (message_id, event_id, chat_id, sender, created_ms, body, received_at,"
-                " deliveries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " deliveries, planned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     msg.message_id,
                     msg.event_id,
@@ -292,6 +294,7 @@ class Store:
                     message_to_json(msg),
                     now,
                     _deliveries_to_json(deliveries) if deliveries else None,
+                    len(deliveries),
                 ),
             )
             if cur.rowcount == 0:
@@ -300,7 +303,8 @@ class Store:
                 "SELECT 1 FROM recalls WHERE message_id = ?", (msg.message_id,)
             ).fetchone():
                 self._db.execute(
-                    "UPDATE messages SET recalled = 1, deliveries = NULL WHERE message_id = ?",
+                    "UPDATE messages SET recalled = 1, deliveries = NULL, planned = 0"
+                    " WHERE message_id = ?",
                     (msg.message_id,),
                 )
                 return Ingest.ALREADY_RECALLED
@@ -316,7 +320,7 @@ class Store:
         with self._tx():
             rows = self._db.execute(
                 "SELECT message_id, deliveries, received_at FROM messages"
-                " WHERE deliveries IS NOT NULL ORDER BY received_at LIMIT ?",
+                " WHERE planned > 0 ORDER BY received_at LIMIT ?",
                 (limit,),
             ).fetchall()
             for message_id, planned, received_at in rows:
@@ -342,7 +346,8 @@ class Store:
                 ),
             )
         self._db.execute(
-            "UPDATE messages SET deliveries = NULL WHERE message_id = ?", (message_id,)
+            "UPDATE messages SET deliveries = NULL, planned = 0 WHERE message_id = ?",
+            (message_id,),
         )
 
     def _mark_seen(self, event_id: str, now: float) -> bool:
@@ -363,8 +368,7 @@ class Store:
                 (recall.message_id, now),
             )
             planned = self._db.execute(
-                "SELECT deliveries, received_at FROM messages"
-                " WHERE message_id = ? AND deliveries IS NOT NULL",
+                "SELECT deliveries, received_at FROM messages WHERE message_id = ? AND planned > 0",
                 (recall.message_id,),
             ).fetchone()
             if planned is not None:  # not in the outbox yet: cancelled there like the rest
@@ -450,9 +454,10 @@ class Store:
         queued = self._db.execute(
             "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')"
         ).fetchone()[0]
+        # From the partial index alone: the status line asks every few seconds, and
+        # reading each row's JSON took ≈8 ms with 5000 messages planned.
         planned = self._db.execute(
-            "SELECT COALESCE(SUM(json_array_length(deliveries)), 0) FROM messages"
-            " WHERE deliveries IS NOT NULL"
+            "SELECT COALESCE(SUM(planned), 0) FROM messages WHERE planned > 0"
         ).fetchone()[0]
         return int(queued) + int(planned)
 

@@ -15,7 +15,9 @@ copied, and under load a commit nearly always lands while the thread copies
 so the WAL grew by ≈20 MB/s with the thread alone. Every RESTART_EVERY commits
 the loop therefore copies the rest itself, between two transactions: the few
 commits since the thread's last pass, ≈1 ms with the database's fsync instead of
-the 4-10 ms of a whole checkpoint, and the next BEGIN starts the WAL over.
+the 4-10 ms of a whole checkpoint, and the next BEGIN starts the WAL over. Only
+a few, though: after a burst or on a slow disk the thread may be far behind, and
+then the loop waits for it to catch up rather than copy megabytes itself.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger("feishu_mailbot.checkpoint")
 
 CHECKPOINT_EVERY = 32  # commits between the thread's checkpoints
 RESTART_EVERY = 128  # commits between the loop's: the WAL stays under ≈4 MB
+# The loop copies only what the thread has not: at most this many commits' worth. A
+# thread that fell behind (a burst, a slow disk) catches up first; the WAL waits.
+RESTART_SLACK = CHECKPOINT_EVERY // 2
 CATCH_UP_PASSES = 4  # PASSIVE passes per round while commits keep adding frames
 
 # What `PRAGMA wal_checkpoint` returns: (busy, frames in the WAL, frames copied).
@@ -42,6 +47,7 @@ class Checkpointer:
         self._closing = False
         self._commits = 0
         self._restart_at = RESTART_EVERY
+        self._caught_up_at = -RESTART_SLACK - 1  # commit count the thread last copied up to
         self._failing = False
         self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
@@ -55,7 +61,10 @@ class Checkpointer:
 
     @property
     def restart_due(self) -> bool:
-        return self._commits >= self._restart_at
+        return (
+            self._commits >= self._restart_at
+            and self._commits - self._caught_up_at <= RESTART_SLACK
+        )
 
     def restart(self, checkpoint: Callable[[], Result]) -> None:
         """On the loop, between transactions, when `restart_due`: `checkpoint` runs a
@@ -91,8 +100,12 @@ class Checkpointer:
     def _copy(self, db: sqlite3.Connection) -> None:
         try:
             for _ in range(CATCH_UP_PASSES):
+                start = self._commits  # the loop's counter; a pass sees at least these
                 busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if busy or copied >= frames:
+                if busy:
+                    break
+                if copied >= frames:
+                    self._caught_up_at = start
                     break
         except sqlite3.Error as e:
             self._failed(e)

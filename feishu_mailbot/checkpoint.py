@@ -40,6 +40,12 @@ CATCH_UP_PASSES = 4  # PASSIVE passes per round while commits keep adding frames
 Result = tuple[int, int, int]
 
 
+def passive_checkpoint(db: sqlite3.Connection) -> Result:
+    """Copy the WAL into the database as far as readers allow, blocking nobody."""
+    busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(busy), int(frames), int(copied)
+
+
 class Checkpointer:
     def __init__(self, db_path: str) -> None:
         self.path = db_path
@@ -49,7 +55,6 @@ class Checkpointer:
         self._restart_at = RESTART_EVERY
         self._caught_up_at = -RESTART_SLACK - 1  # commit count the thread last copied up to
         self._failing = False
-        self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
         self._thread.start()
 
@@ -101,7 +106,7 @@ class Checkpointer:
         try:
             for _ in range(CATCH_UP_PASSES):
                 start = self._commits  # the loop's counter; a pass sees at least these
-                busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, frames, copied = passive_checkpoint(db)
                 if busy:
                     break
                 if copied >= frames:
@@ -113,7 +118,6 @@ class Checkpointer:
         if self._failing:
             log.info("WAL checkpoints work again")
             self._failing = False
-        self.checkpoints += 1
 
     def _failed(self, error: sqlite3.Error) -> None:
         # Commits and their durability do not depend on checkpoints; the WAL only grows.

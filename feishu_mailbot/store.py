@@ -4,7 +4,10 @@ One connection, used only from the event-loop thread. WAL mode so the commit
 that precedes every ack is a single append; `synchronous=FULL` because an
 acknowledged event is gone from Feishu for good and must survive a power cut.
 
-Outbox rows move pending → sending → sent (or cancelled / failed). A row found
+A message's planned mail waits in its row (`deliveries`, `planned`) until the
+outbox worker moves it into the outbox (`queue_planned`), so the commit an ack
+waits for stays small. Outbox rows move pending → sending → sent (or
+cancelled / failed). A row found
 in `sending` at start-up was interrupted mid-delivery: it goes back to pending
 and is re-sent with the same stored bytes and Message-ID, so a receiving
 server (or a human) sees one message, never two different ones.
@@ -22,6 +25,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from feishu_mailbot.checkpoint import Result as CheckpointResult
+from feishu_mailbot.checkpoint import passive_checkpoint
 from feishu_mailbot.events import Message, Recall, message_from_json, message_to_json
 from feishu_mailbot.rules import Delivery
 
@@ -247,13 +252,9 @@ class Store:
     def commit(self) -> None:
         self._db.execute("COMMIT")
 
-    def checkpoint(self) -> tuple[int, int, int]:
-        """Copy the WAL into the database as far as readers allow, without blocking anyone.
-
-        Returns (busy, frames in the WAL, frames copied), as `PRAGMA wal_checkpoint` does.
-        """
-        busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(busy), int(frames), int(copied)
+    def checkpoint(self) -> CheckpointResult:
+        """A PASSIVE checkpoint on this connection (the intake's writer; see checkpoint.py)."""
+        return passive_checkpoint(self._db)
 
     def rollback(self) -> None:
         """Best effort: after a failed COMMIT the transaction may be gone already."""

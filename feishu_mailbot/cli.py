@@ -179,7 +179,7 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
 def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     import json
 
-    from feishu_mailbot import events, mail, rules
+    from feishu_mailbot import events, mail, model, present, rules
 
     if settings.chat(chat_id) is None:
         print(
@@ -204,7 +204,7 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
         },
     }
     msg = events.parse_event(payload)
-    assert isinstance(msg, events.Message)
+    assert isinstance(msg, model.Message)
     deliveries = rules.plan(settings.rules, msg)
     if not deliveries:
         print("no rule matches: the message would be stored, and no mail sent")
@@ -217,7 +217,7 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
             d.subject_template,
             chat_name=chat_name,
             sender_name=sender,
-            preview=events.preview(msg.text),
+            preview=present.preview(msg.text),
             rule=d.rules[0],
             msg_type=msg.msg_type,
             date=date.strftime("%Y-%m-%d %H:%M"),

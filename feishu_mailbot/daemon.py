@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from feishu_mailbot import config, events, health, logs, reports, rules
+from feishu_mailbot import config, events, health, logs, model, reports, rules
 from feishu_mailbot.feishu import (
     CREDENTIAL_ERRORS,
     RECONNECT_MAX,
@@ -103,7 +103,7 @@ class Daemon:
         if self.settings.chat(event.chat_id) is None:
             log.debug("chat not in the allowlist, ignored", extra=fields)
             return
-        if isinstance(event, events.Recall):
+        if isinstance(event, model.Recall):
             recall = event
             outcome = await self.intake.run(lambda s: s.recall(recall, now))
             if outcome is None:
@@ -141,7 +141,7 @@ class Daemon:
             log.info("message accepted, no rule matched", extra=fields)
 
     def _report_actions(
-        self, msg: events.Message, now: float
+        self, msg: model.Message, now: float
     ) -> list[tuple[str, dict[str, object]]]:
         """Daily-report work this message asks for; done later by the outbox worker."""
         rs = self.settings.daily_report

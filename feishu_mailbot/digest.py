@@ -13,23 +13,21 @@ escaped here; report bodies are the fragments events.py already escaped.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from datetime import date as Date
 from datetime import datetime
 
-from . import mime, subjects
-from .events import Message, image_cid, single_line
+from . import mime, present, style, subjects
 from .mail import (
     Attachment,
-    _drop_missing_images,
-    _split_type,
     base_headers,
     format_when,
     html_with_images,
     inline_image,
     sanitize_header,
 )
+from .model import Message
+from .present import escape, image_cid, single_line
 from .reports import Digest, Entry, Section, local_time
 
 DIGEST_SUBJECT_FIELDS = frozenset({"date", "chat_name", "submitted", "expected", "missing"})
@@ -144,32 +142,19 @@ def render_text(d: Digest) -> str:
 
 # --------------------------------------------------------------------------- HTML
 
-_FONT = (
-    "-apple-system,BlinkMacSystemFont,'Segoe UI','PingFang SC','Hiragino Sans GB',"
-    "'Microsoft YaHei',Helvetica,Arial,sans-serif"
-)
-_BLUE = "#3370ff"
-_TEXT = "#1f2329"
-_MUTED = "#8f959e"
-_BORDER = "#dee0e3"
 _TABLE = 'role="presentation" cellpadding="0" cellspacing="0" border="0"'
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
 
 
 def _entry_html(entry: Entry, d: Digest, first: bool, available: set[str]) -> str:
     msg = entry.message
-    fragment = msg.html or _esc(msg.text).replace("\n", "<br>")
-    divider = "" if first else f"border-top:1px dashed {_BORDER};"
+    divider = "" if first else f"border-top:1px dashed {style.BORDER};"
     return (
         f'<tr><td style="padding:10px 16px;{divider}">'
-        f'<div style="font-size:12px;color:{_MUTED};margin:0 0 4px">'
-        f"{_esc(_time_label(msg, d))}</div>"
-        f'<div style="font-size:14px;line-height:1.6;color:{_TEXT};'
+        f'<div style="font-size:12px;color:{style.MUTED};margin:0 0 4px">'
+        f"{escape(_time_label(msg, d))}</div>"
+        f'<div style="font-size:14px;line-height:1.6;color:{style.TEXT};'
         f'word-wrap:break-word;overflow-wrap:anywhere">'
-        f"{_drop_missing_images(fragment, available)}</div>"
+        f"{present.html(msg.blocks, available)}</div>"
         "</td></tr>"
     )
 
@@ -181,20 +166,20 @@ def _section_html(section: Section, d: Digest, available: set[str]) -> str:
     if section.outsider:
         extra.append("不在名单中")
     note = (
-        f' <span style="font-size:12px;font-weight:normal;color:{_MUTED}">'
-        f"· {_esc(' · '.join(extra))}</span>"
+        f' <span style="font-size:12px;font-weight:normal;color:{style.MUTED}">'
+        f"· {escape(' · '.join(extra))}</span>"
         if extra
         else ""
     )
     entries = "".join(_entry_html(e, d, i == 0, available) for i, e in enumerate(section.entries))
     return (
         '<tr><td style="padding:16px 24px 0">'
-        f'<table {_TABLE} width="100%" style="border:1px solid {_BORDER};'
+        f'<table {_TABLE} width="100%" style="border:1px solid {style.BORDER};'
         'border-collapse:separate;border-radius:6px">'
-        f'<tr><td style="padding:10px 16px;background-color:#f5f6f7;'
-        f"border-bottom:1px solid {_BORDER};border-radius:6px 6px 0 0;"
-        f'font-size:15px;font-weight:bold;color:{_TEXT}">'
-        f"{_esc(_section_name(section))}{note}</td></tr>"
+        f'<tr><td style="padding:10px 16px;background-color:{style.SHADE};'
+        f"border-bottom:1px solid {style.BORDER};border-radius:6px 6px 0 0;"
+        f'font-size:15px;font-weight:bold;color:{style.TEXT}">'
+        f"{escape(_section_name(section))}{note}</td></tr>"
         f"{entries}</table></td></tr>"
     )
 
@@ -220,13 +205,13 @@ def _progress_html(d: Digest) -> str:
 
 def _header_html(d: Digest) -> str:
     return (
-        f'<tr><td bgcolor="{_BLUE}" style="padding:20px 24px;background-color:{_BLUE};'
+        f'<tr><td bgcolor="{style.BLUE}" style="padding:20px 24px;background-color:{style.BLUE};'
         'border-radius:8px 8px 0 0;color:#ffffff">'
         f'<table {_TABLE} width="100%"><tr>'
         '<td valign="top" style="color:#ffffff">'
-        f'<div style="font-size:20px;font-weight:bold;line-height:1.3">{_esc(_title(d))}</div>'
+        f'<div style="font-size:20px;font-weight:bold;line-height:1.3">{escape(_title(d))}</div>'
         f'<div style="font-size:14px;line-height:1.5;margin-top:4px;color:#e1eaff">'
-        f"{_esc(_day_label(d.day))} · {_esc(_chat_label(d))}</div></td>"
+        f"{escape(_day_label(d.day))} · {escape(_chat_label(d))}</div></td>"
         '<td valign="top" align="right" style="white-space:nowrap;color:#ffffff">'
         f'<div style="font-size:28px;font-weight:bold;line-height:1.1">'
         f"{d.submitted}/{d.expected}</div>"
@@ -239,13 +224,13 @@ def _header_html(d: Digest) -> str:
 def _missing_html(d: Digest) -> str:
     if not d.missing:
         return ""
-    names = "、".join(_esc(single_line(n)) for n in d.missing)
+    names = "、".join(escape(single_line(n)) for n in d.missing)
     return (
         '<tr><td style="padding:16px 24px 0">'
         f'<table {_TABLE} width="100%"><tr>'
         '<td bgcolor="#fff3e8" style="padding:10px 14px;background-color:#fff3e8;'
         'border-left:4px solid #ff7d00;font-size:14px;line-height:1.6;color:#7a3d00">'
-        f"<b>{_esc(_missing_title(d))}</b>：{names}</td></tr></table></td></tr>"
+        f"<b>{escape(_missing_title(d))}</b>：{names}</td></tr></table></td></tr>"
     )
 
 
@@ -254,29 +239,30 @@ def render_html(d: Digest, *, title: str, generated: datetime, available: set[st
     body: list[str] = [_header_html(d), _missing_html(d)]
     if d.supplement:
         body.append(
-            f'<tr><td style="padding:16px 24px 0;font-size:13px;color:{_MUTED}">'
+            f'<tr><td style="padding:16px 24px 0;font-size:13px;color:{style.MUTED}">'
             "本邮件只包含上次汇总发出之后提交的日报。</td></tr>"
         )
     if not d.sections:
         body.append(
-            f'<tr><td style="padding:24px;font-size:14px;color:{_MUTED};text-align:center">'
+            f'<tr><td style="padding:24px;font-size:14px;color:{style.MUTED};text-align:center">'
             "这一天还没有收到日报。</td></tr>"
         )
     body += [_section_html(s, d, available) for s in d.sections]
     body.append(
-        f'<tr><td style="padding:20px 24px;font-size:12px;color:{_MUTED}">'
-        f"由 feishu-mailbot 汇总 · {_esc(format_when(generated, seconds=False))}</td></tr>"
+        f'<tr><td style="padding:20px 24px;font-size:12px;color:{style.MUTED}">'
+        f"由 feishu-mailbot 汇总 · {escape(format_when(generated, seconds=False))}</td></tr>"
     )
     return (
         '<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{_esc(title)}</title></head>\n"
-        '<body style="margin:0;padding:0;background-color:#f5f6f7">\n'
-        f'<table {_TABLE} width="100%" bgcolor="#f5f6f7" style="background-color:#f5f6f7">'
+        f"<title>{escape(title)}</title></head>\n"
+        f'<body style="margin:0;padding:0;background-color:{style.SHADE}">\n'
+        f'<table {_TABLE} width="100%" bgcolor="{style.SHADE}" '
+        f'style="background-color:{style.SHADE}">'
         '<tr><td align="center" style="padding:24px 12px">\n'
         f'<table {_TABLE} width="680" style="width:100%;max-width:680px;'
-        f"background-color:#ffffff;border:1px solid {_BORDER};border-collapse:separate;"
-        f'border-radius:8px;font-family:{_FONT};font-size:14px;line-height:1.6;color:{_TEXT}">\n'
+        f"background-color:#ffffff;border:1px solid {style.BORDER};border-collapse:separate;"
+        f'border-radius:8px;font-family:{style.FONT};font-size:14px;line-height:1.6;color:{style.TEXT}">\n'
         + "\n".join(part for part in body if part)
         + "\n</table>\n</td></tr></table>\n</body></html>\n"
     )
@@ -324,12 +310,7 @@ def compose_digest(
     used = [(key, images[key]) for key in _image_keys(d) if key in images]
     available = {image_cid(key) for key, _ in used}
     document = render_html(d, title=sanitize_header(rendered), generated=date, available=available)
-    inline = [
-        inline_image(
-            att, image_cid(key), att.filename or f"{key}.{_split_type(att.content_type)[1]}"
-        )
-        for key, att in used
-    ]
+    inline = [inline_image(att, image_cid(key), att.filename) for key, att in used]
     body = mime.Multipart(
         "alternative", (mime.text(render_text(d)), html_with_images(document, inline))
     )

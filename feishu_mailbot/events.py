@@ -1,9 +1,11 @@
-"""Feishu event v2 payloads turned into small typed values.
+"""Feishu event v2 payloads turned into small typed values (model.py).
 
 Everything downstream (rules, reports, mail, storage) works on `Message` and
 `Recall` only, so the many shapes of Feishu message content are dealt with
-here, once.  The module is pure: it never fetches resources or names, it only
-records which resources a message refers to so the shell can download them.
+here, once: `CONTENT` has one entry per message type, turning its content
+JSON into blocks. Adding a type is adding an entry. The shapes are those of
+Feishu's open-platform document "接收消息内容结构" (receive-message content
+structure). The module is pure: it never fetches resources or names.
 
 Parsing is lenient about content and strict about identity: a message whose
 body we cannot understand still becomes a `Message` with a readable
@@ -13,65 +15,34 @@ ids needed for deduplication and storage raises `EventError`.
 
 from __future__ import annotations
 
-import html
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
-ResourceKind = Literal["image", "file", "media", "audio"]
+from feishu_mailbot.model import (
+    STYLES,
+    At,
+    Block,
+    Break,
+    Code,
+    Divider,
+    File,
+    Image,
+    Link,
+    Mention,
+    Message,
+    Placeholder,
+    Recall,
+    ResourceKind,
+    Text,
+    Title,
+)
 
 RECEIVE_EVENT = "im.message.receive_v1"
 RECALL_EVENT = "im.message.recalled_v1"
-
-#: The domain part of the Content-ID given to inline images; mail.py attaches
-#: the downloaded image under the same id so `cid:` references resolve.
-CID_DOMAIN = "feishu-mailbot"
-
 ALL_MENTION_NAME = "所有人"
-
-
-@dataclass(frozen=True)
-class Mention:
-    key: str  # the placeholder used in the content, e.g. "@_user_1"
-    name: str
-    open_id: str
-
-
-@dataclass(frozen=True)
-class Resource:
-    kind: ResourceKind
-    key: str
-    name: str  # the file name when Feishu gives one; mail.py picks a default otherwise
-
-
-@dataclass(frozen=True)
-class Message:
-    event_id: str
-    message_id: str
-    chat_id: str
-    chat_type: str
-    sender_open_id: str
-    sender_type: str
-    msg_type: str
-    create_time_ms: int
-    text: str  # readable plain text, mentions as @Name; a post's title is its first line
-    html: str  # an escaped HTML fragment of the same content, images as cid: references
-    resources: tuple[Resource, ...] = ()
-    mentions: tuple[Mention, ...] = ()
-    root_id: str = ""
-    parent_id: str = ""
-    title: str = ""  # post title
-
-
-@dataclass(frozen=True)
-class Recall:
-    event_id: str
-    message_id: str
-    chat_id: str
-    recall_time_ms: int
 
 
 @dataclass(frozen=True)
@@ -86,16 +57,6 @@ class EventError(ValueError):
 
 
 Event = Message | Recall | Ignored
-
-
-def image_cid(key: str) -> str:
-    """The Content-ID (without angle brackets) an image is referenced by.
-
-    Resource keys are normally ``[A-Za-z0-9_-]``; anything else is replaced so
-    the id stays a valid RFC 5322 msg-id and both sides compute the same value.
-    """
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", key) or "image"
-    return f"{safe}@{CID_DOMAIN}"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -160,7 +121,6 @@ def _parse_message(event_id: str, event: Mapping[str, Any], header_time: int) ->
     _require(event_id, "event.message.chat_id", chat_id)
     mentions = tuple(_parse_mentions(message.get("mentions")))
     msg_type = _str(message, "message_type")
-    body = _render(msg_type, message.get("content"), mentions)
     return Message(
         event_id=event_id,
         message_id=message_id,
@@ -170,13 +130,10 @@ def _parse_message(event_id: str, event: Mapping[str, Any], header_time: int) ->
         sender_type=_str(sender, "sender_type"),
         msg_type=msg_type,
         create_time_ms=_int(message.get("create_time")) or header_time,
-        text=body.text,
-        html=body.html,
-        resources=body.resources,
+        blocks=content_blocks(msg_type, message.get("content"), mentions),
         mentions=mentions,
         root_id=_str(message, "root_id"),
         parent_id=_str(message, "parent_id"),
-        title=body.title,
     )
 
 
@@ -223,34 +180,10 @@ def _int(value: object) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- rendering
+# --------------------------------------------------------------------------- content
 
-
-@dataclass(frozen=True)
-class _Body:
-    text: str
-    html: str
-    resources: tuple[Resource, ...] = ()
-    title: str = ""
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _esc_lines(text: str) -> str:
-    return _esc(text).replace("\r\n", "\n").replace("\n", "<br>")
-
-
-def _placeholder(text: str) -> _Body:
-    return _Body(text, f'<span style="color:#8f959e">{_esc(text)}</span>')
-
-
-def _image_html(key: str) -> str:
-    return (
-        f'<img src="cid:{_esc(image_cid(key))}" alt="[图片]" '
-        'style="max-width:100%;height:auto;vertical-align:middle">'
-    )
+Blocks = list[Block]
+Mentions = Sequence[Mention]
 
 
 def _content(raw: object) -> Mapping[str, Any] | None:
@@ -265,73 +198,7 @@ def _content(raw: object) -> Mapping[str, Any] | None:
     return cast(dict[str, Any], data) if isinstance(data, dict) else None
 
 
-_SIMPLE_PLACEHOLDERS = {
-    "sticker": "[表情包]",
-    "interactive": "[卡片消息]",
-    "share_chat": "[群名片]",
-    "share_user": "[个人名片]",
-    "merge_forward": "[合并转发消息]",
-    "system": "[系统消息]",
-    "hongbao": "[红包]",
-    "share_calendar_event": "[日程]",
-    "calendar": "[日程]",
-    "general_calendar": "[日程]",
-    "video_chat": "[视频会议]",
-    "vote": "[投票]",
-    "todo": "[任务]",
-    "location": "[位置]",
-    "folder": "[文件夹]",
-}
-
-
-def _render(msg_type: str, raw: object, mentions: Sequence[Mention]) -> _Body:
-    content = _content(raw)
-    if msg_type == "text":
-        if content is None:
-            # Unparseable text content: showing the raw string beats losing it.
-            return _render_text(raw if isinstance(raw, str) else "", mentions)
-        return _render_text(_str(content, "text"), mentions)
-    if content is None:
-        content = {}
-    if msg_type == "post":
-        return _render_post(content, mentions)
-    if msg_type == "image":
-        key = _str(content, "image_key")
-        if not key:
-            return _placeholder("[图片]")
-        return _Body("[图片]", _image_html(key), (Resource("image", key, ""),))
-    if msg_type == "file":
-        name = _str(content, "file_name")
-        label = f"[文件] {name}".rstrip()
-        key = _str(content, "file_key")
-        return _with_resource(label, "file", key, name)
-    if msg_type == "audio":
-        seconds = _int(content.get("duration")) // 1000
-        label = f"[语音 {seconds}秒]" if seconds else "[语音]"
-        return _with_resource(label, "audio", _str(content, "file_key"), "")
-    if msg_type == "media":
-        name = _str(content, "file_name")
-        label = f"[视频] {name}".rstrip()
-        return _with_resource(label, "media", _str(content, "file_key"), name)
-    if msg_type in _SIMPLE_PLACEHOLDERS:
-        label = _SIMPLE_PLACEHOLDERS[msg_type]
-        # A card title, a place or a folder name makes the placeholder useful.
-        detail = _str(content, "title") or _str(content, "name") or _str(content, "summary")
-        return _placeholder(f"{label} {detail}".rstrip())
-    return _placeholder(f"[不支持的消息类型: {msg_type or '未知'}]")
-
-
-def _with_resource(label: str, kind: ResourceKind, key: str, name: str) -> _Body:
-    body = _placeholder(label)
-    if not key:
-        return body
-    return _Body(body.text, body.html, (Resource(kind, key, name),))
-
-
-_MENTION_STYLE = "color:#3370ff"
-
-
-def _mention_name(key: str, mentions: Sequence[Mention]) -> str | None:
+def _mention_name(key: str, mentions: Mentions) -> str | None:
     if key in ("@_all", "all"):
         return ALL_MENTION_NAME
     for mention in mentions:
@@ -340,24 +207,62 @@ def _mention_name(key: str, mentions: Sequence[Mention]) -> str | None:
     return None
 
 
-def _render_text(text: str, mentions: Sequence[Mention]) -> _Body:
+def _text_blocks(text: str, mentions: Mentions) -> Blocks:
+    """Text with its `@_user_N` placeholders as At blocks."""
     keys = sorted({m.key for m in mentions} | {"@_all"}, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(k) for k in keys))
-    plain: list[str] = []
-    rich: list[str] = []
+    open_ids = {m.key: m.open_id for m in mentions}
+    out: Blocks = []
     pos = 0
-    for found in pattern.finditer(text):
-        name = _mention_name(found.group(0), mentions)
-        if name is None:  # pragma: no cover - every key in the pattern resolves
-            continue
-        plain.append(text[pos : found.start()])
-        rich.append(_esc_lines(text[pos : found.start()]))
-        plain.append(f"@{name}")
-        rich.append(f'<span style="{_MENTION_STYLE}">@{_esc(name)}</span>')
+    for found in re.finditer("|".join(re.escape(k) for k in keys), text):
+        if found.start() > pos:
+            out.append(Text(text[pos : found.start()]))
+        key = found.group(0)
+        out.append(At(_mention_name(key, mentions) or key, open_ids.get(key, "")))
         pos = found.end()
-    plain.append(text[pos:])
-    rich.append(_esc_lines(text[pos:]))
-    return _Body("".join(plain), "".join(rich))
+    if pos < len(text):
+        out.append(Text(text[pos:]))
+    return out
+
+
+def _text(content: Mapping[str, Any] | None, raw: object, mentions: Mentions) -> Blocks:
+    if content is None:
+        # Unparseable text content: showing the raw string beats losing it.
+        return _text_blocks(raw if isinstance(raw, str) else "", mentions)
+    return _text_blocks(_str(content, "text"), mentions)
+
+
+def _image(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
+    key = _str(content, "image_key")
+    return [Image(key)] if key else [Placeholder("[图片]")]
+
+
+def _resource(kind: ResourceKind, label: str, key: str, name: str) -> Blocks:
+    return [File(kind, key, name, label)] if key else [Placeholder(label)]
+
+
+def _file(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
+    name = _str(content, "file_name")
+    return _resource("file", f"[文件] {name}".rstrip(), _str(content, "file_key"), name)
+
+
+def _audio(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
+    seconds = _int(content.get("duration")) // 1000
+    label = f"[语音 {seconds}秒]" if seconds else "[语音]"
+    return _resource("audio", label, _str(content, "file_key"), "")
+
+
+def _media(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
+    name = _str(content, "file_name")
+    return _resource("media", f"[视频] {name}".rstrip(), _str(content, "file_key"), name)
+
+
+def _placeholder(label: str) -> Callable[[Mapping[str, Any], Mentions], Blocks]:
+    def blocks(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
+        # A card title, a place or a folder name makes the placeholder useful.
+        detail = _str(content, "title") or _str(content, "name") or _str(content, "summary")
+        return [Placeholder(f"{label} {detail}".rstrip())]
+
+    return blocks
 
 
 _LOCALE_PREFERENCE = ("zh_cn", "en_us", "ja_jp")
@@ -377,179 +282,88 @@ def _post_body(content: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-_STYLE_TAGS = (("bold", "b"), ("italic", "i"), ("underline", "u"), ("lineThrough", "s"))
-_SAFE_HREF = re.compile(r"(?i)^(?:https?|mailto):")
-_HREF_JUNK = re.compile(r"[\x00-\x20\x7f]")
-
-
-def safe_href(href: str) -> str | None:
-    """The link target if it is http(s) or mailto, else None.
-
-    Browsers ignore embedded whitespace and control characters when reading a
-    scheme (``java\\tscript:``), so those are removed before the check and
-    the cleaned value is what gets used.
-    """
-    cleaned = _HREF_JUNK.sub("", href)
-    return cleaned if _SAFE_HREF.match(cleaned) else None
-
-
-def _styled(inner: str, element: Mapping[str, Any]) -> str:
-    style = element.get("style")
-    if not isinstance(style, list):
-        return inner
-    for name, tag in _STYLE_TAGS:
-        if name in style:
-            inner = f"<{tag}>{inner}</{tag}>"
-    return inner
-
-
-def _render_post(content: Mapping[str, Any], mentions: Sequence[Mention]) -> _Body:
+def _post(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
+    """A title, then paragraphs separated by Break blocks."""
     body = _post_body(content)
     title = _str(body, "title")
+    out: Blocks = [Title(title)] if title else []
     paragraphs = body.get("content")
-    plain_lines: list[str] = [title] if title else []
-    html_blocks: list[str] = (
-        [f'<div style="font-weight:bold;font-size:16px;margin:0 0 8px">{_esc(title)}</div>']
-        if title
-        else []
-    )
-    resources: list[Resource] = []
-    for paragraph in paragraphs if isinstance(paragraphs, list) else []:
-        elements = paragraph if isinstance(paragraph, list) else []
-        plain_parts: list[str] = []
-        html_parts: list[str] = []
-        for element in elements:
+    for i, paragraph in enumerate(paragraphs if isinstance(paragraphs, list) else []):
+        if i or title:
+            out.append(Break())
+        for element in paragraph if isinstance(paragraph, list) else []:
             if isinstance(element, Mapping):
-                plain, rich = _render_element(element, mentions, resources.append)
-                plain_parts.append(plain)
-                html_parts.append(rich)
-        plain_lines.append("".join(plain_parts))
-        html_blocks.append(f"<div>{''.join(html_parts) or '<br>'}</div>")
-    unique = tuple(dict.fromkeys(resources))
-    return _Body("\n".join(plain_lines), "\n".join(html_blocks), unique, title)
+                out.append(_post_element(element, mentions))
+    return out
 
 
-def _render_element(
-    element: Mapping[str, Any],
-    mentions: Sequence[Mention],
-    add_resource: Callable[[Resource], None],
-) -> tuple[str, str]:
+def _styles(element: Mapping[str, Any]) -> tuple[str, ...]:
+    given = element.get("style")
+    return tuple(s for s in STYLES if s in given) if isinstance(given, list) else ()
+
+
+def _post_element(element: Mapping[str, Any], mentions: Mentions) -> Block:
     tag = _str(element, "tag")
-    if tag == "text":
-        text = _str(element, "text")
-        return text, _styled(_esc_lines(text), element)
     if tag == "a":
         href = _str(element, "href")
-        text = _str(element, "text") or href
-        plain = text if not href or text == href else f"{text} ({href})"
-        target = safe_href(href)
-        if target is None:
-            return plain, _styled(_esc_lines(plain), element)
-        return plain, _styled(f'<a href="{_esc(target)}">{_esc(text)}</a>', element)
+        return Link(_str(element, "text") or href, href, _styles(element))
     if tag == "at":
         user_id = _str(element, "user_id")
         if user_id in ("all", "@_all"):
-            name = ALL_MENTION_NAME
-        else:
-            name = _str(element, "user_name") or _mention_name(user_id, mentions) or user_id
-        return f"@{name}", f'<span style="{_MENTION_STYLE}">@{_esc(name)}</span>'
+            return At(ALL_MENTION_NAME)
+        name = _str(element, "user_name") or _mention_name(user_id, mentions) or user_id
+        open_id = next((m.open_id for m in mentions if m.key == user_id), "")
+        return At(name, open_id)
     if tag == "img":
         key = _str(element, "image_key")
-        if not key:
-            return "[图片]", _esc("[图片]")
-        add_resource(Resource("image", key, ""))
-        return "[图片]", _image_html(key)
+        return Image(key) if key else Placeholder("[图片]")
     if tag == "media":
         key = _str(element, "file_key")
-        if key:
-            add_resource(Resource("media", key, ""))
-        return "[视频]", _esc("[视频]")
+        return File("media", key, "", "[视频]") if key else Placeholder("[视频]")
     if tag == "emotion":
-        label = f"[{_str(element, 'emoji_type')}]"
-        return label, _esc(label)
+        return Text(f"[{_str(element, 'emoji_type')}]")
     if tag == "code_block":
-        code = _str(element, "text")
-        language = _str(element, "language")
-        label = f' data-language="{_esc(language)}"' if language else ""
-        return code, (
-            f'<pre style="background:#f5f6f7;padding:8px;border-radius:4px;'
-            f'white-space:pre-wrap;font-family:monospace"{label}><code>{_esc(code)}</code></pre>'
-        )
+        return Code(_str(element, "text"), _str(element, "language"))
     if tag == "hr":
-        return "----------", '<hr style="border:none;border-top:1px solid #dee0e3">'
+        return Divider()
     if tag == "md":
-        text = _str(element, "text")
-        return text, _esc_lines(text)
-    # Unknown element: keep whatever text it carries rather than dropping it.
-    text = _str(element, "text")
-    return text, _esc_lines(text)
+        return Text(_str(element, "text"))
+    # text, and any element we do not know: keep whatever text it carries.
+    return Text(_str(element, "text"), _styles(element) if tag == "text" else ())
 
 
-# --------------------------------------------------------------------------- helpers
+ContentParser = Callable[[Mapping[str, Any], Mentions], Blocks]
+
+#: One entry per message type: its content JSON → blocks.
+CONTENT: dict[str, ContentParser] = {
+    "post": _post,
+    "image": _image,
+    "file": _file,
+    "audio": _audio,
+    "media": _media,
+    "sticker": _placeholder("[表情包]"),
+    "interactive": _placeholder("[卡片消息]"),
+    "share_chat": _placeholder("[群名片]"),
+    "share_user": _placeholder("[个人名片]"),
+    "merge_forward": _placeholder("[合并转发消息]"),
+    "system": _placeholder("[系统消息]"),
+    "hongbao": _placeholder("[红包]"),
+    "share_calendar_event": _placeholder("[日程]"),
+    "calendar": _placeholder("[日程]"),
+    "general_calendar": _placeholder("[日程]"),
+    "video_chat": _placeholder("[视频会议]"),
+    "vote": _placeholder("[投票]"),
+    "todo": _placeholder("[任务]"),
+    "location": _placeholder("[位置]"),
+    "folder": _placeholder("[文件夹]"),
+}
 
 
-def _is_control(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
-
-
-_WHITESPACE_RUN = re.compile(r"\s+")
-
-
-def single_line(text: str) -> str:
-    """Control characters and line breaks become single spaces, ends trimmed."""
-    cleaned = "".join(" " if _is_control(ch) else ch for ch in text)
-    return _WHITESPACE_RUN.sub(" ", cleaned).strip()
-
-
-def preview(text: str, limit: int = 40) -> str:
-    """A one-line excerpt for subjects and logs, never longer than `limit` characters."""
-    line = single_line(text)
-    if limit <= 0:
-        return ""
-    if len(line) <= limit:
-        return line
-    return line[: limit - 1].rstrip() + "…"
-
-
-# --------------------------------------------------------------------------- storage
-
-_JSON_VERSION = 1
-_MESSAGE_FIELDS = tuple(f.name for f in fields(Message) if f.name not in ("resources", "mentions"))
-
-
-def message_to_json(m: Message) -> str:
-    """Serialise for the SQLite store; `message_from_json` is its exact inverse."""
-    # By hand rather than dataclasses.asdict, whose deep copy was a tenth of the
-    # intake's CPU per event. tests/test_events.py checks every field is here.
-    data = {f: getattr(m, f) for f in _MESSAGE_FIELDS}
-    data["resources"] = [{"kind": r.kind, "key": r.key, "name": r.name} for r in m.resources]
-    data["mentions"] = [{"key": x.key, "name": x.name, "open_id": x.open_id} for x in m.mentions]
-    data["v"] = _JSON_VERSION
-    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def message_from_json(s: str) -> Message:
-    """Rebuild a stored `Message`; a corrupt row raises `EventError` instead of half-loading."""
-    try:
-        data = json.loads(s)
-    except ValueError as exc:
-        raise EventError(f"stored message is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise EventError("stored message is not a JSON object")
-    if data.pop("v", _JSON_VERSION) != _JSON_VERSION:
-        raise EventError("stored message has an unknown format version")
-    try:
-        resources = tuple(
-            Resource(cast(ResourceKind, r["kind"]), r["key"], r["name"])
-            for r in data.pop("resources", [])
-        )
-        mentions = tuple(
-            Mention(m["key"], m["name"], m["open_id"]) for m in data.pop("mentions", [])
-        )
-        message = Message(**data, resources=resources, mentions=mentions)
-    except (KeyError, TypeError) as exc:
-        raise EventError(f"stored message is missing or has unexpected fields: {exc}") from exc
-    for name in ("event_id", "message_id", "chat_id", "text", "html", "msg_type"):
-        if not isinstance(getattr(message, name), str):
-            raise EventError(f"stored message field {name!r} is not a string")
-    return message
+def content_blocks(msg_type: str, raw: object, mentions: Mentions) -> tuple[Block, ...]:
+    content = _content(raw)
+    if msg_type == "text":  # the one type whose raw string is worth keeping unparsed
+        return tuple(_text(content, raw, mentions))
+    parser = CONTENT.get(msg_type)
+    if parser is None:
+        return (Placeholder(f"[不支持的消息类型: {msg_type or '未知'}]"),)
+    return tuple(parser(content or {}, mentions))

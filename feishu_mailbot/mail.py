@@ -12,16 +12,16 @@ the outbox stores exactly those bytes, so every retry sends the same mail.
 from __future__ import annotations
 
 import hashlib
-import html
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime, parseaddr
 
-from . import mime
-from .events import Message, single_line
+from . import mime, style
+from .model import Message, Resource
+from .present import escape, html, image_cid, single_line
 
 DEFAULT_DOMAIN = "feishu-mailbot"
 MAILER = "feishu-mailbot"
@@ -32,8 +32,39 @@ class Attachment:
     filename: str
     content_type: str
     data: bytes
-    # Set for an inline image: events.image_cid(resource.key), the id the HTML refers to.
+    # Set for an inline image: present.image_cid(resource.key), the id the HTML refers to.
     content_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Download:
+    """A resource as the message-resource API returned it."""
+
+    data: bytes
+    content_type: str
+    filename: str | None  # from Content-Disposition, when Feishu sends one
+
+
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "application/pdf": ".pdf",
+}
+
+
+def attachments_of(downloads: Mapping[Resource, Download]) -> list[Attachment]:
+    """Downloaded resources as mail parts: images inline (their Image blocks refer to
+    them by cid), files, videos and voice attached under their names."""
+    out = []
+    for res, got in downloads.items():
+        name = res.name or got.filename or f"{res.kind}-{res.key}"
+        if not (res.name or got.filename):
+            name += _EXTENSIONS.get(got.content_type, "")
+        inline = image_cid(res.key) if res.kind == "image" else None
+        out.append(Attachment(name, got.content_type, got.data, inline))
+    return out
 
 
 def sanitize_header(value: str) -> str:
@@ -127,54 +158,16 @@ def format_when(date: datetime, *, seconds: bool = True) -> str:
 
 # --------------------------------------------------------------------------- bodies
 
-_FONT = (
-    "-apple-system,BlinkMacSystemFont,'Segoe UI','PingFang SC','Hiragino Sans GB',"
-    "'Microsoft YaHei',Helvetica,Arial,sans-serif"
-)
-_BODY_STYLE = (
-    f"margin:0;padding:16px;font-family:{_FONT};font-size:14px;line-height:1.6;color:#1f2329"
-)
-_META_STYLE = (
-    "font-size:12px;color:#646a73;border-bottom:1px solid #dee0e3;"
-    "padding-bottom:8px;margin-bottom:12px"
-)
-_CONTENT_STYLE = "word-wrap:break-word;overflow-wrap:anywhere"
-_FOOTER_STYLE = (
-    "font-size:12px;color:#8f959e;border-top:1px solid #dee0e3;padding-top:8px;margin-top:16px"
-)
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
-
 
 def _html_document(meta: str, content: str, footer: str) -> str:
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
-        f'<body style="{_BODY_STYLE}">\n'
-        f'<div style="{_META_STYLE}">{meta}</div>\n'
-        f'<div style="{_CONTENT_STYLE}">{content}</div>\n'
-        f'<div style="{_FOOTER_STYLE}">{footer}</div>\n'
+        f'<body style="{style.BODY}">\n'
+        f'<div style="{style.META}">{meta}</div>\n'
+        f'<div style="{style.CONTENT}">{content}</div>\n'
+        f'<div style="{style.FOOTER}">{footer}</div>\n'
         "</body></html>\n"
     )
-
-
-_CID_IMG = re.compile(r'<img src="cid:([^"]*)"[^>]*>')
-
-
-def _drop_missing_images(fragment: str, available: set[str]) -> str:
-    """Images that could not be downloaded become a visible note, not a broken icon.
-
-    The pattern only ever sees tags events.py generated: chat text is escaped,
-    so a user cannot type a literal ``<img``.
-    """
-
-    def replace(found: re.Match[str]) -> str:
-        if html.unescape(found.group(1)) in available:
-            return found.group(0)
-        return '<span style="color:#8f959e">[图片未能下载]</span>'
-
-    return _CID_IMG.sub(replace, fragment)
 
 
 def _split_type(content_type: str) -> tuple[str, str]:
@@ -254,9 +247,8 @@ def compose_forward(
     images = [inline_image(a, a.content_id, a.filename) for a in attachments if a.content_id]
     files = [a for a in attachments if not a.content_id]
     available = {leaf.content_id for leaf in images if leaf.content_id}
-    fragment = msg.html or html.escape(msg.text).replace("\n", "<br>")
-    meta = f"<b>{_esc(chat)}</b> · {_esc(who)} · {_esc(when)}"
-    document = _html_document(meta, _drop_missing_images(fragment, available), _esc(footer))
+    meta = f"<b>{escape(chat)}</b> · {escape(who)} · {escape(when)}"
+    document = _html_document(meta, html(msg.blocks, available), escape(footer))
 
     body: mime.Part = mime.Multipart(
         "alternative", (mime.text(text), html_with_images(document, images))
@@ -314,9 +306,9 @@ def compose_recall_notice(
     note = "该消息在飞书中已不可见，之前转发的邮件内容可能已不再有效。"
     text = f"{line}\n{detail}\n\n{note}\n\n-- \n由 feishu-mailbot 发送\n"
     document = _html_document(
-        f"<b>{_esc(chat)}</b> · {_esc(who)} · {_esc(when)}",
-        f"<p>{_esc(line)}</p><p>{_esc(detail)}</p><p>{_esc(note)}</p>",
-        _esc("由 feishu-mailbot 发送"),
+        f"<b>{escape(chat)}</b> · {escape(who)} · {escape(when)}",
+        f"<p>{escape(line)}</p><p>{escape(detail)}</p><p>{escape(note)}</p>",
+        escape("由 feishu-mailbot 发送"),
     )
     return mime.render(
         headers, mime.Multipart("alternative", (mime.text(text), mime.text(document, "html")))

@@ -22,8 +22,9 @@ from functools import partial
 from typing import Any
 
 from feishu_mailbot import mail
-from feishu_mailbot.events import Message, image_cid, preview
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
+from feishu_mailbot.model import Message, Resource
+from feishu_mailbot.present import preview
 from feishu_mailbot.rules import render_subject
 from feishu_mailbot.settings import Settings
 from feishu_mailbot.smtp import DeliveryError, SmtpTransport
@@ -317,7 +318,7 @@ class Outbox:
         return subject, raw
 
     async def _attachments(self, msg: Message) -> list[mail.Attachment]:
-        out = []
+        downloads: dict[Resource, mail.Download] = {}
         for res in msg.resources:
             try:
                 data, content_type, filename = await self.api.resource(
@@ -326,17 +327,8 @@ class Outbox:
             except FeishuError as e:
                 permanent = e.code in CREDENTIAL_ERRORS
                 raise PrepareError(f"cannot fetch {res.kind} {res.key}: {e}", permanent) from e
-            name = res.name or filename or f"{res.kind}-{res.key}{_extension(content_type)}"
-            inline = res.kind == "image" and msg.msg_type == "post"
-            out.append(
-                mail.Attachment(
-                    filename=name,
-                    content_type=content_type,
-                    data=data,
-                    content_id=image_cid(res.key) if inline else None,
-                )
-            )
-        return out
+            downloads[res] = mail.Download(data, content_type, filename)
+        return mail.attachments_of(downloads)
 
     async def name(self, kind: str, id_: str) -> str:
         """A display name: config, then memory, then SQLite, then Feishu (cached either way)."""
@@ -378,13 +370,3 @@ class Outbox:
             await self.api.reply_text(row.message_id, f"已转发到邮箱: {', '.join(delivered)}")
         except FeishuError as e:
             log.warning("in-chat confirmation failed: %s", e, extra={"MESSAGE_ID": row.message_id})
-
-
-def _extension(content_type: str) -> str:
-    return {
-        "image/png": ".png",
-        "image/jpeg": ".jpg",
-        "image/gif": ".gif",
-        "image/webp": ".webp",
-        "application/pdf": ".pdf",
-    }.get(content_type, "")

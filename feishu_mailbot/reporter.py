@@ -19,8 +19,8 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import digest, mail, reports
-from feishu_mailbot.events import Message
 from feishu_mailbot.feishu import FeishuApi, FeishuError
+from feishu_mailbot.model import Message
 from feishu_mailbot.settings import ReportSettings, Settings
 from feishu_mailbot.store import Action, Store
 
@@ -170,11 +170,8 @@ class Reporter:
                         extra={"MESSAGE_ID": msg.message_id},
                     )
                     continue
-                images[res.key] = mail.Attachment(
-                    filename=f"{res.key}.png",
-                    content_type=content_type,
-                    data=data,
-                    content_id=None,
+                [images[res.key]] = mail.attachments_of(
+                    {res: mail.Download(data, content_type, None)}
                 )
         return images
 

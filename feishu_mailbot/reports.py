@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from .events import ALL_MENTION_NAME, Message
+from .events import ALL_MENTION_NAME
+from .model import Message
 from .settings import ReportSettings, RosterMember
 
 # --------------------------------------------------------------------------- matching

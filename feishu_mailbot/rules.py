@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 from . import subjects
-from .events import Message
+from .model import Delivery, Message
 from .settings import Rule
 
 SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
-
-
-@dataclass(frozen=True)
-class Delivery:
-    recipients: tuple[str, ...]
-    rules: tuple[str, ...]  # rule names, in config order
-    subject_template: str
-    confirm: bool
-    notify_recall: bool
 
 
 def _fold(text: str) -> str:

@@ -27,8 +27,7 @@ from typing import Any
 
 from feishu_mailbot.checkpoint import Result as CheckpointResult
 from feishu_mailbot.checkpoint import passive_checkpoint
-from feishu_mailbot.events import Message, Recall, message_from_json, message_to_json
-from feishu_mailbot.rules import Delivery
+from feishu_mailbot.model import Delivery, Message, Recall, message_from_json, message_to_json
 
 SCHEMA_VERSION = 2
 

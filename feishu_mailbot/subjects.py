@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from collections.abc import Collection, Mapping
 
-from feishu_mailbot.events import single_line
+from feishu_mailbot.present import single_line
 
 SUBJECT_MAX = 200
 _FORMATTER = string.Formatter()

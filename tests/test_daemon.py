@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.policy
+import re
 import signal
 import sqlite3
 import time
@@ -140,11 +141,29 @@ def test_image_and_file_attachments_match_the_resources(
     )
     mails = smtp.wait_for(2, timeout=10)
     found = {}
-    for m in mails:
-        for part in m.iter_attachments():
-            found[part.get_filename()] = part.get_content()
+    for m in mails:  # every part with a file name: attached files and inline images
+        for part in m.walk():
+            if part.get_filename():
+                found[part.get_filename()] = part.get_content()
     assert png in found.values()
     assert found["周报.pdf"] == pdf
+
+
+def test_a_standalone_image_is_shown_inline(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    """The image a person posted is the mail's content: inline, its cid: resolving."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+    emulator.register_resource("img_v3_alone", png, "image/png")
+    make_bot().start()
+    emulator.push_message("oc_team", "ou_alice", "image", {"image_key": "img_v3_alone"})
+    [mail] = smtp.wait_for(1, timeout=10)
+    _, html = bodies(mail)
+    cids = re.findall(r'src="cid:([^"]+)"', html)
+    assert cids == ["img_v3_alone@feishu-mailbot"]
+    [part] = [p for p in mail.walk() if p["Content-ID"] == f"<{cids[0]}>"]
+    assert part.get_content_disposition() == "inline" and part.get_content() == png
+    assert "未能下载" not in html and list(mail.iter_attachments()) == []
 
 
 def test_recall_before_delivery_sends_nothing(

@@ -20,8 +20,10 @@ from feishu_mailbot.digest import (
     render_text,
     validate_digest_subject,
 )
-from feishu_mailbot.events import Message, image_cid, parse_event
+from feishu_mailbot.events import parse_event
 from feishu_mailbot.mail import Attachment, make_message_id
+from feishu_mailbot.model import Message
+from feishu_mailbot.present import image_cid
 from feishu_mailbot.reports import (
     Digest,
     Entry,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.events import Message
 from feishu_mailbot.intake import Intake
+from feishu_mailbot.model import Message, Text
 from feishu_mailbot.store import Ingest, Store
 
 
@@ -22,8 +22,7 @@ def message(event_id: str) -> Message:
         sender_type="user",
         msg_type="text",
         create_time_ms=0,
-        text="hi",
-        html="hi",
+        blocks=(Text("hi"),),
     )
 
 

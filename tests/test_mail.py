@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from feishu_mailbot.events import Message, image_cid, parse_event
+from feishu_mailbot.events import parse_event
 from feishu_mailbot.mail import (
     Attachment,
     compose_forward,
@@ -18,6 +18,8 @@ from feishu_mailbot.mail import (
     make_message_id,
     sanitize_header,
 )
+from feishu_mailbot.model import Message
+from feishu_mailbot.present import image_cid
 from feishu_mailbot.rules import render_subject
 
 CST = timezone(timedelta(hours=8))

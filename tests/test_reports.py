@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from feishu_mailbot.events import Mention, Message
+from feishu_mailbot.model import Break, Mention, Message, Text, Title
 from feishu_mailbot.reports import (
     Entry,
     ReportSettings,
@@ -70,10 +70,9 @@ def msg(
         sender_type=sender_type,
         msg_type=msg_type,
         create_time_ms=ms(2026, 11, 23) if when is None else when,
-        text=text,
-        html=text,
+        # A post's title is the first line of its text.
+        blocks=(Title(title), Break(), Text(text[len(title) + 1 :])) if title else (Text(text),),
         mentions=mentions,
-        title=title,
     )
 
 

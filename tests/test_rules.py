@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from feishu_mailbot.events import Message
-from feishu_mailbot.rules import Delivery, match, plan, render_subject, validate_subject_template
+from feishu_mailbot.model import Delivery, Message, Text
+from feishu_mailbot.rules import match, plan, render_subject, validate_subject_template
 from feishu_mailbot.settings import Rule
 
 
@@ -21,8 +21,7 @@ def msg(text: str, chat_id: str = "oc_a") -> Message:
         sender_type="user",
         msg_type="text",
         create_time_ms=0,
-        text=text,
-        html=text,
+        blocks=(Text(text),),
     )
 
 

@@ -6,8 +6,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
-from feishu_mailbot.events import Message, Recall, message_to_json
-from feishu_mailbot.rules import Delivery
+from feishu_mailbot.model import Delivery, Message, Recall, Text, message_to_json
 from feishu_mailbot.store import SCHEMA_VERSION, Ingest, Store, mail_id_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -26,8 +25,7 @@ def message(n: int, text: str = "故障: 数据库") -> Message:
         sender_type="user",
         msg_type="text",
         create_time_ms=1_700_000_000_000 + n,
-        text=text,
-        html=text,
+        blocks=(Text(text),),
     )
 
 

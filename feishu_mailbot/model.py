@@ -1,0 +1,334 @@
+"""The plain data that flows from parsing to mail: messages, their blocks, planned mail.
+
+Parsing (events.py) builds these values, the rules and reports decide on them,
+the presenter (present.py) renders them and the state package stores them.
+Nothing here does I/O or knows a format other than its own stored JSON.
+
+A message's content is a sequence of blocks, one kind per dataclass. The
+plain text every decision reads (`Message.text`) is derived from the blocks
+by one function, so keyword rules, report prefixes, subjects and mail bodies
+all see the same text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any, Literal, cast
+
+ResourceKind = Literal["image", "file", "media", "audio"]
+STYLES = ("bold", "italic", "underline", "lineThrough")
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    styles: tuple[str, ...] = ()  # a subset of STYLES, in Feishu's order
+
+
+@dataclass(frozen=True)
+class At:
+    """An @-mention, resolved to a display name when parsed."""
+
+    name: str
+    open_id: str = ""
+
+
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str  # as sent; the presenter links only http(s) and mailto
+    styles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Image:
+    """Shown inline in the HTML body: a cid: reference to the downloaded image's part."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class File:
+    """A file, video or voice message: attached to the mail, labelled in the body."""
+
+    kind: ResourceKind
+    key: str
+    name: str  # the file name when Feishu gives one
+    label: str  # what the body shows, e.g. "[文件] 季度报告.pdf"
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+    language: str = ""
+
+
+@dataclass(frozen=True)
+class Divider:
+    pass
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """Content we do not render (a sticker, a card): a readable label instead."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Break:
+    """The end of a paragraph."""
+
+
+@dataclass(frozen=True)
+class Title:
+    text: str
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Something the shell downloads through the message-resource API."""
+
+    kind: ResourceKind
+    key: str
+    name: str  # the file name when Feishu gives one; mail.py picks a default otherwise
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """Content stored by version 1, which kept only its renderings (see upgrade_v1).
+
+    `html` was produced by our own escaping renderer when the row was written,
+    with every image as a cid: reference, so it is shown as it is.
+    """
+
+    text: str
+    html: str
+    resources: tuple[Resource, ...] = ()
+    title: str = ""
+
+
+Block = Text | At | Link | Image | File | Code | Divider | Placeholder | Break | Title | Legacy
+
+
+def block_text(block: Block) -> str:
+    """A block's plain text: what rules match and the text/plain part shows."""
+    match block:
+        case (
+            Text(text=text) | Code(text=text) | Placeholder(text=text) | Title(text=text)
+        ) | Legacy(text=text):
+            return text
+        case At(name=name):
+            return f"@{name}"
+        case Link(text=text, href=href):
+            return text if not href or text == href else f"{text} ({href})"
+        case Image():
+            return "[图片]"
+        case File(label=label):
+            return label
+        case Divider():
+            return "----------"
+        case Break():
+            return "\n"
+    raise AssertionError(block)  # pragma: no cover - the match covers Block
+
+
+def resources_of(blocks: tuple[Block, ...]) -> tuple[Resource, ...]:
+    """The resources to download, each once, in order of appearance."""
+    found: dict[Resource, None] = {}
+    for block in blocks:
+        if isinstance(block, Image):
+            found[Resource("image", block.key, "")] = None
+        elif isinstance(block, File):
+            found[Resource(block.kind, block.key, block.name)] = None
+        elif isinstance(block, Legacy):
+            found.update(dict.fromkeys(block.resources))
+    return tuple(found)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Mention:
+    key: str  # the placeholder used in the content, e.g. "@_user_1"
+    name: str
+    open_id: str
+
+
+@dataclass(frozen=True)
+class Message:
+    event_id: str
+    message_id: str
+    chat_id: str
+    chat_type: str
+    sender_open_id: str
+    sender_type: str
+    msg_type: str
+    create_time_ms: int
+    blocks: tuple[Block, ...] = field(default=(), compare=True)
+    mentions: tuple[Mention, ...] = ()
+    root_id: str = ""
+    parent_id: str = ""
+
+    @cached_property
+    def text(self) -> str:
+        """Readable plain text, mentions as @Name; a post's title is its first line."""
+        return "".join(block_text(b) for b in self.blocks)
+
+    @property
+    def title(self) -> str:
+        for block in self.blocks:
+            if isinstance(block, Title | Legacy):
+                return block.text if isinstance(block, Title) else block.title
+        return ""
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        return resources_of(self.blocks)
+
+
+@dataclass(frozen=True)
+class Recall:
+    event_id: str
+    message_id: str
+    chat_id: str
+    recall_time_ms: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One mail the rules plan for a message: who gets it and under which rules."""
+
+    recipients: tuple[str, ...]
+    rules: tuple[str, ...]  # rule names, in config order
+    subject_template: str
+    confirm: bool
+    notify_recall: bool
+
+
+# --------------------------------------------------------------------------- stored form
+
+
+class StoredFormError(ValueError):
+    """A stored message that cannot be read back (corrupt, or from an unknown version)."""
+
+
+JSON_VERSION = 2
+_BLOCK_TYPES: dict[str, type[Any]] = {
+    "text": Text,
+    "at": At,
+    "link": Link,
+    "image": Image,
+    "file": File,
+    "code": Code,
+    "divider": Divider,
+    "placeholder": Placeholder,
+    "break": Break,
+    "title": Title,
+    "legacy": Legacy,
+}
+_BLOCK_NAMES = {cls: name for name, cls in _BLOCK_TYPES.items()}
+_SCALARS = (
+    "event_id",
+    "message_id",
+    "chat_id",
+    "chat_type",
+    "sender_open_id",
+    "sender_type",
+    "msg_type",
+    "create_time_ms",
+    "root_id",
+    "parent_id",
+)
+
+
+def _resource_json(r: Resource) -> dict[str, str]:
+    return {"kind": r.kind, "key": r.key, "name": r.name}
+
+
+def _block_to_json(block: Block) -> dict[str, Any]:
+    data: dict[str, Any] = {"t": _BLOCK_NAMES[type(block)]}
+    for f in fields(block):
+        value = getattr(block, f.name)
+        if f.name == "resources":
+            value = [_resource_json(r) for r in value]
+        data[f.name] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+def _block_from_json(data: object) -> Block:
+    if not isinstance(data, dict) or data.get("t") not in _BLOCK_TYPES:
+        raise StoredFormError(f"stored block is not one we know: {data!r:.80}")
+    cls = _BLOCK_TYPES[data.pop("t")]
+    try:
+        if "resources" in data:
+            data["resources"] = [
+                Resource(r["kind"], r["key"], r["name"]) for r in data["resources"]
+            ]
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cast(Block, cls(**values))
+    except (TypeError, KeyError) as exc:
+        raise StoredFormError(f"stored {cls.__name__} block: {exc}") from exc
+
+
+def message_to_json(m: Message) -> str:
+    """Serialise for the state database; `message_from_json` is its exact inverse."""
+    # By hand rather than dataclasses.asdict, whose deep copy was a tenth of the
+    # intake's CPU per event. tests/test_model.py checks every field is here.
+    data: dict[str, Any] = {name: getattr(m, name) for name in _SCALARS}
+    data["blocks"] = [_block_to_json(b) for b in m.blocks]
+    data["mentions"] = [{"key": x.key, "name": x.name, "open_id": x.open_id} for x in m.mentions]
+    data["v"] = JSON_VERSION
+    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def message_from_json(s: str) -> Message:
+    """Rebuild a stored `Message` (either stored version); a corrupt row raises StoredFormError."""
+    try:
+        data = json.loads(s)
+    except ValueError as exc:
+        raise StoredFormError(f"stored message is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StoredFormError("stored message is not a JSON object")
+    version = data.pop("v", 1)
+    if version == 1:
+        data = upgrade_v1(data)
+    elif version != JSON_VERSION:
+        raise StoredFormError(f"stored message has an unknown format version {version!r}")
+    try:
+        blocks = tuple(_block_from_json(b) for b in data.pop("blocks"))
+        mentions = tuple(
+            Mention(m["key"], m["name"], m["open_id"]) for m in data.pop("mentions", [])
+        )
+        message = Message(**data, blocks=blocks, mentions=mentions)
+    except (KeyError, TypeError) as exc:
+        raise StoredFormError(f"stored message is missing or has unexpected fields: {exc}") from exc
+    for name in ("event_id", "message_id", "chat_id", "msg_type"):
+        if not isinstance(getattr(message, name), str):
+            raise StoredFormError(f"stored message field {name!r} is not a string")
+    return message
+
+
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 row as version 2: its stored renderings become one Legacy block.
+
+    Version 1 kept the text and HTML rendered when the message arrived, not its
+    content, so that rendering is what a mail made from the row shows: the same
+    text for rules, reports and subjects, the same HTML body as before.
+    """
+    text, html = data.pop("text", None), data.pop("html", None)
+    title = data.pop("title", "")
+    if not isinstance(text, str) or not isinstance(html, str) or not isinstance(title, str):
+        raise StoredFormError("stored version-1 message has no text or html string")
+    resources = [
+        _resource_json(Resource(r["kind"], r["key"], r["name"])) for r in data.pop("resources", [])
+    ]
+    data["blocks"] = [
+        {"t": "legacy", "text": text, "html": html, "resources": resources, "title": title}
+    ]
+    return data

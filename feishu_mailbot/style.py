@@ -1,0 +1,39 @@
+"""The look of every mail we write: one font stack, one palette, the inline styles.
+
+Mail clients strip `<style>` (Gmail) or render with Word (Outlook), so every
+style is inline; keeping the values here means the forwarded message, the
+digest and the recall notice cannot drift apart.
+"""
+
+from __future__ import annotations
+
+FONT = (
+    "-apple-system,BlinkMacSystemFont,'Segoe UI','PingFang SC','Hiragino Sans GB',"
+    "'Microsoft YaHei',Helvetica,Arial,sans-serif"
+)
+BLUE = "#3370ff"  # Feishu's brand blue: mentions, the digest header
+TEXT = "#1f2329"
+MUTED = "#8f959e"  # placeholders, notes, footers
+SECONDARY = "#646a73"
+BORDER = "#dee0e3"
+SHADE = "#f5f6f7"  # code blocks, section heads, the digest's page
+
+MENTION = f"color:{BLUE}"
+PLACEHOLDER = f"color:{MUTED}"
+POST_TITLE = "font-weight:bold;font-size:16px;margin:0 0 8px"
+CODE = (
+    f"background:{SHADE};padding:8px;border-radius:4px;white-space:pre-wrap;font-family:monospace"
+)
+DIVIDER = f"border:none;border-top:1px solid {BORDER}"
+IMAGE = "max-width:100%;height:auto;vertical-align:middle"
+CONTENT = "word-wrap:break-word;overflow-wrap:anywhere"
+
+# The forwarded message and the recall notice: a meta line, the content, a footer.
+BODY = f"margin:0;padding:16px;font-family:{FONT};font-size:14px;line-height:1.6;color:{TEXT}"
+META = (
+    f"font-size:12px;color:{SECONDARY};border-bottom:1px solid {BORDER};"
+    "padding-bottom:8px;margin-bottom:12px"
+)
+FOOTER = (
+    f"font-size:12px;color:{MUTED};border-top:1px solid {BORDER};padding-top:8px;margin-top:16px"
+)

@@ -118,9 +118,10 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
 
     from feishu_mailbot.daemon import db_path
     from feishu_mailbot.feishu import FeishuApi, FeishuError
-    from feishu_mailbot.outbox import Outbox
-    from feishu_mailbot.reporter import Reporter, current_day
-    from feishu_mailbot.store import Store
+    from feishu_mailbot.names import NameResolver
+    from feishu_mailbot.reporter import Reporter
+    from feishu_mailbot.reports import current_day
+    from feishu_mailbot.state import State
 
     rs = settings.daily_report
     if rs is None:
@@ -144,16 +145,16 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     logs.setup(settings.log_level)
 
     async def build() -> int:
-        store = Store(db_path(settings))
+        state = State(db_path(settings))
         api = FeishuApi(settings.feishu)
         try:
-            names = Outbox(settings, store, api).name
-            outcome = await Reporter(settings, store, api, names).build(
+            names = NameResolver(settings, state, api)
+            outcome = await Reporter(settings, state, api, names).build(
                 day, force=force, dry_run=dry_run
             )
         finally:
             await api.close()
-            store.close()
+            state.close()
         to = ", ".join(outcome.recipients)
         if outcome.already_at is not None:
             zone = ZoneInfo(rs.timezone)
@@ -178,8 +179,9 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
 
 def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     import json
+    from zoneinfo import ZoneInfo
 
-    from feishu_mailbot import events, mail, model, present, rules
+    from feishu_mailbot import events, mail, model, rules
 
     if settings.chat(chat_id) is None:
         print(
@@ -211,27 +213,17 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
         return os.EX_OK
     chat = settings.chat(chat_id)
     chat_name = (chat.name if chat else None) or chat_id
-    date = datetime.fromtimestamp(now_ms / 1000).astimezone()
     for d in deliveries:
-        subject = rules.render_subject(
-            d.subject_template,
-            chat_name=chat_name,
-            sender_name=sender,
-            preview=present.preview(msg.text),
-            rule=d.rules[0],
-            msg_type=msg.msg_type,
-            date=date.strftime("%Y-%m-%d %H:%M"),
-        )
-        email = mail.compose_forward(
+        _, email = mail.forward(
             msg,
-            subject=subject,
+            subject_template=d.subject_template,
             sender=settings.smtp.sender,
             to=d.recipients,
             chat_name=chat_name,
             sender_name=sender,
             rule_names=d.rules,
             message_id=mail.make_message_id("simulated/" + ",".join(d.recipients)),
-            date=date,
+            zone=ZoneInfo(settings.timezone),
         )
         print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")
         print("-" * 72)

@@ -41,6 +41,7 @@ from feishu_mailbot.settings import (
 )
 
 DEFAULT_PATH = "/etc/feishu-mailbot.yaml"
+DEFAULT_TIMEZONE = "Asia/Shanghai"
 ENV_PATH = "FEISHU_MAILBOT_CONFIG"
 
 DEFAULT_SUBJECT = "[{chat_name}] {sender_name}: {preview}"
@@ -368,20 +369,48 @@ def _roster_member(n: _Node) -> RosterMember:
     return RosterMember(name=_str(m["name"]), open_id=open_id)
 
 
-def _daily_report(n: _Node, chat_ids: set[str]) -> ReportSettings:
+def _zone_name(n: _Node) -> str:
+    name = _str(n)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise n.error(
+            f"unknown time zone {name!r} (expected an IANA name like Asia/Shanghai)"
+        ) from e
+    return name
+
+
+def _timezone(top: dict[str, _Node]) -> str:
+    """The one time zone (top-level `timezone`) of forwards, digests and simulate.
+
+    Releases before it had `daily_report.timezone`; a config that still says
+    only that keeps working, with that zone for everything.
+    """
+    own = _zone_name(top["timezone"]) if "timezone" in top else None
+    report = top["daily_report"].node if "daily_report" in top else None
+    old: _Node | None = None
+    if isinstance(report, yaml.MappingNode):
+        for key, value in report.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "timezone":
+                old = top["daily_report"].child("timezone", value)
+    if old is None:
+        return own or DEFAULT_TIMEZONE
+    legacy = _zone_name(old)
+    if own is not None and own != legacy:
+        raise old.error(
+            f"{legacy!r} differs from the top-level timezone {own!r} (one time zone serves "
+            "forwards and digests: remove daily_report.timezone)"
+        )
+    return legacy
+
+
+def _daily_report(n: _Node, chat_ids: set[str], timezone: str) -> ReportSettings:
     fields = {f.name for f in dataclasses.fields(ReportSettings)}
     m = _mapping(n, {"chat", "recipients"}, fields - {"chat", "recipients"})
     d = ReportSettings(chat="", recipients=())
     chat = _str(m["chat"])
     if chat not in chat_ids:
         raise m["chat"].error(f"{chat!r} is not in the `chats` allowlist (add it there first)")
-    timezone = _str(m["timezone"]) if "timezone" in m else d.timezone
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise m["timezone"].error(
-            f"unknown time zone {timezone!r} (expected an IANA name like Asia/Shanghai)"
-        ) from e
     weekdays = tuple(sorted(set(_list(m["weekdays"], _weekday)))) if "weekdays" in m else d.weekdays
     mode = _choice(m["mode"], SEND_MODES) if "mode" in m else d.mode
     if mode == "scheduled" and not weekdays:
@@ -453,8 +482,9 @@ def parse(text: str, path: str) -> Settings:
     m = _mapping(
         top,
         {"feishu", "chats", "smtp"},
-        {"rules", "daily_report", "health", "state_dir", "log_level"},
+        {"rules", "daily_report", "health", "state_dir", "log_level", "timezone"},
     )
+    timezone = _timezone(m)
     config_dir = Path(path).resolve().parent
     chats = _list(m["chats"], _chat, allow_scalar=False)
     if not chats:
@@ -481,10 +511,13 @@ def parse(text: str, path: str) -> Settings:
         chats=chats,
         smtp=_smtp(m["smtp"], config_dir),
         rules=rules,
-        daily_report=_daily_report(m["daily_report"], chat_ids) if "daily_report" in m else None,
+        daily_report=(
+            _daily_report(m["daily_report"], chat_ids, timezone) if "daily_report" in m else None
+        ),
         health=_health(m["health"]) if "health" in m else HealthSettings(),
         state_dir=state_dir,
         log_level=log_level,
+        timezone=timezone,
     )
 
 

@@ -1,9 +1,10 @@
 """Wiring and lifecycle: connect, take events, deliver mail, reload, stop.
 
 The event handler runs on the loop for each data frame and the ack follows its
-return: it parses, filters on the chat allowlist, plans mail with the rules and
-waits for the group commit (intake.py). It does no network I/O, so the ack goes
-out within milliseconds even while SMTP is slow or down.
+return: it parses, triages (pure: the allowlist, the rules, daily-report
+requests), and waits for the one write of the outcome (a group commit, see
+state/group_commit.py), then wakes the workers. It does no network I/O, so
+the ack goes out within milliseconds even while SMTP is slow or down.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import signal
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
-from feishu_mailbot import config, events, health, logs, model, reports, rules
+from feishu_mailbot import config, events, health, logs, triage
 from feishu_mailbot.feishu import (
     CREDENTIAL_ERRORS,
     RECONNECT_MAX,
@@ -28,19 +31,23 @@ from feishu_mailbot.feishu import (
     FeishuError,
     LongConnection,
 )
-from feishu_mailbot.intake import Intake
-from feishu_mailbot.outbox import Outbox, RetryPolicy
+from feishu_mailbot.model import Recall
+from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
-from feishu_mailbot.store import Ingest, StateError, Store
+from feishu_mailbot.state import DB_NAME, State, StateError, messages
+from feishu_mailbot.state import outbox as outbox_q
+from feishu_mailbot.state.messages import Ingest
 from feishu_mailbot.systemd import Notifier, watchdog_interval
+from feishu_mailbot.workers.actions import Actions
+from feishu_mailbot.workers.outbox import Outbox
+from feishu_mailbot.workers.schedule import Schedule
 
 log = logging.getLogger("feishu_mailbot.daemon")
 
-DB_NAME = "feishu-mailbot.db"
 STOP_TIMEOUT = 60.0  # the unit's TimeoutStopSec is longer, so in-flight SMTP can finish
 STATUS_EVERY = 5.0
-REPORT_TICK = 5.0  # how often the digest schedule is looked at
+IDENTITY_RETRY = 5.0  # how often to ask again for the bot's open_id
 NO_EVENTS_HINT = 30 * 60.0  # connected this long without a single event: say what to check
 
 
@@ -52,17 +59,13 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.notifier = Notifier()
-        self.store = Store(db_path(settings))
-        # Intake writes and commits on its own connection (see intake.py).
-        self.intake = Intake(db_path(settings))
+        self.state = State(db_path(settings), daemon=True)
         self.api = FeishuApi(settings.feishu)
-        self.outbox = Outbox(
-            settings,
-            self.store,
-            self.api,
-            policy=RetryPolicy.from_settings(settings),
-            write=self.intake.run,
-        )
+        self.names = NameResolver(settings, self.state, self.api)
+        self.reporter = Reporter(settings, self.state, self.api, self.names)
+        self.outbox = Outbox(settings, self.state, self.api, self.names)
+        self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
+        self.schedule = Schedule(settings, self.state, self.reporter, self.outbox.wake)
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3
         )
@@ -72,13 +75,11 @@ class Daemon:
         self.bot_open_id = ""
         self.events_seen = 0
         self.started = time.monotonic()
-        self.reporter = Reporter(settings, self.store, self.api, self.outbox.name)
-        self.outbox.perform = self.reporter.perform
 
     # -- intake: runs inside the SDK's frame handler, before the ack ----------------
 
     async def handle(self, payload: bytes) -> None:
-        """Parse, filter, commit; the ack follows. Raising answers 500 so Feishu re-pushes."""
+        """Parse, triage, commit; the ack follows. Raising answers 500 so Feishu re-pushes."""
         self.events_seen += 1
         try:
             event = events.parse_event(payload)
@@ -86,93 +87,59 @@ class Daemon:
             # Re-pushing a malformed event would only repeat this; ack it and say so.
             log.error("malformed event ignored: %s", e)
             return
+        outcome = triage.triage(event, self.settings, self.bot_open_id)
         now = time.time()
-        if isinstance(event, events.Ignored):
-            log.debug(
-                "event %s ignored: %s",
-                event.event_type,
-                event.reason,
-                extra={"EVENT_ID": event.event_id},
+        if isinstance(outcome, triage.Drop):
+            log.debug("%s", outcome.reason, extra=_fields(event))
+        elif isinstance(outcome, Recall):
+            await self._recall(outcome, now)
+        else:
+            await self._accept(outcome, now)
+
+    async def _recall(self, recall: Recall, now: float) -> None:
+        outcome = await self.state.write(partial(messages.recall, event=recall, now=now))
+        fields = _fields(recall)
+        if outcome is None:
+            log.debug("duplicate recall event ignored", extra=fields)
+            return
+        log.info(
+            "message recalled: %d pending mail cancelled, %d recall notices queued",
+            outcome.cancelled,
+            outcome.notices,
+            extra=fields,
+        )
+        if outcome.notices:
+            self.outbox.wake()
+
+    async def _accept(self, accepted: triage.Accept, now: float) -> None:
+        result = await self.state.write(
+            partial(
+                messages.ingest,
+                msg=accepted.message,
+                deliveries=accepted.deliveries,
+                now=now,
+                requests=accepted.requests,
             )
-            return
-        fields = {
-            "EVENT_ID": event.event_id,
-            "MESSAGE_ID": event.message_id,
-            "CHAT_ID": event.chat_id,
-        }
-        if self.settings.chat(event.chat_id) is None:
-            log.debug("chat not in the allowlist, ignored", extra=fields)
-            return
-        if isinstance(event, model.Recall):
-            recall = event
-            outcome = await self.intake.run(lambda s: s.recall(recall, now))
-            if outcome is None:
-                log.debug("duplicate recall event ignored", extra=fields)
-                return
-            log.info(
-                "message recalled: %d pending mail cancelled, %d recall notices queued",
-                outcome.cancelled,
-                outcome.notices,
-                extra=fields,
-            )
-            if outcome.notices:
-                self.outbox.wake()
-            return
-        deliveries = rules.plan(self.settings.rules, event)
-        actions = self._report_actions(event, now)
-        message = event
-        result = await self.intake.run(lambda s: s.ingest(message, deliveries, now, actions))
+        )
+        fields = _fields(accepted.message)
         if result is not Ingest.NEW:
             log.info("%s ignored", result.value, extra=fields)
             return
-        if actions:
-            log.info("daily report: %s queued", ", ".join(k for k, _ in actions), extra=fields)
-            self.outbox.wake()
-        if deliveries:
-            names = ",".join(dict.fromkeys(r for d in deliveries for r in d.rules))
+        if accepted.requests:
+            kinds = ", ".join(r.kind for r in accepted.requests)
+            log.info("daily report: %s queued", kinds, extra=fields)
+            self.actions.wake()
+        if accepted.deliveries:
+            names = ",".join(dict.fromkeys(r for d in accepted.deliveries for r in d.rules))
             log.info(
                 "message accepted, %d mail queued (rules %s)",
-                len(deliveries),
+                len(accepted.deliveries),
                 names,
                 extra={**fields, "RULE": names},
             )
             self.outbox.wake()
         else:
             log.info("message accepted, no rule matched", extra=fields)
-
-    def _report_actions(
-        self, msg: model.Message, now: float
-    ) -> list[tuple[str, dict[str, object]]]:
-        """Daily-report work this message asks for; done later by the outbox worker."""
-        rs = self.settings.daily_report
-        if rs is None or msg.chat_id != rs.chat:
-            return []
-        mentioned = (
-            any(m.open_id == self.bot_open_id for m in msg.mentions)
-            if self.bot_open_id
-            else bool(msg.mentions)
-        )
-        trigger = reports.parse_trigger(msg, rs, bot_mentioned=mentioned)
-        if trigger is not None:
-            day = trigger.date or reports.report_day(msg.create_time_ms, rs)
-            request = {
-                "day": day.isoformat(),
-                "force": trigger.force,
-                "error": trigger.error,
-                "sender": msg.sender_open_id,
-            }
-            return [("digest-request", request)]
-        if not reports.is_report(msg, rs):
-            return []
-        report_day = reports.report_day(msg.create_time_ms, rs).isoformat()
-        out: list[tuple[str, dict[str, object]]] = []
-        if rs.acknowledge != "none":
-            out.append(("acknowledge", {"day": report_day}))
-        if rs.mode == "immediate":
-            out.append(("report-immediate", {"day": report_day}))
-        elif rs.supplements and self.store.digests_for(rs.chat, report_day):
-            out.append(("supplement", {"day": report_day}))
-        return out
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -181,9 +148,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        outbox_task = loop.create_task(self.outbox.run())
-        supervisor = loop.create_task(self._supervise())
-        reports_task = loop.create_task(self._reports_loop())
+        workers = [loop.create_task(self.outbox.run()), loop.create_task(self.actions.run())]
+        helpers = [
+            loop.create_task(self._supervise()),
+            loop.create_task(self.schedule.run()),
+            loop.create_task(self._learn_identity()),
+        ]
         try:
             code = await self._connect_until_up()
             if code is not None:
@@ -198,29 +168,25 @@ class Daemon:
                 "ready: %d chats allowed, %d rules, outbox %d",
                 len(self.settings.chats),
                 len(self.settings.rules),
-                self.store.pending_count(),
+                self.state.read(outbox_q.pending_count),
             )
             await self._stop.wait()
             return self._exit_code
         finally:
-            supervisor.cancel()
-            reports_task.cancel()
-            await self._shutdown(outbox_task)
+            for task in helpers:
+                task.cancel()
+            await self._shutdown(workers)
 
-    async def _reports_loop(self) -> None:
-        """Learn the bot's open_id (to spot @-mentions), then run the digest schedule."""
-        while True:
+    async def _learn_identity(self) -> None:
+        """The bot's open_id, to tell an @-mention of the bot from one of someone else."""
+        while not self.bot_open_id:
             if self.settings.daily_report is not None:
-                if not self.bot_open_id:
-                    try:
-                        self.bot_open_id = await self.api.bot_open_id()
-                    except FeishuError as e:
-                        log.warning("cannot learn the bot's open_id yet: %s", e)
                 try:
-                    await self.reporter.run_schedule()
+                    self.bot_open_id = await self.api.bot_open_id()
+                    return
                 except FeishuError as e:
-                    log.warning("scheduled digest postponed: %s", e)
-            await asyncio.sleep(REPORT_TICK)
+                    log.warning("cannot learn the bot's open_id yet: %s", e)
+            await asyncio.sleep(IDENTITY_RETRY)
 
     async def _supervise(self) -> None:
         """Feed the watchdog while healthy, keep STATUS= current, act on a stall."""
@@ -302,21 +268,21 @@ class Daemon:
             delay = min(delay * 2, RECONNECT_MAX)
         return os.EX_OK
 
-    async def _shutdown(self, outbox_task: asyncio.Task[None]) -> None:
+    async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
         self.notifier.stopping()
         log.info("stopping")
         await self.connection.close()
         self.outbox.stop()
-        try:
-            await asyncio.wait_for(asyncio.shield(outbox_task), STOP_TIMEOUT)
-        except TimeoutError:
+        self.actions.stop()
+        _, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
+        if unfinished:
             log.warning(
-                "outbox did not finish within %.0fs; pending mail stays queued", STOP_TIMEOUT
+                "workers did not finish within %.0fs; pending work stays queued", STOP_TIMEOUT
             )
-            outbox_task.cancel()
+            for task in unfinished:
+                task.cancel()
         await self.api.close()
-        self.intake.close()
-        self.store.close()
+        self.state.close()
 
     def reload(self) -> None:
         """SIGHUP: swap in a valid new config without touching the long connection."""
@@ -329,8 +295,10 @@ class Daemon:
             if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
             self.settings = new
+            for part in (self.names, self.reporter, self.schedule):
+                part.settings = new
             self.outbox.reconfigure(new)
-            self.reporter.settings = new
+            self.actions.reconfigure(new)
             self.connection.ping_every = new.health.stall_after / 3
             logs.set_level(new.log_level)
             log.info("configuration reloaded: %d chats, %d rules", len(new.chats), len(new.rules))
@@ -342,13 +310,14 @@ class Daemon:
     def status_line(self, verdict: health.Health | None = None) -> str:
         """The line `systemctl status` shows: plain words, for the operator."""
         st = self.connection.state
-        outbox = self.store.pending_count()
+        outbox = self.state.read(outbox_q.pending_count)
         verdict = verdict or self.assess()
         if verdict.verdict is health.Verdict.STALLED:
             return f"STALLED: {verdict.reason}; outbox {outbox}"
         if st.connected and st.connected_since is not None:
             up = _duration(time.monotonic() - st.connected_since)
-            today = self.store.messages_since(_local_midnight())
+            since = _local_midnight(self.settings.timezone)
+            today = self.state.read(partial(messages.count_since, since=since))
             line = f"connected {up}, {today} events today, outbox {outbox}"
             if self.api.missing_permissions:
                 what, message = next(iter(self.api.missing_permissions.items()))
@@ -366,9 +335,16 @@ class Daemon:
         )
 
 
-def _local_midnight() -> float:
-    now = datetime.now().astimezone()
+def _local_midnight(timezone: str) -> float:
+    now = datetime.now(ZoneInfo(timezone))
     return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def _fields(event: events.Event) -> dict[str, str]:
+    """The journal fields that name an event."""
+    if isinstance(event, events.Ignored):
+        return {"EVENT_ID": event.event_id}
+    return {"EVENT_ID": event.event_id, "MESSAGE_ID": event.message_id, "CHAT_ID": event.chat_id}
 
 
 def _duration(seconds: float) -> str:

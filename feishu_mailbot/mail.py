@@ -16,12 +16,13 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from email.utils import format_datetime, parseaddr
 
 from . import mime, style
 from .model import Message, Resource
-from .present import escape, html, image_cid, single_line
+from .present import escape, html, image_cid, preview, single_line
+from .rules import render_subject
 
 DEFAULT_DOMAIN = "feishu-mailbot"
 MAILER = "feishu-mailbot"
@@ -209,6 +210,45 @@ def inline_image(att: Attachment, content_id: str, filename: str) -> mime.Leaf:
     )
 
 
+def forward(
+    msg: Message,
+    *,
+    subject_template: str,
+    sender: str,
+    to: Sequence[str],
+    chat_name: str,
+    sender_name: str,
+    rule_names: Sequence[str],
+    message_id: str,
+    zone: tzinfo,
+    attachments: Sequence[Attachment] = (),
+) -> tuple[str, bytes]:
+    """A chat message forwarded by rules: (subject, wire bytes), times shown in `zone`."""
+    date = datetime.fromtimestamp(msg.create_time_ms / 1000, zone)
+    subject = render_subject(
+        subject_template,
+        chat_name=chat_name,
+        sender_name=sender_name,
+        preview=preview(msg.text),
+        rule=rule_names[0] if rule_names else "",
+        msg_type=msg.msg_type,
+        date=date.strftime("%Y-%m-%d %H:%M"),
+    )
+    raw = compose_forward(
+        msg,
+        subject=subject,
+        sender=sender,
+        to=to,
+        chat_name=chat_name,
+        sender_name=sender_name,
+        rule_names=rule_names,
+        message_id=message_id,
+        date=date,
+        attachments=attachments,
+    )
+    return subject, raw
+
+
 def compose_forward(
     msg: Message,
     *,
@@ -321,9 +361,12 @@ def recall_subject(original_subject: str) -> str:
 
 __all__ = [
     "Attachment",
+    "Download",
+    "attachments_of",
     "base_headers",
     "compose_forward",
     "compose_recall_notice",
+    "forward",
     "html_with_images",
     "inline_image",
     "make_message_id",

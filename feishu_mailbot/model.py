@@ -211,6 +211,17 @@ class Delivery:
     notify_recall: bool
 
 
+@dataclass(frozen=True)
+class ActionRequest:
+    """Work other than mail that a message asks for (a reaction, a digest), done later.
+
+    `kind` names an entry of the action worker's table; `payload` is plain JSON data.
+    """
+
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------- stored form
 
 

@@ -1,11 +1,12 @@
-"""Daily-report side effects: digests, supplements, acknowledgements, the schedule.
+"""Daily-report digests and supplements: built from the stored reports and queued once.
 
 The decisions are in `reports` (pure) and the mail in `digest` (pure); this
-module loads what they need from the store and Feishu, and records what was
+module loads what they need from the state and Feishu, and records what was
 queued. A digest is recorded in the same transaction that queues its mail, so
 "a digest for a day is sent once" holds across triggers, the schedule,
 restarts and clock jumps; the mail itself then goes through the outbox like
-any other.
+any other. Not a worker: the action worker, the schedule and `send-report`
+each ask it for a digest.
 """
 
 from __future__ import annotations
@@ -13,20 +14,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import digest, mail, reports
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import Message
+from feishu_mailbot.names import NameResolver
 from feishu_mailbot.settings import ReportSettings, Settings
-from feishu_mailbot.store import Action, Store
+from feishu_mailbot.state import State, digests, messages
 
 log = logging.getLogger("feishu_mailbot.reports")
-
-Names = Callable[[str, str], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -41,29 +42,18 @@ class Outcome:
     expected: int = 0
 
 
-def day_bounds_ms(day: date, s: ReportSettings) -> tuple[int, int]:
-    """A report day runs from its cutoff to the next day's cutoff, in the report timezone."""
-    start = datetime.combine(day, s.cutoff, ZoneInfo(s.timezone))
-    end = datetime.combine(day + timedelta(days=1), s.cutoff, ZoneInfo(s.timezone))
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-
-
-def current_day(now: float, s: ReportSettings) -> date:
-    return reports.report_day(int(now * 1000), s)
-
-
 class Reporter:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        state: State,
         api: FeishuApi,
-        names: Names,
+        names: NameResolver,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.api = api
+        self._state = state
+        self._api = api
         self._names = names
         self._now = wall_clock
 
@@ -78,21 +68,22 @@ class Reporter:
         """Build the day's digest (or supplement) and, unless dry_run, queue it once."""
         rs = self.rs
         day_key = day.isoformat()
-        records = self.store.digests_for(rs.chat, day_key)
+        records = self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day_key))
         first = next((r for r in records if r.kind == "digest"), None)
         if kind == "digest" and first is not None and not force:
             return Outcome(False, day, "", "", first.recipients, already_at=first.queued_at)
-        start, end = day_bounds_ms(day, rs)
-        day_reports = [
-            m for m in self.store.messages_between(rs.chat, start, end) if reports.is_report(m, rs)
-        ]
-        included = self.store.included_in_digests(rs.chat, day_key)
+        start, end = reports.day_bounds_ms(day, rs)
+        stored = self._state.read(
+            partial(messages.between, chat_id=rs.chat, start_ms=start, end_ms=end)
+        )
+        day_reports = [m for m in stored if reports.is_report(m, rs)]
+        included = self._state.read(partial(digests.included, chat_id=rs.chat, day=day_key))
         if kind == "supplement":
             fresh = [m for m in day_reports if m.message_id not in included]
             earlier = [m for m in day_reports if m.message_id in included]
         else:
             fresh, earlier = day_reports, []
-        chat_name = await self._names("chat", rs.chat)
+        chat_name = await self._names.name("chat", rs.chat)
         entries = [await self._entry(m) for m in fresh]
         earlier_entries = [await self._entry(m) for m in earlier]
         model = reports.build_digest(
@@ -112,16 +103,19 @@ class Reporter:
         )
         if dry_run or (kind == "supplement" and not fresh):
             return outcome
-        queued = self.store.queue_digest(
-            mail_id=mail_id,
-            chat_id=rs.chat,
-            day=day_key,
-            kind=kind,
-            recipients=rs.recipients,
-            subject=subject,
-            raw=raw,
-            message_ids=[m.message_id for m in fresh],
-            now=self._now(),
+        queued = await self._state.write(
+            partial(
+                digests.queue,
+                mail_id=mail_id,
+                chat_id=rs.chat,
+                day=day_key,
+                kind=kind,
+                recipients=rs.recipients,
+                subject=subject,
+                raw=raw,
+                message_ids=[m.message_id for m in fresh],
+                now=self._now(),
+            )
         )
         if queued:
             log.info(
@@ -149,7 +143,7 @@ class Reporter:
         )
 
     async def _entry(self, msg: Message) -> reports.Entry:
-        return reports.Entry(msg, await self._names("user", msg.sender_open_id))
+        return reports.Entry(msg, await self._names.name("user", msg.sender_open_id))
 
     async def _images(self, messages: Sequence[Message]) -> dict[str, mail.Attachment]:
         images: dict[str, mail.Attachment] = {}
@@ -158,7 +152,7 @@ class Reporter:
                 if res.kind != "image" or res.key in images:
                     continue
                 try:
-                    data, content_type, _ = await self.api.resource(
+                    data, content_type, _ = await self._api.resource(
                         msg.message_id, res.key, "image"
                     )
                 except FeishuError as e:
@@ -175,80 +169,25 @@ class Reporter:
                 )
         return images
 
-    # -- actions queued by the event handler -------------------------------------------
-
-    async def perform(self, action: Action) -> None:
-        """Do one queued action; raises FeishuError to have it retried."""
+    async def immediate(self, msg: Message) -> bool:
+        """`mode: immediate`: one report, mailed as a digest of its own; False if it was already."""
         rs = self.rs
-        p = action.payload
-        if action.kind == "acknowledge":
-            if rs.acknowledge == "reaction":
-                await self.api.react(action.message_id, rs.reaction)
-            elif rs.acknowledge == "reply":
-                await self.api.reply_text(action.message_id, f"已收到 {p['day']} 的日报 ✅")
-        elif action.kind == "digest-request":
-            await self._request(action)
-        elif action.kind == "supplement":
-            await self.build(date.fromisoformat(str(p["day"])), kind="supplement")
-        elif action.kind == "report-immediate":
-            await self._immediate(action)
-
-    async def _request(self, action: Action) -> None:
-        rs = self.rs
-        p = action.payload
-        if not reports.may_trigger(str(p["sender"]), rs):
-            await self.api.reply_text(action.message_id, "抱歉，你没有发送日报汇总的权限。")
-            return
-        if p.get("error"):
-            await self.api.reply_text(action.message_id, f"无法发送日报汇总：{p['error']}")
-            return
-        day = date.fromisoformat(str(p["day"]))
-        outcome = await self.build(day, force=bool(p.get("force")))
-        to = "、".join(outcome.recipients)
-        if outcome.already_at is not None:
-            at = datetime.fromtimestamp(outcome.already_at, ZoneInfo(rs.timezone)).strftime("%H:%M")
-            text = (
-                f"{day.isoformat()} 的日报汇总已于 {at} 发送给 {to}。"
-                f"如需重新发送，请 @我 {rs.resend_trigger} {day.isoformat()}"
-            )
-        else:
-            text = (
-                f"已发送 {day.isoformat()} 日报汇总给 {to}"
-                f"（{outcome.submitted}/{outcome.expected} 已提交）"
-            )
-        await self.api.reply_text(action.message_id, text)
-
-    async def _immediate(self, action: Action) -> None:
-        rs = self.rs
-        msg = self.store.get_message(action.message_id)
-        if msg is None:
-            return
         day = reports.report_day(msg.create_time_ms, rs)
-        model = reports.build_digest(
-            day, await self._names("chat", rs.chat), [await self._entry(msg)], rs
-        )
+        chat_name = await self._names.name("chat", rs.chat)
+        model = reports.build_digest(day, chat_name, [await self._entry(msg)], rs)
         mail_id = f"report/{msg.message_id}"
         subject, raw = await self._compose(model, mail_id, [msg])
-        self.store.queue_digest(
-            mail_id=mail_id,
-            chat_id=rs.chat,
-            day=day.isoformat(),
-            kind="immediate",
-            recipients=rs.recipients,
-            subject=subject,
-            raw=raw,
-            message_ids=[msg.message_id],
-            now=self._now(),
+        return await self._state.write(
+            partial(
+                digests.queue,
+                mail_id=mail_id,
+                chat_id=rs.chat,
+                day=day.isoformat(),
+                kind="immediate",
+                recipients=rs.recipients,
+                subject=subject,
+                raw=raw,
+                message_ids=[msg.message_id],
+                now=self._now(),
+            )
         )
-
-    # -- the schedule ----------------------------------------------------------------------
-
-    async def run_schedule(self) -> None:
-        """Once a scheduled minute has passed, queue that day's digest (once, with catch-up)."""
-        rs = self.rs
-        if rs.mode != "scheduled":
-            return
-        now = datetime.now(ZoneInfo(rs.timezone))
-        last = self.store.last_digest_day(rs.chat)
-        for day in reports.due_days(date.fromisoformat(last) if last else None, now, rs):
-            await self.build(day)

@@ -108,17 +108,28 @@ def local_time(create_time_ms: int, timezone: str) -> datetime:
     return datetime.fromtimestamp(seconds, ZoneInfo(timezone)) + timedelta(milliseconds=millis)
 
 
-def report_day(create_time_ms: int, s: ReportSettings) -> date:
-    """The report day a message posted at `create_time_ms` belongs to."""
-    local = local_time(create_time_ms, s.timezone)
-    if local.time() < s.cutoff:
-        return local.date() - timedelta(days=1)
-    return local.date()
-
-
-def _day_of(moment: datetime, s: ReportSettings) -> date:
+def day_of(moment: datetime, s: ReportSettings) -> date:
+    """The report day `moment` falls in: its date in the report timezone, or the day
+    before when it is earlier than the cutoff (a report at 01:30 is last night's)."""
     local = moment.astimezone(_zone(s))
     return local.date() - timedelta(days=1) if local.time() < s.cutoff else local.date()
+
+
+def report_day(create_time_ms: int, s: ReportSettings) -> date:
+    """The report day a message posted at `create_time_ms` belongs to."""
+    return day_of(local_time(create_time_ms, s.timezone), s)
+
+
+def current_day(now: float, s: ReportSettings) -> date:
+    """The report day it is at `now` (seconds since the epoch)."""
+    return report_day(int(now * 1000), s)
+
+
+def day_bounds_ms(day: date, s: ReportSettings) -> tuple[int, int]:
+    """A report day runs from its cutoff to the next day's cutoff, in the report timezone."""
+    start = datetime.combine(day, s.cutoff, _zone(s))
+    end = datetime.combine(day + timedelta(days=1), s.cutoff, _zone(s))
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
 # --------------------------------------------------------------------------- triggers
@@ -353,7 +364,7 @@ def next_scheduled(after: datetime, s: ReportSettings) -> datetime:
     _require_aware(after, "after")
     if not s.weekdays:
         raise ValueError("no weekdays are enabled for the scheduled digest")
-    start = _day_of(after, s) - timedelta(days=1)
+    start = day_of(after, s) - timedelta(days=1)
     for offset in range(9):
         day = start + timedelta(days=offset)
         if day.weekday() in s.weekdays:
@@ -368,7 +379,7 @@ def latest_scheduled_day(now: datetime, s: ReportSettings) -> date | None:
     _require_aware(now, "now")
     if not s.weekdays:
         return None
-    current = _day_of(now, s)
+    current = day_of(now, s)
     for offset in range(-1, 9):
         day = current - timedelta(days=offset)
         if day.weekday() in s.weekdays and scheduled_at(day, s) <= now:
@@ -401,7 +412,7 @@ def due_days(last_sent_day: date | None, now: datetime, s: ReportSettings) -> li
     if latest is None:
         return []
     if last_sent_day is None:
-        return [latest] if latest == _day_of(now, s) else []
+        return [latest] if latest == day_of(now, s) else []
     return [latest] if latest > last_sent_day else []
 
 
@@ -413,6 +424,9 @@ __all__ = [
     "Section",
     "Trigger",
     "build_digest",
+    "current_day",
+    "day_bounds_ms",
+    "day_of",
     "due_days",
     "is_report",
     "latest_scheduled_day",

@@ -105,7 +105,7 @@ class ReportSettings:
     recipients: tuple[str, ...]
     match: str = "prefix"  # "prefix" | "all"
     prefixes: tuple[str, ...] = ("日报", "#日报", "【日报】")
-    timezone: str = "Asia/Shanghai"
+    timezone: str = "Asia/Shanghai"  # always Settings.timezone (config.py copies it here)
     # A report posted before the cutoff counts for the previous day (night owls at 01:30).
     cutoff: time = time(4, 0)
     mode: str = "manual"  # "immediate" | "manual" | "scheduled"
@@ -133,6 +133,7 @@ class Settings:
     daily_report: ReportSettings | None = None
     state_dir: str = "/var/lib/feishu-mailbot"
     log_level: str = "info"
+    timezone: str = "Asia/Shanghai"  # forwards, digests and simulate show times in it
 
     def chat(self, chat_id: str) -> Chat | None:
         for chat in self.chats:

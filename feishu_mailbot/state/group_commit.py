@@ -21,36 +21,37 @@ but not the p99, and twice in fifteen runs an ack took 100-200 ms. On a disk
 whose fsync takes tens of milliseconds the loop pauses that long per batch;
 acks wait for that fsync in any design, and the watchdog allows a minute.
 
-The connection is this object's alone, so nothing else's reads or writes
-land in a batch's transaction. Its WAL checkpoints are not SQLite's automatic
-ones, which ran inside a commit and blocked the loop for 4-10 ms: see
-checkpoint.py.
+A batch is begun, filled and committed inside one loop callback, so the
+connection is never left inside a transaction between callbacks: reads on it
+(State.read) never see, or join, a batch half done. In the daemon its WAL
+checkpoints are not SQLite's automatic ones, which ran inside a commit and
+blocked the loop for 4-10 ms: see checkpoint.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from feishu_mailbot.checkpoint import Checkpointer
-from feishu_mailbot.store import Store
+from feishu_mailbot.state.checkpoint import Checkpointer, passive_checkpoint
+from feishu_mailbot.state.db import Transaction, Tx, rollback
 
 T = TypeVar("T")
-_Work = tuple[Callable[[Store], Any], "asyncio.Future[Any]"]
+_Work = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
 
 
-class Intake:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.store = Store(path, autocheckpoint=False)
-        self._checkpointer = Checkpointer(self.store.path)
+class GroupCommit:
+    def __init__(self, db: sqlite3.Connection, checkpointer: Checkpointer | None) -> None:
+        self._db = db
+        self._checkpointer = checkpointer
         self._pending: list[_Work] = []
         self._scheduled = False
         self.batches = 0
         self.committed = 0
 
-    async def run(self, work: Callable[[Store], T]) -> T:
+    async def run(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in the next batch; returns once that batch is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -66,10 +67,9 @@ class Intake:
         batch, self._pending = self._pending, []
         try:
             outcomes = self._apply(batch)
-            self.store.commit()
-            self._checkpointer.committed()
+            self._db.execute("COMMIT")
         except Exception as e:  # the transaction failed: none of the batch is durable
-            self.store.rollback()
+            rollback(self._db)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(e)
@@ -83,21 +83,23 @@ class Intake:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        if self._checkpointer.restart_due:  # queued after the acks this batch releases
-            asyncio.get_running_loop().call_soon(self._checkpointer.restart, self.store.checkpoint)
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        checkpointer.committed()
+        if checkpointer.restart_due:  # queued after the acks this batch releases
+            asyncio.get_running_loop().call_soon(
+                checkpointer.restart, lambda: passive_checkpoint(self._db)
+            )
 
     def _apply(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
         """Run each unit in its own savepoint of one new transaction, left open to commit."""
         outcomes: list[tuple[bool, Any]] = []
-        self.store.begin()
+        self._db.execute("BEGIN IMMEDIATE")
         for work, _ in batch:
             try:
-                with self.store.transaction():  # a savepoint: a failure undoes only this
-                    outcomes.append((True, work(self.store)))
+                with Transaction(self._db):  # a savepoint: a failure undoes only this
+                    outcomes.append((True, work(self._db)))
             except Exception as e:
                 outcomes.append((False, e))
         return outcomes
-
-    def close(self) -> None:
-        self._checkpointer.close()
-        self.store.close()

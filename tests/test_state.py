@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from feishu_mailbot.model import Delivery, Message, Recall, Text, message_to_json
-from feishu_mailbot.store import SCHEMA_VERSION, Ingest, Store, mail_id_for
+from feishu_mailbot.state import State, messages, outbox
+from feishu_mailbot.state.db import SCHEMA_VERSION
+from feishu_mailbot.state.messages import Ingest, RecallOutcome
+from feishu_mailbot.state.outbox import OutboxRow, mail_id_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPS = Delivery(("ops@example.com",), ("urgent",), "[{chat}] {preview}", False, True)
@@ -27,6 +32,36 @@ def message(n: int, text: str = "故障: 数据库") -> Message:
         create_time_ms=1_700_000_000_000 + n,
         blocks=(Text(text),),
     )
+
+
+class Store:
+    """The calls these tests make, each in a transaction of its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.state = State(path)
+
+    def ingest(self, msg: Message, deliveries: Sequence[Delivery], now: float) -> Ingest:
+        return self.state.write_now(
+            partial(messages.ingest, msg=msg, deliveries=deliveries, now=now)
+        )
+
+    def recall(self, event: Recall, now: float) -> RecallOutcome | None:
+        return self.state.write_now(partial(messages.recall, event=event, now=now))
+
+    def queue_planned(self, limit: int = 64) -> int:
+        return self.state.write_now(partial(outbox.queue_planned, limit=limit))
+
+    def due(self, now: float, limit: int = 50) -> list[OutboxRow]:
+        return self.state.read(partial(outbox.due, now=now, limit=limit))
+
+    def pending_count(self) -> int:
+        return self.state.read(outbox.pending_count)
+
+    def get_message(self, message_id: str) -> Message | None:
+        return self.state.read(partial(messages.get, message_id=message_id))
+
+    def close(self) -> None:
+        self.state.close()
 
 
 def test_planned_mail_reaches_the_outbox_in_batches_oldest_first(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.intake import Intake
 from feishu_mailbot.model import Message, Text
-from feishu_mailbot.store import Ingest, Store
+from feishu_mailbot.state import State, Tx, messages
+from feishu_mailbot.state.messages import Ingest
 
 
 def message(event_id: str) -> Message:
@@ -26,15 +26,40 @@ def message(event_id: str) -> Message:
     )
 
 
-def seen(s: Store, event_id: str) -> bool:
+def seen(tx: Tx, event_id: str) -> bool:
     """Store the event's message; True if it was new (a unit of intake work)."""
-    return s.ingest(message(event_id), (), 1.0) is Ingest.NEW
+    return messages.ingest(tx, message(event_id), (), 1.0) is Ingest.NEW
+
+
+class Intake:
+    """The daemon's side of the state: group-committed writes, checkpoints off the loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.state = State(path, daemon=True)
+        self.run = self.state.write
+        self.close = self.state.close
+
+    @property
+    def batches(self) -> int:
+        return self.state.group.batches
+
+    @property
+    def committed(self) -> int:
+        return self.state.group.committed
+
+
+def check_seen(path: Path, event_id: str) -> bool:
+    state = State(path)
+    try:
+        return state.write_now(lambda tx: seen(tx, event_id))
+    finally:
+        state.close()
 
 
 def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path) -> None:
     intake = Intake(tmp_path / "db.sqlite")
 
-    def failing(s: Store) -> bool:
+    def failing(s: Tx) -> bool:
         seen(s, "ev_b")
         raise ValueError("handler bug")
 
@@ -52,10 +77,8 @@ def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path)
     assert isinstance(results[1], ValueError)
     assert intake.batches == 1 and intake.committed == 4
     intake.close()
-    check = Store(tmp_path / "db.sqlite")
-    assert seen(check, "ev_b") is True  # rolled back with its savepoint
-    assert seen(check, "ev_a") is False  # committed
-    check.close()
+    assert check_seen(tmp_path / "db.sqlite", "ev_b") is True  # rolled back with its savepoint
+    assert check_seen(tmp_path / "db.sqlite", "ev_a") is False  # committed
 
 
 def test_a_failed_commit_fails_every_waiting_event(tmp_path: Path) -> None:
@@ -65,7 +88,7 @@ def test_a_failed_commit_fails_every_waiting_event(tmp_path: Path) -> None:
     blocker = sqlite3.connect(tmp_path / "db.sqlite", timeout=0.1)
     blocker.execute("PRAGMA busy_timeout=0")
     blocker.execute("BEGIN EXCLUSIVE")
-    intake.store._db.execute("PRAGMA busy_timeout=100")
+    intake.state.read(lambda tx: tx.execute("PRAGMA busy_timeout=100"))
 
     async def main() -> None:
         await intake.run(lambda s: seen(s, "ev_x"))
@@ -95,6 +118,4 @@ def test_the_wal_starts_over_under_continuous_load(tmp_path: Path) -> None:
     # Without restarts: ≈5 pages (20 kB) a commit, 60 MB. RESTART_EVERY bounds it near 4 MB.
     assert max(sizes) < 12_000_000, sizes
     intake.close()
-    check = Store(path)
-    assert seen(check, "ev_2999") is False and seen(check, "ev_0") is False
-    check.close()
+    assert check_seen(path, "ev_2999") is False and check_seen(path, "ev_0") is False

@@ -1,0 +1,56 @@
+"""The state database, and the only code in feishu-mailbot that touches it.
+
+Everything is a query function over an open transaction, grouped by domain
+(`messages`, `outbox`, `actions`, `digests`, `names`), run through one
+`State`: `await write(fn)` in the daemon (group commit: see group_commit.py),
+`write_now(fn)` in a short-lived command, `read(fn)` for either. Callers
+compose those functions; they never see SQL. A second backend (PostgreSQL)
+would be another implementation of `State` and of the query modules, with
+the same signatures; nothing outside this package would change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from feishu_mailbot.state.checkpoint import Checkpointer
+from feishu_mailbot.state.db import DatabaseError, StateError, Transaction, Tx, connect
+from feishu_mailbot.state.group_commit import GroupCommit
+
+__all__ = ["DB_NAME", "DatabaseError", "State", "StateError", "Tx"]
+
+T = TypeVar("T")
+DB_NAME = "feishu-mailbot.db"
+
+
+class State:
+    """One connection to the database at `path`.
+
+    `daemon=True` is for the long-running process: SQLite's automatic WAL
+    checkpoints are replaced by checkpoint.py's, off the event loop.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, daemon: bool = False) -> None:
+        self.path = str(path)
+        self._db = connect(self.path, autocheckpoint=not daemon)
+        self._checkpointer = Checkpointer(self.path) if daemon else None
+        self.group = GroupCommit(self._db, self._checkpointer)
+
+    async def write(self, work: Callable[[Tx], T]) -> T:
+        """`work` in the next group commit; returns once it is durable."""
+        return await self.group.run(work)
+
+    def write_now(self, work: Callable[[Tx], T]) -> T:
+        """`work` in a transaction of its own, committed before this returns."""
+        with Transaction(self._db):
+            return work(self._db)
+
+    def read(self, work: Callable[[Tx], T]) -> T:
+        return work(self._db)
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        self._db.close()

@@ -1,0 +1,57 @@
+"""Queued side effects other than mail: reactions, replies, digest requests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from feishu_mailbot.model import ActionRequest
+from feishu_mailbot.state.db import Tx
+
+
+@dataclass(frozen=True)
+class Action:
+    id: int
+    kind: str
+    message_id: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+
+
+def add(tx: Tx, request: ActionRequest, message_id: str, now: float) -> None:
+    tx.execute(
+        "INSERT INTO actions (kind, message_id, payload, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (request.kind, message_id, json.dumps(request.payload, ensure_ascii=False), now, now),
+    )
+
+
+def due(tx: Tx, now: float, limit: int = 50) -> list[Action]:
+    rows = tx.execute(
+        "SELECT id, kind, message_id, payload, attempts, created_at FROM actions"
+        " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    return [Action(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+
+def next_due_at(tx: Tx) -> float | None:
+    row = tx.execute("SELECT MIN(next_attempt_at) FROM actions WHERE status = 'pending'").fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def finish(tx: Tx, action_id: int, error: str | None = None) -> None:
+    tx.execute(
+        "UPDATE actions SET status = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+        ("failed" if error else "done", error, action_id),
+    )
+
+
+def retry(tx: Tx, action_id: int, next_attempt_at: float, error: str) -> None:
+    tx.execute(
+        "UPDATE actions SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+        " WHERE id = ?",
+        (next_attempt_at, error, action_id),
+    )

@@ -1,0 +1,184 @@
+"""The SQLite database itself: connection, schema, migrations, transactions.
+
+WAL mode so the commit that precedes every ack is a single append;
+`synchronous=FULL` because an acknowledged event is gone from Feishu for
+good and must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+#: What every query function of this package is handed: the open transaction.
+Tx = sqlite3.Connection
+#: What a failing statement raises; callers outside the package catch this name.
+DatabaseError = sqlite3.Error
+
+SCHEMA_VERSION = 2
+
+_SCHEMA = """
+CREATE TABLE events (
+    event_id    TEXT PRIMARY KEY,
+    received_at REAL NOT NULL
+);
+CREATE TABLE messages (
+    message_id  TEXT PRIMARY KEY,
+    event_id    TEXT NOT NULL,
+    chat_id     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    body        TEXT NOT NULL,
+    recalled    INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL,
+    deliveries  TEXT,  -- planned mail not yet in the outbox (JSON); see messages.ingest
+    planned     INTEGER NOT NULL DEFAULT 0  -- how many mails `deliveries` holds
+);
+CREATE TABLE recalls (
+    message_id  TEXT PRIMARY KEY,
+    recalled_at REAL NOT NULL
+);
+CREATE TABLE outbox (
+    mail_id          TEXT PRIMARY KEY,
+    message_id       TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    recipients       TEXT NOT NULL,
+    rules            TEXT NOT NULL,
+    subject_template TEXT NOT NULL,
+    confirm          INTEGER NOT NULL,
+    notify_recall    INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    recalled         INTEGER NOT NULL DEFAULT 0,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT,
+    subject          TEXT,
+    raw              BLOB,
+    created_at       REAL NOT NULL,
+    sent_at          REAL
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_message ON outbox (message_id);
+CREATE INDEX messages_received ON messages (received_at);
+CREATE INDEX messages_chat_time ON messages (chat_id, created_ms);
+CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned > 0;
+-- Side effects other than mail (reactions, replies, digest requests), queued in the
+-- same transaction as the message that caused them and done by the action worker.
+CREATE TABLE actions (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    message_id      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,
+    created_at      REAL NOT NULL
+);
+CREATE INDEX actions_due ON actions (status, next_attempt_at);
+-- One row per digest mail queued: what makes "a digest for a day is sent once" hold
+-- across restarts, triggers and the schedule.
+CREATE TABLE digests (
+    mail_id    TEXT PRIMARY KEY,
+    chat_id    TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    queued_at  REAL NOT NULL
+);
+CREATE INDEX digests_day ON digests (chat_id, day);
+CREATE TABLE digest_entries (
+    mail_id    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (mail_id, message_id)
+);
+CREATE TABLE names (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"""
+
+# Step from version N to N+1, for databases made by an older release.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE messages ADD COLUMN deliveries TEXT;
+ALTER TABLE messages ADD COLUMN planned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned > 0;
+""",
+}
+
+
+class StateError(Exception):
+    """The state database cannot be used; restarting will not help, an operator must act."""
+
+
+def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
+    """Open (creating if need be) and migrate the database at `path`."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as e:
+        raise StateError(
+            f"{path}: cannot open the state database: {e} (check state_dir and that "
+            "the feishu-mailbot user may write there)"
+        ) from e
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=5000")
+    if not autocheckpoint:
+        db.execute("PRAGMA wal_autocheckpoint=0")
+    _migrate(db, path)
+    return db
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"{path}: database schema {version} is newer than this program "
+            f"understands ({SCHEMA_VERSION}); upgrade feishu-mailbot (a downgrade cannot "
+            "read it)"
+        )
+    if version == 0:
+        steps = _SCHEMA
+    else:
+        steps = "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+    db.executescript(f"BEGIN; {steps} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+
+class Transaction:
+    """BEGIN IMMEDIATE … COMMIT/ROLLBACK; inside a batch, a SAVEPOINT of its own.
+
+    sqlite3's implicit transactions are too implicit. The savepoint lets one
+    event's work fail and roll back without undoing the rest of its batch.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._nested = False
+
+    def __enter__(self) -> None:
+        self._nested = self._db.in_transaction
+        self._db.execute("SAVEPOINT work" if self._nested else "BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._nested:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        elif exc_type is None:
+            self._db.execute("RELEASE work")
+        else:
+            self._db.execute("ROLLBACK TO work")
+            self._db.execute("RELEASE work")
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """Best effort: after a failed COMMIT the transaction may be gone already."""
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")

@@ -1,0 +1,76 @@
+"""What an event asks of us, decided from the event and the settings alone.
+
+Pure, and run before the ack: nothing is read from the state here, so the
+answer depends only on what Feishu sent and what the operator configured.
+Whatever needs the state (has this day's digest gone out yet?) is queued as
+an action and decided by the action worker when it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from feishu_mailbot import reports, rules
+from feishu_mailbot.events import Event, Ignored
+from feishu_mailbot.model import ActionRequest, Delivery, Message, Recall
+from feishu_mailbot.settings import ReportSettings, Settings
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Acknowledge and forget: nothing is stored (logged at debug level)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Accept:
+    message: Message
+    deliveries: tuple[Delivery, ...]
+    requests: tuple[ActionRequest, ...]
+
+
+Outcome = Drop | Recall | Accept
+
+
+def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
+    if isinstance(event, Ignored):
+        return Drop(f"event type {event.event_type or '(none)'} ignored: {event.reason}")
+    if settings.chat(event.chat_id) is None:
+        return Drop("chat not in the allowlist, ignored")
+    if isinstance(event, Recall):
+        return event
+    return Accept(
+        event,
+        rules.plan(settings.rules, event),
+        report_requests(event, settings.daily_report, bot_open_id),
+    )
+
+
+def report_requests(
+    msg: Message, rs: ReportSettings | None, bot_open_id: str
+) -> tuple[ActionRequest, ...]:
+    """The daily-report work a message asks for: a digest request, or a report received.
+
+    Without the bot's open_id (not learnt yet) any @-mention counts as one of the bot.
+    """
+    if rs is None or msg.chat_id != rs.chat:
+        return ()
+    if bot_open_id:
+        mentioned = any(m.open_id == bot_open_id for m in msg.mentions)
+    else:
+        mentioned = bool(msg.mentions)
+    trigger = reports.parse_trigger(msg, rs, bot_mentioned=mentioned)
+    if trigger is not None:
+        day = trigger.date or reports.report_day(msg.create_time_ms, rs)
+        request = {
+            "day": day.isoformat(),
+            "force": trigger.force,
+            "error": trigger.error,
+            "sender": msg.sender_open_id,
+        }
+        return (ActionRequest("digest-request", request),)
+    if not reports.is_report(msg, rs):
+        return ()
+    received = reports.report_day(msg.create_time_ms, rs)
+    return (ActionRequest("report", {"day": received.isoformat()}),)

@@ -1,0 +1,136 @@
+"""The shape DESIGN.md §2 asks for, checked from the code so that it stays true.
+
+Calls go one way: the import graph has no cycles, workers never import one
+another (they meet in the state), only the state package touches SQLite, and
+the event handler stays a short parse → triage → write → wake.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "feishu_mailbot"
+MAX_HANDLE_LINES = 25
+MAX_METHODS = 20  # no god class: the old Store had 38
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, ast.Module]:
+    return {module_name(p): ast.parse(p.read_text("utf-8"), str(p)) for p in PACKAGE.rglob("*.py")}
+
+
+def imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """Our modules that `name` imports, anywhere in it (lazy imports in functions too)."""
+    package = (
+        name
+        if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()
+        else (name.rpartition(".")[0])
+    )
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t in known)
+    found.discard(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    trees = modules()
+    known = set(trees)
+    return {name: imports(name, tree, known) for name, tree in trees.items()}
+
+
+def test_the_import_graph_has_no_cycles() -> None:
+    edges = graph()
+    # The graph is read right: absolute, relative and lazy imports are all edges.
+    assert {"feishu_mailbot.model", "feishu_mailbot.present"} <= edges["feishu_mailbot.mail"]
+    assert "feishu_mailbot.workers.outbox" in edges["feishu_mailbot.daemon"]
+    assert "feishu_mailbot.reporter" in edges["feishu_mailbot.cli"]
+    # A package's __init__ importing its own modules is how a package is assembled, not
+    # a call going back up: those edges are left out.
+    for name in edges:
+        edges[name] = {t for t in edges[name] if not t.startswith(name + ".")}
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == "open":
+                cycle = [*path[path.index(nxt) :], nxt]
+                raise AssertionError("import cycle: " + " → ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+
+
+def test_no_worker_imports_another_worker() -> None:
+    edges = graph()
+    workers = {n for n in edges if n.startswith("feishu_mailbot.workers.")}
+    assert len(workers) >= 3, workers  # outbox, actions, schedule
+    for worker in workers:
+        assert not (edges[worker] & workers), f"{worker} imports {edges[worker] & workers}"
+
+
+def test_only_the_state_package_uses_sqlite() -> None:
+    for name, tree in modules().items():
+        if name == "feishu_mailbot.state" or name.startswith("feishu_mailbot.state."):
+            continue
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.split(".")[0] == "sqlite3" for n in names), f"{name} imports sqlite3"
+
+
+def test_the_state_package_does_not_know_the_rules() -> None:
+    edges = graph()
+    for name, targets in edges.items():
+        if name.startswith("feishu_mailbot.state"):
+            outside = {t for t in targets if not t.startswith("feishu_mailbot.state")}
+            assert outside <= {"feishu_mailbot.model"}, f"{name} imports {outside}"
+
+
+def test_the_event_handler_is_short() -> None:
+    tree = modules()["feishu_mailbot.daemon"]
+    [daemon] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Daemon"]
+    [handle] = [
+        n for n in daemon.body if isinstance(n, ast.AsyncFunctionDef) and n.name == "handle"
+    ]
+    assert handle.end_lineno is not None
+    lines = handle.end_lineno - handle.lineno + 1
+    assert lines <= MAX_HANDLE_LINES, f"Daemon.handle is {lines} lines"
+
+
+def test_no_god_class() -> None:
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                methods = [
+                    n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                ]
+                assert len(methods) <= MAX_METHODS, f"{name}.{node.name}: {len(methods)} methods"

@@ -145,3 +145,29 @@ def test_check_config_ok(tmp_path: Path) -> None:
 
 def test_usage_error_is_64() -> None:
     assert run_cli("no-such-command").returncode == 64
+
+
+REPORT = "daily_report:\n  chat: oc_team\n  recipients: [boss@example.com]\n"
+
+
+def test_one_time_zone_for_forwards_and_digests(tmp_path: Path) -> None:
+    default = config.load(write(tmp_path, GOOD))
+    assert default.timezone == "Asia/Shanghai"
+    berlin = config.load(write(tmp_path, GOOD + "timezone: Europe/Berlin\n" + REPORT))
+    assert berlin.timezone == "Europe/Berlin"
+    assert berlin.daily_report is not None and berlin.daily_report.timezone == "Europe/Berlin"
+    # A config from an earlier release, with the zone only under daily_report, still works.
+    legacy = config.load(write(tmp_path, GOOD + REPORT + "  timezone: Asia/Tokyo\n"))
+    assert legacy.timezone == "Asia/Tokyo"
+    assert legacy.daily_report is not None and legacy.daily_report.timezone == "Asia/Tokyo"
+
+
+def test_two_different_time_zones_are_an_error(tmp_path: Path) -> None:
+    text = GOOD + "timezone: Europe/Berlin\n" + REPORT + "  timezone: Asia/Tokyo\n"
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert str(info.value).startswith(f"{path}:{text.count(chr(10))}: daily_report.timezone: ")
+    assert "differs from the top-level timezone 'Europe/Berlin'" in str(info.value)
+    with pytest.raises(config.ConfigError, match=r":\d+: timezone: unknown time zone"):
+        config.load(write(tmp_path, GOOD + "timezone: Mars/Olympus\n"))

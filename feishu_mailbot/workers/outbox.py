@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import mail
@@ -25,8 +26,8 @@ from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
 from feishu_mailbot.model import ActionRequest, Message, Resource
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.retry import RetryPolicy, backoff
-from feishu_mailbot.settings import Settings
-from feishu_mailbot.smtp import DeliveryError, SmtpTransport
+from feishu_mailbot.settings import Settings, SmtpSettings
+from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import State, Tx, actions, messages, outbox
 from feishu_mailbot.state.outbox import OutboxRow
 
@@ -41,6 +42,19 @@ POLL_SECONDS = 5.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
+
+
+class Transport(Protocol):
+    """A delivery backend: one session to a relay, driven from one thread at a time.
+
+    `send` raises DeliveryError (permanent or not) and returns the recipients
+    the relay refused; SmtpTransport is the one we ship.
+    """
+
+    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused: ...
+    def close_if_idle(self, idle_seconds: float) -> bool: ...
+    def close(self) -> None: ...
+    def reconfigure(self, settings: SmtpSettings) -> None: ...
 
 
 class PrepareError(Exception):
@@ -73,6 +87,7 @@ class Outbox:
         api: FeishuApi,
         names: NameResolver,
         wall_clock: Callable[[], float] = time.time,
+        transport: Callable[[SmtpSettings], Transport] = SmtpTransport,
     ) -> None:
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
@@ -80,8 +95,8 @@ class Outbox:
         self._api = api
         self._names = names
         self._now = wall_clock
-        self._transports = [SmtpTransport(settings.smtp) for _ in range(SMTP_CONNECTIONS)]
-        self._idle: asyncio.Queue[SmtpTransport] | None = None
+        self._transports = [transport(settings.smtp) for _ in range(SMTP_CONNECTIONS)]
+        self._idle: asyncio.Queue[Transport] | None = None
         # SMTP sessions block a thread each, for as long as the relay takes.
         self._smtp_threads = ThreadPoolExecutor(SMTP_CONNECTIONS, thread_name_prefix="smtp")
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent

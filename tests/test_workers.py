@@ -1,0 +1,174 @@
+"""The workers in-process: a real state database, the emulator's REST API, their edges given.
+
+The outbox takes its delivery backend as an argument (DESIGN §6, aiosmtpd's
+handler style); here a backend that refuses once and then keeps what it is
+sent shows that retries and bookkeeping live in the worker, whatever sends.
+The action worker decides supplement or nothing when it runs, from the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import time
+from collections.abc import Sequence
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+from feishu_mailbot import config
+from feishu_mailbot.feishu import FeishuApi
+from feishu_mailbot.model import ActionRequest, Delivery, Message, Text
+from feishu_mailbot.names import NameResolver
+from feishu_mailbot.reporter import Reporter
+from feishu_mailbot.settings import Settings, SmtpSettings
+from feishu_mailbot.smtp import DeliveryError, Refused
+from feishu_mailbot.state import State, digests, messages, outbox
+from feishu_mailbot.workers.actions import Actions
+from feishu_mailbot.workers.outbox import Outbox
+from tests.feishu_emulator import FeishuEmulator
+from tests.harness import write_config
+
+ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
+
+
+class Relay:
+    """A delivery backend that refuses the first mail it is given, then keeps them.
+
+    Called with the SMTP settings, as the outbox makes its sessions, it hands out
+    itself, so every session's mail lands in one list.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.refuse_next = 1
+
+    def __call__(self, settings: SmtpSettings) -> Relay:
+        return self
+
+    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
+        if self.refuse_next:
+            self.refuse_next -= 1
+            raise DeliveryError("451 try again later", permanent=False)
+        self.sent.append(raw)
+        return {}
+
+    def close_if_idle(self, idle_seconds: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def reconfigure(self, settings: SmtpSettings) -> None:
+        pass
+
+
+def message(n: int, text: str, chat: str = "oc_team", when: int = 1_764_560_000_000) -> Message:
+    return Message(
+        event_id=f"ev_{n}",
+        message_id=f"om_{n}",
+        chat_id=chat,
+        chat_type="group",
+        sender_open_id="ou_alice",
+        sender_type="user",
+        msg_type="text",
+        create_time_ms=when + n,
+        blocks=(Text(text),),
+    )
+
+
+def settings(tmp_path: Path, emulator: FeishuEmulator, extra: str = "") -> Settings:
+    return config.load(
+        str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9, extra=extra))
+    )
+
+
+async def until(predicate: object, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not callable(predicate) or not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_the_outbox_retries_through_any_delivery_backend(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    s = settings(tmp_path, emulator)
+    relay = Relay()
+
+    async def main() -> None:
+        state = State(tmp_path / "state.db", daemon=True)
+        api = FeishuApi(s.feishu)
+        worker = Outbox(s, state, api, NameResolver(s, state, api), transport=relay)
+        await state.write(
+            partial(
+                messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()
+            )
+        )
+        task = asyncio.create_task(worker.run())
+        await until(lambda: len(relay.sent) == 1)
+        worker.stop()
+        await task
+        assert state.read(outbox.pending_count) == 0
+        [row] = state.read(lambda tx: tx.execute("SELECT status, attempts FROM outbox").fetchall())
+        assert tuple(row) == ("sent", 2)  # refused once, then sent
+        await api.close()
+        state.close()
+
+    asyncio.run(main())
+    mail = email.message_from_bytes(relay.sent[0], policy=email.policy.default)
+    assert mail["Subject"] == "[研发群] 数据库故障"  # the chat name from the config
+    body = mail.get_body(preferencelist=("plain",))
+    assert body is not None and "张三" in body.get_content()  # the sender, from Feishu
+
+
+REPORTS = """\
+daily_report:
+  chat: oc_team
+  recipients: [boss@example.com]
+  acknowledge: reaction
+"""
+
+
+def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    s = settings(tmp_path, emulator, extra=REPORTS)
+    queued: list[str] = []
+
+    async def main() -> list[str]:
+        state = State(tmp_path / "state.db", daemon=True)
+        api = FeishuApi(s.feishu)
+        names = NameResolver(s, state, api)
+        reporter = Reporter(s, state, api, names)
+        worker = Actions(s, state, api, reporter, lambda: queued.append("wake"))
+        task = asyncio.create_task(worker.run())
+        report = ActionRequest("report", {"day": "2025-12-01"})
+        first, second = message(1, "日报 第一份"), message(2, "日报 第二份")
+        await state.write(
+            partial(messages.ingest, msg=first, deliveries=(), now=1.0, requests=(report,))
+        )
+        worker.wake()
+        await until(lambda: len(emulator.reactions) == 1)
+        assert state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01")) == []
+        assert queued == []  # no digest yet: nothing to supplement
+        assert (await reporter.build(date(2025, 12, 1))).queued  # the day's digest
+        worker.wake()
+        await state.write(
+            partial(messages.ingest, msg=second, deliveries=(), now=2.0, requests=(report,))
+        )
+        worker.wake()
+        await until(lambda: len(emulator.reactions) == 2)
+        records = state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01"))
+        included = state.read(partial(digests.included, chat_id="oc_team", day="2025-12-01"))
+        worker.stop()
+        await task
+        await api.close()
+        state.close()
+        assert included == {"om_1", "om_2"}
+        return [r.kind for r in records]
+
+    assert asyncio.run(main()) == ["digest", "supplement"]
+    assert queued == ["wake"]  # the supplement's mail
+    assert [r["message_id"] for r in emulator.reactions] == ["om_1", "om_2"]

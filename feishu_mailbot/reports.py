@@ -11,26 +11,17 @@ the last day a digest went out; this module only decides.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from .events import ALL_MENTION_NAME
+from .fold import fold
 from .model import Message
 from .settings import ReportSettings, RosterMember
 
 # --------------------------------------------------------------------------- matching
-
-
-def _fold(text: str) -> str:
-    """NFKC + casefold so ＃日报, #日报 and full-width digits compare equal to their ASCII forms.
-
-    NFKC runs again after casefolding because folding can produce characters
-    that have a compatibility decomposition.
-    """
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _strip_leading_mentions(msg: Message) -> str:
@@ -70,8 +61,8 @@ def _candidates(msg: Message) -> list[str]:
 
 def _is_command(msg: Message, s: ReportSettings) -> bool:
     """The trigger command itself must never be counted as a report, even with match: all."""
-    folded = _fold(_strip_leading_mentions(msg))
-    commands = [_fold(c) for c in (s.trigger, s.resend_trigger) if c.strip()]
+    folded = fold(_strip_leading_mentions(msg))
+    commands = [fold(c) for c in (s.trigger, s.resend_trigger) if c.strip()]
     return any(folded.startswith(c) for c in commands)
 
 
@@ -88,8 +79,8 @@ def is_report(msg: Message, s: ReportSettings) -> bool:
         return msg.msg_type in ("text", "post", "image")
     if msg.msg_type not in ("text", "post"):
         return False
-    prefixes = [p for p in (_fold(p.strip()) for p in s.prefixes) if p]
-    return any(_fold(c).startswith(p) for c in _candidates(msg) for p in prefixes)
+    prefixes = [p for p in (fold(p.strip()) for p in s.prefixes) if p]
+    return any(fold(c).startswith(p) for c in _candidates(msg) for p in prefixes)
 
 
 # --------------------------------------------------------------------------- days
@@ -190,11 +181,11 @@ def parse_trigger(msg: Message, s: ReportSettings, bot_mentioned: bool) -> Trigg
     """
     if not bot_mentioned or msg.chat_id != s.chat or msg.sender_type == "app":
         return None
-    text = _fold(_strip_leading_mentions(msg)).strip()
+    text = fold(_strip_leading_mentions(msg)).strip()
     commands = [(s.resend_trigger, True), (s.trigger, False)]
     commands.sort(key=lambda c: len(c[0]), reverse=True)  # the longer wins if one prefixes other
     for command, force in commands:
-        folded = _fold(command.strip())
+        folded = fold(command.strip())
         if not folded or not text.startswith(folded):
             continue
         rest = text[len(folded) :].strip(_PUNCT)

@@ -8,30 +8,21 @@ still get a mail that names exactly the rules that concerned them.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
 from . import subjects
+from .fold import fold
 from .model import Delivery, Message
 from .settings import Rule
 
 SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
 
 
-def _fold(text: str) -> str:
-    """NFKC + casefold, so ＵＲＧＥＮＴ, Urgent and urgent are one keyword.
-
-    NFKC is applied again after casefolding because folding can yield
-    characters that have a compatibility decomposition.
-    """
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-
-
 @lru_cache(maxsize=1024)
 def _folded_keywords(keywords: tuple[str, ...]) -> tuple[str, ...]:
     """Folding is the costly part of matching: do it once per configured keyword list."""
-    return tuple(k for k in (_fold(k) for k in keywords) if k)
+    return tuple(k for k in (fold(k) for k in keywords) if k)
 
 
 def match(rule: Rule, msg: Message, folded_text: str | None = None) -> bool:
@@ -39,7 +30,7 @@ def match(rule: Rule, msg: Message, folded_text: str | None = None) -> bool:
 
     A rule with neither keywords nor regex matches every message in scope:
     that is how an archive address ("send everything") is expressed.
-    `folded_text` is `_fold(msg.text)` when the caller has it already.
+    `folded_text` is `fold(msg.text)` when the caller has it already.
     """
     if rule.chats and msg.chat_id not in rule.chats:
         return False
@@ -47,7 +38,7 @@ def match(rule: Rule, msg: Message, folded_text: str | None = None) -> bool:
     if not keywords and rule.regex is None:
         return True
     if keywords:
-        folded = _fold(msg.text) if folded_text is None else folded_text
+        folded = fold(msg.text) if folded_text is None else folded_text
         if any(k in folded for k in keywords):
             return True
     return rule.regex is not None and rule.regex.search(msg.text) is not None
@@ -61,7 +52,7 @@ def plan(rules: Sequence[Rule], msg: Message) -> tuple[Delivery, ...]:
     groups' rule positions, so the same config and message always give the
     same plan (the outbox relies on that for idempotent retries).
     """
-    folded = _fold(msg.text)
+    folded = fold(msg.text)
     matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg, folded)]
     spelling: dict[str, str] = {}
     rules_for: dict[str, list[int]] = {}

@@ -1,4 +1,4 @@
-"""WAL checkpoints for the intake's database: copied by a thread, finished on the loop.
+"""WAL checkpoints for the daemon's database: copied by a thread, finished on the loop.
 
 SQLite's automatic checkpoint runs inside whichever COMMIT takes the WAL past
 1000 pages: it copies every page changed since the last one into the database
@@ -6,7 +6,7 @@ file (a few hundred scattered pages) and fsyncs it. That took 4-10 ms here,
 every ≈140 events at 500 events/s, with the event loop blocked and the events
 that arrived meanwhile queued in the socket behind it.
 
-So the intake connection runs with `wal_autocheckpoint=0` and a thread copies
+So the daemon's connection runs with `wal_autocheckpoint=0` and a thread copies
 the WAL instead, in PASSIVE mode (it never blocks the writer), on a connection
 of its own, every CHECKPOINT_EVERY commits. That is not enough on its own: the
 WAL starts over from the top only at a BEGIN that finds every frame in it

@@ -181,15 +181,8 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     import json
     from zoneinfo import ZoneInfo
 
-    from feishu_mailbot import events, mail, model, rules
+    from feishu_mailbot import events, mail, triage
 
-    if settings.chat(chat_id) is None:
-        print(
-            f"chat {chat_id} is not in the `chats` allowlist: the message would be ignored "
-            "and not stored"
-        )
-        return os.EX_OK
-    now_ms = int(time.time() * 1000)
     payload = {
         "schema": "2.0",
         "header": {"event_id": "ev_simulated", "event_type": "im.message.receive_v1"},
@@ -200,22 +193,28 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
                 "chat_id": chat_id,
                 "chat_type": "group",
                 "message_type": "text",
-                "create_time": str(now_ms),
+                "create_time": str(int(time.time() * 1000)),
                 "content": json.dumps({"text": text}, ensure_ascii=False),
             },
         },
     }
-    msg = events.parse_event(payload)
-    assert isinstance(msg, model.Message)
-    deliveries = rules.plan(settings.rules, msg)
-    if not deliveries:
+    outcome = triage.triage(events.parse_event(payload), settings, bot_open_id="")
+    if not isinstance(outcome, triage.Accept):
+        print(
+            f"chat {chat_id} is not in the `chats` allowlist: the message would be ignored "
+            "and not stored"
+        )
+        return os.EX_OK
+    for request in outcome.requests:
+        print(f"daily report: {request.kind} would be queued for {request.payload['day']}")
+    if not outcome.deliveries:
         print("no rule matches: the message would be stored, and no mail sent")
         return os.EX_OK
     chat = settings.chat(chat_id)
     chat_name = (chat.name if chat else None) or chat_id
-    for d in deliveries:
+    for d in outcome.deliveries:
         _, email = mail.forward(
-            msg,
+            outcome.message,
             subject_template=d.subject_template,
             sender=settings.smtp.sender,
             to=d.recipients,

@@ -63,7 +63,7 @@ class Daemon:
         self.api = FeishuApi(settings.feishu)
         self.names = NameResolver(settings, self.state, self.api)
         self.reporter = Reporter(settings, self.state, self.api, self.names)
-        self.outbox = Outbox(settings, self.state, self.api, self.names)
+        self.outbox = Outbox(settings, self.state, self.api, self.names, self.wake_actions)
         self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
         self.schedule = Schedule(settings, self.state, self.reporter, self.outbox.wake)
         self.connection = LongConnection(
@@ -75,6 +75,9 @@ class Daemon:
         self.bot_open_id = ""
         self.events_seen = 0
         self.started = time.monotonic()
+
+    def wake_actions(self) -> None:
+        self.actions.wake()
 
     # -- intake: runs inside the SDK's frame handler, before the ack ----------------
 
@@ -274,7 +277,7 @@ class Daemon:
         await self.connection.close()
         self.outbox.stop()
         self.actions.stop()
-        _, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
+        finished, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
         if unfinished:
             log.warning(
                 "workers did not finish within %.0fs; pending work stays queued", STOP_TIMEOUT
@@ -283,6 +286,8 @@ class Daemon:
                 task.cancel()
         await self.api.close()
         self.state.close()
+        for task in finished:
+            task.result()  # a worker that died says why, and the exit status is not 0
 
     def reload(self) -> None:
         """SIGHUP: swap in a valid new config without touching the long connection."""

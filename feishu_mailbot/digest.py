@@ -7,8 +7,8 @@ CSS relax to ``max-width``, and images travel inside the mail (multipart/related
 ``cid:``).  The plain-text part is written to stand on its own, because some
 readers (and `send-report --dry-run`) only ever see that one.
 
-Chat content reaches the HTML only escaped: names and the chat name are
-escaped here; report bodies are the fragments events.py already escaped.
+Chat content reaches the HTML only escaped (present.escape): names and the
+chat name here, report bodies by present.html.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _entry_html(entry: Entry, d: Digest, first: bool, available: set[str]) -> st
         f'<div style="font-size:12px;color:{style.MUTED};margin:0 0 4px">'
         f"{escape(_time_label(msg, d))}</div>"
         f'<div style="font-size:14px;line-height:1.6;color:{style.TEXT};'
-        f'word-wrap:break-word;overflow-wrap:anywhere">'
+        f'{style.CONTENT}">'
         f"{present.html(msg.blocks, available)}</div>"
         "</td></tr>"
     )
@@ -191,10 +191,13 @@ def _progress_html(d: Digest) -> str:
     done = max(0, min(100, round(100 * d.submitted / d.expected)))
     cells = []
     if done > 0:
-        cells.append(f'<td width="{done}%" bgcolor="#ffffff" style="background-color:#ffffff;')
+        cells.append(
+            f'<td width="{done}%" bgcolor="{style.WHITE}" style="background-color:{style.WHITE};'
+        )
     if done < 100:
         cells.append(
-            f'<td width="{100 - done}%" bgcolor="#7fa5ff" style="background-color:#7fa5ff;'
+            f'<td width="{100 - done}%" bgcolor="{style.BLUE_BAR}" '
+            f'style="background-color:{style.BLUE_BAR};'
         )
     bar = "".join(f'{c}height:6px;font-size:0;line-height:0">&nbsp;</td>' for c in cells)
     return (
@@ -206,16 +209,16 @@ def _progress_html(d: Digest) -> str:
 def _header_html(d: Digest) -> str:
     return (
         f'<tr><td bgcolor="{style.BLUE}" style="padding:20px 24px;background-color:{style.BLUE};'
-        'border-radius:8px 8px 0 0;color:#ffffff">'
+        f'border-radius:8px 8px 0 0;color:{style.WHITE}">'
         f'<table {_TABLE} width="100%"><tr>'
-        '<td valign="top" style="color:#ffffff">'
+        f'<td valign="top" style="color:{style.WHITE}">'
         f'<div style="font-size:20px;font-weight:bold;line-height:1.3">{escape(_title(d))}</div>'
-        f'<div style="font-size:14px;line-height:1.5;margin-top:4px;color:#e1eaff">'
+        f'<div style="font-size:14px;line-height:1.5;margin-top:4px;color:{style.ON_BLUE}">'
         f"{escape(_day_label(d.day))} · {escape(_chat_label(d))}</div></td>"
-        '<td valign="top" align="right" style="white-space:nowrap;color:#ffffff">'
+        f'<td valign="top" align="right" style="white-space:nowrap;color:{style.WHITE}">'
         f'<div style="font-size:28px;font-weight:bold;line-height:1.1">'
         f"{d.submitted}/{d.expected}</div>"
-        '<div style="font-size:12px;color:#e1eaff">已提交</div></td>'
+        f'<div style="font-size:12px;color:{style.ON_BLUE}">已提交</div></td>'
         "</tr></table>"
         f"{_progress_html(d)}</td></tr>"
     )
@@ -228,8 +231,9 @@ def _missing_html(d: Digest) -> str:
     return (
         '<tr><td style="padding:16px 24px 0">'
         f'<table {_TABLE} width="100%"><tr>'
-        '<td bgcolor="#fff3e8" style="padding:10px 14px;background-color:#fff3e8;'
-        'border-left:4px solid #ff7d00;font-size:14px;line-height:1.6;color:#7a3d00">'
+        f'<td bgcolor="{style.WARN_BG}" style="padding:10px 14px;background-color:{style.WARN_BG};'
+        f"border-left:4px solid {style.WARN_EDGE};font-size:14px;line-height:1.6;"
+        f'color:{style.WARN_TEXT}">'
         f"<b>{escape(_missing_title(d))}</b>：{names}</td></tr></table></td></tr>"
     )
 
@@ -261,7 +265,7 @@ def render_html(d: Digest, *, title: str, generated: datetime, available: set[st
         f'style="background-color:{style.SHADE}">'
         '<tr><td align="center" style="padding:24px 12px">\n'
         f'<table {_TABLE} width="680" style="width:100%;max-width:680px;'
-        f"background-color:#ffffff;border:1px solid {style.BORDER};border-collapse:separate;"
+        f"background-color:{style.WHITE};border:1px solid {style.BORDER};border-collapse:separate;"
         f'border-radius:8px;font-family:{style.FONT};font-size:14px;line-height:1.6;color:{style.TEXT}">\n'
         + "\n".join(part for part in body if part)
         + "\n</table>\n</td></tr></table>\n</body></html>\n"

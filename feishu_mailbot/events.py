@@ -224,10 +224,7 @@ def _text_blocks(text: str, mentions: Mentions) -> Blocks:
     return out
 
 
-def _text(content: Mapping[str, Any] | None, raw: object, mentions: Mentions) -> Blocks:
-    if content is None:
-        # Unparseable text content: showing the raw string beats losing it.
-        return _text_blocks(raw if isinstance(raw, str) else "", mentions)
+def _text(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
     return _text_blocks(_str(content, "text"), mentions)
 
 
@@ -283,14 +280,13 @@ def _post_body(content: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _post(content: Mapping[str, Any], mentions: Mentions) -> Blocks:
-    """A title, then paragraphs separated by Break blocks."""
+    """A title, then each paragraph opened by a Break block."""
     body = _post_body(content)
     title = _str(body, "title")
     out: Blocks = [Title(title)] if title else []
     paragraphs = body.get("content")
-    for i, paragraph in enumerate(paragraphs if isinstance(paragraphs, list) else []):
-        if i or title:
-            out.append(Break())
+    for paragraph in paragraphs if isinstance(paragraphs, list) else []:
+        out.append(Break())
         for element in paragraph if isinstance(paragraph, list) else []:
             if isinstance(element, Mapping):
                 out.append(_post_element(element, mentions))
@@ -336,6 +332,7 @@ ContentParser = Callable[[Mapping[str, Any], Mentions], Blocks]
 
 #: One entry per message type: its content JSON → blocks.
 CONTENT: dict[str, ContentParser] = {
+    "text": _text,
     "post": _post,
     "image": _image,
     "file": _file,
@@ -361,8 +358,8 @@ CONTENT: dict[str, ContentParser] = {
 
 def content_blocks(msg_type: str, raw: object, mentions: Mentions) -> tuple[Block, ...]:
     content = _content(raw)
-    if msg_type == "text":  # the one type whose raw string is worth keeping unparsed
-        return tuple(_text(content, raw, mentions))
+    if content is None and msg_type == "text" and isinstance(raw, str):
+        content = {"text": raw}  # unparseable text content: showing it beats losing it
     parser = CONTENT.get(msg_type)
     if parser is None:
         return (Placeholder(f"[不支持的消息类型: {msg_type or '未知'}]"),)

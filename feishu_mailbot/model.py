@@ -13,8 +13,9 @@ all see the same text.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from functools import cached_property
+from operator import attrgetter
 from typing import Any, Literal, cast
 
 ResourceKind = Literal["image", "file", "media", "audio"]
@@ -81,7 +82,7 @@ class Placeholder:
 
 @dataclass(frozen=True)
 class Break:
-    """The end of a paragraph."""
+    """Opens a paragraph (a post's): a line break in text, a `<div>` in HTML."""
 
 
 @dataclass(frozen=True)
@@ -115,26 +116,37 @@ class Legacy:
 Block = Text | At | Link | Image | File | Code | Divider | Placeholder | Break | Title | Legacy
 
 
+def _link_text(link: Link) -> str:
+    return link.text if not link.href or link.text == link.href else f"{link.text} ({link.href})"
+
+
+# A table, not a match statement: text_of runs for every event before its ack, and a
+# chain of class patterns cost an isinstance check per kind per block.
+_PLAIN: dict[type[Any], Callable[[Any], str]] = {
+    Text: attrgetter("text"),
+    Code: attrgetter("text"),
+    Placeholder: attrgetter("text"),
+    Title: attrgetter("text"),
+    Legacy: attrgetter("text"),
+    At: lambda b: f"@{b.name}",
+    Link: _link_text,
+    Image: lambda _: "[图片]",
+    File: attrgetter("label"),
+    Divider: lambda _: "----------",
+    Break: lambda _: "\n",
+}
+
+
 def block_text(block: Block) -> str:
     """A block's plain text: what rules match and the text/plain part shows."""
-    match block:
-        case (
-            Text(text=text) | Code(text=text) | Placeholder(text=text) | Title(text=text)
-        ) | Legacy(text=text):
-            return text
-        case At(name=name):
-            return f"@{name}"
-        case Link(text=text, href=href):
-            return text if not href or text == href else f"{text} ({href})"
-        case Image():
-            return "[图片]"
-        case File(label=label):
-            return label
-        case Divider():
-            return "----------"
-        case Break():
-            return "\n"
-    raise AssertionError(block)  # pragma: no cover - the match covers Block
+    return _PLAIN[type(block)](block)
+
+
+def text_of(blocks: tuple[Block, ...]) -> str:
+    """The blocks' plain text. A Break opens a paragraph on a new line, except the
+    first paragraph of content that starts with one."""
+    text = "".join([_PLAIN[type(b)](b) for b in blocks])
+    return text[1:] if blocks and type(blocks[0]) is Break else text
 
 
 def resources_of(blocks: tuple[Block, ...]) -> tuple[Resource, ...]:
@@ -170,15 +182,16 @@ class Message:
     sender_type: str
     msg_type: str
     create_time_ms: int
-    blocks: tuple[Block, ...] = field(default=(), compare=True)
+    blocks: tuple[Block, ...] = ()
     mentions: tuple[Mention, ...] = ()
     root_id: str = ""
     parent_id: str = ""
+    # Readable plain text, mentions as @Name; a post's title is its first line. Derived
+    # from the blocks once, when the message is made (rules, reports and mail all read it).
+    text: str = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def text(self) -> str:
-        """Readable plain text, mentions as @Name; a post's title is its first line."""
-        return "".join(block_text(b) for b in self.blocks)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", text_of(self.blocks))
 
     @property
     def title(self) -> str:
@@ -244,6 +257,11 @@ _BLOCK_TYPES: dict[str, type[Any]] = {
     "legacy": Legacy,
 }
 _BLOCK_NAMES = {cls: name for name, cls in _BLOCK_TYPES.items()}
+# Looked up once: serialising runs for every event, before its ack. A field left at its
+# default is not written, so a plain text block is {"t":"text","text":"…"}.
+_BLOCK_FIELDS = {
+    cls: tuple((f.name, f.default) for f in fields(cls)) for cls in _BLOCK_TYPES.values()
+}
 _SCALARS = (
     "event_id",
     "message_id",
@@ -264,11 +282,13 @@ def _resource_json(r: Resource) -> dict[str, str]:
 
 def _block_to_json(block: Block) -> dict[str, Any]:
     data: dict[str, Any] = {"t": _BLOCK_NAMES[type(block)]}
-    for f in fields(block):
-        value = getattr(block, f.name)
-        if f.name == "resources":
+    for name, default in _BLOCK_FIELDS[type(block)]:
+        value = getattr(block, name)
+        if value == default:
+            continue
+        if name == "resources":
             value = [_resource_json(r) for r in value]
-        data[f.name] = list(value) if isinstance(value, tuple) else value
+        data[name] = list(value) if isinstance(value, tuple) else value
     return data
 
 
@@ -336,9 +356,13 @@ def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     title = data.pop("title", "")
     if not isinstance(text, str) or not isinstance(html, str) or not isinstance(title, str):
         raise StoredFormError("stored version-1 message has no text or html string")
-    resources = [
-        _resource_json(Resource(r["kind"], r["key"], r["name"])) for r in data.pop("resources", [])
-    ]
+    try:
+        resources = [
+            _resource_json(Resource(r["kind"], r["key"], r["name"]))
+            for r in data.pop("resources", [])
+        ]
+    except (KeyError, TypeError) as exc:
+        raise StoredFormError(f"stored version-1 message has a bad resource: {exc}") from exc
     data["blocks"] = [
         {"t": "legacy", "text": text, "html": html, "resources": resources, "title": title}
     ]

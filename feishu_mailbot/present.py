@@ -125,8 +125,9 @@ def block_html(block: Block, available: Collection[str]) -> str:
             return f'<hr style="{style.DIVIDER}">'
         case Title(text=text):
             return f'<div style="{style.POST_TITLE}">{escape(text)}</div>'
-        case Legacy(html=fragment):
-            return _legacy_html(fragment, available)
+        case Legacy(html=fragment, text=text):
+            # Version 1 fell back to the text when it had rendered no HTML.
+            return _legacy_html(fragment, available) if fragment else escape_lines(text)
         case Break():
             return "<br>"
     raise AssertionError(block)  # pragma: no cover - the match covers Block
@@ -135,18 +136,17 @@ def block_html(block: Block, available: Collection[str]) -> str:
 def html(blocks: Sequence[Block], available: Collection[str] = ()) -> str:
     """A message's content as an HTML fragment.
 
-    Content with paragraphs (a post: a title, or breaks between paragraphs) is
-    a `<div>` per paragraph; anything else is inline, its newlines `<br>`.
+    Content with paragraphs (a post: a title, a Break opening each paragraph)
+    is a `<div>` per paragraph; anything else is inline, its newlines `<br>`.
     """
     if not any(isinstance(b, Break | Title) for b in blocks):
         return "".join(block_html(b, available) for b in blocks)
     out: list[str] = []
     paragraph: list[str] = []
-    open_paragraph = True  # a break closes the paragraph before it, unless that is a title
+    open_paragraph = False
     for block in blocks:
         if isinstance(block, Title):
             out.append(block_html(block, available))
-            open_paragraph = False
         elif isinstance(block, Break):
             if open_paragraph:
                 out.append(f"<div>{''.join(paragraph) or '<br>'}</div>")

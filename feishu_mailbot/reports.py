@@ -28,8 +28,8 @@ def _strip_leading_mentions(msg: Message) -> str:
     """The text without the @-mentions a message starts with.
 
     Only names Feishu says were mentioned are removed: a report that merely
-    starts with an ``@`` sign is left alone.  events.py renders mentions as
-    ``@Name``, so that is the shape looked for.
+    starts with an ``@`` sign is left alone.  A mention's plain text is
+    ``@Name`` (model.block_text), so that is the shape looked for.
     """
     names = sorted(
         {m.name for m in msg.mentions if m.name} | {ALL_MENTION_NAME}, key=len, reverse=True
@@ -121,6 +121,22 @@ def day_bounds_ms(day: date, s: ReportSettings) -> tuple[int, int]:
     start = datetime.combine(day, s.cutoff, _zone(s))
     end = datetime.combine(day + timedelta(days=1), s.cutoff, _zone(s))
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def follow_ups(s: ReportSettings, digested: bool) -> list[str]:
+    """The actions a received report needs: acknowledging it, and mailing it at once
+    (`mode: immediate`) or as a supplement when its day's digest has gone out."""
+    out = [] if s.acknowledge == "none" else ["acknowledge"]
+    if s.mode == "immediate":
+        out.append("report-immediate")
+    elif s.supplements and digested:
+        out.append("supplement")
+    return out
+
+
+def needs_follow_up(s: ReportSettings) -> bool:
+    """Whether a received report can need any action at all (see follow_ups)."""
+    return s.acknowledge != "none" or s.mode == "immediate" or s.supplements
 
 
 # --------------------------------------------------------------------------- triggers
@@ -419,10 +435,12 @@ __all__ = [
     "day_bounds_ms",
     "day_of",
     "due_days",
+    "follow_ups",
     "is_report",
     "latest_scheduled_day",
     "local_time",
     "may_trigger",
+    "needs_follow_up",
     "next_scheduled",
     "parse_trigger",
     "report_day",

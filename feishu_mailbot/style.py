@@ -17,6 +17,10 @@ MUTED = "#8f959e"  # placeholders, notes, footers
 SECONDARY = "#646a73"
 BORDER = "#dee0e3"
 SHADE = "#f5f6f7"  # code blocks, section heads, the digest's page
+WHITE = "#ffffff"
+ON_BLUE = "#e1eaff"  # secondary text on the blue digest header
+BLUE_BAR = "#7fa5ff"  # the digest's progress bar, the part not yet submitted
+WARN_BG, WARN_EDGE, WARN_TEXT = "#fff3e8", "#ff7d00", "#7a3d00"  # the "not submitted" box
 
 MENTION = f"color:{BLUE}"
 PLACEHOLDER = f"color:{MUTED}"

@@ -35,7 +35,7 @@ Outcome = Drop | Recall | Accept
 
 def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
     if isinstance(event, Ignored):
-        return Drop(f"event type {event.event_type or '(none)'} ignored: {event.reason}")
+        return Drop(f"event ignored: {event.reason}")
     if settings.chat(event.chat_id) is None:
         return Drop("chat not in the allowlist, ignored")
     if isinstance(event, Recall):
@@ -70,7 +70,7 @@ def report_requests(
             "sender": msg.sender_open_id,
         }
         return (ActionRequest("digest-request", request),)
-    if not reports.is_report(msg, rs):
+    if not reports.is_report(msg, rs) or not reports.needs_follow_up(rs):
         return ()
     received = reports.report_day(msg.create_time_ms, rs)
     return (ActionRequest("report", {"day": received.isoformat()}),)

@@ -1,4 +1,4 @@
-"""The shape DESIGN.md §2 asks for, checked from the code so that it stays true.
+"""The shape the design asks for (README "Architecture"), checked from the code.
 
 Calls go one way: the import graph has no cycles, workers never import one
 another (they meet in the state), only the state package touches SQLite, and

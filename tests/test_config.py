@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import subprocess
 import sys
@@ -171,3 +173,20 @@ def test_two_different_time_zones_are_an_error(tmp_path: Path) -> None:
     assert "differs from the top-level timezone 'Europe/Berlin'" in str(info.value)
     with pytest.raises(config.ConfigError, match=r":\d+: timezone: unknown time zone"):
         config.load(write(tmp_path, GOOD + "timezone: Mars/Olympus\n"))
+
+
+def test_simulate_shows_what_a_message_would_do(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "timezone: Europe/Berlin\n")
+    other = run_cli("--config", path, "simulate", "--chat", "oc_nope", "--sender", "ou_a", "故障")
+    assert other.returncode == 0 and "not in the `chats` allowlist" in other.stdout
+    quiet = run_cli("--config", path, "simulate", "--chat", "oc_team", "--sender", "ou_a", "你好")
+    assert quiet.returncode == 0 and "no rule matches" in quiet.stdout
+    hit = run_cli("--config", path, "simulate", "--chat", "oc_team", "--sender", "ou_a", "故障了")
+    assert hit.returncode == 0, hit.stderr
+    assert "rules oncall → one mail to oncall@example.com" in hit.stdout
+    raw = hit.stdout.split("-" * 72 + "\n", 1)[1]
+    mail = email.message_from_string(raw, policy=email.policy.default)
+    assert mail["Subject"] == "[研发群] ou_a: 故障了"
+    # The one time zone: Berlin is UTC+1 or UTC+2, never Shanghai's +8.
+    offset = mail["Date"].datetime.utcoffset()
+    assert offset is not None and offset.total_seconds() in (3600, 7200)

@@ -97,3 +97,10 @@ def test_no_daily_report_section_no_report_work() -> None:
     plain = replace(SETTINGS, daily_report=None)
     outcome = triage(event("oc_reports", "日报 今天"), plain, BOT)
     assert isinstance(outcome, Accept) and outcome.requests == ()
+
+
+def test_a_report_that_can_need_nothing_queues_nothing() -> None:
+    assert SETTINGS.daily_report is not None
+    silent = replace(SETTINGS.daily_report, acknowledge="none", supplements=False)
+    outcome = triage(event("oc_reports", "日报 今天"), replace(SETTINGS, daily_report=silent), BOT)
+    assert isinstance(outcome, Accept) and outcome.requests == ()

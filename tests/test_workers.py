@@ -1,7 +1,7 @@
 """The workers in-process: a real state database, the emulator's REST API, their edges given.
 
-The outbox takes its delivery backend as an argument (DESIGN §6, aiosmtpd's
-handler style); here a backend that refuses once and then keeps what it is
+The outbox takes its delivery backend as an argument (aiosmtpd's handler
+style: the engine is handed its edges); here a backend that refuses once and then keeps what it is
 sent shows that retries and bookkeeping live in the worker, whatever sends.
 The action worker decides supplement or nothing when it runs, from the state.
 """
@@ -100,7 +100,8 @@ def test_the_outbox_retries_through_any_delivery_backend(
     async def main() -> None:
         state = State(tmp_path / "state.db", daemon=True)
         api = FeishuApi(s.feishu)
-        worker = Outbox(s, state, api, NameResolver(s, state, api), transport=relay)
+        names = NameResolver(s, state, api)
+        worker = Outbox(s, state, api, names, lambda: None, transport=relay)
         await state.write(
             partial(
                 messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()

@@ -2,11 +2,12 @@
 
 Everything is a query function over an open transaction, grouped by domain
 (`messages`, `outbox`, `actions`, `digests`, `names`), run through one
-`State`: `await write(fn)` in the daemon (group commit: see group_commit.py),
-`write_now(fn)` in a short-lived command, `read(fn)` for either. Callers
-compose those functions; they never see SQL. A second backend (PostgreSQL)
-would be another implementation of `State` and of the query modules, with
-the same signatures; nothing outside this package would change.
+`State`: `await write(fn)` (group commit: see group_commit.py) and
+`read(fn)`; `write_now(fn)` commits at once, for code with no event loop.
+Callers compose those functions and hold `Tx` only as an opaque handle; they
+never see SQL. A second backend (PostgreSQL) would be another `State` and
+another set of query modules with the same names and signatures, which this
+package would pick when the database is opened; callers would not change.
 """
 
 from __future__ import annotations

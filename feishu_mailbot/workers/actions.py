@@ -1,37 +1,39 @@
 """The action worker: the side effects other than mail that messages ask for.
 
-Each kind of queued action is one entry of `Actions.HANDLERS`: a report was
-received (build a supplement or an immediate digest, then acknowledge it in
-the chat), a digest was requested in the chat, a forwarded mail is to be
-confirmed in the chat. Decisions that need the state (has this day's digest
-gone out yet?) are taken here, when the action runs, not when the event is
-acknowledged. A FeishuError is retried with backoff; anything else fails the
+Each kind of queued action is one entry of `Actions.HANDLERS`. A handler
+does one side effect and may return follow-up actions, queued in the same
+transaction that marks it done: "a report was received" only decides (from
+the state, when it runs, not when the event was acknowledged) and queues
+"acknowledge" and "supplement" or "report-immediate", so each is retried on
+its own. A FeishuError is retried with backoff; anything else fails the
 action and is logged, and the queue goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from functools import partial
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import reports
+from feishu_mailbot.doorbell import Doorbell
 from feishu_mailbot.feishu import FeishuApi, FeishuError
+from feishu_mailbot.model import ActionRequest
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.retry import RetryPolicy, backoff
 from feishu_mailbot.settings import ReportSettings, Settings
-from feishu_mailbot.state import State, actions, digests, messages
+from feishu_mailbot.state import State, Tx, actions, digests, messages
 from feishu_mailbot.state.actions import Action
 
 log = logging.getLogger("feishu_mailbot.actions")
 
-POLL_SECONDS = 5.0  # actions can be queued by another process too (none today; cheap)
+# Woken by the daemon and the outbox when they queue actions; this is the fallback.
+POLL_SECONDS = 5.0
+FollowUps = Sequence[ActionRequest]
 
 
 class ActionFailed(Exception):
@@ -56,34 +58,31 @@ class Actions:
         # The outbox polls the state anyway; this only saves it the wait.
         self._mail_queued = mail_queued
         self._now = wall_clock
-        self._wake = asyncio.Event()
-        self._stopping = False
+        self._bell = Doorbell()
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
 
     def wake(self) -> None:
-        self._wake.set()
+        self._bell.ring()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self._bell.stop()
 
     async def run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
+        while not self._bell.stopping:
+            self._bell.begin_round()
             due = self._state.read(partial(actions.due, now=self._now()))
             for action in due:
-                if self._stopping:
+                if self._bell.stopping:
                     return
                 await self._perform(action)
             if due:
                 continue
             next_at = self._state.read(actions.next_due_at)
             timeout = POLL_SECONDS if next_at is None else max(0.0, next_at - self._now())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(timeout, POLL_SECONDS))
+            await self._bell.wait(min(timeout, POLL_SECONDS))
 
     async def _perform(self, action: Action) -> None:
         fields = {"MESSAGE_ID": action.message_id}
@@ -91,7 +90,7 @@ class Actions:
         try:
             if handler is None:
                 raise ActionFailed(f"unknown action kind {action.kind!r}")
-            await handler(self, action)
+            follow_ups = await handler(self, action)
         except FeishuError as e:
             problem = str(e)
             if self._now() - action.created_at > self.policy.give_up_after:
@@ -111,10 +110,17 @@ class Actions:
             log.exception("%s failed: %s", action.kind, e, extra=fields)
             await self._finish(action, f"{type(e).__name__}: {e}")
         else:
-            await self._finish(action, None)
+            await self._finish(action, None, follow_ups)
 
-    async def _finish(self, action: Action, error: str | None) -> None:
-        await self._state.write(partial(actions.finish, action_id=action.id, error=error))
+    async def _finish(self, action: Action, error: str | None, follow_ups: FollowUps = ()) -> None:
+        now = self._now()
+
+        def finish(tx: Tx) -> None:
+            actions.finish(tx, action.id, error)
+            for request in follow_ups:
+                actions.add(tx, request, action.message_id, now)
+
+        await self._state.write(finish)
 
     def _report_settings(self) -> ReportSettings:
         rs = self.settings.daily_report
@@ -124,44 +130,45 @@ class Actions:
 
     # -- the handlers ------------------------------------------------------------------
 
-    async def _report_received(self, action: Action) -> None:
-        """A report was stored: mail it (immediate) or supplement a digest already sent."""
+    async def _report_received(self, action: Action) -> FollowUps:
+        """A report was stored: what it needs now that the state can be asked."""
         rs = self._report_settings()
-        if rs.mode == "immediate":
-            await self._immediate(action)
-        elif rs.supplements:
-            day = str(action.payload["day"])
-            if self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day)):
-                await self._supplement(action)
-        await self._acknowledge(action)
+        day = str(action.payload["day"])
+        digested = bool(self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day)))
+        return [ActionRequest(kind, {"day": day}) for kind in reports.follow_ups(rs, digested)]
 
-    async def _acknowledge(self, action: Action) -> None:
+    async def _acknowledge(self, action: Action) -> FollowUps:
         rs = self._report_settings()
         if rs.acknowledge == "reaction":
             await self._api.react(action.message_id, rs.reaction)
         elif rs.acknowledge == "reply":
             day = action.payload["day"]
             await self._api.reply_text(action.message_id, f"已收到 {day} 的日报 ✅")
+        return ()
 
-    async def _supplement(self, action: Action) -> None:
+    async def _supplement(self, action: Action) -> FollowUps:
+        self._report_settings()
         day = date.fromisoformat(str(action.payload["day"]))
         if (await self._reporter.build(day, kind="supplement")).queued:
             self._mail_queued()
+        return ()
 
-    async def _immediate(self, action: Action) -> None:
+    async def _immediate(self, action: Action) -> FollowUps:
+        self._report_settings()
         msg = self._state.read(partial(messages.get, message_id=action.message_id))
         if msg is not None and await self._reporter.immediate(msg):
             self._mail_queued()
+        return ()
 
-    async def _digest_request(self, action: Action) -> None:
+    async def _digest_request(self, action: Action) -> FollowUps:
         rs = self._report_settings()
         p = action.payload
         if not reports.may_trigger(str(p["sender"]), rs):
             await self._api.reply_text(action.message_id, "抱歉，你没有发送日报汇总的权限。")
-            return
+            return ()
         if p.get("error"):
             await self._api.reply_text(action.message_id, f"无法发送日报汇总：{p['error']}")
-            return
+            return ()
         day = date.fromisoformat(str(p["day"]))
         outcome = await self._reporter.build(day, force=bool(p.get("force")))
         if outcome.queued:
@@ -180,18 +187,28 @@ class Actions:
                 f"（{outcome.submitted}/{outcome.expected} 已提交）"
             )
         await self._api.reply_text(action.message_id, text)
+        return ()
 
-    async def _confirm(self, action: Action) -> None:
-        """A forward whose rule says `confirm: true` was sent: say so in the chat."""
+    async def _confirm(self, action: Action) -> FollowUps:
+        """A forward whose rule says `confirm: true` was sent: say so in the chat, once.
+
+        A courtesy, not worth days of retries (a missing scope would repeat for
+        every forward): one attempt, and a warning if it fails.
+        """
         to = ", ".join(str(a) for a in action.payload["to"])
-        await self._api.reply_text(action.message_id, f"已转发到邮箱: {to}")
+        try:
+            await self._api.reply_text(action.message_id, f"已转发到邮箱: {to}")
+        except FeishuError as e:
+            log.warning(
+                "in-chat confirmation failed: %s", e, extra={"MESSAGE_ID": action.message_id}
+            )
+        return ()
 
-    HANDLERS: ClassVar[dict[str, Callable[[Actions, Action], Awaitable[None]]]] = {
+    HANDLERS: ClassVar[dict[str, Callable[[Actions, Action], Awaitable[FollowUps]]]] = {
         "report": _report_received,
-        "digest-request": _digest_request,
-        "confirm": _confirm,
-        # Queued by releases before "report" existed; their rows may still be pending.
         "acknowledge": _acknowledge,
         "supplement": _supplement,
         "report-immediate": _immediate,
+        "digest-request": _digest_request,
+        "confirm": _confirm,
     }

@@ -11,7 +11,6 @@ Message-ID. Everything it learns goes back into the state; the in-chat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import mail
+from feishu_mailbot.doorbell import Doorbell
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
 from feishu_mailbot.model import ActionRequest, Message, Resource
 from feishu_mailbot.names import NameResolver
@@ -63,10 +63,14 @@ class PrepareError(Exception):
         self.permanent = permanent
 
 
+def _confirms(row: OutboxRow, delivered: list[str]) -> bool:
+    return row.confirm and row.kind == "forward" and bool(delivered)
+
+
 def _sent(tx: Tx, row: OutboxRow, now: float, delivered: list[str]) -> bool:
     """Record a sent mail (and the confirmation its rule asks for); True if a recall
     notice was queued because the message was recalled while it was being sent."""
-    if row.confirm and row.kind == "forward" and delivered:
+    if _confirms(row, delivered):
         actions.add(tx, ActionRequest("confirm", {"to": delivered}), row.message_id, now)
     return outbox.mark_sent(tx, row.mail_id, now)
 
@@ -86,6 +90,7 @@ class Outbox:
         state: State,
         api: FeishuApi,
         names: NameResolver,
+        actions_queued: Callable[[], None],
         wall_clock: Callable[[], float] = time.time,
         transport: Callable[[SmtpSettings], Transport] = SmtpTransport,
     ) -> None:
@@ -94,14 +99,15 @@ class Outbox:
         self._state = state
         self._api = api
         self._names = names
+        # The action worker polls the state anyway; this only saves it the wait.
+        self._actions_queued = actions_queued
         self._now = wall_clock
         self._transports = [transport(settings.smtp) for _ in range(SMTP_CONNECTIONS)]
         self._idle: asyncio.Queue[Transport] | None = None
         # SMTP sessions block a thread each, for as long as the relay takes.
         self._smtp_threads = ThreadPoolExecutor(SMTP_CONNECTIONS, thread_name_prefix="smtp")
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
-        self._wake = asyncio.Event()
-        self._stopping = False
+        self._bell = Doorbell()
 
     def reconfigure(self, settings: Settings) -> None:
         if settings.smtp != self.settings.smtp:
@@ -112,11 +118,10 @@ class Outbox:
         self.settings = settings
 
     def wake(self) -> None:
-        self._wake.set()
+        self._bell.ring()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self._bell.stop()
 
     async def run(self) -> None:
         """Deliver due mail until stop(); in-flight SMTP transactions are always finished."""
@@ -125,9 +130,8 @@ class Outbox:
             self._idle.put_nowait(transport)
         await self._state.write(outbox.requeue_interrupted)
         last_sent = self._now()
-        while not self._stopping:
-            # Cleared before looking, so a wake() that comes while we look is kept.
-            self._wake.clear()
+        while not self._bell.stopping:
+            self._bell.begin_round()
             rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
             if len(rows) < DUE_BATCH:
                 # Planned mail enters the outbox only as fast as it is sent, a few
@@ -144,8 +148,7 @@ class Outbox:
                     await asyncio.to_thread(transport.close_if_idle, SMTP_IDLE_SECONDS)
             next_at = self._state.read(outbox.next_due_at)
             timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(timeout, POLL_SECONDS))
+            await self._bell.wait(min(timeout, POLL_SECONDS))
         for transport in self._transports:
             await asyncio.to_thread(transport.close)
         self._smtp_threads.shutdown(wait=False)
@@ -155,7 +158,7 @@ class Outbox:
             await self._deliver(row)
 
     async def _deliver(self, row: OutboxRow) -> None:
-        if self._stopping:
+        if self._bell.stopping:
             return  # stays pending for the next start
         fields = {"MAIL_ID": row.mail_id, "MESSAGE_ID": row.message_id}
         raw, subject = row.raw, row.subject
@@ -203,6 +206,8 @@ class Outbox:
             )
         if queued_notice:
             self.wake()
+        if _confirms(row, delivered):
+            self._actions_queued()
 
     async def _failed_attempt(
         self, row: OutboxRow, error: str, permanent: bool, fields: dict[str, str]

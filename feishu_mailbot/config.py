@@ -444,9 +444,12 @@ def _daily_report(n: _Node, chat_ids: set[str], timezone: str) -> ReportSettings
 
 
 def _health(n: _Node) -> HealthSettings:
-    m = _mapping(n, set(), {"stall_after", "reconnect_budget"})
+    m = _mapping(n, set(), {"stall_after", "reconnect_budget", "worker_stall_after"})
     default = HealthSettings()
     return HealthSettings(
+        worker_stall_after=_number(m["worker_stall_after"], minimum=10, maximum=86400)
+        if "worker_stall_after" in m
+        else default.worker_stall_after,
         stall_after=_number(m["stall_after"], minimum=1, maximum=3600)
         if "stall_after" in m
         else default.stall_after,

@@ -18,9 +18,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import config, events, health, logs, triage
@@ -35,7 +37,7 @@ from feishu_mailbot.model import Recall
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
-from feishu_mailbot.state import DB_NAME, State, StateError, messages
+from feishu_mailbot.state import DB_NAME, DatabaseError, State, StateError, messages
 from feishu_mailbot.state import outbox as outbox_q
 from feishu_mailbot.state.messages import Ingest
 from feishu_mailbot.systemd import Notifier, watchdog_interval
@@ -151,10 +153,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        workers = [loop.create_task(self.outbox.run()), loop.create_task(self.actions.run())]
+        workers = [
+            self._start_worker("outbox", self.outbox.run()),
+            self._start_worker("actions", self.actions.run()),
+            self._start_worker("schedule", self.schedule.run()),
+        ]
         helpers = [
-            loop.create_task(self._supervise()),
-            loop.create_task(self.schedule.run()),
+            self._start_worker("supervisor", self._supervise()),
             loop.create_task(self._learn_identity()),
         ]
         try:
@@ -179,6 +184,27 @@ class Daemon:
             for task in helpers:
                 task.cancel()
             await self._shutdown(workers)
+
+    def _start_worker(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task whose end, unless we are stopping, ends the process with 75: systemd
+        restarts us, and what was pending is still in the state."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        task.add_done_callback(self._worker_ended)
+        return task
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stop.is_set() or task.cancelled():
+            return
+        error = task.exception()
+        why = f"{type(error).__name__}: {error}" if error else "it returned"
+        log.error(
+            "the %s worker stopped unexpectedly (%s); exiting so systemd restarts us",
+            task.get_name(),
+            why,
+            exc_info=error,
+        )
+        self._exit_code = os.EX_TEMPFAIL
+        self._stop.set()
 
     async def _learn_identity(self) -> None:
         """The bot's open_id, to tell an @-mention of the bot from one of someone else."""
@@ -235,11 +261,29 @@ class Daemon:
             gave_up=conn.state.gave_up,
             loop_lag=loop_lag,
             ever_connected=conn.state.connects > 0,
+            workers=self._pulses(),
         )
         h = self.settings.health
         return health.assess(
-            snapshot, stall_after=h.stall_after, reconnect_budget=h.reconnect_budget
+            snapshot,
+            stall_after=h.stall_after,
+            reconnect_budget=h.reconnect_budget,
+            worker_stall_after=h.worker_stall_after,
         )
+
+    def _pulses(self) -> tuple[health.Pulse, ...]:
+        pulses = []
+        for name, worker in (
+            ("outbox", self.outbox),
+            ("actions", self.actions),
+            ("schedule", self.schedule),
+        ):
+            try:
+                due = worker.work_due()
+            except DatabaseError:
+                due = False  # the worker sees the same error, waits and says so itself
+            pulses.append(health.Pulse(name, due, worker.last_progress))
+        return tuple(pulses)
 
     async def _connect_until_up(self) -> int | None:
         delay = 1.0
@@ -277,6 +321,7 @@ class Daemon:
         await self.connection.close()
         self.outbox.stop()
         self.actions.stop()
+        self.schedule.stop()
         finished, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
         if unfinished:
             log.warning(
@@ -287,7 +332,11 @@ class Daemon:
         await self.api.close()
         self.state.close()
         for task in finished:
-            task.result()  # a worker that died says why, and the exit status is not 0
+            if not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "the %s worker failed while stopping: %s", task.get_name(), task.exception()
+                )
+                self._exit_code = self._exit_code or os.EX_TEMPFAIL
 
     def reload(self) -> None:
         """SIGHUP: swap in a valid new config without touching the long connection."""
@@ -315,14 +364,17 @@ class Daemon:
     def status_line(self, verdict: health.Health | None = None) -> str:
         """The line `systemctl status` shows: plain words, for the operator."""
         st = self.connection.state
-        outbox = self.state.read(outbox_q.pending_count)
+        try:
+            outbox: int | str = self.state.read(outbox_q.pending_count)
+            since = _local_midnight(self.settings.timezone)
+            today: int | str = self.state.read(partial(messages.count_since, since=since))
+        except DatabaseError as e:
+            outbox = today = f"unknown (state database: {e})"
         verdict = verdict or self.assess()
         if verdict.verdict is health.Verdict.STALLED:
             return f"STALLED: {verdict.reason}; outbox {outbox}"
         if st.connected and st.connected_since is not None:
             up = _duration(time.monotonic() - st.connected_since)
-            since = _local_midnight(self.settings.timezone)
-            today = self.state.read(partial(messages.count_since, since=since))
             line = f"connected {up}, {today} events today, outbox {outbox}"
             if self.api.missing_permissions:
                 what, message = next(iter(self.api.missing_permissions.items()))

@@ -13,7 +13,9 @@ bot went deaf:
 - reconnecting has gone on longer than the reconnect budget;
 - the event loop is blocked: the watchdog feeder runs on the loop, so a
   blocked loop feeds nothing; a loop that merely lags by more than
-  `stall_after` is reported here too.
+  `stall_after` is reported here too;
+- a worker has work due but has made no progress for `worker_stall_after`:
+  the Feishu side looks alive while mail has silently stopped.
 
 A network blip shorter than the reconnect budget is RECONNECTING, which still
 feeds the watchdog: the SDK repairs it in-process.
@@ -33,6 +35,15 @@ class Verdict(Enum):
 
 
 @dataclass(frozen=True)
+class Pulse:
+    """A worker as the verdict sees it."""
+
+    name: str
+    work_due: bool
+    last_progress: float  # when it last began a round or finished an item (monotonic)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     now: float
     connected: bool
@@ -41,6 +52,7 @@ class Snapshot:
     gave_up: bool
     loop_lag: float  # how late the loop ran our last timer, seconds
     ever_connected: bool
+    workers: tuple[Pulse, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,11 +65,25 @@ class Health:
         return self.verdict is not Verdict.STALLED
 
 
-def assess(s: Snapshot, *, stall_after: float, reconnect_budget: float) -> Health:
+def assess(
+    s: Snapshot,
+    *,
+    stall_after: float,
+    reconnect_budget: float,
+    worker_stall_after: float = 300.0,
+) -> Health:
     if s.loop_lag > stall_after:
         return Health(Verdict.STALLED, f"event loop blocked for {s.loop_lag:.0f}s")
     if s.gave_up:
         return Health(Verdict.STALLED, "the SDK gave up reconnecting")
+    for worker in s.workers:
+        idle = s.now - worker.last_progress
+        if worker.work_due and idle > worker_stall_after:
+            return Health(
+                Verdict.STALLED,
+                f"the {worker.name} worker has work due and has made no progress for "
+                f"{idle:.0f}s (threshold {worker_stall_after:.0f}s)",
+            )
     if s.connected:
         heard = s.last_heard_at if s.last_heard_at is not None else s.now
         silent = s.now - heard

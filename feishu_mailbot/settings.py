@@ -84,6 +84,10 @@ class HealthSettings:
     stall_after: float = 90.0
     # How long a reconnect may take before it counts as a stall (and systemd restarts us).
     reconnect_budget: float = 300.0
+    # How long a worker with work due may go without progress (a round begun, an item
+    # done) before it counts as a stall. Longer than stall_after: one digest with many
+    # images, or one mail through a slow relay, may take minutes.
+    worker_stall_after: float = 300.0
 
 
 MATCH_MODES = ("prefix", "all")

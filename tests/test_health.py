@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from feishu_mailbot.health import Snapshot, Verdict, assess
+from feishu_mailbot.health import Pulse, Snapshot, Verdict, assess
 
 T0 = 1000.0
 OK = Snapshot(
@@ -67,3 +67,18 @@ def test_a_clock_walk_through_an_outage() -> None:
     assert seen[:2] == [Verdict.HEALTHY] * 2
     assert seen[2:8] == [Verdict.RECONNECTING] * 6  # 0…300 s down: within budget
     assert seen[8] is Verdict.STALLED
+
+
+def test_a_worker_with_work_due_and_no_progress_is_a_stall() -> None:
+    busy = Pulse("outbox", work_due=True, last_progress=T0 - 301)
+    idle = Pulse("actions", work_due=False, last_progress=T0 - 10_000)
+    fresh = Pulse("outbox", work_due=True, last_progress=T0 - 299)
+    stalled = assess(replace(OK, workers=(idle, busy)), stall_after=90, reconnect_budget=300)
+    assert stalled.verdict is Verdict.STALLED
+    assert "the outbox worker has work due and has made no progress for 301s" in stalled.reason
+    # Nothing due: waiting is what a worker should do. Recent progress: it is working.
+    assert verdict(replace(OK, workers=(idle, fresh))) is Verdict.HEALTHY
+    custom = assess(
+        replace(OK, workers=(fresh,)), stall_after=90, reconnect_budget=300, worker_stall_after=60
+    )
+    assert custom.verdict is Verdict.STALLED

@@ -26,13 +26,15 @@ from feishu_mailbot.model import ActionRequest
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.retry import RetryPolicy, backoff
 from feishu_mailbot.settings import ReportSettings, Settings
-from feishu_mailbot.state import State, Tx, actions, digests, messages
+from feishu_mailbot.state import DatabaseError, State, Tx, actions, digests, messages
 from feishu_mailbot.state.actions import Action
 
 log = logging.getLogger("feishu_mailbot.actions")
 
 # Woken by the daemon and the outbox when they queue actions; this is the fallback.
 POLL_SECONDS = 5.0
+UNEXPECTED_ATTEMPTS = 5  # an action raising something unexpected: tries before it is failed
+STATE_RETRY_MAX = 30.0  # seconds between rounds while the state database refuses work
 FollowUps = Sequence[ActionRequest]
 
 
@@ -71,46 +73,86 @@ class Actions:
         self._bell.stop()
 
     async def run(self) -> None:
+        failing = 0  # rounds in a row the state database refused
         while not self._bell.stopping:
             self._bell.begin_round()
-            due = self._state.read(partial(actions.due, now=self._now()))
-            for action in due:
-                if self._bell.stopping:
-                    return
-                await self._perform(action)
-            if due:
+            try:
+                wait = await self._round()
+            except DatabaseError as e:
+                failing += 1
+                if failing == 1:
+                    log.error("actions paused: the state database refused work: %s", e)
+                await self._bell.wait(min(STATE_RETRY_MAX, 2.0**failing))
                 continue
-            next_at = self._state.read(actions.next_due_at)
-            timeout = POLL_SECONDS if next_at is None else max(0.0, next_at - self._now())
-            await self._bell.wait(min(timeout, POLL_SECONDS))
+            if failing:
+                log.warning("actions resumed: the state database works again")
+                failing = 0
+            if wait is not None:
+                await self._bell.wait(wait)
+
+    async def _round(self) -> float | None:
+        """Do what is due; how long to wait before the next round (None: go on at once)."""
+        due = self._state.read(partial(actions.due, now=self._now()))
+        for action in due:
+            if self._bell.stopping:
+                return None
+            await self._perform(action)
+            self._bell.progress()
+        if due:
+            return None
+        next_at = self._state.read(actions.next_due_at)
+        timeout = POLL_SECONDS if next_at is None else max(0.0, next_at - self._now())
+        return min(timeout, POLL_SECONDS)
+
+    def work_due(self) -> bool:
+        next_at = self._state.read(actions.next_due_at)
+        return next_at is not None and next_at <= self._now()
+
+    @property
+    def last_progress(self) -> float:
+        return self._bell.last_progress
 
     async def _perform(self, action: Action) -> None:
+        """One action; whatever goes wrong with it is recorded on it and stops nothing else."""
         fields = {"MESSAGE_ID": action.message_id}
         handler = self.HANDLERS.get(action.kind)
         try:
             if handler is None:
                 raise ActionFailed(f"unknown action kind {action.kind!r}")
             follow_ups = await handler(self, action)
+        except DatabaseError:
+            raise  # not this action's fault: the round stops and is tried again
         except FeishuError as e:
-            problem = str(e)
-            if self._now() - action.created_at > self.policy.give_up_after:
-                await self._finish(action, problem)
-                log.error("%s failed for good: %s", action.kind, e, extra=fields)
-                return
-            delay = backoff(action.attempts, self.policy)
-            retry_at = self._now() + delay
-            await self._state.write(
-                partial(actions.retry, action_id=action.id, next_attempt_at=retry_at, error=problem)
-            )
-            log.warning("%s failed, retrying in %.1fs: %s", action.kind, delay, e, extra=fields)
+            await self._retry(action, str(e), give_up=False, fields=fields)
         except ActionFailed as e:
             log.error("%s failed: %s", action.kind, e, extra=fields)
             await self._finish(action, str(e))
-        except Exception as e:  # a bug must not wedge the queue: record it and go on
-            log.exception("%s failed: %s", action.kind, e, extra=fields)
-            await self._finish(action, f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bug or a value some library refuses: this action only
+            log.debug("%s raised", action.kind, exc_info=True, extra=fields)
+            exhausted = action.attempts + 1 >= UNEXPECTED_ATTEMPTS
+            await self._retry(action, f"{type(e).__name__}: {e}", give_up=exhausted, fields=fields)
         else:
             await self._finish(action, None, follow_ups)
+
+    async def _retry(
+        self, action: Action, error: str, give_up: bool, fields: dict[str, str]
+    ) -> None:
+        if give_up or self._now() - action.created_at > self.policy.give_up_after:
+            await self._finish(action, error)
+            log.error(
+                "%s failed for good after %d attempts: %s",
+                action.kind,
+                action.attempts + 1,
+                error,
+                extra=fields,
+            )
+            return
+        delay = backoff(action.attempts, self.policy)
+        retry_at = self._now() + delay
+        await self._state.write(
+            partial(actions.retry, action_id=action.id, next_attempt_at=retry_at, error=error)
+        )
+        log.warning("%s failed, retrying in %.1fs: %s", action.kind, delay, error, extra=fields)
 
     async def _finish(self, action: Action, error: str | None, follow_ups: FollowUps = ()) -> None:
         now = self._now()

@@ -28,7 +28,7 @@ from feishu_mailbot.names import NameResolver
 from feishu_mailbot.retry import RetryPolicy, backoff
 from feishu_mailbot.settings import Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
-from feishu_mailbot.state import State, Tx, actions, messages, outbox
+from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
 from feishu_mailbot.state.outbox import OutboxRow
 
 log = logging.getLogger("feishu_mailbot.outbox")
@@ -42,6 +42,10 @@ POLL_SECONDS = 5.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
+# A mail that raises something unexpected (a bug, a stored value a library refuses) is
+# tried this many times, with backoff, before it is marked failed: it will not get better.
+UNEXPECTED_ATTEMPTS = 5
+STATE_RETRY_MAX = 30.0  # seconds between rounds while the state database refuses work
 
 
 class Transport(Protocol):
@@ -108,6 +112,7 @@ class Outbox:
         self._smtp_threads = ThreadPoolExecutor(SMTP_CONNECTIONS, thread_name_prefix="smtp")
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
         self._bell = Doorbell()
+        self._last_sent = wall_clock()
 
     def reconfigure(self, settings: Settings) -> None:
         if settings.smtp != self.settings.smtp:
@@ -128,39 +133,90 @@ class Outbox:
         self._idle = asyncio.Queue()
         for transport in self._transports:
             self._idle.put_nowait(transport)
-        await self._state.write(outbox.requeue_interrupted)
-        last_sent = self._now()
+        requeued = False
+        failing = 0  # rounds in a row the state database refused
         while not self._bell.stopping:
             self._bell.begin_round()
-            rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
-            if len(rows) < DUE_BATCH:
-                # Planned mail enters the outbox only as fast as it is sent, a few
-                # messages per transaction, so a backlog never floods the commits.
-                wanted = DUE_BATCH - len(rows)
-                if await self._state.write(partial(outbox.queue_planned, limit=wanted)):
-                    rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
-            if rows:
-                await asyncio.gather(*(self._deliver_in_slot(row) for row in rows))
-                last_sent = self._now()
+            try:
+                if not requeued:
+                    await self._state.write(outbox.requeue_interrupted)
+                    requeued = True
+                wait = await self._round()
+            except DatabaseError as e:
+                # A full disk, a locked or broken file: nothing can be recorded, so
+                # nothing is sent; the mail stays queued and the round is tried again.
+                failing += 1
+                wait = min(STATE_RETRY_MAX, 2.0**failing)
+                if failing == 1:
+                    log.error("outbox paused: the state database refused work: %s", e)
+                await self._bell.wait(wait)
                 continue
-            if self._now() - last_sent > SMTP_IDLE_SECONDS:
-                for transport in self._transports:
-                    await asyncio.to_thread(transport.close_if_idle, SMTP_IDLE_SECONDS)
-            next_at = self._state.read(outbox.next_due_at)
-            timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
-            await self._bell.wait(min(timeout, POLL_SECONDS))
+            if failing:
+                log.warning("outbox resumed: the state database works again")
+                failing = 0
+            if wait is not None:
+                await self._bell.wait(wait)
         for transport in self._transports:
             await asyncio.to_thread(transport.close)
         self._smtp_threads.shutdown(wait=False)
+
+    async def _round(self) -> float | None:
+        """Send what is due; how long to wait before the next round (None: go on at once)."""
+        rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
+        if len(rows) < DUE_BATCH:
+            # Planned mail enters the outbox only as fast as it is sent, a few
+            # messages per transaction, so a backlog never floods the commits.
+            wanted = DUE_BATCH - len(rows)
+            if await self._state.write(partial(outbox.queue_planned, limit=wanted)):
+                rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
+        if rows:
+            results = await asyncio.gather(
+                *(self._deliver_in_slot(row) for row in rows), return_exceptions=True
+            )
+            self._last_sent = self._now()
+            for result in results:  # only the state's own errors get this far
+                if isinstance(result, BaseException):
+                    raise result
+            return None
+        if self._now() - self._last_sent > SMTP_IDLE_SECONDS:
+            for transport in self._transports:
+                await asyncio.to_thread(transport.close_if_idle, SMTP_IDLE_SECONDS)
+        next_at = self._state.read(outbox.next_due_at)
+        timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
+        return min(timeout, POLL_SECONDS)
+
+    def work_due(self) -> bool:
+        """Mail waiting to be sent now (the health verdict asks, once a second)."""
+        next_at = self._state.read(outbox.next_due_at)
+        return (next_at is not None and next_at <= self._now()) or self._state.read(
+            outbox.planned_count
+        ) > 0
+
+    @property
+    def last_progress(self) -> float:
+        return self._bell.last_progress
 
     async def _deliver_in_slot(self, row: OutboxRow) -> None:
         async with self._slots:
             await self._deliver(row)
 
     async def _deliver(self, row: OutboxRow) -> None:
+        """One mail; whatever goes wrong with it is recorded on it and stops nothing else."""
         if self._bell.stopping:
             return  # stays pending for the next start
         fields = {"MAIL_ID": row.mail_id, "MESSAGE_ID": row.message_id}
+        try:
+            await self._attempt(row, fields)
+        except DatabaseError:
+            raise  # not this mail's fault: the round stops and is tried again
+        except Exception as e:  # a bug or a value some library refuses: this mail only
+            error = f"{type(e).__name__}: {e}"
+            log.debug("mail %s raised", row.kind, exc_info=True, extra=fields)
+            await self._failed_attempt(row, error, False, fields, unexpected=True)
+        finally:
+            self._bell.progress()
+
+    async def _attempt(self, row: OutboxRow, fields: dict[str, str]) -> None:
         raw, subject = row.raw, row.subject
         if raw is None:
             try:
@@ -210,10 +266,16 @@ class Outbox:
             self._actions_queued()
 
     async def _failed_attempt(
-        self, row: OutboxRow, error: str, permanent: bool, fields: dict[str, str]
+        self,
+        row: OutboxRow,
+        error: str,
+        permanent: bool,
+        fields: dict[str, str],
+        unexpected: bool = False,
     ) -> None:
         age = self._now() - row.created_at
-        if permanent or age > self.policy.give_up_after:
+        exhausted = unexpected and row.attempts + 1 >= UNEXPECTED_ATTEMPTS
+        if permanent or exhausted or age > self.policy.give_up_after:
             await self._state.write(partial(outbox.mark_failed, mail_id=row.mail_id, error=error))
             log.error(
                 "mail %s failed for good after %d attempts: %s",

@@ -7,7 +7,6 @@ each day goes out once however often this looks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import reports
+from feishu_mailbot.doorbell import Doorbell
 from feishu_mailbot.feishu import FeishuError
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
@@ -40,14 +40,30 @@ class Schedule:
         self._reporter = reporter
         self._mail_queued = mail_queued  # the outbox polls anyway; this saves it the wait
         self._now = wall_clock
+        self._bell = Doorbell()
+
+    def stop(self) -> None:
+        self._bell.stop()
+
+    @property
+    def last_progress(self) -> float:
+        return self._bell.last_progress
+
+    def work_due(self) -> bool:
+        rs = self.settings.daily_report
+        return rs is not None and rs.mode == "scheduled"
 
     async def run(self) -> None:
-        while True:
+        while not self._bell.stopping:
+            self._bell.begin_round()
             try:
                 await self._tick()
             except FeishuError as e:
                 log.warning("scheduled digest postponed: %s", e)
-            await asyncio.sleep(TICK)
+            except Exception as e:  # a full disk, a bug: the next tick tries again
+                log.error("scheduled digest postponed: %s: %s", type(e).__name__, e)
+                log.debug("the schedule raised", exc_info=True)
+            await self._bell.wait(TICK)
 
     async def _tick(self) -> None:
         rs = self.settings.daily_report

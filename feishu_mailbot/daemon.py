@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import faulthandler
 import gc
+import hashlib
 import logging
 import os
 import signal
@@ -37,7 +38,15 @@ from feishu_mailbot.model import Recall
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Settings
-from feishu_mailbot.state import DB_NAME, DatabaseError, State, StateError, messages
+from feishu_mailbot.state import (
+    DB_NAME,
+    DatabaseError,
+    State,
+    StateError,
+    Unavailable,
+    messages,
+    quarantine,
+)
 from feishu_mailbot.state import outbox as outbox_q
 from feishu_mailbot.state.messages import Ingest
 from feishu_mailbot.systemd import Notifier, watchdog_interval
@@ -86,20 +95,30 @@ class Daemon:
     async def handle(self, payload: bytes) -> None:
         """Parse, triage, commit; the ack follows. Raising answers 500 so Feishu re-pushes."""
         self.events_seen += 1
-        try:
-            event = events.parse_event(payload)
-        except events.EventError as e:
-            # Re-pushing a malformed event would only repeat this; ack it and say so.
-            log.error("malformed event ignored: %s", e)
-            return
-        outcome = triage.triage(event, self.settings, self.bot_open_id)
         now = time.time()
-        if isinstance(outcome, triage.Drop):
-            log.debug("%s", outcome.reason, extra=_fields(event))
-        elif isinstance(outcome, Recall):
-            await self._recall(outcome, now)
-        else:
-            await self._accept(outcome, now)
+        try:
+            event = events.parse_event(payload, lambda chat: self.settings.chat(chat) is not None)
+            outcome = triage.triage(event, self.settings, self.bot_open_id)
+            if isinstance(outcome, triage.Drop):
+                log.debug("%s", outcome.reason, extra=_fields(event))
+            elif isinstance(outcome, Recall):
+                await self._recall(outcome, now)
+            else:
+                await self._accept(outcome, now)
+        except Unavailable:
+            raise  # a busy or full database: not acked, so Feishu pushes it again later
+        except Exception as e:  # anything else fails the same way on every re-push
+            await self._quarantine(payload, e, now)
+
+    async def _quarantine(self, payload: bytes, error: Exception, now: float) -> None:
+        """Keep the event as Feishu sent it, and acknowledge it."""
+        key = events.event_id_of(payload) or f"sha256:{hashlib.sha256(payload).hexdigest()}"
+        reason = f"{type(error).__name__}: {error}"[:1000]
+        if await self.state.write(
+            partial(quarantine.hold, key=key, reason=reason, payload=payload, now=now)
+        ):
+            log.error("event quarantined: %s", reason, extra={"EVENT_ID": key})
+            log.debug("the quarantined event raised", exc_info=error)
 
     async def _recall(self, recall: Recall, now: float) -> None:
         outcome = await self.state.write(partial(messages.recall, event=recall, now=now))
@@ -400,7 +419,7 @@ def _local_midnight(timezone: str) -> float:
 def _fields(event: events.Event) -> dict[str, str]:
     """The journal fields that name an event."""
     if isinstance(event, events.Ignored):
-        return {"EVENT_ID": event.event_id}
+        return {"EVENT_ID": event.event_id, **({"CHAT_ID": event.chat_id} if event.chat_id else {})}
     return {"EVENT_ID": event.event_id, "MESSAGE_ID": event.message_id, "CHAT_ID": event.chat_id}
 
 

@@ -50,6 +50,7 @@ class Ignored:
     event_id: str
     event_type: str
     reason: str
+    chat_id: str = ""  # set when it was ignored for its chat
 
 
 class EventError(ValueError):
@@ -62,11 +63,16 @@ Event = Message | Recall | Ignored
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_event(payload: bytes | str | Mapping[str, Any]) -> Event:
+def parse_event(
+    payload: bytes | str | Mapping[str, Any],
+    chat_allowed: Callable[[str], bool] = lambda _: True,
+) -> Event:
     """Turn one event v2 envelope into a `Message`, `Recall` or `Ignored`.
 
     Unknown event types are `Ignored` rather than errors so that subscribing
-    to a new event in the Feishu console never crashes the intake.
+    to a new event in the Feishu console never crashes the intake. So is an
+    event from a chat `chat_allowed` refuses, before its content is looked at:
+    what strangers post never reaches the content parsers.
     """
     data = _load(payload)
     header = data.get("header")
@@ -86,9 +92,22 @@ def parse_event(payload: bytes | str | Mapping[str, Any]) -> Event:
     if not isinstance(event, Mapping):
         raise EventError(f"event {event_id}: missing 'event' object")
     header_time = _int(header.get("create_time"))
+    chat_id = _str(_obj(event.get("message")), "chat_id") or _str(event, "chat_id")
+    if chat_id and not chat_allowed(chat_id):
+        return Ignored(event_id, event_type, "chat not in the allowlist, ignored", chat_id)
     if event_type == RECALL_EVENT:
         return _parse_recall(event_id, event, header_time)
     return _parse_message(event_id, event, header_time)
+
+
+def event_id_of(payload: bytes) -> str:
+    """The header.event_id of a payload that may not even parse; "" if it has none."""
+    try:
+        header = json.loads(payload).get("header")
+        event_id = header.get("event_id") if isinstance(header, dict) else None
+    except Exception:  # any JSON at all, however broken: there simply is no id
+        return ""
+    return event_id if isinstance(event_id, str) else ""
 
 
 def _load(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -169,14 +188,22 @@ def _str(obj: Mapping[str, Any], key: str) -> str:
     return ""
 
 
+_MAX_DIGITS = 20  # 2**64 has 20; a longer "number" is junk, not a time or a duration
+
+
 def _int(value: object) -> int:
-    """Feishu sends timestamps as decimal strings; junk becomes 0 rather than an error."""
+    """Feishu sends timestamps as decimal strings; junk becomes 0 rather than an error.
+
+    Only ASCII digits count: "²" and "¹" are digits to str.isdigit but not to int().
+    """
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS:
+            return int(text)
     return 0
 
 

@@ -35,7 +35,7 @@ Outcome = Drop | Recall | Accept
 
 def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
     if isinstance(event, Ignored):
-        return Drop(f"event ignored: {event.reason}")
+        return Drop(event.reason)
     if settings.chat(event.chat_id) is None:
         return Drop("chat not in the allowlist, ignored")
     if isinstance(event, Recall):

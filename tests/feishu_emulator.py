@@ -686,7 +686,8 @@ class FeishuEmulator:
             frame_id=uuid.uuid4().hex,
             event=event,
             event_id=str(header.get("event_id", "")),
-            payload=_dumps(event).encode(),
+            # A lone surrogate goes out as the \ud83d escape, as Feishu would send it.
+            payload=_dumps(event).encode("utf-8", "backslashreplace"),
             split=max(1, int(split)),
             trace_id=uuid.uuid4().hex,
         )

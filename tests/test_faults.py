@@ -8,10 +8,14 @@ own interpreter, so the supervision under test is the shipped one).
 
 from __future__ import annotations
 
+import sqlite3
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, NotifySocket, wait_until
@@ -98,3 +102,88 @@ def test_a_hung_worker_with_mail_due_is_a_stall(
         wait_until(lambda: any(s.startswith("STALLED") for s in notify.statuses()), 5)
     finally:
         notify.close()
+
+
+def quarantined(bot: Bot) -> dict[str, str]:
+    db = sqlite3.connect(bot.config.parent / "state" / "feishu-mailbot.db")
+    try:
+        return dict(db.execute("SELECT key, reason FROM quarantine").fetchall())
+    finally:
+        db.close()
+
+
+def poison(emulator: FeishuEmulator, trigger: str) -> dict[str, Any]:
+    """One event with the value that broke an earlier release."""
+    if trigger == "audio duration ¹":
+        emulator.register_resource("file_x", b"#!AMR\n" + bytes(64), "audio/amr")
+        return emulator.build_message_event(
+            "oc_team", "ou_alice", "audio", {"file_key": "file_x", "duration": "¹"}
+        )
+    text = "\ud83d 故障" if trigger == "lone surrogate" else "故障"
+    event = emulator.build_message_event("oc_team", "ou_alice", "text", {"text": text})
+    message = event["event"]["message"]
+    if trigger.startswith("create_time"):
+        message["create_time"] = {
+            "create_time ²": "²",
+            "create_time of 5000 digits": "9" * 5000,
+            "create_time over 2**63": str(2**63 + 1),
+        }[trigger]
+    elif trigger == "nested content":  # the content is JSON in a string, nested 100,000 deep
+        message["content"] = '{"text": "故障", "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    return event
+
+
+# What each trigger gets: mailed as well as it can be (the value is junk, the message is
+# not), or kept in quarantine (it would fail the same way on every re-push).
+TRIGGERS = {
+    "create_time ²": "mailed",
+    "create_time of 5000 digits": "mailed",
+    "audio duration ¹": "mailed",
+    "create_time over 2**63": "quarantined",
+    "nested content": "quarantined",
+    "lone surrogate": "quarantined",
+}
+
+
+@pytest.mark.parametrize("trigger", TRIGGERS)
+def test_an_event_that_cannot_be_taken_is_kept_and_acked(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, trigger: str
+) -> None:
+    bot = make_bot(rules="- name: all\n  regex: '^'\n  to: [all@example.com]\n").start()
+    bad = poison(emulator, trigger)
+    ack = emulator.wait_ack(emulator.push_raw(bad))
+    assert ack.code == 200  # acknowledged either way: no re-push loop
+    emulator.wait_ack(emulator.repush(bad))  # a re-push is acked again, and logged once
+    good = emulator.push_text("oc_team", "ou_alice", "一条正常的消息")
+    emulator.wait_ack(good)
+    event_id = bad["header"]["event_id"]
+    if TRIGGERS[trigger] == "mailed":
+        mails = smtp.wait_for(2, timeout=10)
+        assert quarantined(bot) == {}
+    else:
+        mails = smtp.wait_for(1, timeout=10)
+        held = quarantined(bot)
+        assert list(held) == [event_id], held
+        assert bot.current_log().count("event quarantined") == 1
+    assert any("一条正常的消息" in str(m["Subject"]) for m in mails)
+    assert bot.stop() == 0
+
+
+def test_a_busy_database_answers_500_and_the_re_push_is_taken_once(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot = make_bot(rules=ONE_RULE).start()
+    blocker = sqlite3.connect(bot.config.parent / "state" / "feishu-mailbot.db", timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        event = emulator.push_text("oc_team", "ou_alice", "故障：数据库被锁")
+        assert emulator.wait_ack(event, timeout=20).code == 500  # not taken: Feishu re-pushes
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert emulator.wait_ack(emulator.repush(event)).code in (200, 500)
+    wait_until(lambda: any(a.code == 200 for a in emulator.acks), 10, "an ack of 200")
+    smtp.wait_for(1, timeout=10)
+    time.sleep(0.5)
+    assert len(smtp.messages) == 1 and quarantined(bot) == {}
+    assert bot.stop() == 0

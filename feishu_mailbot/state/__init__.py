@@ -17,10 +17,17 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from feishu_mailbot.state.checkpoint import Checkpointer
-from feishu_mailbot.state.db import DatabaseError, StateError, Transaction, Tx, connect
+from feishu_mailbot.state.db import (
+    DatabaseError,
+    StateError,
+    Transaction,
+    Tx,
+    Unavailable,
+    connect,
+)
 from feishu_mailbot.state.group_commit import GroupCommit
 
-__all__ = ["DB_NAME", "DatabaseError", "State", "StateError", "Tx"]
+__all__ = ["DB_NAME", "DatabaseError", "State", "StateError", "Tx", "Unavailable"]
 
 T = TypeVar("T")
 DB_NAME = "feishu-mailbot.db"

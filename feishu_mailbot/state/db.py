@@ -15,10 +15,25 @@ from pathlib import Path
 Tx = sqlite3.Connection
 #: What a failing statement raises; callers outside the package catch this name.
 DatabaseError = sqlite3.Error
+#: The database cannot do it now (locked, busy, disk full, I/O): trying again later may
+#: work. Any other error with a unit of work will repeat on every try.
+Unavailable = sqlite3.OperationalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-_SCHEMA = """
+# Events that fail the same way on every re-push, kept as Feishu sent them.
+_QUARANTINE = """
+CREATE TABLE quarantine (
+    key         TEXT PRIMARY KEY,  -- the event_id, or sha256: of the payload if it has none
+    received_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'held'
+);
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE events (
     event_id    TEXT PRIMARY KEY,
     received_at REAL NOT NULL
@@ -101,6 +116,8 @@ CREATE TABLE names (
     PRIMARY KEY (kind, id)
 );
 """
+    + _QUARANTINE
+)
 
 # Step from version N to N+1, for databases made by an older release.
 _MIGRATIONS = {
@@ -112,6 +129,7 @@ CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned >
     # Nothing to alter: from 3 on, `messages.body` may hold model.py's JSON version 2,
     # which a release that only reads version 1 must refuse to open, not misread.
     2: "",
+    3: _QUARANTINE,
 }
 
 

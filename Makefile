@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 # systemd-nspawn for the system test on a real systemd, libfaketime as the daemon's
 # controllable clock, and headless Chromium (with CJK fonts) to render the digest.
 APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
+	python3-regex \
 	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 

@@ -64,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return daemon.run(settings)
     if args.command == "check-config":
         print(f"{path}: OK ({len(settings.chats)} chats, {len(settings.rules)} rules)")
+        for warning in config.warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
         if not args.online:
             return os.EX_OK
         return _check_online(settings)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import regex
 import yaml
 
 from feishu_mailbot.digest import validate_digest_subject
-from feishu_mailbot.rules import validate_subject_template
+from feishu_mailbot.rules import RULE_TIMEOUT_MS, validate_subject_template
 from feishu_mailbot.settings import (
     ACKNOWLEDGE_MODES,
     MATCH_MODES,
@@ -299,16 +300,16 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
     )
     name = _str(m["name"])
     keywords = _list(m["keywords"], _str) if "keywords" in m else ()
-    regex = None
+    pattern = None
     if "regex" in m:
         source = _str(m["regex"])
         try:
-            regex = re.compile(source)
-        except re.error as e:
+            pattern = regex.compile(source)
+        except regex.error as e:
             raise m["regex"].error(
                 f"invalid regular expression: {e} (expected Python re syntax)"
             ) from e
-    if not keywords and regex is None:
+    if not keywords and pattern is None:
         raise n.error("needs `keywords` or `regex` (a rule without either would match nothing)")
     chats = _list(m["chats"], _str) if "chats" in m else ()
     for i, chat_id in enumerate(chats):
@@ -324,7 +325,7 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
         name=name,
         to=_list(m["to"], _email),
         keywords=keywords,
-        regex=regex,
+        regex=pattern,
         chats=chats,
         subject=subject,
         confirm=_bool(m["confirm"]) if "confirm" in m else False,
@@ -522,6 +523,23 @@ def parse(text: str, path: str) -> Settings:
         log_level=log_level,
         timezone=timezone,
     )
+
+
+# A group that repeats something repeatable, itself repeated: (a+)+, (\w+\s?)*, (x|xy){2,}.
+_NESTED = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*]|\{\d*,?\d*\})(?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What is valid but risky, for check-config and the journal at start."""
+    out = []
+    for i, rule in enumerate(settings.rules):
+        if rule.regex is not None and _NESTED.search(rule.regex.pattern):
+            out.append(
+                f"{settings.path}: rules[{i}].regex: {rule.regex.pattern!r} repeats a group "
+                "that itself repeats (like (a+)+), which can take minutes on some texts; it "
+                f"is matched with a {RULE_TIMEOUT_MS} ms limit and counts as no match past it"
+            )
+    return out
 
 
 def load(path: str) -> Settings:

@@ -37,6 +37,7 @@ from feishu_mailbot.feishu import (
 from feishu_mailbot.model import Recall
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
+from feishu_mailbot.rules import RULE_TIMEOUT_MS
 from feishu_mailbot.settings import Settings
 from feishu_mailbot.state import (
     DB_NAME,
@@ -86,6 +87,7 @@ class Daemon:
         self.bot_open_id = ""
         self.events_seen = 0
         self.started = time.monotonic()
+        self._slow_rules: set[str] = set()
 
     def wake_actions(self) -> None:
         self.actions.wake()
@@ -146,6 +148,15 @@ class Daemon:
             )
         )
         fields = _fields(accepted.message)
+        for name in set(accepted.slow_rules) - self._slow_rules:
+            self._slow_rules.add(name)  # once per rule: the next message would say the same
+            log.warning(
+                "rule %s: its regex ran out of time (%d ms) and counted as no match; "
+                "simplify it (check-config names the likely cause)",
+                name,
+                RULE_TIMEOUT_MS,
+                extra={**fields, "RULE": name},
+            )
         if result is not Ingest.NEW:
             log.info("%s ignored", result.value, extra=fields)
             return
@@ -374,6 +385,9 @@ class Daemon:
             self.actions.reconfigure(new)
             self.connection.ping_every = new.health.stall_after / 3
             logs.set_level(new.log_level)
+            self._slow_rules.clear()  # a rule may have been fixed: say it again if not
+            for warning in config.warnings(new):
+                log.warning("%s", warning)
             log.info("configuration reloaded: %d chats, %d rules", len(new.chats), len(new.rules))
         if self._ready:
             self.notifier.ready(self.status_line())
@@ -435,6 +449,8 @@ def run(settings: Settings) -> int:
     # On the watchdog's SIGABRT (or any fatal signal) print every thread's stack to
     # stderr, which is the journal under systemd: the stall explains itself.
     faulthandler.enable()
+    for warning in config.warnings(settings):
+        log.warning("%s", warning)
     if os.stat(settings.path).st_mode & 0o004:
         log.warning(
             "%s is world-readable but holds secrets: chmod 0640 it (owner root, group "

@@ -17,6 +17,10 @@ from .model import Delivery, Message
 from .settings import Rule
 
 SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
+# A regex runs on the ack path, so it is bounded: at most this long per rule and message,
+# on at most this much text. Past the limit the rule counts as not matching.
+RULE_TIMEOUT_MS = 25
+MATCH_CHARS = 20_000
 
 
 @lru_cache(maxsize=1024)
@@ -25,12 +29,15 @@ def _folded_keywords(keywords: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(k for k in (fold(k) for k in keywords) if k)
 
 
-def match(rule: Rule, msg: Message, folded_text: str | None = None) -> bool:
+def match(
+    rule: Rule, msg: Message, folded_text: str | None = None, slow: set[str] | None = None
+) -> bool:
     """True if `msg` is in the rule's chats and hits any keyword or the regex.
 
     A rule with neither keywords nor regex matches every message in scope:
     that is how an archive address ("send everything") is expressed.
-    `folded_text` is `fold(msg.text)` when the caller has it already.
+    `folded_text` is `fold(msg.text)` when the caller has it already. A regex
+    that runs out of time counts as no match, and its rule's name goes into `slow`.
     """
     if rule.chats and msg.chat_id not in rule.chats:
         return False
@@ -41,10 +48,18 @@ def match(rule: Rule, msg: Message, folded_text: str | None = None) -> bool:
         folded = fold(msg.text) if folded_text is None else folded_text
         if any(k in folded for k in keywords):
             return True
-    return rule.regex is not None and rule.regex.search(msg.text) is not None
+    if rule.regex is None:
+        return False
+    try:
+        found = rule.regex.search(msg.text[:MATCH_CHARS], timeout=RULE_TIMEOUT_MS / 1000)
+    except TimeoutError:
+        if slow is not None:
+            slow.add(rule.name)
+        return False
+    return found is not None
 
 
-def plan(rules: Sequence[Rule], msg: Message) -> tuple[Delivery, ...]:
+def plan(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> tuple[Delivery, ...]:
     """Group recipients by the exact set of matching rules that name them.
 
     Addresses are compared case-insensitively; the spelling of the first
@@ -53,7 +68,7 @@ def plan(rules: Sequence[Rule], msg: Message) -> tuple[Delivery, ...]:
     same plan (the outbox relies on that for idempotent retries).
     """
     folded = fold(msg.text)
-    matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg, folded)]
+    matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg, folded, slow)]
     spelling: dict[str, str] = {}
     rules_for: dict[str, list[int]] = {}
     for index, rule in matched:

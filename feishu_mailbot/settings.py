@@ -6,10 +6,11 @@ core can import the types without pulling in the YAML machinery.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Literal
+
+import regex
 
 
 class Secret:
@@ -70,7 +71,7 @@ class Rule:
     name: str
     to: tuple[str, ...]
     keywords: tuple[str, ...] = ()
-    regex: re.Pattern[str] | None = None
+    regex: regex.Pattern[str] | None = None  # the regex module: matching takes a timeout
     chats: tuple[str, ...] = ()  # empty: every allowed chat
     subject: str = "[{chat_name}] {sender_name}: {preview}"
     confirm: bool = False  # reply in the chat once the mail is sent

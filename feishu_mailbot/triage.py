@@ -28,6 +28,7 @@ class Accept:
     message: Message
     deliveries: tuple[Delivery, ...]
     requests: tuple[ActionRequest, ...]
+    slow_rules: tuple[str, ...] = ()  # rules whose regex ran out of time: no match
 
 
 Outcome = Drop | Recall | Accept
@@ -40,11 +41,10 @@ def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
         return Drop("chat not in the allowlist, ignored")
     if isinstance(event, Recall):
         return event
-    return Accept(
-        event,
-        rules.plan(settings.rules, event),
-        report_requests(event, settings.daily_report, bot_open_id),
-    )
+    slow: set[str] = set()
+    deliveries = rules.plan(settings.rules, event, slow)
+    requests = report_requests(event, settings.daily_report, bot_open_id)
+    return Accept(event, deliveries, requests, tuple(sorted(slow)))
 
 
 def report_requests(

@@ -190,3 +190,13 @@ def test_simulate_shows_what_a_message_would_do(tmp_path: Path) -> None:
     # The one time zone: Berlin is UTC+1 or UTC+2, never Shanghai's +8.
     offset = mail["Date"].datetime.utcoffset()
     assert offset is not None and offset.total_seconds() in (3600, 7200)
+
+
+def test_check_config_warns_about_nested_quantifiers(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("regex: '(?i)release\\s+\\d+'", "regex: '^(a+)+$'"))
+    result = run_cli("--config", path, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {path}: rules[1].regex: '^(a+)+$' repeats a group" in result.stderr
+    assert "25 ms limit" in result.stderr
+    plain = config.load(write(tmp_path, GOOD))
+    assert config.warnings(plain) == []  # (?i)release\s+\d+ repeats nothing repeated

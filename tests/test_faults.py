@@ -187,3 +187,36 @@ def test_a_busy_database_answers_500_and_the_re_push_is_taken_once(
     time.sleep(0.5)
     assert len(smtp.messages) == 1 and quarantined(bot) == {}
     assert bot.stop() == 0
+
+
+REDOS = """\
+- name: words
+  regex: '^(\\w+\\s?)+$'
+  to: [words@example.com]
+- name: evil
+  regex: '(x+x+)+y'
+  to: [evil@example.com]
+- name: oncall
+  keywords: [故障]
+  to: [oncall@example.com]
+"""
+
+
+def test_a_regex_that_backtracks_cannot_hold_up_acks(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot = make_bot(rules=REDOS).start()
+    acks = []
+    for text in ("a" * 29 + "!", "a" * 2999 + "!", "x" * 5000, "x" * 30_000 + " 故障"):
+        acks.append(emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", text)))
+    assert all(a.code == 200 for a in acks)
+    assert max(a.ms for a in acks) < 100, [a.ms for a in acks]
+    # The words rule matches the x's (in time); the keyword rule still sees the long one.
+    mails = smtp.wait_for(3, timeout=10)
+    to = sorted(a.addr_spec for m in mails for a in m["To"].addresses)
+    assert to == ["oncall@example.com", "words@example.com", "words@example.com"], to
+    log = bot.current_log()
+    assert log.count("rule evil: its regex ran out of time") == 1  # once, not per message
+    assert "rules[0].regex: '^(\\\\w+\\\\s?)+$' repeats a group that itself repeats" in log
+    assert "rules[1].regex: '(x+x+)+y' repeats a group that itself repeats" in log
+    assert bot.stop() == 0

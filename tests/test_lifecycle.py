@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import Bot, NotifySocket, wait_until
+from tests.harness import REPO, Bot, NotifySocket, wait_until
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -133,13 +133,29 @@ def test_stall_when_reconnecting_exceeds_the_budget(
 
 
 def test_stall_when_the_event_loop_is_blocked(
-    make_bot: MakeBot, emulator: FeishuEmulator, notify: NotifySocket
+    make_bot: MakeBot, emulator: FeishuEmulator, notify: NotifySocket, tmp_path: Path
 ) -> None:
-    # An operator's regex with catastrophic backtracking, meeting the text that triggers it:
-    # matching runs on the loop, which then stops turning for minutes.
-    bot = start(make_bot, notify, rules="- name: slow\n  regex: '^(a+)+$'\n  to: [x@example.com]\n")
+    # Something on the loop that does not return (once a catastrophically backtracking
+    # regex did this; rules now run with a time limit): here a blocking call injected into
+    # rule matching when a message says "block".
+    site = tmp_path / "inject"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        "from feishu_mailbot import rules\n"
+        "_match = rules.match\n"
+        "def match(rule, msg, *args):\n"
+        "    if 'block' in msg.text:\n"
+        "        time.sleep(3600)\n"
+        "    return _match(rule, msg, *args)\n"
+        "rules.match = match\n",
+        encoding="utf-8",
+    )
+    bot = make_bot(extra=HEALTH, rules=ONE_RULE)
+    bot.start(env={**notify.env(WATCHDOG_USEC), "PYTHONPATH": f"{site}:{REPO}"})
+    notify.wait("READY=1")
     since = time.monotonic()
-    emulator.push_text("oc_team", "ou_alice", "a" * 40 + "!")
+    emulator.push_text("oc_team", "ou_alice", "block")
     time.sleep(STALL_AFTER + 2)
     feeds_after = [t for t in notify.times("WATCHDOG=1") if t > since]
     assert not feeds_after or feeds_after[-1] - since < 1.5, feeds_after
@@ -148,7 +164,7 @@ def test_stall_when_the_event_loop_is_blocked(
     assert bot.stop(signal.SIGABRT) == -signal.SIGABRT
     log = bot.current_log()
     assert "Fatal Python error: Aborted" in log
-    assert "rules.py" in log and "in match" in log
+    assert "sitecustomize.py" in log and "in match" in log
 
 
 def test_short_outage_recovers_in_process(

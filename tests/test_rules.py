@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
+import regex
 
 from feishu_mailbot.model import Delivery, Message, Text
 from feishu_mailbot.rules import match, plan, render_subject, validate_subject_template
@@ -42,13 +41,13 @@ def test_chinese_keywords_any_of() -> None:
 
 
 def test_regex_searches_text() -> None:
-    rule = Rule(name="ticket", to=("a@x.org",), regex=re.compile(r"INC-\d{4}"))
+    rule = Rule(name="ticket", to=("a@x.org",), regex=regex.compile(r"INC-\d{4}"))
     assert match(rule, msg("see INC-1234 now"))
     assert not match(rule, msg("see INC-12"))
 
 
 def test_keywords_or_regex() -> None:
-    rule = Rule(name="r", to=("a@x.org",), keywords=("故障",), regex=re.compile(r"^P[01]\b"))
+    rule = Rule(name="r", to=("a@x.org",), keywords=("故障",), regex=regex.compile(r"^P[01]\b"))
     assert match(rule, msg("P0 数据库"))
     assert match(rule, msg("有故障"))
     assert not match(rule, msg("P2 小问题"))
@@ -176,3 +175,13 @@ def test_validate_accepts(template: str) -> None:
 def test_validate_rejects(template: str, fragment: str) -> None:
     error = validate_subject_template(template)
     assert error is not None and fragment in error
+
+
+def test_a_regex_out_of_time_is_no_match_and_named() -> None:
+    evil = Rule(name="evil", to=("a@x.org",), regex=regex.compile(r"(x+x+)+y"))
+    fine = Rule(name="fine", to=("b@x.org",), keywords=("x",))
+    slow: set[str] = set()
+    [delivery] = plan([evil, fine], msg("x" * 5000), slow)
+    assert delivery.rules == ("fine",)
+    assert slow == {"evil"}
+    assert not match(evil, msg("x" * 5000))  # without a set to tell, just no match

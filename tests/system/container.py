@@ -31,6 +31,7 @@ PACKAGES = (
     "python3-systemd",
     "python3-sdnotify",
     "python3-yaml",
+    "python3-regex",
     "adduser",
     "procps",
 )

@@ -37,6 +37,7 @@ import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -476,14 +477,16 @@ class FeishuApi:
     async def user_name(self, open_id: str) -> str:
         payload = await self._json(
             "GET",
-            f"/open-apis/contact/v3/users/{open_id}",
+            f"/open-apis/contact/v3/users/{_segment(open_id)}",
             "user info",
             params={"user_id_type": "open_id"},
         )
         return str(((payload.get("data") or {}).get("user") or {}).get("name") or open_id)
 
     async def chat_name(self, chat_id: str) -> str:
-        payload = await self._json("GET", f"/open-apis/im/v1/chats/{chat_id}", "chat info")
+        payload = await self._json(
+            "GET", f"/open-apis/im/v1/chats/{_segment(chat_id)}", "chat info"
+        )
         return str((payload.get("data") or {}).get("name") or chat_id)
 
     async def resource(self, message_id: str, key: str, kind: str) -> tuple[bytes, str, str | None]:
@@ -493,7 +496,7 @@ class FeishuApi:
             token = await self.tenant_token(refresh=attempt == 1)
             try:
                 response = await self._http.get(
-                    f"/open-apis/im/v1/messages/{message_id}/resources/{key}",
+                    f"/open-apis/im/v1/messages/{_segment(message_id)}/resources/{_segment(key)}",
                     params={"type": "image" if kind == "image" else "file"},
                     headers={"Authorization": f"Bearer {token}"},
                 )
@@ -533,7 +536,7 @@ class FeishuApi:
     async def react(self, message_id: str, emoji: str) -> None:
         await self._json(
             "POST",
-            f"/open-apis/im/v1/messages/{message_id}/reactions",
+            f"/open-apis/im/v1/messages/{_segment(message_id)}/reactions",
             "reaction",
             json_body={"reaction_type": {"emoji_type": emoji}},
         )
@@ -541,13 +544,19 @@ class FeishuApi:
     async def reply_text(self, message_id: str, text: str) -> None:
         await self._json(
             "POST",
-            f"/open-apis/im/v1/messages/{message_id}/reply",
+            f"/open-apis/im/v1/messages/{_segment(message_id)}/reply",
             "reply",
             json_body={
                 "msg_type": "text",
                 "content": json.dumps({"text": text}, ensure_ascii=False),
             },
         )
+
+
+def _segment(value: str) -> str:
+    """An id from an event as one URL path segment: a '/', '?' or control character in it
+    must not change which endpoint is asked (httpx refuses some outright, InvalidURL)."""
+    return quote(value, safe="")
 
 
 def _filename(disposition: str) -> str | None:

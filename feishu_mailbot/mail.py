@@ -184,8 +184,13 @@ def _split_type(content_type: str) -> tuple[str, str]:
 
 
 def _filename(name: str) -> str:
-    """A header-safe file name; path separators go too so no client writes outside its folder."""
-    cleaned = sanitize_header(name).replace("/", "_").replace("\\", "_").strip(" .")
+    """A header-safe file name; path separators go too so no client writes outside its folder.
+
+    Format characters (Unicode Cf: bidi overrides, zero-width joiners) go as well, or
+    `invoice\u202egpj.exe` would show as `invoiceexe.jpg`.
+    """
+    visible = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    cleaned = sanitize_header(visible).replace("/", "_").replace("\\", "_").strip(" .")
     return cleaned or "attachment"
 
 

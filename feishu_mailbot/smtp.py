@@ -224,11 +224,10 @@ class SmtpTransport:
         *,
         probe_after: float = 10.0,
     ) -> None:
-        self._settings = settings
         self._context = ssl_context if ssl_context is not None else ssl.create_default_context()
         self._probe_after = probe_after
-        self._where = f"{settings.host}:{settings.port}"
-        self._scrub_pattern = _scrubber(settings)
+        self._apply(settings)
+        self._next: SmtpSettings | None = None  # from reconfigure(), taken up under the lock
         self._smtp: smtplib.SMTP | None = None
         self._last_used = 0.0
         self._lock = threading.Lock()
@@ -244,9 +243,24 @@ class SmtpTransport:
         self.close()
 
     def reconfigure(self, settings: SmtpSettings) -> None:
-        """New settings take effect with the next connection."""
-        self.close()
+        """New settings take effect with the next send or close, in the thread doing it.
+
+        Never blocks: the caller is the event loop (a reload), and closing here
+        would wait for a send in progress, or for a stuck relay to answer QUIT.
+        """
+        self._next = settings
+
+    def _apply(self, settings: SmtpSettings) -> None:
         self._settings = settings
+        self._where = f"{settings.host}:{settings.port}"
+        self._scrub_pattern = _scrubber(settings)  # a new password must be scrubbed too
+
+    def _take_new_settings(self) -> None:
+        """Under the lock: a reconfigured transport drops its old connection first."""
+        settings, self._next = self._next, None
+        if settings is not None:
+            self._drop(polite=True)
+            self._apply(settings)
 
     def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
         """Hands one message to the relay.
@@ -259,6 +273,7 @@ class SmtpTransport:
             raise ValueError("send() needs at least one recipient")
         data = _EOL.sub(b"\r\n", raw)
         with self._lock:
+            self._take_new_settings()
             try:
                 return self._send_once(data, sender, recipients, may_retry=True)
             except _Stale:
@@ -278,6 +293,7 @@ class SmtpTransport:
         if not self._lock.acquire(blocking=False):
             return False
         try:
+            self._take_new_settings()
             if self._smtp is None or time.monotonic() - self._last_used < idle_seconds:
                 return False
             self._drop(polite=True)

@@ -262,6 +262,11 @@ class SmtpServer:
         """Sleep before answering each DATA, like a slow relay; other sessions go on."""
         self._delay = seconds
 
+    def freeze(self, seconds: float) -> None:
+        """Answer nothing at all for `seconds`, on every session: a relay that hangs."""
+        assert self._controller is not None and self._controller.loop is not None
+        self._controller.loop.call_soon_threadsafe(time.sleep, seconds)
+
     def permanent_fail_rcpt(self, address: str) -> None:
         """Answer RCPT TO:<address> with 550."""
         self._refused_rcpts.add(address.lower())

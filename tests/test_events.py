@@ -297,3 +297,9 @@ def test_preview() -> None:
     assert len(cut) == 10
     assert preview("line\u2028sep") == "line sep"
     assert preview("anything", limit=0) == ""
+
+
+def test_preview_of_a_huge_text_is_cut_before_it_is_cleaned() -> None:
+    huge = "第一行\n" + "很长" * 1_000_000
+    assert preview(huge) == preview("第一行\n" + "很长" * 30)
+    assert len(preview(huge)) == 40

@@ -8,6 +8,7 @@ own interpreter, so the supervision under test is the shipped one).
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import textwrap
 import time
@@ -219,4 +220,24 @@ def test_a_regex_that_backtracks_cannot_hold_up_acks(
     assert log.count("rule evil: its regex ran out of time") == 1  # once, not per message
     assert "rules[0].regex: '^(\\\\w+\\\\s?)+$' repeats a group that itself repeats" in log
     assert "rules[1].regex: '(x+x+)+y' repeats a group that itself repeats" in log
+    assert bot.stop() == 0
+
+
+def test_a_reload_does_not_wait_for_a_hung_relay(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot = make_bot(rules=ONE_RULE).start()
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障一"))
+    smtp.wait_for(1, timeout=10)  # a connection is open and idle now
+    smtp.freeze(8)  # and the relay stops answering, QUIT included
+    bot.config.write_text(
+        bot.config.read_text("utf-8").replace("  timeout: 5\n", "  timeout: 6\n"), "utf-8"
+    )
+    assert bot.proc is not None
+    bot.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)  # the reload runs on the loop now; an event comes in meanwhile
+    ack = emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障二"))
+    assert ack.ms < 1000, ack.ms  # the loop did not sit in QUIT on a dead relay
+    bot.wait_log("configuration reloaded")
+    smtp.wait_for(2, timeout=30)  # once the relay answers again, the second mail goes out
     assert bot.stop() == 0

@@ -243,3 +243,9 @@ def test_addresses_from_config_must_be_clean() -> None:
 def test_sanitize_header() -> None:
     assert sanitize_header("a\r\nb\tc\x00d\u2028e\x7f") == "a b c d e"
     assert sanitize_header("  中文 标题 ") == "中文 标题"
+
+
+def test_format_characters_cannot_disguise_a_file_name() -> None:
+    doc = Attachment("invoice\u202egpj.exe", "application/octet-stream", b"MZ")
+    (att,) = list(reparse(forward(attachments=(doc,))).iter_attachments())
+    assert att.get_filename() == "invoicegpj.exe"  # shown as it is: an .exe

@@ -22,7 +22,7 @@ from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import ActionRequest, Delivery, Message, Text
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.settings import Settings, SmtpSettings
+from feishu_mailbot.settings import FeishuSettings, Secret, Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused
 from feishu_mailbot.state import State, digests, messages, outbox
 from feishu_mailbot.workers.actions import Actions
@@ -173,3 +173,20 @@ def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
     assert asyncio.run(main()) == ["digest", "supplement"]
     assert queued == ["wake"]  # the supplement's mail
     assert [r["message_id"] for r in emulator.reactions] == ["om_1", "om_2"]
+
+
+def test_ids_from_events_stay_one_path_segment(emulator: FeishuEmulator) -> None:
+    """A key with '/', '?' or a control character must not change the endpoint asked."""
+    tricky = "img/../../bot/v3/info?x=1\x7f"
+    emulator.register_resource(tricky, b"\x89PNG\r\n\x1a\n", "image/png")
+
+    async def main() -> tuple[bytes, str, str | None]:
+        api = FeishuApi(FeishuSettings("cli_test", Secret("test-secret"), emulator.base_url))
+        try:
+            return await api.resource("om_1", tricky, "image")
+        finally:
+            await api.close()
+
+    data, content_type, _ = asyncio.run(main())
+    assert (data, content_type) == (b"\x89PNG\r\n\x1a\n", "image/png")
+    assert emulator.rest_calls["/open-apis/bot/v3/info"] == 0

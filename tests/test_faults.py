@@ -8,11 +8,13 @@ own interpreter, so the supervision under test is the shipped one).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
+import subprocess
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,4 +242,51 @@ def test_a_reload_does_not_wait_for_a_hung_relay(
     assert ack.ms < 1000, ack.ms  # the loop did not sit in QUIT on a dead relay
     bot.wait_log("configuration reloaded")
     smtp.wait_for(2, timeout=30)  # once the relay answers again, the second mail goes out
+    assert bot.stop() == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """state_dir on a 4 MB tmpfs of its own, so that filling it fills only it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write until the file system says it is full; the file is what frees it again."""
+    filler = directory / "filler"
+    with open(filler, "wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
+
+
+def test_a_full_disk_loses_nothing_and_sends_everything_once(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, small_disk: Path
+) -> None:
+    smtp.refuse = True
+    bot = make_bot(rules=ONE_RULE).start()
+    first = emulator.push_text("oc_team", "ou_alice", "故障一：磁盘满之前")
+    assert emulator.wait_ack(first).code == 200  # stored; its mail waits for the relay
+    bot.wait_log("connect failed", timeout=15)
+    filler = fill(small_disk)
+    smtp.refuse = False
+    bot.wait_log("outbox paused: the state database refused work", timeout=20)
+    second = emulator.push_text("oc_team", "ou_alice", "故障二：磁盘满的时候")
+    assert emulator.wait_ack(second, timeout=20).code == 500  # not taken: Feishu re-pushes
+    assert smtp.messages == []  # nothing is sent that could not be recorded as sent
+    filler.unlink()
+    assert emulator.wait_ack(emulator.repush(second), timeout=20).code in (200, 500)
+    wait_until(lambda: [a.code for a in emulator.acks].count(200) == 2, 20, "both acked")
+    bot.wait_log("outbox resumed", timeout=40)
+    smtp.wait_for(2, timeout=40)
+    time.sleep(1.0)
+    subjects = sorted(str(m["Subject"]) for m in smtp.messages)
+    assert len(subjects) == 2 and "磁盘满之前" in subjects[0] + subjects[1], subjects
     assert bot.stop() == 0

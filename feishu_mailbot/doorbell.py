@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
+
+from feishu_mailbot.state import DatabaseError
+
+STATE_RETRY_MAX = 30.0  # seconds between rounds while the state database refuses work
 
 
 class Doorbell:
@@ -38,3 +44,31 @@ class Doorbell:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._rung.wait(), max(0.0, seconds))
         self.progress()
+
+
+async def rounds(
+    bell: Doorbell, work: Callable[[], Awaitable[float | None]], name: str, log: logging.Logger
+) -> None:
+    """Run `work` round after round until the bell is stopped.
+
+    `work` returns how long to wait before the next round (None: go on at once).
+    When the state database refuses (a full disk, a broken file) nothing can be
+    recorded, so nothing is done: the round is tried again with backoff, and
+    the journal says so once when it starts and once when it ends.
+    """
+    failing = 0  # rounds in a row the state database refused
+    while not bell.stopping:
+        bell.begin_round()
+        try:
+            wait = await work()
+        except DatabaseError as e:
+            failing += 1
+            if failing == 1:
+                log.error("%s paused: the state database refused work: %s", name, e)
+            await bell.wait(min(STATE_RETRY_MAX, 2.0**failing))
+            continue
+        if failing:
+            log.warning("%s resumed: the state database works again", name)
+            failing = 0
+        if wait is not None:
+            await bell.wait(wait)

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from feishu_mailbot.settings import Settings
 
+# An item that raises something unexpected (a bug, a stored value a library refuses) is
+# tried this many times, with backoff, before it is marked failed: it will not get better.
+UNEXPECTED_ATTEMPTS = 5
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

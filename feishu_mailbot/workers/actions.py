@@ -20,11 +20,11 @@ from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import reports
-from feishu_mailbot.doorbell import Doorbell
+from feishu_mailbot.doorbell import Doorbell, rounds
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import ActionRequest
 from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.retry import RetryPolicy, backoff
+from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
 from feishu_mailbot.settings import ReportSettings, Settings
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, digests, messages
 from feishu_mailbot.state.actions import Action
@@ -33,8 +33,6 @@ log = logging.getLogger("feishu_mailbot.actions")
 
 # Woken by the daemon and the outbox when they queue actions; this is the fallback.
 POLL_SECONDS = 5.0
-UNEXPECTED_ATTEMPTS = 5  # an action raising something unexpected: tries before it is failed
-STATE_RETRY_MAX = 30.0  # seconds between rounds while the state database refuses work
 FollowUps = Sequence[ActionRequest]
 
 
@@ -73,22 +71,7 @@ class Actions:
         self._bell.stop()
 
     async def run(self) -> None:
-        failing = 0  # rounds in a row the state database refused
-        while not self._bell.stopping:
-            self._bell.begin_round()
-            try:
-                wait = await self._round()
-            except DatabaseError as e:
-                failing += 1
-                if failing == 1:
-                    log.error("actions paused: the state database refused work: %s", e)
-                await self._bell.wait(min(STATE_RETRY_MAX, 2.0**failing))
-                continue
-            if failing:
-                log.warning("actions resumed: the state database works again")
-                failing = 0
-            if wait is not None:
-                await self._bell.wait(wait)
+        await rounds(self._bell, self._round, "actions", log)
 
     async def _round(self) -> float | None:
         """Do what is due; how long to wait before the next round (None: go on at once)."""

@@ -21,11 +21,11 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import mail
-from feishu_mailbot.doorbell import Doorbell
+from feishu_mailbot.doorbell import Doorbell, rounds
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
 from feishu_mailbot.model import ActionRequest, Message, Resource
 from feishu_mailbot.names import NameResolver
-from feishu_mailbot.retry import RetryPolicy, backoff
+from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
 from feishu_mailbot.settings import Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
@@ -42,10 +42,6 @@ POLL_SECONDS = 5.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
-# A mail that raises something unexpected (a bug, a stored value a library refuses) is
-# tried this many times, with backoff, before it is marked failed: it will not get better.
-UNEXPECTED_ATTEMPTS = 5
-STATE_RETRY_MAX = 30.0  # seconds between rounds while the state database refuses work
 
 
 class Transport(Protocol):
@@ -112,6 +108,7 @@ class Outbox:
         self._smtp_threads = ThreadPoolExecutor(SMTP_CONNECTIONS, thread_name_prefix="smtp")
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
         self._bell = Doorbell()
+        self._requeued = False  # mail caught mid-send by the last stop goes back first
         self._last_sent = wall_clock()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -133,35 +130,16 @@ class Outbox:
         self._idle = asyncio.Queue()
         for transport in self._transports:
             self._idle.put_nowait(transport)
-        requeued = False
-        failing = 0  # rounds in a row the state database refused
-        while not self._bell.stopping:
-            self._bell.begin_round()
-            try:
-                if not requeued:
-                    await self._state.write(outbox.requeue_interrupted)
-                    requeued = True
-                wait = await self._round()
-            except DatabaseError as e:
-                # A full disk, a locked or broken file: nothing can be recorded, so
-                # nothing is sent; the mail stays queued and the round is tried again.
-                failing += 1
-                wait = min(STATE_RETRY_MAX, 2.0**failing)
-                if failing == 1:
-                    log.error("outbox paused: the state database refused work: %s", e)
-                await self._bell.wait(wait)
-                continue
-            if failing:
-                log.warning("outbox resumed: the state database works again")
-                failing = 0
-            if wait is not None:
-                await self._bell.wait(wait)
+        await rounds(self._bell, self._round, "outbox", log)
         for transport in self._transports:
             await asyncio.to_thread(transport.close)
         self._smtp_threads.shutdown(wait=False)
 
     async def _round(self) -> float | None:
         """Send what is due; how long to wait before the next round (None: go on at once)."""
+        if not self._requeued:
+            await self._state.write(outbox.requeue_interrupted)
+            self._requeued = True
         rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
         if len(rows) < DUE_BATCH:
             # Planned mail enters the outbox only as fast as it is sent, a few

@@ -24,6 +24,23 @@ class RetryPolicy:
         smtp = settings.smtp
         return cls(smtp.retry_initial, smtp.retry_max, smtp.give_up_after)
 
+    def min_attempts(self) -> int:
+        """The fewest attempts retrying takes to span give_up_after: every delay at its
+        longest (backoff's jitter only shortens them)."""
+        attempts, waited = 1, 0.0
+        while waited < self.give_up_after:
+            waited += min(self.maximum, self.initial * (2 ** min(attempts - 1, 30)))
+            attempts += 1
+        return attempts
+
+    def expired(self, age: float, attempts: int) -> bool:
+        """Time to give up: older than give_up_after *and* retried for that long.
+
+        The age alone comes from the wall clock, which can jump: a clock set
+        forward by a week must not fail every queued mail at its next attempt.
+        """
+        return age > self.give_up_after and attempts >= self.min_attempts()
+
 
 def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
     """Exponential with 'equal jitter': half fixed, half random, so retries spread out."""

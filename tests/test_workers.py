@@ -22,6 +22,7 @@ from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import ActionRequest, Delivery, Message, Text
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
+from feishu_mailbot.retry import RetryPolicy
 from feishu_mailbot.settings import FeishuSettings, Secret, Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused
 from feishu_mailbot.state import State, digests, messages, outbox
@@ -190,3 +191,46 @@ def test_ids_from_events_stay_one_path_segment(emulator: FeishuEmulator) -> None
     data, content_type, _ = asyncio.run(main())
     assert (data, content_type) == (b"\x89PNG\r\n\x1a\n", "image/png")
     assert emulator.rest_calls["/open-apis/bot/v3/info"] == 0
+
+
+class DeadRelay(Relay):
+    """Refuses every mail, as a relay that is down does."""
+
+    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
+        raise DeliveryError("421 service not available", permanent=False)
+
+
+def test_a_clock_set_forward_does_not_fail_queued_mail(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    s = settings(tmp_path, emulator)
+    jumped = time.time() + 3 * 24 * 3600  # past give_up_after (2 days) for a fresh mail
+
+    async def main() -> tuple[str, int]:
+        state = State(tmp_path / "state.db", daemon=True)
+        api = FeishuApi(s.feishu)
+        names = NameResolver(s, state, api)
+        worker = Outbox(s, state, api, names, lambda: None, lambda: jumped, DeadRelay())
+        await state.write(
+            partial(messages.ingest, msg=message(1, "故障"), deliveries=(ONCALL,), now=time.time())
+        )
+        task = asyncio.create_task(worker.run())
+        read = "SELECT status, attempts FROM outbox"
+        await until(lambda: state.read(lambda tx: tx.execute(read).fetchone() or (0, 0))[1] >= 1)
+        worker.stop()
+        await task
+        [(status, attempts)] = state.read(lambda tx: tx.execute(read).fetchall())
+        await api.close()
+        state.close()
+        return status, attempts
+
+    # Old by the wall clock, but tried once: it waits for the relay, it is not given up.
+    assert asyncio.run(main()) == ("pending", 1)
+
+
+def test_give_up_needs_the_age_and_the_attempts() -> None:
+    policy = RetryPolicy(initial=5, maximum=600, give_up_after=2 * 24 * 3600)
+    assert policy.min_attempts() == 295  # 5, 10, … 600 s: that many tries fill two days
+    assert not policy.expired(age=3 * 24 * 3600, attempts=1)  # a clock jump
+    assert not policy.expired(age=3600, attempts=1000)
+    assert policy.expired(age=2 * 24 * 3600 + 1, attempts=295)

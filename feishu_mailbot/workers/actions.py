@@ -120,7 +120,8 @@ class Actions:
     async def _retry(
         self, action: Action, error: str, give_up: bool, fields: dict[str, str]
     ) -> None:
-        if give_up or self._now() - action.created_at > self.policy.give_up_after:
+        age = self._now() - action.created_at
+        if give_up or self.policy.expired(age, action.attempts + 1):
             await self._finish(action, error)
             log.error(
                 "%s failed for good after %d attempts: %s",

@@ -253,7 +253,7 @@ class Outbox:
     ) -> None:
         age = self._now() - row.created_at
         exhausted = unexpected and row.attempts + 1 >= UNEXPECTED_ATTEMPTS
-        if permanent or exhausted or age > self.policy.give_up_after:
+        if permanent or exhausted or self.policy.expired(age, row.attempts + 1):
             await self._state.write(partial(outbox.mark_failed, mail_id=row.mail_id, error=error))
             log.error(
                 "mail %s failed for good after %d attempts: %s",

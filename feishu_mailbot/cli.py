@@ -228,7 +228,7 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
         )
         print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")
         print("-" * 72)
-        print(email.decode("ascii"))
+        print(email.render().decode("ascii"))
     return os.EX_OK
 
 

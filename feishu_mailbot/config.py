@@ -28,7 +28,9 @@ from feishu_mailbot.rules import RULE_TIMEOUT_MS, validate_subject_template
 from feishu_mailbot.settings import (
     ACKNOWLEDGE_MODES,
     MATCH_MODES,
+    MB,
     SEND_MODES,
+    AttachmentSettings,
     Chat,
     FeishuSettings,
     HealthSettings,
@@ -460,6 +462,19 @@ def _health(n: _Node) -> HealthSettings:
     )
 
 
+def _megabytes(n: _Node) -> int:
+    return int(_number(n, minimum=0, maximum=100) * MB)
+
+
+def _attachments(n: _Node) -> AttachmentSettings:
+    m = _mapping(n, set(), {"max_file_mb", "max_mail_mb"})
+    default = AttachmentSettings()
+    return AttachmentSettings(
+        max_file=_megabytes(m["max_file_mb"]) if "max_file_mb" in m else default.max_file,
+        max_mail=_megabytes(m["max_mail_mb"]) if "max_mail_mb" in m else default.max_mail,
+    )
+
+
 def parse(text: str, path: str) -> Settings:
     """Validate `text` (the content of `path`); raise ConfigError on the first problem."""
     try:
@@ -486,7 +501,15 @@ def parse(text: str, path: str) -> Settings:
     m = _mapping(
         top,
         {"feishu", "chats", "smtp"},
-        {"rules", "daily_report", "health", "state_dir", "log_level", "timezone"},
+        {
+            "rules",
+            "daily_report",
+            "health",
+            "attachments",
+            "state_dir",
+            "log_level",
+            "timezone",
+        },
     )
     timezone = _timezone(m)
     config_dir = Path(path).resolve().parent
@@ -519,6 +542,7 @@ def parse(text: str, path: str) -> Settings:
             _daily_report(m["daily_report"], chat_ids, timezone) if "daily_report" in m else None
         ),
         health=_health(m["health"]) if "health" in m else HealthSettings(),
+        attachments=_attachments(m["attachments"]) if "attachments" in m else AttachmentSettings(),
         state_dir=state_dir,
         log_level=log_level,
         timezone=timezone,

@@ -295,8 +295,8 @@ def compose_digest(
     message_id: str,
     date: datetime,
     images: Mapping[str, Attachment],
-) -> tuple[str, bytes]:
-    """The digest as text + HTML with the reports' images inline: (subject, wire bytes).
+) -> tuple[str, mime.Mail]:
+    """The digest as text + HTML with the reports' images inline: (subject, mail).
 
     `subject` is the template (ReportSettings.subject), rendered here from the
     digest itself so the counts in the subject always agree with the body.
@@ -318,7 +318,7 @@ def compose_digest(
     body = mime.Multipart(
         "alternative", (mime.text(render_text(d)), html_with_images(document, inline))
     )
-    return sanitize_header(rendered), mime.render(headers, body)
+    return sanitize_header(rendered), mime.Mail(tuple(headers), body)
 
 
 __all__ = [

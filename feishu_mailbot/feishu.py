@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import io
 import json
 import logging
 import random
@@ -42,6 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from feishu_mailbot import frames
+from feishu_mailbot.model import Download
 from feishu_mailbot.settings import FeishuSettings
 
 log = logging.getLogger("feishu_mailbot.feishu")
@@ -489,29 +491,36 @@ class FeishuApi:
         )
         return str((payload.get("data") or {}).get("name") or chat_id)
 
-    async def resource(self, message_id: str, key: str, kind: str) -> tuple[bytes, str, str | None]:
-        """Returns (bytes, content type, filename from Content-Disposition if any)."""
+    async def resource(self, message_id: str, key: str, kind: str, limit: int) -> Download:
+        """The resource, streamed, or only its size when it is over `limit` bytes.
+
+        Streamed so that a 100 MB file costs at most `limit` bytes of memory:
+        a Content-Length over the limit ends the request before the body, and a
+        body that grows past it is abandoned there.
+        """
         what = f"message resource {key}"
         for attempt in (0, 1):
             token = await self.tenant_token(refresh=attempt == 1)
             try:
-                response = await self._http.get(
+                async with self._http.stream(
+                    "GET",
                     f"/open-apis/im/v1/messages/{_segment(message_id)}/resources/{_segment(key)}",
                     params={"type": "image" if kind == "image" else "file"},
                     headers={"Authorization": f"Bearer {token}"},
-                )
+                ) as response:
+                    content_type = response.headers.get("content-type", "application/octet-stream")
+                    if response.status_code == 200 and not content_type.startswith(
+                        "application/json"
+                    ):
+                        return await _download(response, content_type, limit)
+                    body = await response.aread()
             except httpx.HTTPError as e:
                 raise FeishuError(what, _describe(e)) from e
-            content_type = response.headers.get("content-type", "application/octet-stream")
-            if response.status_code == 200 and not content_type.startswith("application/json"):
-                return (
-                    response.content,
-                    content_type.split(";")[0].strip(),
-                    _filename(response.headers.get("content-disposition", "")),
-                )
             try:
-                payload = response.json()
+                payload = json.loads(body)
             except ValueError:
+                payload = {}
+            if not isinstance(payload, dict):
                 payload = {}
             code = payload.get("code")
             if attempt == 0 and code in (99991663, 99991668, 99991661):
@@ -551,6 +560,21 @@ class FeishuApi:
                 "content": json.dumps({"text": text}, ensure_ascii=False),
             },
         )
+
+
+async def _download(response: httpx.Response, content_type: str, limit: int) -> Download:
+    filename = _filename(response.headers.get("content-disposition", ""))
+    content_type = content_type.split(";")[0].strip()
+    length = response.headers.get("content-length", "")
+    size = int(length) if length.isascii() and length.isdigit() and len(length) < 20 else None
+    if size is not None and size > limit:
+        return Download(None, content_type, filename, size)
+    body = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the file
+    async for chunk in response.aiter_bytes():
+        if body.tell() + len(chunk) > limit:
+            return Download(None, content_type, filename, size)
+        body.write(chunk)
+    return Download(body.getvalue(), content_type, filename, body.tell())
 
 
 def _segment(value: str) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime, tzinfo
 from email.utils import format_datetime, parseaddr
 
 from . import mime, style
-from .model import Message, Resource
+from .model import Download, Message, Resource
 from .present import escape, html, image_cid, preview, single_line
 from .rules import render_subject
 
@@ -38,13 +38,15 @@ class Attachment:
 
 
 @dataclass(frozen=True)
-class Download:
-    """A resource as the message-resource API returned it."""
+class Omitted:
+    """A file left in Feishu for being over a size cap; the mail names it instead."""
 
-    data: bytes
-    content_type: str
-    filename: str | None  # from Content-Disposition, when Feishu sends one
+    filename: str
+    size: int | None  # None: only known to be over `limit`
+    limit: int
 
+
+TOO_LARGE = "附件过大，请在飞书中查看"
 
 _EXTENSIONS = {
     "image/png": ".png",
@@ -55,17 +57,42 @@ _EXTENSIONS = {
 }
 
 
+def _name(res: Resource, got: Download) -> str:
+    name = res.name or got.filename or f"{res.kind}-{res.key}"
+    if not (res.name or got.filename):
+        name += _EXTENSIONS.get(got.content_type, "")
+    return name
+
+
 def attachments_of(downloads: Mapping[Resource, Download]) -> list[Attachment]:
     """Downloaded resources as mail parts: images inline (their Image blocks refer to
-    them by cid), files, videos and voice attached under their names."""
+    them by cid), files, videos and voice attached under their names. Resources that
+    were too large to download are left out (see `omitted`)."""
     out = []
     for res, got in downloads.items():
-        name = res.name or got.filename or f"{res.kind}-{res.key}"
-        if not (res.name or got.filename):
-            name += _EXTENSIONS.get(got.content_type, "")
+        if got.data is None:
+            continue
         inline = image_cid(res.key) if res.kind == "image" else None
-        out.append(Attachment(name, got.content_type, got.data, inline))
+        out.append(Attachment(_name(res, got), got.content_type, got.data, inline))
     return out
+
+
+def omission(res: Resource, got: Download, limit: int) -> Omitted:
+    return Omitted(_name(res, got), got.size, limit)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def omitted_lines(files: Sequence[Omitted]) -> list[str]:
+    """`report.zip (60.0 MB)`, or `(超过 20.0 MB)` when Feishu did not say how large."""
+    return [
+        f"{single_line(f.filename) or 'attachment'} ("
+        + (_megabytes(f.size) if f.size is not None else f"超过 {_megabytes(f.limit)}")
+        + ")"
+        for f in files
+    ]
 
 
 def sanitize_header(value: str) -> str:
@@ -227,8 +254,9 @@ def forward(
     message_id: str,
     zone: tzinfo,
     attachments: Sequence[Attachment] = (),
-) -> tuple[str, bytes]:
-    """A chat message forwarded by rules: (subject, wire bytes), times shown in `zone`."""
+    omitted: Sequence[Omitted] = (),
+) -> tuple[str, mime.Mail]:
+    """A chat message forwarded by rules: (subject, mail), times shown in `zone`."""
     date = datetime.fromtimestamp(msg.create_time_ms / 1000, zone)
     subject = render_subject(
         subject_template,
@@ -239,7 +267,7 @@ def forward(
         msg_type=msg.msg_type,
         date=date.strftime("%Y-%m-%d %H:%M"),
     )
-    raw = compose_forward(
+    forwarded = forward_mail(
         msg,
         subject=subject,
         sender=sender,
@@ -250,8 +278,9 @@ def forward(
         message_id=message_id,
         date=date,
         attachments=attachments,
+        omitted=omitted,
     )
-    return subject, raw
+    return subject, forwarded
 
 
 def compose_forward(
@@ -266,8 +295,40 @@ def compose_forward(
     message_id: str,
     date: datetime,
     attachments: Sequence[Attachment] = (),
+    omitted: Sequence[Omitted] = (),
 ) -> bytes:
-    """One chat message as a text + HTML mail, images inline and files attached.
+    """forward_mail's wire bytes."""
+    return forward_mail(
+        msg,
+        subject=subject,
+        sender=sender,
+        to=to,
+        chat_name=chat_name,
+        sender_name=sender_name,
+        rule_names=rule_names,
+        message_id=message_id,
+        date=date,
+        attachments=attachments,
+        omitted=omitted,
+    ).render()
+
+
+def forward_mail(
+    msg: Message,
+    *,
+    subject: str,
+    sender: str,
+    to: Sequence[str],
+    chat_name: str,
+    sender_name: str,
+    rule_names: Sequence[str],
+    message_id: str,
+    date: datetime,
+    attachments: Sequence[Attachment] = (),
+    omitted: Sequence[Omitted] = (),
+) -> mime.Mail:
+    """One chat message as a text + HTML mail, images inline and files attached;
+    files too large to carry are named in a note instead.
 
     `date` is the message's time in the team's timezone; it is both the Date
     header and the time shown in the body, so recomposing the same outbox row
@@ -288,12 +349,19 @@ def compose_forward(
     rules_text = ", ".join(single_line(r) for r in rule_names)
     footer = "由 feishu-mailbot 转发" + (f" · 规则: {rules_text}" if rules_text else "")
 
-    text = f"{chat} · {who} · {when}\n\n{msg.text}\n\n-- \n{footer}\n"
+    too_large = omitted_lines(omitted)
+    note = "".join(f"\n- {line}" for line in too_large)
+    note = f"\n\n{TOO_LARGE}:{note}" if too_large else ""
+    text = f"{chat} · {who} · {when}\n\n{msg.text}{note}\n\n-- \n{footer}\n"
     images = [inline_image(a, a.content_id, a.filename) for a in attachments if a.content_id]
     files = [a for a in attachments if not a.content_id]
     available = {leaf.content_id for leaf in images if leaf.content_id}
     meta = f"<b>{escape(chat)}</b> · {escape(who)} · {escape(when)}"
-    document = _html_document(meta, html(msg.blocks, available), escape(footer))
+    content = html(msg.blocks, available)
+    if too_large:
+        items = "".join(f"<li>{escape(line)}</li>" for line in too_large)
+        content += f'<div style="{style.NOTE}">{escape(TOO_LARGE)}:<ul>{items}</ul></div>'
+    document = _html_document(meta, content, escape(footer))
 
     body: mime.Part = mime.Multipart(
         "alternative", (mime.text(text), html_with_images(document, images))
@@ -311,7 +379,7 @@ def compose_forward(
                 )
             )
         body = mime.Multipart("mixed", (body, *attached))
-    return mime.render(headers, body)
+    return mime.Mail(tuple(headers), body)
 
 
 def compose_recall_notice(
@@ -365,16 +433,20 @@ def recall_subject(original_subject: str) -> str:
 
 
 __all__ = [
+    "TOO_LARGE",
     "Attachment",
-    "Download",
+    "Omitted",
     "attachments_of",
     "base_headers",
     "compose_forward",
     "compose_recall_notice",
     "forward",
+    "forward_mail",
     "html_with_images",
     "inline_image",
     "make_message_id",
+    "omission",
+    "omitted_lines",
     "recall_subject",
     "sanitize_header",
 ]

@@ -100,6 +100,20 @@ class Resource:
 
 
 @dataclass(frozen=True)
+class Download:
+    """A resource as the message-resource API returned it.
+
+    `data` is None when the resource was larger than it was allowed to be; it was
+    then not (or not wholly) downloaded, and `size` is its size if Feishu said.
+    """
+
+    data: bytes | None
+    content_type: str
+    filename: str | None  # from Content-Disposition, when Feishu sends one
+    size: int | None = None
+
+
+@dataclass(frozen=True)
 class Legacy:
     """Content stored by version 1, which kept only its renderings (see upgrade_v1).
 

@@ -11,6 +11,7 @@ each ask it for a digest.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -20,7 +21,8 @@ from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import digest, mail, reports
+from feishu_mailbot import digest, mail, mime, reports
+from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import Message
 from feishu_mailbot.names import NameResolver
@@ -90,7 +92,8 @@ class Reporter:
             day, chat_name, entries, rs, supplement=kind == "supplement", earlier=earlier_entries
         )
         mail_id = f"digest/{rs.chat}/{day_key}/{len(records) + 1}"
-        subject, raw = await self._compose(model, mail_id, fresh)
+        images = await self._images(fresh)
+        subject, composed = self._compose(model, mail_id, images)
         text = digest.render_text(model)
         outcome = Outcome(
             False,
@@ -103,19 +106,8 @@ class Reporter:
         )
         if dry_run or (kind == "supplement" and not fresh):
             return outcome
-        queued = await self._state.write(
-            partial(
-                digests.queue,
-                mail_id=mail_id,
-                chat_id=rs.chat,
-                day=day_key,
-                kind=kind,
-                recipients=rs.recipients,
-                subject=subject,
-                raw=raw,
-                message_ids=[m.message_id for m in fresh],
-                now=self._now(),
-            )
+        queued = await self._queue(
+            mail_id, kind, day_key, subject, composed, images, [m.message_id for m in fresh]
         )
         if queued:
             log.info(
@@ -128,9 +120,9 @@ class Reporter:
             )
         return dataclasses.replace(outcome, queued=queued)
 
-    async def _compose(
-        self, model: reports.Digest, mail_id: str, messages: Sequence[Message]
-    ) -> tuple[str, bytes]:
+    def _compose(
+        self, model: reports.Digest, mail_id: str, images: dict[str, mail.Attachment]
+    ) -> tuple[str, mime.Mail]:
         rs = self.rs
         return digest.compose_digest(
             model,
@@ -139,24 +131,24 @@ class Reporter:
             to=rs.recipients,
             message_id=mail.make_message_id(mail_id),
             date=datetime.now(ZoneInfo(rs.timezone)),
-            images=await self._images(messages),
+            images=images,
         )
 
     async def _entry(self, msg: Message) -> reports.Entry:
         return reports.Entry(msg, await self._names.name("user", msg.sender_open_id))
 
     async def _images(self, messages: Sequence[Message]) -> dict[str, mail.Attachment]:
+        """The reports' images within the attachment caps; one that is not fetched, or
+        is too large, shows as "[图片未能下载]" rather than holding up the digest."""
         images: dict[str, mail.Attachment] = {}
+        budget = Budget.of(self.settings.attachments, None)
         for msg in messages:
             for res in msg.resources:
                 if res.kind != "image" or res.key in images:
                     continue
                 try:
-                    data, content_type, _ = await self._api.resource(
-                        msg.message_id, res.key, "image"
-                    )
+                    got = await download(self._api, msg.message_id, res, budget)
                 except FeishuError as e:
-                    # The digest says "[图片未能下载]" rather than waiting on one picture.
                     log.warning(
                         "digest image %s not fetched: %s",
                         res.key,
@@ -164,9 +156,14 @@ class Reporter:
                         extra={"MESSAGE_ID": msg.message_id},
                     )
                     continue
-                [images[res.key]] = mail.attachments_of(
-                    {res: mail.Download(data, content_type, None)}
-                )
+                if got.data is None:
+                    log.warning(
+                        "digest image %s left out: over the attachment caps",
+                        res.key,
+                        extra={"MESSAGE_ID": msg.message_id},
+                    )
+                    continue
+                [images[res.key]] = mail.attachments_of({res: got})
         return images
 
     async def immediate(self, msg: Message) -> bool:
@@ -176,18 +173,38 @@ class Reporter:
         chat_name = await self._names.name("chat", rs.chat)
         model = reports.build_digest(day, chat_name, [await self._entry(msg)], rs)
         mail_id = f"report/{msg.message_id}"
-        subject, raw = await self._compose(model, mail_id, [msg])
-        return await self._state.write(
+        images = await self._images([msg])
+        subject, composed = self._compose(model, mail_id, images)
+        return await self._queue(
+            mail_id, "immediate", day.isoformat(), subject, composed, images, [msg.message_id]
+        )
+
+    async def _queue(
+        self,
+        mail_id: str,
+        kind: str,
+        day: str,
+        subject: str,
+        composed: mime.Mail,
+        images: dict[str, mail.Attachment],
+        message_ids: list[str],
+    ) -> bool:
+        """Records the digest and queues its mail (a spool file if its images are large)."""
+        large = sum(len(image.data) for image in images.values()) > SPOOL_ABOVE
+        prepared = await store(self._state, mail_id, subject, composed, large)
+        queued = await self._state.write(
             partial(
                 digests.queue,
                 mail_id=mail_id,
-                chat_id=rs.chat,
-                day=day.isoformat(),
-                kind="immediate",
-                recipients=rs.recipients,
-                subject=subject,
-                raw=raw,
-                message_ids=[msg.message_id],
+                chat_id=self.rs.chat,
+                day=day,
+                kind=kind,
+                recipients=self.rs.recipients,
+                prepared=prepared,
+                message_ids=message_ids,
                 now=self._now(),
             )
         )
+        if not queued and prepared.spool is not None:
+            await asyncio.to_thread(self._state.spool.remove, prepared.spool)
+        return queued

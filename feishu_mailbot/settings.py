@@ -91,6 +91,22 @@ class HealthSettings:
     worker_stall_after: float = 300.0
 
 
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AttachmentSettings:
+    """Caps on the files a mail carries, in bytes of the files themselves.
+
+    Feishu takes files up to 100 MB; most relays refuse mail over 25 MB or so
+    (and say so in EHLO SIZE, which is honoured too). A file over a cap stays
+    in Feishu and the mail names it instead.
+    """
+
+    max_file: int = 20 * MB
+    max_mail: int = 25 * MB
+
+
 MATCH_MODES = ("prefix", "all")
 SEND_MODES = ("immediate", "manual", "scheduled")
 ACKNOWLEDGE_MODES = ("none", "reaction", "reply")
@@ -135,6 +151,7 @@ class Settings:
     smtp: SmtpSettings
     rules: tuple[Rule, ...] = ()
     health: HealthSettings = field(default_factory=HealthSettings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     daily_report: ReportSettings | None = None
     state_dir: str = "/var/lib/feishu-mailbot"
     log_level: str = "info"

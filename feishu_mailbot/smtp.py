@@ -10,6 +10,8 @@ must not have to know smtplib's exception zoo.
 
 from __future__ import annotations
 
+import contextlib
+
 # socket.getaddrinfo encodes host names with this codec. Imported lazily, it loads
 # (with stringprep and its tables) in the first SMTP thread to connect, holding the
 # GIL for milliseconds while the event loop has acks to send.
@@ -20,7 +22,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from feishu_mailbot.settings import SmtpSettings
 
@@ -104,29 +107,43 @@ def _scrub(text: str, pattern: re.Pattern[str] | None) -> str:
     return pattern.sub("***", text) if pattern else text
 
 
-def _open(settings: SmtpSettings, context: ssl.SSLContext, steps: list[str]) -> smtplib.SMTP:
+def _open(
+    settings: SmtpSettings,
+    context: ssl.SSLContext,
+    steps: list[str],
+    opening: Callable[[smtplib.SMTP], None] = lambda smtp: None,
+) -> smtplib.SMTP:
     """Brings a session up to "ready for MAIL FROM", shared by send() and check().
 
     Kept as one function so the online check exercises exactly the code path
     that delivery uses; a check that passes while delivery fails would be worse
-    than none.
+    than none. `opening` sees the session before it connects, so a deadline can
+    abort even a greeting that trickles in.
     """
     where = f"{settings.host}:{settings.port}"
     timeout = settings.timeout
     smtp: smtplib.SMTP
+    if settings.security == "tls":
+        smtp = smtplib.SMTP_SSL(timeout=timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(timeout=timeout)
+    # What TLS verifies the certificate against; the constructor records it only
+    # when it connects too, and then nobody could abort its greeting.
+    smtp._host = settings.host  # type: ignore[attr-defined]
+    opening(smtp)
     try:
-        # Host passed to the constructor (not to connect()) because smtplib
-        # only records it there, and STARTTLS verifies the certificate against it.
-        if settings.security == "tls":
-            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(settings.host, settings.port, timeout=timeout)
+        code, greeting = smtp.connect(settings.host, settings.port)
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, greeting)
     except smtplib.SMTPConnectError as exc:
+        smtp.close()
         reason = f"greeting rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
         raise _StepFailed("connect", reason, exc.smtp_code) from exc
     except ssl.SSLError as exc:
+        smtp.close()
         raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
     except (OSError, smtplib.SMTPException) as exc:
+        smtp.close()
         raise _StepFailed("connect", _os_reason(exc, timeout)) from exc
     try:
         steps.append(f"connected to {where}")
@@ -231,6 +248,8 @@ class SmtpTransport:
         self._smtp: smtplib.SMTP | None = None
         self._last_used = 0.0
         self._lock = threading.Lock()
+        self._expired: float | None = None  # set by _Deadline when a transaction ran out
+        self._half_open: smtplib.SMTP | None = None  # a session still connecting
 
     @property
     def connected(self) -> bool:
@@ -262,22 +281,36 @@ class SmtpTransport:
             self._drop(polite=True)
             self._apply(settings)
 
-    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
-        """Hands one message to the relay.
+    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
+        """Hands one message to the relay: its bytes, or a file of them (streamed).
 
         Returns the recipients the server refused while accepting the message for
         the others (same shape as smtplib's sendmail), so the caller can log or
-        retry just those. Raises DeliveryError when nobody got the message.
+        retry just those. Raises DeliveryError when nobody got the message, and
+        when the whole transaction outlasts its deadline (a relay that trickles a
+        byte per timeout would otherwise hold this thread for ever).
         """
         if not recipients:
             raise ValueError("send() needs at least one recipient")
-        data = _EOL.sub(b"\r\n", raw)
+        # A file is a spooled mail of ours: CRLF already. Bytes may come from anywhere.
+        data = raw if isinstance(raw, Path) else _EOL.sub(b"\r\n", raw)
         with self._lock:
             self._take_new_settings()
-            try:
-                return self._send_once(data, sender, recipients, may_retry=True)
-            except _Stale:
-                return self._send_once(data, sender, recipients, may_retry=False)
+            size = data.stat().st_size if isinstance(data, Path) else len(data)
+            deadline = transaction_deadline(self._settings.timeout, size)
+            with _Deadline(self, deadline):
+                try:
+                    return self._send_once(data, sender, recipients, may_retry=True)
+                except _Stale:
+                    return self._send_once(data, sender, recipients, may_retry=False)
+
+    def size_limit(self) -> int | None:
+        """The relay's EHLO SIZE (RFC 1870), connecting first if need be; None: no limit."""
+        with self._lock:
+            self._take_new_settings()
+            with _Deadline(self, transaction_deadline(self._settings.timeout, 0)):
+                smtp, _ = self._session()  # raises DeliveryError
+            return _advertised_size(smtp)
 
     def close(self) -> None:
         """QUITs the connection if there is one; errors are ignored because it is going away."""
@@ -304,8 +337,26 @@ class SmtpTransport:
     # -- internals -------------------------------------------------------------
 
     def _error(self, what: str, reason: str, permanent: bool) -> DeliveryError:
+        if self._expired is not None:
+            reason = f"the transaction took over its {self._expired:.0f} s deadline"
         text = _scrub(f"{self._where}: {what} failed: {reason}", self._scrub_pattern)
         return DeliveryError(text, permanent)
+
+    def _opening(self, smtp: smtplib.SMTP) -> None:
+        self._half_open = smtp
+
+    def _abort(self, deadline: float) -> None:
+        """From the deadline's timer thread: wakes a send blocked on a trickling relay.
+
+        shutdown() (not close()) so the blocked recv or send returns at once and the
+        sending thread, which owns the socket, closes it.
+        """
+        self._expired = deadline
+        smtp = self._smtp or self._half_open
+        sock = getattr(smtp, "sock", None) if smtp is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _drop(self, polite: bool) -> None:
         smtp, self._smtp = self._smtp, None
@@ -318,7 +369,7 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         try:
-            smtp = _open(self._settings, self._context, [])
+            smtp = _open(self._settings, self._context, [], self._opening)
         except _StepFailed as exc:
             # Even a 535 is temporary for the outbox: a wrong password is an operator's
             # mistake to fix, and the mail must still be there when it is fixed.
@@ -343,7 +394,7 @@ class SmtpTransport:
         return smtp, True
 
     def _send_once(
-        self, data: bytes, sender: str, recipients: Sequence[str], *, may_retry: bool
+        self, data: bytes | Path, sender: str, recipients: Sequence[str], *, may_retry: bool
     ) -> Refused:
         smtp, reused = self._session()
         timeout = self._settings.timeout
@@ -376,7 +427,7 @@ class SmtpTransport:
             stage = "DATA"
             reply: bytes | str
             try:
-                code, reply = smtp.data(data)
+                code, reply = _data_from(smtp, data) if isinstance(data, Path) else smtp.data(data)
             except smtplib.SMTPDataError as exc:  # the DATA command itself (not 354)
                 code, reply = exc.smtp_code, exc.smtp_error
             if code != 250:
@@ -394,15 +445,21 @@ class SmtpTransport:
         return refused
 
     def _mail_options(
-        self, smtp: smtplib.SMTP, data: bytes, sender: str, recipients: Sequence[str]
+        self, smtp: smtplib.SMTP, data: bytes | Path, sender: str, recipients: Sequence[str]
     ) -> list[str]:
-        """Declares 8-bit bodies and UTF-8 addresses where the server supports them.
+        """Declares the size, 8-bit bodies and UTF-8 addresses where the server supports them.
 
-        Non-ASCII addresses on a server without SMTPUTF8 can never be delivered
-        there, hence permanent; smtplib would otherwise die with UnicodeEncodeError.
+        A mail over the relay's SIZE would be refused after its whole body was
+        sent; declared, the relay refuses it at MAIL FROM. Non-ASCII addresses on
+        a server without SMTPUTF8 can never be delivered there, hence permanent;
+        smtplib would otherwise die with UnicodeEncodeError.
         """
         options: list[str] = []
-        if not data.isascii() and smtp.has_extn("8bitmime"):
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        if smtp.has_extn("size"):
+            options.append(f"SIZE={size}")
+        # A spool file holds only mail we wrote, base64 bodies and ASCII headers.
+        if isinstance(data, bytes) and not data.isascii() and smtp.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         if not all(a.isascii() for a in (sender, *recipients)):
             if not smtp.has_extn("smtputf8"):
@@ -423,6 +480,64 @@ class SmtpTransport:
             self._drop(polite=False)
         else:
             self._last_used = time.monotonic()
+
+
+def transaction_deadline(timeout: float, size: int) -> float:
+    """How long one whole transaction may take: a few round trips of `timeout` each,
+    plus the body at 100 kB/s (a 25 MB mail: +6 min), however the relay dribbles."""
+    return 4 * timeout + size / 100_000
+
+
+class _Deadline:
+    """Arms a timer that aborts the transport's socket when the transaction is over time."""
+
+    def __init__(self, transport: SmtpTransport, seconds: float) -> None:
+        self._transport = transport
+        self._timer = threading.Timer(seconds, transport._abort, (seconds,))
+        self._timer.daemon = True
+
+    def __enter__(self) -> None:
+        self._transport._expired = None
+        self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._transport._half_open = None
+        if self._transport._expired is not None:
+            # The socket was shut down under the session: never reuse it.
+            self._transport._drop(polite=False)
+            self._transport._expired = None
+
+
+def _advertised_size(smtp: smtplib.SMTP) -> int | None:
+    value = smtp.esmtp_features.get("size", "").strip()
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
+
+
+def _data_from(smtp: smtplib.SMTP, path: Path) -> tuple[int, bytes]:
+    """smtplib's data(), streaming a file: a 34 MB mail costs 64 KiB, not three copies."""
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    chunk: list[bytes] = []
+    filled = 0
+    last = b"\r\n"
+    with open(path, "rb") as source:
+        for line in source:
+            if line.startswith(b"."):
+                line = b"." + line  # RFC 5321 4.5.2 dot-stuffing
+            chunk.append(line)
+            filled += len(line)
+            last = line
+            if filled >= 65536:
+                smtp.send(b"".join(chunk))
+                chunk, filled = [], 0
+    if not last.endswith(b"\r\n"):
+        chunk.append(b"\r\n")
+    chunk.append(b".\r\n")
+    smtp.send(b"".join(chunk))
+    return smtp.getreply()
 
 
 def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:

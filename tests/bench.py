@@ -23,6 +23,12 @@ Phases (figures are medians over the repetitions):
    MAIL_N / (SMTP back → last mail received). The bench config sets
    smtp.retry_initial/retry_max to RETRY_INITIAL/RETRY_MAX so backoff does not dominate.
 
+4. attachments - FILES_RULE forwards file messages; a steady daemon gets a 60 MB file (over
+   the 20 MB cap: the mail names it) and then a WITHIN_CAP_MB file (downloaded, spooled and
+   streamed to the relay) while text events arrive at ATTACH_RATE ev/s. `attach_peak_rss_mb`
+   is the daemon's VmHWM once both mails arrived, `attach_rss_growth_mb` that minus its
+   VmRSS before the files, `attach_ack_p99_ms` the acks of the text events meanwhile.
+
 Events are paced on the emulator's own loop with absolute deadlines (event i is due at
 t0 + i/rate, late events go out at once), so drift never lowers the offered rate; the rate
 actually offered is measured and reported.
@@ -72,6 +78,12 @@ MAIL_N = 500
 MAIL_REPS = 3
 RETRY_INITIAL = 0.05
 RETRY_MAX = 0.2
+FILES_RULE = "- name: files\n  regex: '\\[文件\\]'\n  to: [files@example.com]\n"
+BIG_MB = 60
+WITHIN_CAP_MB = 15
+ATTACH_RATE = 50.0
+ATTACH_EVENTS = 300
+ATTACH_REPS = 3
 
 BASELINE_SCRIPT = """\
 import sys
@@ -506,6 +518,47 @@ def drain_run(root: Path, rep: int) -> Drain:
         d.close()
 
 
+@dataclass
+class Attach:
+    peak_rss_mb: float
+    growth_mb: float
+    acks: AckStats
+    events: int
+
+
+def memory_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def attach_run(root: Path, rep: int, big: bytes, within: bytes) -> Attach:
+    d = Daemon(root, FILES_RULE + MATCH_RULES)
+    try:
+        d.start()
+        d.emu.register_resource("file_big", big, "application/zip", "big.zip")
+        d.emu.register_resource("file_ok", within, "application/pdf", "ok.pdf")
+        warm = build_events(d.emu, 50, f"w{rep}", hit=False)
+        offer(d.emu, warm, 100)
+        collect_acks(d.emu, warm, 100, timeout=10)
+        time.sleep(0.5)
+        steady = memory_mb(d.pid, "VmRSS")
+        events = build_events(d.emu, ATTACH_EVENTS, f"a{rep}", hit=False)
+        for key, name in (("file_big", "big.zip"), ("file_ok", "ok.pdf")):
+            content = {"file_key": key, "file_name": name}
+            file_event = d.emu.build_message_event(CHAT, SENDER, "file", content)
+            events.insert(len(events) // 4, file_event)
+        rate = offer(d.emu, events, ATTACH_RATE)
+        acks = collect_acks(d.emu, events, rate, timeout=30)
+        d.smtp.wait_for(2, timeout=120)
+        peak = memory_mb(d.pid, "VmHWM")
+        d.stop()
+        return Attach(peak, peak - steady, acks, len(events))
+    finally:
+        d.close()
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -518,7 +571,7 @@ def rounded(value: float, digits: int) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global READY_RUNS, LOAD_RUNS, LADDER_REPS, MAIL_REPS
+    global READY_RUNS, LOAD_RUNS, LADDER_REPS, MAIL_REPS, ATTACH_REPS
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
         description=__doc__,
@@ -527,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 repetition of everything")
     args = parser.parse_args(argv)
     if args.quick:
-        READY_RUNS = LOAD_RUNS = LADDER_REPS = MAIL_REPS = 1
+        READY_RUNS = LOAD_RUNS = LADDER_REPS = MAIL_REPS = ATTACH_REPS = 1
 
     started = time.monotonic()
     load_start = os.getloadavg()[0]
@@ -588,6 +641,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{dr.first_mail_s:.2f}s), lost {dr.lost}, dup {dr.duplicates}"
             )
 
+        attaches: list[Attach] = []
+        big, within = os.urandom(BIG_MB * 1024 * 1024), os.urandom(WITHIN_CAP_MB * 1024 * 1024)
+        for rep in range(ATTACH_REPS):
+            at = attach_run(root, rep, big, within)
+            attaches.append(at)
+            progress(
+                f"attachments rep {rep + 1}: peak rss {at.peak_rss_mb:.1f} MB "
+                f"(+{at.growth_mb:.1f}), ack p99 {at.acks.p99:.1f} ms, "
+                f"{at.acks.acked}/{at.events} acked"
+            )
+        del big, within
+
     loaded = [r for r in daemon_runs if r.acks]
     base_loaded = [r for r in baseline_runs if r.acks]
     ingest_per_rep = [max([s.target for s in steps if s.ok], default=0) for steps in ladder]
@@ -620,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lost": lost,
         "duplicates": duplicates,
         "unacked": unacked,
+        "attach_peak_rss_mb": rounded(median([a.peak_rss_mb for a in attaches]), 1),
+        "attach_rss_growth_mb": rounded(median([a.growth_mb for a in attaches]), 1),
+        "attach_ack_p99_ms": rounded(median([a.acks.p99 for a in attaches]), 2),
         # context
         "ack_offered_eps": rounded(median([r.acks.offered_eps for r in loaded if r.acks]), 1),
         "ack_events": ACK_EVENTS,
@@ -637,12 +705,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mail_first_s": rounded(median([d.first_mail_s for d in drains]), 3),
         "retry_initial": RETRY_INITIAL,
         "retry_max": RETRY_MAX,
+        "attach_files_mb": [BIG_MB, WITHIN_CAP_MB],
         "runs": {
             "ready": len(daemon_runs),
             "baseline_ready": len(baseline_runs),
             "ack_load": len(loaded),
             "ingest_ladder": len(ladder),
             "mail": len(drains),
+            "attachments": len(attaches),
         },
         "bench_s": round(time.monotonic() - started, 1),
         # the machine is shared: how busy it was around the bench
@@ -678,6 +748,19 @@ def print_table(f: dict[str, Any], daemon: list[LoadResult], baseline: list[Load
         ),
         (f"ingest (ev/s, p99 < {INGEST_P99_MS:g} ms)", fmt(g("ingest_eps"), 0), "", "≥ 1000"),
         (f"outbox drain (mail/s, N={MAIL_N})", fmt(g("mail_per_s"), 1), "", "≥ 200"),
+        (
+            f"peak RSS, {BIG_MB} + {WITHIN_CAP_MB} MB files (MB)",
+            fmt(g("attach_peak_rss_mb"), 1),
+            "",
+            "",
+        ),
+        ("  growth over steady state (MB)", fmt(g("attach_rss_growth_mb"), 1), "", "≤ 40"),
+        (
+            f"  ack p99 meanwhile (ms) @{ATTACH_RATE:g} ev/s",
+            fmt(g("attach_ack_p99_ms")),
+            "",
+            "< 50",
+        ),
         ("lost", str(f["lost"]), "", "0"),
         ("duplicates", str(f["duplicates"]), "", "0"),
     ]

@@ -258,6 +258,8 @@ class FeishuEmulator:
         self._users: dict[str, str] = {}
         self._chats: dict[str, str] = {}
         self._resources: dict[str, tuple[bytes, str, str | None]] = {}
+        self._chunked: set[str] = set()
+        self.resource_bytes_sent = 0  # of resource bodies, to see downloads cut short
         self._message_chats: dict[str, str] = {}
         # Internal state, owned by the emulator loop.
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
@@ -417,9 +419,20 @@ class FeishuEmulator:
         self._chats[chat_id] = name
 
     def register_resource(
-        self, file_key: str, data: bytes, content_type: str, filename: str | None = None
+        self,
+        file_key: str,
+        data: bytes,
+        content_type: str,
+        filename: str | None = None,
+        *,
+        chunked: bool = False,
     ) -> None:
+        """`chunked`: sent without a Content-Length, so only reading it shows its size."""
         self._resources[file_key] = (bytes(data), content_type, filename)
+        if chunked:
+            self._chunked.add(file_key)
+        else:
+            self._chunked.discard(file_key)
 
     def set_client_config(self, **changes: int) -> None:
         """Change the ClientConfig sent from now on (endpoint and pongs).
@@ -1029,7 +1042,23 @@ class FeishuEmulator:
             headers["Content-Disposition"] = (
                 f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
             )
-        return web.Response(body=data, headers=headers)
+        # 获取消息中的资源文件 answers with the file itself (up to 100 MB), streamed as a
+        # file server would: a client that stops reading stops the sending.
+        response = web.StreamResponse(headers=headers)
+        if request.match_info["file_key"] in self._chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(data)
+        await response.prepare(request)
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), 65536):
+                await response.write(view[start : start + 65536])
+                self.resource_bytes_sent += len(view[start : start + 65536])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client had what it wanted
+        return response
 
     async def _h_user(self, request: web.Request) -> web.Response:
         if (err := self._auth_error(request)) is not None:

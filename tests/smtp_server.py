@@ -119,6 +119,13 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         owner = self._owner
+        if owner._trickle:
+            # A relay that answers one byte at a time, each just within a client's
+            # timeout: no single read times out, and the reply never ends.
+            while owner._trickle and server.transport is not None:
+                server.transport.write(b"2")
+                await asyncio.sleep(owner._trickle)
+            return "451 4.3.0 trickled"
         if owner._delay:
             await asyncio.sleep(owner._delay)  # yields: other connections keep being served
         with owner._cond:
@@ -152,6 +159,7 @@ class SmtpServer:
     """
 
     require_auth: tuple[str, str] | None = None
+    size_limit: int | None = None  # EHLO SIZE, bytes; aiosmtpd's default is 32 MiB
     starttls: bool = False
     tls: bool = False
     port: int = 0
@@ -165,6 +173,7 @@ class SmtpServer:
         self._fail_left = 0
         self._fail_code = 451
         self._delay = 0.0
+        self._trickle = 0.0
         self._refused_rcpts: set[str] = set()
         self._handler = _Handler(self)
         self._controller: _Controller | None = None
@@ -180,6 +189,8 @@ class SmtpServer:
     def start(self) -> SmtpServer:
         assert self._controller is None, "already running"
         kwargs: dict[str, Any] = {"server_hostname": "smtp.test", "timeout": 30}
+        if self.size_limit is not None:
+            kwargs["data_size_limit"] = self.size_limit
         if self.tls:
             kwargs["ssl_context"] = self._server_tls
         if self.starttls:
@@ -261,6 +272,10 @@ class SmtpServer:
     def delay_per_message(self, seconds: float) -> None:
         """Sleep before answering each DATA, like a slow relay; other sessions go on."""
         self._delay = seconds
+
+    def trickle(self, seconds_per_byte: float) -> None:
+        """Answer DATA one byte every `seconds_per_byte`, for ever (0: stop doing so)."""
+        self._trickle = seconds_per_byte
 
     def freeze(self, seconds: float) -> None:
         """Answer nothing at all for `seconds`, on every session: a relay that hangs."""

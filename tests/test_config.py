@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from feishu_mailbot import config
+from feishu_mailbot.settings import MB, AttachmentSettings
 
 GOOD = """\
 feishu:
@@ -200,3 +201,15 @@ def test_check_config_warns_about_nested_quantifiers(tmp_path: Path) -> None:
     assert "25 ms limit" in result.stderr
     plain = config.load(write(tmp_path, GOOD))
     assert config.warnings(plain) == []  # (?i)release\s+\d+ repeats nothing repeated
+
+
+def test_attachment_caps(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, GOOD)).attachments == AttachmentSettings()
+    s = config.load(write(tmp_path, GOOD + "attachments:\n  max_file_mb: 5\n  max_mail_mb: 7.5\n"))
+    assert (s.attachments.max_file, s.attachments.max_mail) == (5 * MB, int(7.5 * MB))
+    path = write(tmp_path, GOOD + "attachments:\n  max_file_mb: 150\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == (
+        f"{path}:24: attachments.max_file_mb: 150 is out of range (expected 0…100)"
+    )

@@ -134,7 +134,7 @@ def sample_digest() -> Sample:
 
 
 def compose(d: Digest, images: dict[str, Attachment] | None = None) -> bytes:
-    _, raw = compose_digest(
+    _, composed = compose_digest(
         d,
         subject=SETTINGS.subject,
         sender="日报机器人 <bot@example.com>",
@@ -143,7 +143,7 @@ def compose(d: Digest, images: dict[str, Attachment] | None = None) -> bytes:
         date=SENT_AT,
         images=images or {},
     )
-    return raw
+    return composed.render()
 
 
 def reparse(raw: bytes) -> EmailMessage:

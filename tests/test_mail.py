@@ -10,17 +10,21 @@ from email.message import EmailMessage
 
 import pytest
 
+from feishu_mailbot.attachments import BODY_ROOM, Budget, encoded_size
 from feishu_mailbot.events import parse_event
 from feishu_mailbot.mail import (
+    TOO_LARGE,
     Attachment,
+    Omitted,
     compose_forward,
     compose_recall_notice,
     make_message_id,
     sanitize_header,
 )
-from feishu_mailbot.model import Message
+from feishu_mailbot.model import Download, Message
 from feishu_mailbot.present import image_cid
 from feishu_mailbot.rules import render_subject
+from feishu_mailbot.settings import MB, AttachmentSettings
 
 CST = timezone(timedelta(hours=8))
 WHEN = datetime(2024, 5, 1, 9, 30, 5, tzinfo=CST)
@@ -63,7 +67,11 @@ def reparse(raw: bytes) -> EmailMessage:
 
 
 def forward(
-    *, chat_name: str = "研发群", attachments: tuple[Attachment, ...] = (), subject: str = ""
+    *,
+    chat_name: str = "研发群",
+    attachments: tuple[Attachment, ...] = (),
+    subject: str = "",
+    omitted: tuple[Omitted, ...] = (),
 ) -> bytes:
     m = post_message()
     return compose_forward(
@@ -77,6 +85,7 @@ def forward(
         message_id=make_message_id("outbox:1"),
         date=WHEN,
         attachments=attachments,
+        omitted=omitted,
     )
 
 
@@ -249,3 +258,31 @@ def test_format_characters_cannot_disguise_a_file_name() -> None:
     doc = Attachment("invoice\u202egpj.exe", "application/octet-stream", b"MZ")
     (att,) = list(reparse(forward(attachments=(doc,))).iter_attachments())
     assert att.get_filename() == "invoicegpj.exe"  # shown as it is: an .exe
+
+
+def test_files_left_out_are_named_in_both_bodies() -> None:
+    left_out = (
+        Omitted("report.zip", 60 * 1024 * 1024, 20 * 1024 * 1024),
+        Omitted("<b>dump</b>\r\n.bin", None, 20 * 1024 * 1024),
+    )
+    parsed = reparse(forward(omitted=left_out))
+    text = parsed.get_body(("plain",))
+    html = parsed.get_body(("html",))
+    assert text is not None and html is not None
+    assert (
+        f"{TOO_LARGE}:\n- report.zip (60.0 MB)\n- <b>dump</b> .bin (超过 20.0 MB)"
+        in text.get_content()
+    )
+    assert "<li>&lt;b&gt;dump&lt;/b&gt; .bin (超过 20.0 MB)</li>" in html.get_content()
+    assert list(parsed.iter_attachments()) == []
+
+
+def test_the_budget_counts_the_relays_size_in_encoded_bytes() -> None:
+    caps = AttachmentSettings(max_file=20 * MB, max_mail=25 * MB)
+    assert Budget.of(caps, None).limit == 20 * MB
+    relay = Budget.of(caps, 10 * MB)  # 10 MB of mail holds ≈7.1 MB of file
+    assert relay.limit == (10 * MB - BODY_ROOM) * 57 // 78
+    assert encoded_size(relay.limit) <= 10 * MB - BODY_ROOM
+    relay.spend(Download(b"x" * (7 * MB), "application/pdf", None))
+    assert 0 < relay.limit < MB
+    assert Budget.of(caps, 100).limit == 0  # a relay smaller than a body: no files at all

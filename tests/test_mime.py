@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import io
 import random
+import re
 from email.message import EmailMessage
 
 import pytest
@@ -140,3 +143,27 @@ def test_tree_and_bodies_round_trip() -> None:
 def test_boundaries_are_unguessable() -> None:
     body = mime.Multipart("alternative", (mime.text("a"), mime.text("b", "html")))
     assert mail_with(body=body) != mail_with(body=body)
+
+
+def test_a_long_plain_file_name_keeps_every_line_within_rfc_5322() -> None:
+    name = "quarterly-report-" * 70 + ".pdf"  # 1194 ASCII characters, no space to fold at
+    leaf = mime.Leaf("application/pdf", b"%PDF", disposition="attachment", filename=name)
+    raw = mail_with("Subject: x", body=mime.Multipart("mixed", (mime.text("hi"), leaf)))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= mime.MAX_LINE
+    [part] = parse(raw).iter_attachments()
+    assert part.get_filename() == name
+
+
+def test_writing_in_chunks_gives_the_bytes_rendering_gives() -> None:
+    """The streamed base64 of a large part is the one-piece base64, line for line."""
+    data = random.Random(7).randbytes(3 * 57 * 1150 + 1234)
+    body = mime.Multipart("mixed", (mime.text("正文"), mime.Leaf("application/zip", data)))
+    composed = mime.Mail(("Subject: x",), body)
+    streamed = io.BytesIO()
+    composed.write(streamed)
+    boundary = re.compile(rb"=_[0-9a-f]{24}")
+    whole = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    assert whole in streamed.getvalue()
+    assert boundary.sub(b"B", streamed.getvalue()) == boundary.sub(b"B", composed.render())
+    [_, part] = parse(streamed.getvalue()).iter_parts()
+    assert part.get_content() == data

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import email.policy
+import smtplib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,3 +283,59 @@ def test_check_untrusted_certificate(security: str) -> None:
     assert info.value.step == "TLS handshake"
     assert info.value.reason.startswith("certificate verify failed: ")
     assert srv.messages == []
+
+
+# -- bounded transactions and large mail -----------------------------------------
+
+
+def test_a_spooled_mail_is_streamed_with_dots_stuffed_and_its_size_declared(
+    server: SmtpServer, tmp_path: Path
+) -> None:
+    raw = make_mail() + b".starts with a dot\r\n" + b"x" * 76 + b"\r\n" * 3000
+    spooled = tmp_path / "mail.eml"
+    spooled.write_bytes(raw)
+    declared: list[str] = []
+    with SmtpTransport(make_settings(server.port)) as transport:
+        real_mail = smtplib.SMTP.mail
+
+        def mail(smtp: smtplib.SMTP, sender: str, options: Sequence[str] = ()) -> Any:
+            declared.extend(options)
+            return real_mail(smtp, sender, options)
+
+        smtplib.SMTP.mail = mail  # type: ignore[method-assign]
+        try:
+            assert transport.send(spooled, SENDER, ["alice@example.test"]) == {}
+        finally:
+            smtplib.SMTP.mail = real_mail  # type: ignore[method-assign]
+        assert transport.size_limit() == 33554432  # aiosmtpd's default, from EHLO
+    assert server.raw[0] == raw  # byte for byte: the leading dots came back unstuffed
+    assert f"SIZE={len(raw)}" in declared
+
+
+def test_a_mail_over_the_relays_size_is_refused_before_its_body(tmp_path: Path) -> None:
+    with SmtpServer(size_limit=100_000) as small:
+        spooled = tmp_path / "mail.eml"
+        spooled.write_bytes(make_mail() + (b"y" * 76 + b"\r\n") * 2000)
+        with SmtpTransport(make_settings(small.port)) as transport:
+            assert transport.size_limit() == 100_000
+            with pytest.raises(DeliveryError) as caught:
+                transport.send(spooled, SENDER, ["alice@example.test"])
+    assert caught.value.permanent
+    assert "MAIL FROM" in caught.value.message and "552" in caught.value.message
+
+
+def test_a_relay_that_trickles_is_given_up_at_the_deadline(server: SmtpServer) -> None:
+    server.trickle(0.3)  # a byte each 0.3 s: no read ever times out (timeout 1 s)
+    try:
+        with SmtpTransport(make_settings(server.port, timeout=1.0)) as transport:
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as caught:
+                transport.send(make_mail(), SENDER, ["alice@example.test"])
+            took = time.monotonic() - started
+            assert not transport.connected  # the aborted session is never reused
+    finally:
+        server.trickle(0)
+    assert not caught.value.permanent  # the mail stays queued and is retried
+    assert "took over its 4 s deadline" in caught.value.message, caught.value.message
+    assert took < 30  # bounded: without the deadline this send would never return
+    assert server.raw == []

@@ -36,6 +36,9 @@ def test_unit_contract() -> None:
     assert any("check-config" in v for v in s["ExecReload"])
     assert any("kill -HUP $MAINPID" in v for v in s["ExecReload"])
     assert s["Documentation"]
+    high, top = (int(s[key][0].removesuffix("M")) for key in ("MemoryHigh", "MemoryMax"))
+    # Room for the steady ≈50 MB plus the largest attachment cap (100 MB), and a ceiling.
+    assert 150 <= high < top <= 512
 
 
 def test_exposure_is_at_most_1_5() -> None:

@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
 import time
 from collections.abc import Sequence
 from datetime import date
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
+
+import pytest
 
 from feishu_mailbot import config
 from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.model import ActionRequest, Delivery, Message, Text
+from feishu_mailbot.model import ActionRequest, Delivery, Download, Message, Text
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.retry import RetryPolicy
 from feishu_mailbot.settings import FeishuSettings, Secret, Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused
-from feishu_mailbot.state import State, digests, messages, outbox
+from feishu_mailbot.state import Spool, State, digests, messages, outbox
+from feishu_mailbot.state.outbox import Prepared
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
@@ -48,12 +53,15 @@ class Relay:
     def __call__(self, settings: SmtpSettings) -> Relay:
         return self
 
-    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
+    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
         if self.refuse_next:
             self.refuse_next -= 1
             raise DeliveryError("451 try again later", permanent=False)
-        self.sent.append(raw)
+        self.sent.append(raw.read_bytes() if isinstance(raw, Path) else raw)
         return {}
+
+    def size_limit(self) -> int | None:
+        return None
 
     def close_if_idle(self, idle_seconds: float) -> bool:
         return False
@@ -181,22 +189,22 @@ def test_ids_from_events_stay_one_path_segment(emulator: FeishuEmulator) -> None
     tricky = "img/../../bot/v3/info?x=1\x7f"
     emulator.register_resource(tricky, b"\x89PNG\r\n\x1a\n", "image/png")
 
-    async def main() -> tuple[bytes, str, str | None]:
+    async def main() -> Download:
         api = FeishuApi(FeishuSettings("cli_test", Secret("test-secret"), emulator.base_url))
         try:
-            return await api.resource("om_1", tricky, "image")
+            return await api.resource("om_1", tricky, "image", limit=1024)
         finally:
             await api.close()
 
-    data, content_type, _ = asyncio.run(main())
-    assert (data, content_type) == (b"\x89PNG\r\n\x1a\n", "image/png")
+    got = asyncio.run(main())
+    assert (got.data, got.content_type) == (b"\x89PNG\r\n\x1a\n", "image/png")
     assert emulator.rest_calls["/open-apis/bot/v3/info"] == 0
 
 
 class DeadRelay(Relay):
     """Refuses every mail, as a relay that is down does."""
 
-    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused:
+    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
         raise DeliveryError("421 service not available", permanent=False)
 
 
@@ -234,3 +242,59 @@ def test_give_up_needs_the_age_and_the_attempts() -> None:
     assert not policy.expired(age=3 * 24 * 3600, attempts=1)  # a clock jump
     assert not policy.expired(age=3600, attempts=1000)
     assert policy.expired(age=2 * 24 * 3600 + 1, attempts=295)
+
+
+def test_a_spool_file_that_is_gone_is_composed_again(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """An operator's cleanup (or a lost disk block) must not cost the mail: the row is
+    composed again, with the same Message-ID."""
+    s = settings(tmp_path, emulator)
+    relay = Relay()
+    relay.refuse_next = 0
+
+    async def main() -> None:
+        state = State(tmp_path / "state.db", daemon=True)
+        api = FeishuApi(s.feishu)
+        names = NameResolver(s, state, api)
+        worker = Outbox(s, state, api, names, lambda: None, transport=relay)
+        await state.write(
+            partial(
+                messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()
+            )
+        )
+        await state.write(partial(outbox.queue_planned, limit=10))
+        [mail_id] = state.read(lambda tx: [r[0] for r in tx.execute("SELECT mail_id FROM outbox")])
+        stale = Prepared("old subject", spool="0" * 40 + ".eml")  # named, but not there
+        await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=stale))
+        await state.write(outbox.requeue_interrupted)
+        task = asyncio.create_task(worker.run())
+        await until(lambda: len(relay.sent) == 1)
+        worker.stop()
+        await task
+        await api.close()
+        state.close()
+
+    asyncio.run(main())
+    mail = email.message_from_bytes(relay.sent[0], policy=email.policy.default)
+    assert mail["Subject"] == "[研发群] 数据库故障"
+
+
+def test_the_spool_keeps_what_rows_name_and_young_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    kept = spool.write("digest/oc_team/2026-12-01/1", lambda out: out.write(b"mail"))
+    orphan = spool.write("om_1/a@example.com", lambda out: out.write(b"cancelled"))
+    assert spool.path(kept).read_bytes() == b"mail"
+    assert spool.sweep({kept}, older_than=3600) == 0  # a young file may be a row to come
+    old = time.time() - 7200
+    os.utime(spool.path(orphan), (old, old))
+    assert spool.sweep({kept}, older_than=3600) == 1
+    assert sorted(p.name for p in spool.directory.iterdir()) == [kept]
+
+    def fails(out: BinaryIO) -> None:
+        out.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        spool.write("om_2/a@example.com", fails)
+    assert sorted(p.name for p in spool.directory.iterdir()) == [kept]  # no half file

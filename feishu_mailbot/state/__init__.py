@@ -4,6 +4,7 @@ Everything is a query function over an open transaction, grouped by domain
 (`messages`, `outbox`, `actions`, `digests`, `names`), run through one
 `State`: `await write(fn)` (group commit: see group_commit.py) and
 `read(fn)`; `write_now(fn)` commits at once, for code with no event loop.
+Large composed mail lives in `spool` files that outbox rows name.
 Callers compose those functions and hold `Tx` only as an opaque handle; they
 never see SQL. A second backend (PostgreSQL) would be another `State` and
 another set of query modules with the same names and signatures, which this
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from feishu_mailbot.state.checkpoint import Checkpointer
@@ -26,8 +28,9 @@ from feishu_mailbot.state.db import (
     connect,
 )
 from feishu_mailbot.state.group_commit import GroupCommit
+from feishu_mailbot.state.spool import Spool
 
-__all__ = ["DB_NAME", "DatabaseError", "State", "StateError", "Tx", "Unavailable"]
+__all__ = ["DB_NAME", "DatabaseError", "Spool", "State", "StateError", "Tx", "Unavailable"]
 
 T = TypeVar("T")
 DB_NAME = "feishu-mailbot.db"
@@ -45,6 +48,8 @@ class State:
         self._db = connect(self.path, autocheckpoint=not daemon)
         self._checkpointer = Checkpointer(self.path) if daemon else None
         self.group = GroupCommit(self._db, self._checkpointer)
+        # Mail too large for a row, beside the database (spool.py).
+        self.spool = Spool(Path(self.path).parent / "spool")
 
     async def write(self, work: Callable[[Tx], T]) -> T:
         """`work` in the next group commit; returns once it is durable."""

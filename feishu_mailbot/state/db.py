@@ -19,7 +19,7 @@ DatabaseError = sqlite3.Error
 #: work. Any other error with a unit of work will repeat on every try.
 Unavailable = sqlite3.OperationalError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -69,9 +69,10 @@ CREATE TABLE outbox (
     next_attempt_at  REAL NOT NULL,
     last_error       TEXT,
     subject          TEXT,
-    raw              BLOB,
+    raw              BLOB,  -- the composed mail; dropped once sent
     created_at       REAL NOT NULL,
-    sent_at          REAL
+    sent_at          REAL,
+    spool            TEXT  -- instead of raw: the name of a spool file (spool.py)
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
@@ -130,6 +131,11 @@ CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned >
     # which a release that only reads version 1 must refuse to open, not misread.
     2: "",
     3: _QUARANTINE,
+    # Large mail moves to spool files; sent mail keeps its subject and metadata only.
+    4: """
+ALTER TABLE outbox ADD COLUMN spool TEXT;
+UPDATE outbox SET raw = NULL WHERE status = 'sent';
+""",
 }
 
 

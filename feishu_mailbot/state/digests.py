@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from feishu_mailbot.state import outbox
 from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.outbox import Prepared
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,7 @@ def queue(
     day: str,
     kind: str,
     recipients: Sequence[str],
-    subject: str,
-    raw: bytes,
+    prepared: Prepared,
     message_ids: Sequence[str],
     now: float,
 ) -> bool:
@@ -68,7 +68,5 @@ def queue(
         "INSERT OR IGNORE INTO digest_entries (mail_id, message_id) VALUES (?, ?)",
         [(mail_id, m) for m in message_ids],
     )
-    outbox.queue(
-        tx, mail_id=mail_id, kind=kind, recipients=recipients, subject=subject, raw=raw, now=now
-    )
+    outbox.queue(tx, mail_id=mail_id, kind=kind, recipients=recipients, prepared=prepared, now=now)
     return True

@@ -28,6 +28,20 @@ class OutboxRow:
     created_at: float
     subject: str | None
     raw: bytes | None
+    spool: str | None = None  # instead of raw, for large mail: a file in State.spool
+
+    @property
+    def prepared(self) -> bool:
+        return self.raw is not None or self.spool is not None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A composed mail: its bytes, or the spool file holding them."""
+
+    subject: str
+    raw: bytes | None = None
+    spool: str | None = None
 
 
 def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
@@ -80,24 +94,32 @@ def queue(
     mail_id: str,
     kind: str,
     recipients: Sequence[str],
-    subject: str,
-    raw: bytes,
+    prepared: Prepared,
     now: float,
 ) -> None:
     """A mail composed elsewhere (a digest), ready to send as it is."""
     tx.execute(
         "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
         " subject_template, confirm, notify_recall, status, next_attempt_at,"
-        " created_at, subject, raw) VALUES (?, '', ?, ?, '[]', '', 0, 0, 'pending', ?,"
-        " ?, ?, ?)",
-        (mail_id, kind, json.dumps(list(recipients)), now, now, subject, raw),
+        " created_at, subject, raw, spool) VALUES (?, '', ?, ?, '[]', '', 0, 0, 'pending', ?,"
+        " ?, ?, ?, ?)",
+        (
+            mail_id,
+            kind,
+            json.dumps(list(recipients)),
+            now,
+            now,
+            prepared.subject,
+            prepared.raw,
+            prepared.spool,
+        ),
     )
 
 
 def cancel_for_recall(tx: Tx, message_id: str, now: float) -> tuple[int, int]:
     """A message was recalled: (forwards cancelled, recall notices queued)."""
     cancelled = tx.execute(
-        "UPDATE outbox SET status = 'cancelled', raw = NULL"
+        "UPDATE outbox SET status = 'cancelled', raw = NULL, spool = NULL"
         " WHERE message_id = ? AND kind = 'forward' AND status IN ('pending', 'failed')",
         (message_id,),
     ).rowcount
@@ -135,7 +157,7 @@ def requeue_interrupted(tx: Tx) -> int:
 def due(tx: Tx, now: float, limit: int = 50) -> list[OutboxRow]:
     rows = tx.execute(
         "SELECT mail_id, message_id, kind, recipients, rules, subject_template, confirm,"
-        " notify_recall, attempts, created_at, subject, raw FROM outbox"
+        " notify_recall, attempts, created_at, subject, raw, spool FROM outbox"
         " WHERE status = 'pending' AND next_attempt_at <= ?"
         " ORDER BY next_attempt_at, created_at LIMIT ?",
         (now, limit),
@@ -154,6 +176,7 @@ def due(tx: Tx, now: float, limit: int = 50) -> list[OutboxRow]:
             created_at=r[9],
             subject=r[10],
             raw=r[11],
+            spool=r[12],
         )
         for r in rows
     ]
@@ -183,12 +206,12 @@ def planned_count(tx: Tx) -> int:
     )
 
 
-def begin_send(tx: Tx, mail_id: str, prepared: tuple[str, bytes] | None = None) -> bool:
+def begin_send(tx: Tx, mail_id: str, prepared: Prepared | None = None) -> bool:
     """pending → sending (storing the composed mail first, if new); False if recalled."""
     if prepared is not None:
         tx.execute(
-            "UPDATE outbox SET subject = ?, raw = ? WHERE mail_id = ? AND raw IS NULL",
-            (prepared[0], prepared[1], mail_id),
+            "UPDATE outbox SET subject = ?, raw = ?, spool = ? WHERE mail_id = ?",
+            (prepared.subject, prepared.raw, prepared.spool, mail_id),
         )
     return (
         tx.execute(
@@ -200,10 +223,13 @@ def begin_send(tx: Tx, mail_id: str, prepared: tuple[str, bytes] | None = None) 
 
 
 def mark_sent(tx: Tx, mail_id: str, now: float) -> bool:
-    """Returns True if a recall arrived while sending and a follow-up was queued."""
+    """Returns True if a recall arrived while sending and a follow-up was queued.
+
+    The mail's bytes go: a year of forwards must not keep a year of attachments.
+    """
     tx.execute(
-        "UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL,"
-        " attempts = attempts + 1 WHERE mail_id = ?",
+        "UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL, raw = NULL,"
+        " spool = NULL, attempts = attempts + 1 WHERE mail_id = ?",
         (now, mail_id),
     )
     row = tx.execute(
@@ -212,6 +238,11 @@ def mark_sent(tx: Tx, mail_id: str, now: float) -> bool:
     if row and row[0] and row[1]:
         return _queue_recall_notice(tx, mail_id, now) == 1
     return False
+
+
+def spooled(tx: Tx) -> set[str]:
+    """The spool files some row still names."""
+    return {r[0] for r in tx.execute("SELECT spool FROM outbox WHERE spool IS NOT NULL")}
 
 
 def mark_retry(tx: Tx, mail_id: str, next_attempt_at: float, error: str) -> None:

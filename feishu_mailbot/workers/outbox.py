@@ -17,19 +17,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import mail
+from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.doorbell import Doorbell, rounds
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
-from feishu_mailbot.model import ActionRequest, Message, Resource
+from feishu_mailbot.model import ActionRequest, Download, Message, Resource
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
 from feishu_mailbot.settings import Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
-from feishu_mailbot.state.outbox import OutboxRow
+from feishu_mailbot.state.outbox import OutboxRow, Prepared
 
 log = logging.getLogger("feishu_mailbot.outbox")
 
@@ -42,16 +44,22 @@ POLL_SECONDS = 5.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
+# A spool file no row names is swept at start once this old; a younger one may be a
+# `send-report` in another process, between writing its file and committing its row.
+SPOOL_GRACE_SECONDS = 3600.0
 
 
 class Transport(Protocol):
     """A delivery backend: one session to a relay, driven from one thread at a time.
 
-    `send` raises DeliveryError (permanent or not) and returns the recipients
-    the relay refused; SmtpTransport is the one we ship.
+    `send` takes the mail's bytes or a spool file of them, raises DeliveryError
+    (permanent or not) and returns the recipients the relay refused;
+    `size_limit` is the largest mail the relay takes. SmtpTransport is the one
+    we ship.
     """
 
-    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> Refused: ...
+    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused: ...
+    def size_limit(self) -> int | None: ...
     def close_if_idle(self, idle_seconds: float) -> bool: ...
     def close(self) -> None: ...
     def reconfigure(self, settings: SmtpSettings) -> None: ...
@@ -79,9 +87,10 @@ class Outbox:
     """Delivers due mail over up to SMTP_CONNECTIONS connections at once.
 
     Bookkeeping writes share the events' group commits (state.write).
-    Composing runs on the loop: mime.py makes it ≈0.3 ms a mail, less than a
-    hand-over to a thread costs under the GIL, and base64 of a large
-    attachment would hold the GIL in a thread just the same.
+    A mail without files is composed on the loop: mime.py makes it ≈0.3 ms,
+    less than a hand-over to a thread costs. A mail with files is downloaded
+    within the attachment caps and written to a spool file by a thread, one
+    such mail at a time, so its memory is about its files' size once.
     """
 
     def __init__(
@@ -109,6 +118,9 @@ class Outbox:
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
         self._bell = Doorbell()
         self._requeued = False  # mail caught mid-send by the last stop goes back first
+        self._with_files = asyncio.Semaphore(1)  # mail downloading and composing files
+        self._relay_size: int | None = None  # the relay's EHLO SIZE, once asked
+        self._relay_asked = False
         self._last_sent = wall_clock()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -117,6 +129,7 @@ class Outbox:
             for transport in self._transports:
                 transport.reconfigure(settings.smtp)
             self.policy = RetryPolicy.from_settings(settings)
+            self._relay_asked = False  # maybe another relay, with another SIZE
         self.settings = settings
 
     def wake(self) -> None:
@@ -139,6 +152,8 @@ class Outbox:
         """Send what is due; how long to wait before the next round (None: go on at once)."""
         if not self._requeued:
             await self._state.write(outbox.requeue_interrupted)
+            named = self._state.read(outbox.spooled)
+            await asyncio.to_thread(self._state.spool.sweep, named, SPOOL_GRACE_SECONDS)
             self._requeued = True
         rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
         if len(rows) < DUE_BATCH:
@@ -195,24 +210,32 @@ class Outbox:
             self._bell.progress()
 
     async def _attempt(self, row: OutboxRow, fields: dict[str, str]) -> None:
-        raw, subject = row.raw, row.subject
-        if raw is None:
+        prepared: Prepared | None = None
+        if row.spool is not None and not self._state.spool.path(row.spool).exists():
+            log.warning(
+                "mail %s: spool file %s is gone, composing again", row.kind, row.spool, extra=fields
+            )
+        elif row.prepared:
+            prepared = Prepared(row.subject or "", row.raw, row.spool)
+        if prepared is None:
             try:
-                subject, raw = await self._prepare(row)
+                prepared = await self._prepare(row)
             except PrepareError as e:
                 await self._failed_attempt(row, str(e), e.permanent, fields)
                 return
-        prepared = (subject or "", raw)
-        claimed = await self._state.write(
-            partial(outbox.begin_send, mail_id=row.mail_id, prepared=prepared)
-        )
+            claimed = await self._state.write(
+                partial(outbox.begin_send, mail_id=row.mail_id, prepared=prepared)
+            )
+        else:
+            claimed = await self._state.write(partial(outbox.begin_send, mail_id=row.mail_id))
         if not claimed:
             return  # recalled while we were preparing
+        data = prepared.raw if prepared.raw is not None else self._spooled(prepared)
         assert self._idle is not None
         transport = await self._idle.get()
         try:
             refused = await asyncio.get_running_loop().run_in_executor(
-                self._smtp_threads, transport.send, raw, self.settings.smtp.sender, row.recipients
+                self._smtp_threads, transport.send, data, self.settings.smtp.sender, row.recipients
             )
         except DeliveryError as e:
             await self._failed_attempt(row, str(e), e.permanent, fields)
@@ -223,11 +246,13 @@ class Outbox:
         queued_notice = await self._state.write(
             partial(_sent, row=row, now=self._now(), delivered=delivered)
         )
+        if prepared.spool is not None:
+            await asyncio.to_thread(self._state.spool.remove, prepared.spool)
         log.info(
             "mail %s sent to %s: %s",
             row.kind,
             ", ".join(delivered),
-            subject,
+            prepared.subject,
             extra={**fields, "RULE": ",".join(row.rules)},
         )
         for address, (code, text) in refused.items():
@@ -242,6 +267,10 @@ class Outbox:
             self.wake()
         if _confirms(row, delivered):
             self._actions_queued()
+
+    def _spooled(self, prepared: Prepared) -> Path:
+        assert prepared.spool is not None
+        return self._state.spool.path(prepared.spool)
 
     async def _failed_attempt(
         self,
@@ -277,7 +306,7 @@ class Outbox:
             extra=fields,
         )
 
-    async def _prepare(self, row: OutboxRow) -> tuple[str, bytes]:
+    async def _prepare(self, row: OutboxRow) -> Prepared:
         msg = self._state.read(partial(messages.get, message_id=row.message_id))
         if msg is None:
             raise PrepareError(f"message {row.message_id} is not in the state", permanent=True)
@@ -297,8 +326,9 @@ class Outbox:
                 message_id=message_id,
                 date=datetime.fromtimestamp(self._now(), zone),
             )
-            return mail.recall_subject(original), notice
-        return mail.forward(
+            return Prepared(mail.recall_subject(original), raw=notice)
+        compose = partial(
+            mail.forward,
             msg,
             subject_template=row.subject_template,
             sender=self.settings.smtp.sender,
@@ -308,18 +338,52 @@ class Outbox:
             rule_names=row.rules,
             message_id=message_id,
             zone=zone,
-            attachments=await self._attachments(msg),
         )
+        if not msg.resources:
+            subject, forwarded = compose()
+            return Prepared(subject, raw=forwarded.render())
+        async with self._with_files:
+            files, omitted = await self._attachments(msg)
+            subject, forwarded = compose(attachments=files, omitted=omitted)
+            large = sum(len(f.data) for f in files) > SPOOL_ABOVE
+            return await store(self._state, row.mail_id, subject, forwarded, large)
 
-    async def _attachments(self, msg: Message) -> list[mail.Attachment]:
-        downloads: dict[Resource, mail.Download] = {}
+    async def _attachments(self, msg: Message) -> tuple[list[mail.Attachment], list[mail.Omitted]]:
+        budget = Budget.of(self.settings.attachments, await self._relay_limit())
+        downloads: dict[Resource, Download] = {}
+        omitted = []
         for res in msg.resources:
+            limit = budget.limit
             try:
-                data, content_type, filename = await self._api.resource(
-                    msg.message_id, res.key, res.kind
-                )
+                got = await download(self._api, msg.message_id, res, budget)
             except FeishuError as e:
                 permanent = e.code in CREDENTIAL_ERRORS
                 raise PrepareError(f"cannot fetch {res.kind} {res.key}: {e}", permanent) from e
-            downloads[res] = mail.Download(data, content_type, filename)
-        return mail.attachments_of(downloads)
+            downloads[res] = got
+            if got.data is None:
+                omitted.append(mail.omission(res, got, limit))
+                log.warning(
+                    "%s %s left out of the mail: %s bytes, over the %d bytes it may have",
+                    res.kind,
+                    res.key,
+                    got.size if got.size is not None else "more than that",
+                    limit,
+                    extra={"MESSAGE_ID": msg.message_id},
+                )
+        return mail.attachments_of(downloads), omitted
+
+    async def _relay_limit(self) -> int | None:
+        """The relay's SIZE, asked once over an idle connection (which the mail then uses)."""
+        if not self._relay_asked:
+            assert self._idle is not None
+            transport = await self._idle.get()
+            try:
+                self._relay_size = await asyncio.get_running_loop().run_in_executor(
+                    self._smtp_threads, transport.size_limit
+                )
+            except DeliveryError as e:
+                raise PrepareError(str(e), permanent=False) from e
+            finally:
+                self._idle.put_nowait(transport)
+            self._relay_asked = True
+        return self._relay_size

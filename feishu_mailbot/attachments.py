@@ -1,0 +1,70 @@
+"""Bounded attachments: what a mail may carry, and where a large composed mail is kept.
+
+A file counts against two caps (config `attachments`), and against the
+relay's EHLO SIZE, which measures the encoded mail: base64 makes 57 bytes
+of a file into a 78-byte line. A file over what is left is not downloaded
+past the cap and the mail names it instead (mail.Omitted), so a forward of a
+100 MB file still goes out, without the file, rather than failing whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from feishu_mailbot import mime
+from feishu_mailbot.feishu import FeishuApi
+from feishu_mailbot.model import Download, Resource
+from feishu_mailbot.settings import AttachmentSettings
+from feishu_mailbot.state import State
+from feishu_mailbot.state.outbox import Prepared
+
+# Room kept in a relay's SIZE for the text, HTML and headers around the files.
+BODY_ROOM = 256 * 1024
+# A mail with more file bytes than this is composed into a spool file, in a thread.
+SPOOL_ABOVE = 256 * 1024
+
+
+def encoded_size(size: int) -> int:
+    """A file's size once base64 in 76-character CRLF lines."""
+    return -(-size // 57) * 78
+
+
+@dataclass
+class Budget:
+    """The file bytes one mail has left."""
+
+    per_file: int
+    left: int
+
+    @classmethod
+    def of(cls, caps: AttachmentSettings, relay_size: int | None) -> Budget:
+        left = caps.max_mail
+        if relay_size is not None:
+            left = min(left, max(0, relay_size - BODY_ROOM) * 57 // 78)
+        return cls(caps.max_file, left)
+
+    @property
+    def limit(self) -> int:
+        """The most the next file may be."""
+        return max(0, min(self.per_file, self.left))
+
+    def spend(self, got: Download) -> None:
+        if got.data is not None:
+            self.left -= len(got.data)
+
+
+async def download(api: FeishuApi, message_id: str, res: Resource, budget: Budget) -> Download:
+    """One resource within the budget (data None when it did not fit); raises FeishuError."""
+    got = await api.resource(message_id, res.key, res.kind, budget.limit)
+    budget.spend(got)
+    return got
+
+
+async def store(state: State, mail_id: str, subject: str, mail: mime.Mail, large: bool) -> Prepared:
+    """The composed mail, rendered off the event loop when large and then kept in a
+    spool file: never a multi-megabyte row in a commit that acks wait for."""
+    if not large:
+        return Prepared(subject, raw=mail.render())
+    name = await asyncio.to_thread(state.spool.write, mail_id, mail.write)
+    return Prepared(subject, spool=name)

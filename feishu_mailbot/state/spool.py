@@ -1,0 +1,65 @@
+"""Composed mail too large for a database row: one file each, under state_dir/spool.
+
+A 25 MB mail stored in its outbox row would be a 34 MB commit on the event
+loop, which every ack waits for; as a file it is written by a worker thread and
+the row only names it. A file is written under a temporary name, flushed to
+disk and renamed before any row names it, so a named file is always whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import BinaryIO
+
+SUFFIX = ".eml"
+
+
+class Spool:
+    """Blocking file I/O: call it from a thread, never from the event loop."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def write(self, mail_id: str, fill: Callable[[BinaryIO], None]) -> str:
+        """The name of a new file holding what `fill` wrote."""
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        name = hashlib.sha256(mail_id.encode("utf-8")).hexdigest()[:40] + SUFFIX
+        partial = self.directory / f".{name}.part"
+        try:
+            with open(partial, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, self.directory / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
+        return name
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / name).unlink()
+
+    def sweep(self, keep: Collection[str], older_than: float) -> int:
+        """Removes files no row names (mail cancelled, a crash mid-write) once they are
+        `older_than` seconds old; how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        with contextlib.suppress(FileNotFoundError):
+            for entry in self.directory.iterdir():
+                if entry.name in keep:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        entry.unlink()
+                        removed += 1
+        return removed

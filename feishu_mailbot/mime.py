@@ -1,11 +1,13 @@
 """A small MIME writer: headers and a tree of parts in, the mail's wire bytes out.
 
 The stdlib's `EmailMessage` parses every header it is given into a token tree
-and folds it again on output; for a forwarded chat message that was ≈2.2 ms
-of CPU, the costliest step of delivering a mail, and done in a thread it held
-the GIL long enough to show in the event loop's ack times. The mails we send
-have one fixed shape, so writing the structure directly is simple and ≈8×
-cheaper (0.28 ms a mail). The encodings themselves are the stdlib's:
+and folds it again on output. For the same forwarded chat message (policy
+SMTP, base64 bodies) it takes 0.89 ms of CPU against 0.07 ms here (best of
+5 × 200, Debian 12, 2026-12): the costliest step of delivering a mail, on the
+event loop for mail without files and under the GIL in a thread for the rest,
+where it shows in ack times and would halve the outbox's drain rate. The mails
+we send have one fixed shape, so writing the structure directly is simple.
+The encodings themselves are the stdlib's:
 
 - every body is base64 (UTF-8 for text), so chat content never reaches a
   header and no line is ever too long, whatever the relay;

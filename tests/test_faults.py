@@ -245,6 +245,30 @@ def test_a_reload_does_not_wait_for_a_hung_relay(
     assert bot.stop() == 0
 
 
+def test_a_relay_that_trickles_holds_up_neither_acks_nor_the_mail(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot = make_bot(rules=ONE_RULE)
+    bot.config.write_text(
+        bot.config.read_text("utf-8").replace("  timeout: 5\n", "  timeout: 1\n"), "utf-8"
+    )
+    bot.start()
+    smtp.trickle(0.3)  # every read gets a byte before the 1 s timeout; DATA never ends
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障: 磁盘满了"))
+    acks = []
+    for i in range(10):  # while a worker thread sits in the trickle
+        acks.append(emulator.wait_ack(emulator.push_text("oc_team", "ou_bob", f"hello {i}")))
+        time.sleep(0.4)
+    bot.wait_log("the transaction took over its 4 s deadline", timeout=15)
+    assert max(a.ms for a in acks) < 1000, [round(a.ms) for a in acks]
+    smtp.trickle(0)
+    [mail] = smtp.wait_for(1, timeout=20)  # retried on a fresh connection, sent once
+    assert "磁盘满了" in str(mail["Subject"])
+    time.sleep(1.0)
+    assert len(smtp.received) == 1
+    assert bot.stop() == 0
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """state_dir on a 4 MB tmpfs of its own, so that filling it fills only it."""

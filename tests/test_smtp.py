@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -339,3 +341,31 @@ def test_a_relay_that_trickles_is_given_up_at_the_deadline(server: SmtpServer) -
     assert "took over its 4 s deadline" in caught.value.message, caught.value.message
     assert took < 30  # bounded: without the deadline this send would never return
     assert server.raw == []
+
+
+def test_a_greeting_that_trickles_is_given_up_at_the_deadline() -> None:
+    """Before the session exists: the deadline must reach a socket still connecting."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def dribble() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while not stop.wait(0.3):
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"2")
+
+    thread = threading.Thread(target=dribble, daemon=True)
+    thread.start()
+    try:
+        settings = make_settings(listener.getsockname()[1], timeout=1.0)
+        with SmtpTransport(settings) as transport, pytest.raises(DeliveryError) as caught:
+            transport.send(make_mail(), SENDER, ["alice@example.test"])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert "connect failed: the transaction took over its 4 s deadline" in caught.value.message
+    assert not caught.value.permanent

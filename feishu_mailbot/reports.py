@@ -10,6 +10,7 @@ the last day a digest went out; this module only decides.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -215,18 +216,41 @@ def parse_trigger(msg: Message, s: ReportSettings, bot_mentioned: bool) -> Trigg
     return None
 
 
-def may_trigger(open_id: str, s: ReportSettings) -> bool:
-    """Whether `open_id` may ask for the digest.
+def may_trigger(open_id: str, s: ReportSettings, force: bool = False) -> bool:
+    """Whether `open_id` may ask for the digest (`force`: to resend it).
 
     Without an explicit list the roster decides, because the people who write
     reports are the natural ones to say "send it now"; a team without a roster
-    has nothing to restrict by, so anyone in the (allowlisted) chat may.
+    has nothing to restrict by, so anyone in the (allowlisted) chat may ask for
+    the day's digest once. A resend mails the recipients again, so it needs
+    someone named: without trigger_users or a roster, nobody may.
     """
     if s.trigger_users:
         return open_id in s.trigger_users
     if s.roster:
         return any(m.open_id == open_id for m in s.roster)
-    return True
+    return not force
+
+
+# A day's digest may be resent from the chat this long after it last went out, and
+# this many times in all: a command repeated in the chat must not flood a mailbox.
+RESEND_INTERVAL = 600.0
+RESENDS_PER_DAY = 3
+
+
+def resend_refusal(sent_at: Sequence[float], now: float) -> str | None:
+    """Why the chat may not resend a digest that went out at `sent_at` (in the chat's
+    language), or None. A clock set back does not count as a recent send."""
+    if len(sent_at) > RESENDS_PER_DAY:
+        return (
+            f"该日的日报汇总已发送 {len(sent_at)} 次，不能再从群里重发"
+            "（管理员可用 send-report --force）。"
+        )
+    recent = [now - t for t in sent_at if 0 <= now - t < RESEND_INTERVAL]
+    if recent:
+        minutes = math.ceil((RESEND_INTERVAL - min(recent)) / 60)
+        return f"该日的日报汇总刚刚发送过，请 {minutes} 分钟后再重发。"
+    return None
 
 
 # --------------------------------------------------------------------------- digest model

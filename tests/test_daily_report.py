@@ -156,6 +156,44 @@ def test_manual_digest_dry_run_trigger_and_refusal(
     bot.stop()
 
 
+def test_a_resend_from_the_chat_is_rate_limited(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    bot = bot_with_reports(make_bot, emulator, extra=report_config()).start()
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "日报：登录页改版"))
+    first = mention_bot(emulator, "ou_alice", "发送日报")
+    smtp.wait_for(1, timeout=20)
+    wait_until(lambda: replies_to(emulator, first), 15, "the confirmation reply")
+    again = mention_bot(emulator, "ou_alice", "重发日报")
+    wait_until(lambda: replies_to(emulator, again), 15, "the refusal reply")
+    assert replies_to(emulator, again) == ["该日的日报汇总刚刚发送过，请 10 分钟后再重发。"]
+    bot.wait_log("digest resend for")
+    time.sleep(1)
+    assert len(smtp.messages) == 1
+    # The operator is not rate-limited.
+    forced = cli(bot, "send-report", "--force")
+    assert forced.returncode == 0, forced.stderr
+    smtp.wait_for(2, timeout=20)
+    assert bot.stop() == 0
+
+
+def test_without_a_roster_nobody_may_resend_from_the_chat(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    config = "daily_report:\n  chat: oc_team\n  recipients: [manager@example.com]\n"
+    bot = bot_with_reports(make_bot, emulator, extra=config).start()
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "日报：登录页改版"))
+    first = mention_bot(emulator, "ou_mallory", "发送日报")  # anyone may ask once
+    smtp.wait_for(1, timeout=20)
+    wait_until(lambda: replies_to(emulator, first), 15, "the confirmation reply")
+    again = mention_bot(emulator, "ou_mallory", "重发日报")
+    wait_until(lambda: replies_to(emulator, again), 15, "the refusal reply")
+    assert "daily_report.trigger_users 或 roster" in replies_to(emulator, again)[0]
+    time.sleep(1)
+    assert len(smtp.messages) == 1
+    assert bot.stop() == 0
+
+
 def faketime_env(moment: datetime) -> dict[str, str]:
     """libfaketime: the daemon's wall clock starts at `moment` and runs on from there."""
     stamp = moment.astimezone(ZoneInfo("UTC")).strftime("@%Y-%m-%d %H:%M:%S")

@@ -10,6 +10,8 @@ import pytest
 
 from feishu_mailbot.model import Break, Mention, Message, Text, Title
 from feishu_mailbot.reports import (
+    RESEND_INTERVAL,
+    RESENDS_PER_DAY,
     Entry,
     ReportSettings,
     RosterMember,
@@ -21,6 +23,7 @@ from feishu_mailbot.reports import (
     next_scheduled,
     parse_trigger,
     report_day,
+    resend_refusal,
     scheduled_at,
 )
 
@@ -247,6 +250,22 @@ def test_who_may_trigger() -> None:
     explicit = replace(with_roster, trigger_users=("ou_boss",))
     assert may_trigger("ou_boss", explicit)
     assert not may_trigger("ou_li", explicit)
+    # A resend mails everyone again: it needs someone named.
+    assert not may_trigger("ou_anyone", S, force=True)
+    assert may_trigger("ou_li", with_roster, force=True)
+    assert may_trigger("ou_boss", explicit, force=True)
+
+
+def test_resends_are_rate_limited() -> None:
+    now = 1_764_560_000.0
+    assert resend_refusal([], now) is None
+    assert resend_refusal([now - RESEND_INTERVAL], now) is None
+    assert resend_refusal([now - 30], now) == "该日的日报汇总刚刚发送过，请 10 分钟后再重发。"
+    assert resend_refusal([now - 301], now) == "该日的日报汇总刚刚发送过，请 5 分钟后再重发。"
+    assert resend_refusal([now + 3600], now) is None  # the clock was set back: no wait
+    four = [now - 10_000 * (i + 1) for i in range(RESENDS_PER_DAY + 1)]
+    refusal = resend_refusal(four, now)
+    assert refusal is not None and "已发送 4 次" in refusal
 
 
 # --------------------------------------------------------------------------- digest model

@@ -189,14 +189,30 @@ class Actions:
     async def _digest_request(self, action: Action) -> FollowUps:
         rs = self._report_settings()
         p = action.payload
-        if not reports.may_trigger(str(p["sender"]), rs):
-            await self._api.reply_text(action.message_id, "抱歉，你没有发送日报汇总的权限。")
+        force = bool(p.get("force"))
+        if not reports.may_trigger(str(p["sender"]), rs, force):
+            if force and not (rs.trigger_users or rs.roster):
+                text = (
+                    "抱歉，重发日报需要管理员先在配置中设置 daily_report.trigger_users 或 roster。"
+                )
+            else:
+                text = "抱歉，你没有发送日报汇总的权限。"
+            await self._api.reply_text(action.message_id, text)
             return ()
         if p.get("error"):
             await self._api.reply_text(action.message_id, f"无法发送日报汇总：{p['error']}")
             return ()
         day = date.fromisoformat(str(p["day"]))
-        outcome = await self._reporter.build(day, force=bool(p.get("force")))
+        if force and (refusal := self._resend_refusal(rs, day)):
+            log.info(
+                "digest resend for %s refused: %s",
+                day.isoformat(),
+                refusal,
+                extra={"MESSAGE_ID": action.message_id, "CHAT_ID": rs.chat},
+            )
+            await self._api.reply_text(action.message_id, refusal)
+            return ()
+        outcome = await self._reporter.build(day, force=force)
         if outcome.queued:
             self._mail_queued()
         to = "、".join(outcome.recipients)
@@ -214,6 +230,11 @@ class Actions:
             )
         await self._api.reply_text(action.message_id, text)
         return ()
+
+    def _resend_refusal(self, rs: ReportSettings, day: date) -> str | None:
+        records = self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day.isoformat()))
+        sent_at = [r.queued_at for r in records if r.kind == "digest"]
+        return reports.resend_refusal(sent_at, self._now())
 
     async def _confirm(self, action: Action) -> FollowUps:
         """A forward whose rule says `confirm: true` was sent: say so in the chat, once.

@@ -231,6 +231,59 @@ def test_watchdog_restarts_a_stalled_bot_and_pending_mail_goes_once(
     assert int(show(box, "NRestarts")) >= 1
 
 
+# Run by the service's own interpreter at start (PYTHONPATH from a drop-in): the first
+# start's outbox worker dies of an injected fault; the restarted one is left alone.
+INJECT = """\
+import os
+import sys
+
+MARK = "/var/lib/feishu-mailbot/test-fault-injected"
+if not os.path.exists(MARK):
+    open(MARK, "w").close()
+    sys.path[0:0] = ["/usr/lib/feishu-mailbot", "/usr/lib/feishu-mailbot/vendor"]
+    import asyncio
+    from feishu_mailbot.workers import outbox
+
+    async def run(self):
+        await asyncio.sleep(3)
+        raise RuntimeError("injected fault")
+
+    outbox.Outbox.run = run
+"""
+
+
+def test_a_dead_worker_is_restarted_by_systemd_and_pending_mail_goes_once(
+    box: Container, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    dropin = f"/etc/systemd/system/{UNIT}.d/test-fault.conf"
+    box.write("/usr/local/lib/feishu-mailbot-fault/sitecustomize.py", INJECT)
+    box.write(dropin, "[Service]\nEnvironment=PYTHONPATH=/usr/local/lib/feishu-mailbot-fault\n")
+    box.run("rm", "-f", "/var/lib/feishu-mailbot/test-fault-injected")
+    systemctl(box, "daemon-reload")
+    systemctl(box, "restart", UNIT)
+    pid, restarts, sent_before = (
+        show(box, "MainPID"),
+        int(show(box, "NRestarts")),
+        len(smtp.messages),
+    )
+    emulator.push_text("oc_team", "ou_alice", "故障：发信的工人倒下了")
+    wait_until(
+        lambda: show(box, "ActiveState") == "active" and show(box, "MainPID") != pid,
+        60,
+        "the restart after the worker died",
+    )
+    smtp.wait_for(sent_before + 1, timeout=30)
+    time.sleep(2)
+    subjects = [str(m["Subject"]) for m in smtp.messages[sent_before:]]
+    assert subjects == ["[研发群] 张三: 故障：发信的工人倒下了"]
+    log = box.run("journalctl", "--no-pager", "-u", UNIT).stdout
+    assert "the outbox worker stopped unexpectedly (RuntimeError: injected fault)" in log
+    assert "status=75/TEMPFAIL" in log
+    assert int(show(box, "NRestarts")) == restarts + 1
+    box.run("rm", "-f", dropin)
+    systemctl(box, "daemon-reload")
+
+
 def test_kill_9_during_delivery_loses_and_duplicates_nothing(
     box: Container, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:

@@ -25,11 +25,6 @@ BODY_ROOM = 256 * 1024
 SPOOL_ABOVE = 256 * 1024
 
 
-def encoded_size(size: int) -> int:
-    """A file's size once base64 in 76-character CRLF lines."""
-    return -(-size // 57) * 78
-
-
 @dataclass
 class Budget:
     """The file bytes one mail has left."""
@@ -41,6 +36,7 @@ class Budget:
     def of(cls, caps: AttachmentSettings, relay_size: int | None) -> Budget:
         left = caps.max_mail
         if relay_size is not None:
+            # base64 makes 57 bytes of a file into a 78-byte line (76 and CRLF)
             left = min(left, max(0, relay_size - BODY_ROOM) * 57 // 78)
         return cls(caps.max_file, left)
 
@@ -56,6 +52,8 @@ class Budget:
 
 async def download(api: FeishuApi, message_id: str, res: Resource, budget: Budget) -> Download:
     """One resource within the budget (data None when it did not fit); raises FeishuError."""
+    if budget.limit == 0:  # the mail is full: not even a request
+        return Download(None, "application/octet-stream", None)
     got = await api.resource(message_id, res.key, res.kind, budget.limit)
     budget.spend(got)
     return got

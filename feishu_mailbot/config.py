@@ -463,7 +463,8 @@ def _health(n: _Node) -> HealthSettings:
 
 
 def _megabytes(n: _Node) -> int:
-    return int(_number(n, minimum=0, maximum=100) * MB)
+    # 50: a forward and a digest may hold their files at once, within the unit's MemoryHigh.
+    return int(_number(n, minimum=0, maximum=50) * MB)
 
 
 def _attachments(n: _Node) -> AttachmentSettings:

@@ -49,6 +49,7 @@ from feishu_mailbot.settings import FeishuSettings
 log = logging.getLogger("feishu_mailbot.feishu")
 
 HTTP_TIMEOUT = 10.0
+ERROR_BODY_BYTES = 65536  # of a JSON error reply to a resource download
 CONNECT_TIMEOUT = 15.0
 RECONNECT_MAX = 15.0  # so the bot is back within ~15 s of Feishu (or the network) returning
 
@@ -513,7 +514,7 @@ class FeishuApi:
                         "application/json"
                     ):
                         return await _download(response, content_type, limit)
-                    body = await response.aread()
+                    body = await _head(response, ERROR_BODY_BYTES)
             except httpx.HTTPError as e:
                 raise FeishuError(what, _describe(e)) from e
             try:
@@ -572,9 +573,20 @@ async def _download(response: httpx.Response, content_type: str, limit: int) -> 
     body = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the file
     async for chunk in response.aiter_bytes():
         if body.tell() + len(chunk) > limit:
-            return Download(None, content_type, filename, size)
+            # Longer than its Content-Length said, or than the limit: either way unknown.
+            return Download(None, content_type, filename, None)
         body.write(chunk)
     return Download(body.getvalue(), content_type, filename, body.tell())
+
+
+async def _head(response: httpx.Response, limit: int) -> bytes:
+    """At most `limit` bytes of an error reply: an error page is no reason to read 100 MB."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk[: limit - len(body)]
+        if len(body) >= limit:
+            break
+    return bytes(body)
 
 
 def _segment(value: str) -> str:

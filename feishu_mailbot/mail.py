@@ -86,13 +86,15 @@ def _megabytes(size: int) -> str:
 
 
 def omitted_lines(files: Sequence[Omitted]) -> list[str]:
-    """`report.zip (60.0 MB)`, or `(超过 20.0 MB)` when Feishu did not say how large."""
-    return [
-        f"{single_line(f.filename) or 'attachment'} ("
-        + (_megabytes(f.size) if f.size is not None else f"超过 {_megabytes(f.limit)}")
-        + ")"
-        for f in files
-    ]
+    """`report.zip (60.0 MB)`, `(超过 20.0 MB)` when Feishu did not say how large, or
+    `(本邮件附件已满)` when earlier files took all the room."""
+
+    def size(f: Omitted) -> str:
+        if f.size is not None:
+            return _megabytes(f.size)
+        return f"超过 {_megabytes(f.limit)}" if f.limit > 0 else "本邮件附件已满"
+
+    return [f"{single_line(f.filename) or 'attachment'} ({size(f)})" for f in files]
 
 
 def sanitize_header(value: str) -> str:
@@ -283,36 +285,6 @@ def forward(
     return subject, forwarded
 
 
-def compose_forward(
-    msg: Message,
-    *,
-    subject: str,
-    sender: str,
-    to: Sequence[str],
-    chat_name: str,
-    sender_name: str,
-    rule_names: Sequence[str],
-    message_id: str,
-    date: datetime,
-    attachments: Sequence[Attachment] = (),
-    omitted: Sequence[Omitted] = (),
-) -> bytes:
-    """forward_mail's wire bytes."""
-    return forward_mail(
-        msg,
-        subject=subject,
-        sender=sender,
-        to=to,
-        chat_name=chat_name,
-        sender_name=sender_name,
-        rule_names=rule_names,
-        message_id=message_id,
-        date=date,
-        attachments=attachments,
-        omitted=omitted,
-    ).render()
-
-
 def forward_mail(
     msg: Message,
     *,
@@ -438,7 +410,6 @@ __all__ = [
     "Omitted",
     "attachments_of",
     "base_headers",
-    "compose_forward",
     "compose_recall_notice",
     "forward",
     "forward_mail",

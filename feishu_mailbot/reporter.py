@@ -21,7 +21,7 @@ from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import digest, mail, mime, reports
+from feishu_mailbot import digest, mail, mime, reports, smtp
 from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import Message
@@ -141,7 +141,8 @@ class Reporter:
         """The reports' images within the attachment caps; one that is not fetched, or
         is too large, shows as "[图片未能下载]" rather than holding up the digest."""
         images: dict[str, mail.Attachment] = {}
-        budget = Budget.of(self.settings.attachments, None)
+        wanted = [r for m in messages for r in m.resources if r.kind == "image"]
+        budget = Budget.of(self.settings.attachments, await self._relay_size() if wanted else None)
         for msg in messages:
             for res in msg.resources:
                 if res.kind != "image" or res.key in images:
@@ -165,6 +166,14 @@ class Reporter:
                     continue
                 [images[res.key]] = mail.attachments_of({res: got})
         return images
+
+    async def _relay_size(self) -> int | None:
+        """The relay's SIZE, so that a digest it would refuse leaves images out instead."""
+        try:
+            return await asyncio.to_thread(smtp.relay_size, self.settings.smtp)
+        except smtp.DeliveryError as e:
+            log.warning("digest: the relay's size limit is unknown (%s); using the caps", e)
+            return None
 
     async def immediate(self, msg: Message) -> bool:
         """`mode: immediate`: one report, mailed as a digest of its own; False if it was already."""

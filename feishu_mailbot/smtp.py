@@ -16,6 +16,8 @@ import contextlib
 # (with stringprep and its tables) in the first SMTP thread to connect, holding the
 # GIL for milliseconds while the event loop has acks to send.
 import encodings.idna  # noqa: F401
+import heapq
+import itertools
 import re
 import smtplib
 import socket
@@ -23,11 +25,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from feishu_mailbot.settings import SmtpSettings
 
-__all__ = ["CheckFailed", "DeliveryError", "SmtpTransport", "check"]
+__all__ = ["CheckFailed", "DeliveryError", "SmtpTransport", "check", "relay_size"]
 
 Refused = dict[str, tuple[int, bytes]]
 
@@ -111,40 +114,47 @@ def _open(
     settings: SmtpSettings,
     context: ssl.SSLContext,
     steps: list[str],
-    opening: Callable[[smtplib.SMTP], None] = lambda smtp: None,
+    opening: Callable[[socket.socket], None] = lambda sock: None,
 ) -> smtplib.SMTP:
     """Brings a session up to "ready for MAIL FROM", shared by send() and check().
 
     Kept as one function so the online check exercises exactly the code path
     that delivery uses; a check that passes while delivery fails would be worse
-    than none. `opening` sees the session before it connects, so a deadline can
-    abort even a greeting that trickles in.
+    than none. The TCP connection is made here rather than by smtplib so that
+    `opening` sees its socket before the TLS handshake and the greeting: a
+    deadline can then abort a relay that trickles either.
     """
     where = f"{settings.host}:{settings.port}"
     timeout = settings.timeout
-    smtp: smtplib.SMTP
-    if settings.security == "tls":
-        smtp = smtplib.SMTP_SSL(timeout=timeout, context=context)
-    else:
-        smtp = smtplib.SMTP(timeout=timeout)
-    # What TLS verifies the certificate against; the constructor records it only
-    # when it connects too, and then nobody could abort its greeting.
+    smtp = smtplib.SMTP(timeout=timeout)
+    # What STARTTLS verifies the certificate against; smtplib records it only when
+    # its constructor connects.
     smtp._host = settings.host  # type: ignore[attr-defined]
-    opening(smtp)
     try:
-        code, greeting = smtp.connect(settings.host, settings.port)
+        raw = socket.create_connection((settings.host, settings.port), timeout)
+    except OSError as exc:
+        raise _StepFailed("connect", _os_reason(exc, timeout)) from exc
+    opening(raw)
+    try:
+        if settings.security == "tls":
+            try:
+                smtp.sock = context.wrap_socket(raw, server_hostname=settings.host)
+            except ssl.SSLError as exc:
+                raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
+        else:
+            smtp.sock = raw
+        code, greeting = smtp.getreply()
         if code != 220:
-            raise smtplib.SMTPConnectError(code, greeting)
-    except smtplib.SMTPConnectError as exc:
-        smtp.close()
-        reason = f"greeting rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
-        raise _StepFailed("connect", reason, exc.smtp_code) from exc
-    except ssl.SSLError as exc:
-        smtp.close()
-        raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
+            reason = f"greeting rejected ({_reply(code, greeting)})"
+            raise _StepFailed("connect", reason, code)
     except (OSError, smtplib.SMTPException) as exc:
         smtp.close()
+        raw.close()
         raise _StepFailed("connect", _os_reason(exc, timeout)) from exc
+    except BaseException:
+        smtp.close()
+        raw.close()
+        raise
     try:
         steps.append(f"connected to {where}")
         if settings.security == "tls" and isinstance(smtp.sock, ssl.SSLSocket):
@@ -248,8 +258,10 @@ class SmtpTransport:
         self._smtp: smtplib.SMTP | None = None
         self._last_used = 0.0
         self._lock = threading.Lock()
-        self._expired: float | None = None  # set by _Deadline when a transaction ran out
-        self._half_open: smtplib.SMTP | None = None  # a session still connecting
+        self._expired: float | None = None  # set by _abort when a transaction ran out
+        # A second descriptor of the session's TCP socket, for _abort: shutting it down
+        # wakes the sending thread without touching its TLS state.
+        self._handle: socket.socket | None = None
 
     @property
     def connected(self) -> bool:
@@ -339,38 +351,45 @@ class SmtpTransport:
     def _error(self, what: str, reason: str, permanent: bool) -> DeliveryError:
         if self._expired is not None:
             reason = f"the transaction took over its {self._expired:.0f} s deadline"
+            permanent = False
         text = _scrub(f"{self._where}: {what} failed: {reason}", self._scrub_pattern)
         return DeliveryError(text, permanent)
 
-    def _opening(self, smtp: smtplib.SMTP) -> None:
-        self._half_open = smtp
+    def _opening(self, sock: socket.socket) -> None:
+        self._handle = sock.dup()
 
     def _abort(self, deadline: float) -> None:
-        """From the deadline's timer thread: wakes a send blocked on a trickling relay.
-
-        shutdown() (not close()) so the blocked recv or send returns at once and the
-        sending thread, which owns the socket, closes it.
-        """
+        """From the deadline thread: wakes a send blocked on a trickling relay."""
         self._expired = deadline
-        smtp = self._smtp or self._half_open
-        sock = getattr(smtp, "sock", None) if smtp is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        _shutdown(self._handle)
 
     def _drop(self, polite: bool) -> None:
         smtp, self._smtp = self._smtp, None
-        if smtp is None:
-            return
-        if polite:
-            _quit(smtp)
-        else:
+        handle, self._handle = self._handle, None
+        if smtp is not None and polite:
+            # A relay may dribble its answer to QUIT too.
+            token = _DEADLINES.arm(self._settings.timeout, partial(_shutdown, handle))
+            try:
+                _quit(smtp)
+            finally:
+                _DEADLINES.disarm(token)
+        elif smtp is not None:
             smtp.close()
+        if handle is not None:
+            handle.close()  # the last descriptor: only now does the connection close
 
     def _connect(self) -> smtplib.SMTP:
+        if self._expired is not None:
+            # Past the deadline nothing starts again: not a probe's reconnect, not a retry.
+            raise self._error("connect", "", False)
         try:
             smtp = _open(self._settings, self._context, [], self._opening)
-        except _StepFailed as exc:
+        except BaseException as exc:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            if not isinstance(exc, _StepFailed):
+                raise
             # Even a 535 is temporary for the outbox: a wrong password is an operator's
             # mistake to fix, and the mail must still be there when it is fixed.
             raise self._error(exc.step, exc.reason, False) from exc
@@ -482,27 +501,88 @@ class SmtpTransport:
             self._last_used = time.monotonic()
 
 
+def relay_size(settings: SmtpSettings) -> int | None:
+    """The relay's SIZE over a session of its own, for a mail composed away from the
+    outbox (a digest, once a day); raises DeliveryError."""
+    with SmtpTransport(settings) as transport:
+        return transport.size_limit()
+
+
 def transaction_deadline(timeout: float, size: int) -> float:
     """How long one whole transaction may take: a few round trips of `timeout` each,
     plus the body at 100 kB/s (a 25 MB mail: +6 min), however the relay dribbles."""
     return 4 * timeout + size / 100_000
 
 
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deadlines:
+    """One thread keeps every transaction's deadline: arming one costs a heap push,
+    not a thread. `fire` runs under the lock, so once disarm() has returned it
+    cannot run late and abort the next transaction."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._armed: set[int] = set()
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, fire: Callable[[], None]) -> int:
+        with self._cond:
+            token = next(self._tokens)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token, fire))
+            self._armed.add(token)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="smtp-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._armed.discard(token)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                at, token, fire = self._heap[0]
+                if at > time.monotonic():
+                    self._cond.wait(at - time.monotonic())
+                    continue
+                heapq.heappop(self._heap)
+                self._armed.discard(token)
+                fire()
+
+
+_DEADLINES = _Deadlines()
+
+
 class _Deadline:
-    """Arms a timer that aborts the transport's socket when the transaction is over time."""
+    """The transport's socket is shut down if the transaction is not over in `seconds`."""
 
     def __init__(self, transport: SmtpTransport, seconds: float) -> None:
         self._transport = transport
-        self._timer = threading.Timer(seconds, transport._abort, (seconds,))
-        self._timer.daemon = True
+        self._seconds = seconds
+        self._token = -1
 
     def __enter__(self) -> None:
         self._transport._expired = None
-        self._timer.start()
+        self._token = _DEADLINES.arm(self._seconds, partial(self._transport._abort, self._seconds))
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self._transport._half_open = None
+        _DEADLINES.disarm(self._token)
         if self._transport._expired is not None:
             # The socket was shut down under the session: never reuse it.
             self._transport._drop(polite=False)

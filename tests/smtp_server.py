@@ -109,6 +109,18 @@ class _Handler:
         self._owner._saw_connection(server)
         return f"250 {server.hostname}"
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if self._owner._trickle and self._owner._trickle_at == "MAIL":
+            while self._owner._trickle and server.transport is not None:
+                server.transport.write(b"2")
+                await asyncio.sleep(self._owner._trickle)
+            return "451 4.3.0 trickled"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
@@ -119,7 +131,7 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         owner = self._owner
-        if owner._trickle:
+        if owner._trickle and owner._trickle_at == "DATA":
             # A relay that answers one byte at a time, each just within a client's
             # timeout: no single read times out, and the reply never ends.
             while owner._trickle and server.transport is not None:
@@ -174,6 +186,7 @@ class SmtpServer:
         self._fail_code = 451
         self._delay = 0.0
         self._trickle = 0.0
+        self._trickle_at = "DATA"
         self._refused_rcpts: set[str] = set()
         self._handler = _Handler(self)
         self._controller: _Controller | None = None
@@ -273,9 +286,9 @@ class SmtpServer:
         """Sleep before answering each DATA, like a slow relay; other sessions go on."""
         self._delay = seconds
 
-    def trickle(self, seconds_per_byte: float) -> None:
-        """Answer DATA one byte every `seconds_per_byte`, for ever (0: stop doing so)."""
-        self._trickle = seconds_per_byte
+    def trickle(self, seconds_per_byte: float, at: str = "DATA") -> None:
+        """Answer DATA (or MAIL) one byte every `seconds_per_byte`, for ever (0: stop)."""
+        self._trickle, self._trickle_at = seconds_per_byte, at
 
     def freeze(self, seconds: float) -> None:
         """Answer nothing at all for `seconds`, on every session: a relay that hangs."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import SMTP_PASSWORD, SMTP_USER, Bot, write_config
+from tests.harness import REPO, SMTP_PASSWORD, SMTP_USER, Bot, write_config
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -145,3 +147,41 @@ def test_the_caps_in_the_config_hold(
     assert "- a.pdf (2.0 MB)" in text_of(first)
     assert attached(second) == {"b.pdf": half}
     assert bot.stop() == 0
+
+
+def test_a_digest_leaves_out_an_image_its_relay_would_refuse(
+    emulator: FeishuEmulator, tmp_path: Path
+) -> None:
+    """The digest is composed away from the outbox; it asks the relay's SIZE itself."""
+    emulator.register_resource("img_big", os.urandom(2 * MB), "image/png")
+    emulator.register_resource("img_small", os.urandom(10_000), "image/png")
+    reports = "daily_report:\n  chat: oc_team\n  recipients: [boss@example.com]\n"
+    with SmtpServer(require_auth=(SMTP_USER, SMTP_PASSWORD), size_limit=2 * MB) as relay:
+        config = write_config(
+            tmp_path,
+            feishu_url=emulator.base_url,
+            smtp_port=relay.port,
+            rules="- name: never\n  keywords: [zz-never-zz]\n  to: [x@example.com]\n",
+            extra=reports,
+        )
+        bot = Bot(config, tmp_path).start()
+        try:
+            for key in ("img_big", "img_small"):
+                post = {"title": "日报", "content": [[{"tag": "img", "image_key": key}]]}
+                emulator.wait_ack(emulator.push_message("oc_team", "ou_alice", "post", post))
+            sent = subprocess.run(
+                [sys.executable, "-m", "feishu_mailbot", "--config", str(config), "send-report"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            assert sent.returncode == 0, sent.stderr
+            [digest] = relay.wait_for(1, timeout=30)
+        finally:
+            assert bot.stop() == 0
+    images = [p for p in digest.walk() if p.get_content_type() == "image/png"]
+    assert len(images) == 1 and len(images[0].get_payload(decode=True)) == 10_000
+    assert "[图片未能下载]" in html_of(digest)
+    assert "digest image img_big left out: over the attachment caps" in sent.stderr

@@ -211,5 +211,5 @@ def test_attachment_caps(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError) as info:
         config.load(path)
     assert str(info.value) == (
-        f"{path}:24: attachments.max_file_mb: 150 is out of range (expected 0…100)"
+        f"{path}:24: attachments.max_file_mb: 150 is out of range (expected 0…50)"
     )

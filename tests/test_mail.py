@@ -10,15 +10,16 @@ from email.message import EmailMessage
 
 import pytest
 
-from feishu_mailbot.attachments import BODY_ROOM, Budget, encoded_size
+from feishu_mailbot.attachments import BODY_ROOM, Budget
 from feishu_mailbot.events import parse_event
 from feishu_mailbot.mail import (
     TOO_LARGE,
     Attachment,
     Omitted,
-    compose_forward,
     compose_recall_notice,
+    forward_mail,
     make_message_id,
+    omitted_lines,
     sanitize_header,
 )
 from feishu_mailbot.model import Download, Message
@@ -74,7 +75,7 @@ def forward(
     omitted: tuple[Omitted, ...] = (),
 ) -> bytes:
     m = post_message()
-    return compose_forward(
+    return forward_mail(
         m,
         subject=subject or "[研发群] 张三: 上线通知",
         sender="飞书机器人 <bot@example.com>",
@@ -86,7 +87,7 @@ def forward(
         date=WHEN,
         attachments=attachments,
         omitted=omitted,
-    )
+    ).render()
 
 
 def test_headers() -> None:
@@ -224,7 +225,7 @@ def test_recall_notice_threads_under_original() -> None:
 def test_addresses_from_config_must_be_clean() -> None:
     m = post_message()
     with pytest.raises(ValueError):
-        compose_forward(
+        forward_mail(
             m,
             subject="s",
             sender="bot@example.com",
@@ -236,7 +237,7 @@ def test_addresses_from_config_must_be_clean() -> None:
             date=WHEN,
         )
     with pytest.raises(ValueError):
-        compose_forward(
+        forward_mail(
             m,
             subject="s",
             sender="bot@example.com",
@@ -275,6 +276,8 @@ def test_files_left_out_are_named_in_both_bodies() -> None:
     )
     assert "<li>&lt;b&gt;dump&lt;/b&gt; .bin (超过 20.0 MB)</li>" in html.get_content()
     assert list(parsed.iter_attachments()) == []
+    full = omitted_lines([Omitted("c.pdf", None, 0)])  # earlier files took all the room
+    assert full == ["c.pdf (本邮件附件已满)"]
 
 
 def test_the_budget_counts_the_relays_size_in_encoded_bytes() -> None:
@@ -282,7 +285,7 @@ def test_the_budget_counts_the_relays_size_in_encoded_bytes() -> None:
     assert Budget.of(caps, None).limit == 20 * MB
     relay = Budget.of(caps, 10 * MB)  # 10 MB of mail holds ≈7.1 MB of file
     assert relay.limit == (10 * MB - BODY_ROOM) * 57 // 78
-    assert encoded_size(relay.limit) <= 10 * MB - BODY_ROOM
+    assert -(-relay.limit // 57) * 78 <= 10 * MB - BODY_ROOM  # its base64 fits
     relay.spend(Download(b"x" * (7 * MB), "application/pdf", None))
     assert 0 < relay.limit < MB
     assert Budget.of(caps, 100).limit == 0  # a relay smaller than a body: no files at all

@@ -369,3 +369,57 @@ def test_a_greeting_that_trickles_is_given_up_at_the_deadline() -> None:
         listener.close()
     assert "connect failed: the transaction took over its 4 s deadline" in caught.value.message
     assert not caught.value.permanent
+
+
+def test_past_the_deadline_a_reused_session_is_not_retried_on_a_new_one(
+    server: SmtpServer,
+) -> None:
+    """A reused connection that dies at MAIL FROM is normally replaced once; not when the
+    deadline killed it, or the new session would run with no deadline at all."""
+    with SmtpTransport(make_settings(server.port, timeout=1.0)) as transport:
+        transport.send(make_mail(), SENDER, ["alice@example.test"])  # the session to reuse
+        connections = server.connections
+        server.trickle(0.3, at="MAIL")
+        try:
+            started = time.monotonic()
+            with pytest.raises(DeliveryError) as caught:
+                transport.send(make_mail(), SENDER, ["alice@example.test"])
+            took = time.monotonic() - started
+        finally:
+            server.trickle(0)
+    assert "the transaction took over its 4 s deadline" in caught.value.message
+    assert took < 8, took  # one deadline, not a second session trickled as long again
+    assert server.connections == connections
+
+
+def test_a_tls_handshake_that_trickles_cannot_hold_a_worker() -> None:
+    """CPython bounds a whole TLS handshake by the socket timeout (not each read), so a
+    relay dribbling its certificate is given up on after `timeout`, before the deadline."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def tarpit() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB ...
+            while not stop.wait(0.3):  # ... that arrives a byte at a time
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"\x00")
+
+    thread = threading.Thread(target=tarpit, daemon=True)
+    thread.start()
+    try:
+        settings = make_settings(listener.getsockname()[1], security="tls", timeout=1.0)
+        started = time.monotonic()
+        with SmtpTransport(settings) as transport, pytest.raises(DeliveryError) as caught:
+            transport.send(make_mail(), SENDER, ["alice@example.test"])
+        assert time.monotonic() - started < 4
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert "timed out after 1 s" in caught.value.message, caught.value.message
+    assert not caught.value.permanent

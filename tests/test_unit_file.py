@@ -37,7 +37,8 @@ def test_unit_contract() -> None:
     assert any("kill -HUP $MAINPID" in v for v in s["ExecReload"])
     assert s["Documentation"]
     high, top = (int(s[key][0].removesuffix("M")) for key in ("MemoryHigh", "MemoryMax"))
-    # Room for the steady ≈50 MB plus the largest attachment cap (100 MB), and a ceiling.
+    # Room for the steady ≈50 MB plus a forward's and a digest's files at the largest
+    # attachment caps (2 × 50 MB), and a ceiling.
     assert 150 <= high < top <= 512
 
 

@@ -283,6 +283,9 @@ def test_a_spool_file_that_is_gone_is_composed_again(
 def test_the_spool_keeps_what_rows_name_and_young_files(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     kept = spool.write("digest/oc_team/2026-12-01/1", lambda out: out.write(b"mail"))
+    twin = spool.write("digest/oc_team/2026-12-01/1", lambda out: out.write(b"the same day"))
+    assert twin != kept  # two digests built at once never share (or remove) one file
+    spool.remove(twin)
     orphan = spool.write("om_1/a@example.com", lambda out: out.write(b"cancelled"))
     assert spool.path(kept).read_bytes() == b"mail"
     assert spool.sweep({kept}, older_than=3600) == 0  # a young file may be a row to come
@@ -298,3 +301,55 @@ def test_the_spool_keeps_what_rows_name_and_young_files(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         spool.write("om_2/a@example.com", fails)
     assert sorted(p.name for p in spool.directory.iterdir()) == [kept]  # no half file
+
+
+def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_plainly(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    s = settings(tmp_path, emulator)
+    relay = Relay()
+    relay.refuse_next = 0
+
+    async def main() -> list[tuple[str, str | None, str | None]]:
+        state = State(tmp_path / "state.db", daemon=True)
+        now = time.time()
+        await state.write(
+            partial(messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=now)
+        )
+        await state.write(partial(outbox.queue_planned, limit=10))
+        [mail_id] = state.read(lambda tx: [r[0] for r in tx.execute("SELECT mail_id FROM outbox")])
+        await state.write(partial(outbox.cancel_for_recall, message_id="om_1", now=now))
+        composed = Prepared("subject", spool="f" * 24 + "-0123456789abcdef.eml")
+        claimed = await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=composed))
+        assert not claimed
+        assert state.read(outbox.spooled) == set()  # the cancelled row names no file
+        # A digest whose spool file is gone cannot be composed again here: failed, once.
+        digest = Prepared("日报汇总", spool="0" * 24 + "-0123456789abcdef.eml")
+        await state.write(
+            partial(
+                outbox.queue,
+                mail_id="digest/oc_team/2026-12-01/1",
+                kind="digest",
+                recipients=["boss@example.com"],
+                prepared=digest,
+                now=now,
+            )
+        )
+        api = FeishuApi(s.feishu)
+        worker = Outbox(s, state, api, NameResolver(s, state, api), lambda: None, transport=relay)
+        task = asyncio.create_task(worker.run())
+        await until(lambda: state.read(outbox.pending_count) == 0)
+        worker.stop()
+        await task
+        rows = state.read(
+            lambda tx: tx.execute("SELECT kind, status, last_error FROM outbox").fetchall()
+        )
+        await api.close()
+        state.close()
+        return sorted(tuple(r) for r in rows)
+
+    rows = asyncio.run(main())
+    assert rows[0][:2] == ("digest", "failed")
+    assert rows[0][2] is not None and "spool file" in rows[0][2] and "is gone" in rows[0][2]
+    assert rows[1][:2] == ("forward", "cancelled")
+    assert relay.sent == []

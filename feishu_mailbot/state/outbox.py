@@ -208,9 +208,10 @@ def planned_count(tx: Tx) -> int:
 
 def begin_send(tx: Tx, mail_id: str, prepared: Prepared | None = None) -> bool:
     """pending → sending (storing the composed mail first, if new); False if recalled."""
-    if prepared is not None:
+    if prepared is not None:  # not into a row recalled meanwhile: it would keep the file
         tx.execute(
-            "UPDATE outbox SET subject = ?, raw = ?, spool = ? WHERE mail_id = ?",
+            "UPDATE outbox SET subject = ?, raw = ?, spool = ? WHERE mail_id = ?"
+            " AND status = 'pending'",
             (prepared.subject, prepared.raw, prepared.spool, mail_id),
         )
     return (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -26,9 +27,14 @@ class Spool:
         self.directory = directory
 
     def write(self, mail_id: str, fill: Callable[[BinaryIO], None]) -> str:
-        """The name of a new file holding what `fill` wrote."""
+        """The name of a new file holding what `fill` wrote.
+
+        Unique per write, not per mail: two digests built at once for the same day
+        (the schedule and a chat command) must not share, or remove, one file.
+        """
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        name = hashlib.sha256(mail_id.encode("utf-8")).hexdigest()[:40] + SUFFIX
+        digest = hashlib.sha256(mail_id.encode("utf-8")).hexdigest()[:24]
+        name = f"{digest}-{secrets.token_hex(8)}{SUFFIX}"
         partial = self.directory / f".{name}.part"
         try:
             with open(partial, "wb") as out:
@@ -36,6 +42,11 @@ class Spool:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(partial, self.directory / name)
+            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)  # the rename itself survives a power cut
+            finally:
+                os.close(directory)
         except BaseException:
             with contextlib.suppress(OSError):
                 partial.unlink()
@@ -44,6 +55,9 @@ class Spool:
 
     def path(self, name: str) -> Path:
         return self.directory / name
+
+    def exists(self, name: str) -> bool:
+        return (self.directory / name).exists()
 
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

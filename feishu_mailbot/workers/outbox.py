@@ -44,8 +44,9 @@ POLL_SECONDS = 5.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
-# A spool file no row names is swept at start once this old; a younger one may be a
-# `send-report` in another process, between writing its file and committing its row.
+# A spool file no row names is removed once this old, looked for at start and this
+# often; a younger one may be a `send-report` in another process, between writing its
+# file and committing its row.
 SPOOL_GRACE_SECONDS = 3600.0
 
 
@@ -121,6 +122,7 @@ class Outbox:
         self._with_files = asyncio.Semaphore(1)  # mail downloading and composing files
         self._relay_size: int | None = None  # the relay's EHLO SIZE, once asked
         self._relay_asked = False
+        self._swept_at = 0.0
         self._last_sent = wall_clock()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -152,9 +154,12 @@ class Outbox:
         """Send what is due; how long to wait before the next round (None: go on at once)."""
         if not self._requeued:
             await self._state.write(outbox.requeue_interrupted)
+            self._requeued = True
+        if self._now() - self._swept_at > SPOOL_GRACE_SECONDS:
+            # Files of mail recalled while composed, or sent just before a crash.
             named = self._state.read(outbox.spooled)
             await asyncio.to_thread(self._state.spool.sweep, named, SPOOL_GRACE_SECONDS)
-            self._requeued = True
+            self._swept_at = self._now()
         rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
         if len(rows) < DUE_BATCH:
             # Planned mail enters the outbox only as fast as it is sent, a few
@@ -211,7 +216,12 @@ class Outbox:
 
     async def _attempt(self, row: OutboxRow, fields: dict[str, str]) -> None:
         prepared: Prepared | None = None
-        if row.spool is not None and not self._state.spool.path(row.spool).exists():
+        if row.spool is not None and not await asyncio.to_thread(
+            self._state.spool.exists, row.spool
+        ):
+            if row.kind not in ("forward", "recall"):  # a digest is composed elsewhere, once
+                await self._failed_attempt(row, f"its spool file {row.spool} is gone", True, fields)
+                return
             log.warning(
                 "mail %s: spool file %s is gone, composing again", row.kind, row.spool, extra=fields
             )
@@ -228,8 +238,10 @@ class Outbox:
             )
         else:
             claimed = await self._state.write(partial(outbox.begin_send, mail_id=row.mail_id))
-        if not claimed:
-            return  # recalled while we were preparing
+        if not claimed:  # recalled while we were preparing
+            if prepared.spool is not None and prepared.spool != row.spool:
+                await asyncio.to_thread(self._state.spool.remove, prepared.spool)
+            return
         data = prepared.raw if prepared.raw is not None else self._spooled(prepared)
         assert self._idle is not None
         transport = await self._idle.get()

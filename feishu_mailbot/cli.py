@@ -122,7 +122,7 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     from feishu_mailbot.feishu import FeishuApi, FeishuError
     from feishu_mailbot.names import NameResolver
     from feishu_mailbot.reporter import Reporter
-    from feishu_mailbot.reports import current_day
+    from feishu_mailbot.reports import current_day, kept_days, window_refusal
     from feishu_mailbot.state import State
 
     rs = settings.daily_report
@@ -142,6 +142,14 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
         # Recording a future day as sent would hold back the schedule until then.
         print(
             f"--date {day}: that report day has not begun yet (today is {today})", file=sys.stderr
+        )
+        return os.EX_USAGE
+    kept = kept_days(settings.retention.messages)
+    if window_refusal(day, today, kept):
+        print(
+            f"--date {day}: reports are kept for {kept} days (retention.messages_days), "
+            "so that day's are gone",
+            file=sys.stderr,
         )
         return os.EX_USAGE
     logs.setup(settings.log_level)

@@ -27,6 +27,7 @@ from feishu_mailbot.digest import validate_digest_subject
 from feishu_mailbot.rules import RULE_TIMEOUT_MS, validate_subject_template
 from feishu_mailbot.settings import (
     ACKNOWLEDGE_MODES,
+    DAY,
     MATCH_MODES,
     MB,
     SEND_MODES,
@@ -35,6 +36,7 @@ from feishu_mailbot.settings import (
     FeishuSettings,
     HealthSettings,
     ReportSettings,
+    RetentionSettings,
     RosterMember,
     Rule,
     Secret,
@@ -476,6 +478,21 @@ def _attachments(n: _Node) -> AttachmentSettings:
     )
 
 
+def _retention(n: _Node) -> RetentionSettings:
+    m = _mapping(n, set(), {"events_days", "messages_days", "mail_days"})
+    d = RetentionSettings()
+
+    def days(key: str, default: float, minimum: float) -> float:
+        return _number(m[key], minimum=minimum, maximum=3650) * DAY if key in m else default
+
+    # Two days at least: a recall (allowed for 24 h) still needs its message for the notice.
+    return RetentionSettings(
+        events=days("events_days", d.events, 1),
+        messages=days("messages_days", d.messages, 2),
+        mail=days("mail_days", d.mail, 1),
+    )
+
+
 def parse(text: str, path: str) -> Settings:
     """Validate `text` (the content of `path`); raise ConfigError on the first problem."""
     try:
@@ -507,6 +524,7 @@ def parse(text: str, path: str) -> Settings:
             "daily_report",
             "health",
             "attachments",
+            "retention",
             "state_dir",
             "log_level",
             "timezone",
@@ -544,6 +562,7 @@ def parse(text: str, path: str) -> Settings:
         ),
         health=_health(m["health"]) if "health" in m else HealthSettings(),
         attachments=_attachments(m["attachments"]) if "attachments" in m else AttachmentSettings(),
+        retention=_retention(m["retention"]) if "retention" in m else RetentionSettings(),
         state_dir=state_dir,
         log_level=log_level,
         timezone=timezone,

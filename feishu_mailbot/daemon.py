@@ -52,6 +52,7 @@ from feishu_mailbot.state import outbox as outbox_q
 from feishu_mailbot.state.messages import Ingest
 from feishu_mailbot.systemd import Notifier, watchdog_interval
 from feishu_mailbot.workers.actions import Actions
+from feishu_mailbot.workers.housekeeping import Housekeeper
 from feishu_mailbot.workers.outbox import Outbox
 from feishu_mailbot.workers.schedule import Schedule
 
@@ -78,6 +79,7 @@ class Daemon:
         self.outbox = Outbox(settings, self.state, self.api, self.names, self.wake_actions)
         self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
         self.schedule = Schedule(settings, self.state, self.reporter, self.outbox.wake)
+        self.housekeeper = Housekeeper(settings, self.state)
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3
         )
@@ -187,6 +189,7 @@ class Daemon:
             self._start_worker("outbox", self.outbox.run()),
             self._start_worker("actions", self.actions.run()),
             self._start_worker("schedule", self.schedule.run()),
+            self._start_worker("housekeeping", self.housekeeper.run()),
         ]
         helpers = [
             self._start_worker("supervisor", self._supervise()),
@@ -307,6 +310,7 @@ class Daemon:
             ("outbox", self.outbox),
             ("actions", self.actions),
             ("schedule", self.schedule),
+            ("housekeeping", self.housekeeper),
         ):
             try:
                 due = worker.work_due()
@@ -352,6 +356,7 @@ class Daemon:
         self.outbox.stop()
         self.actions.stop()
         self.schedule.stop()
+        self.housekeeper.stop()
         finished, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
         if unfinished:
             log.warning(
@@ -379,7 +384,7 @@ class Daemon:
             if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
             self.settings = new
-            for part in (self.names, self.reporter, self.schedule):
+            for part in (self.names, self.reporter, self.schedule, self.housekeeper):
                 part.settings = new
             self.outbox.reconfigure(new)
             self.actions.reconfigure(new)

@@ -232,6 +232,19 @@ def may_trigger(open_id: str, s: ReportSettings, force: bool = False) -> bool:
     return not force
 
 
+def kept_days(messages_retention: float) -> int:
+    """Whole report days whose messages the retention settings keep."""
+    return max(1, int(messages_retention // (24 * 3600)))
+
+
+def window_refusal(day: date, today: date, kept: int) -> str | None:
+    """Why there can be no digest of `day` (in the chat's language): its reports were
+    pruned with the messages, and an empty digest would claim nobody reported."""
+    if (today - day).days >= kept:
+        return f"{day.isoformat()} 的日报已超过保存期限（{kept} 天），无法再汇总。"
+    return None
+
+
 # A day's digest may be resent from the chat this long after it last went out, and
 # this many times in all: a command repeated in the chat must not flood a mailbox.
 RESEND_INTERVAL = 600.0

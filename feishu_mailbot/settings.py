@@ -107,6 +107,24 @@ class AttachmentSettings:
     max_mail: int = 25 * MB
 
 
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long the state keeps what (seconds).
+
+    Feishu re-pushes an unacknowledged event within hours and may replay after a
+    reconnect; a message is needed while a digest, supplement, resend or recall
+    notice may still be made of it; finished mail keeps only its metadata, for
+    an audit trail.
+    """
+
+    events: float = 7 * DAY  # dedup keys
+    messages: float = 30 * DAY  # also how far back a digest can be asked for
+    mail: float = 90 * DAY  # sent, cancelled and failed mail, digest records, quarantine
+
+
 MATCH_MODES = ("prefix", "all")
 SEND_MODES = ("immediate", "manual", "scheduled")
 ACKNOWLEDGE_MODES = ("none", "reaction", "reply")
@@ -152,6 +170,7 @@ class Settings:
     rules: tuple[Rule, ...] = ()
     health: HealthSettings = field(default_factory=HealthSettings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     daily_report: ReportSettings | None = None
     state_dir: str = "/var/lib/feishu-mailbot"
     log_level: str = "info"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from feishu_mailbot import config
-from feishu_mailbot.settings import MB, AttachmentSettings
+from feishu_mailbot.settings import DAY, MB, AttachmentSettings, RetentionSettings
 
 GOOD = """\
 feishu:
@@ -213,3 +213,14 @@ def test_attachment_caps(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}:24: attachments.max_file_mb: 150 is out of range (expected 0…50)"
     )
+
+
+def test_retention(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, GOOD)).retention == RetentionSettings()
+    text = GOOD + "retention:\n  events_days: 3\n  messages_days: 60\n  mail_days: 365\n"
+    r = config.load(write(tmp_path, text)).retention
+    assert (r.events, r.messages, r.mail) == (3 * DAY, 60 * DAY, 365 * DAY)
+    path = write(tmp_path, GOOD + "retention:\n  messages_days: 1\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert "retention.messages_days: 1 is out of range (expected 2…3650)" in str(info.value)

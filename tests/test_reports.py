@@ -19,12 +19,14 @@ from feishu_mailbot.reports import (
     build_digest,
     due_days,
     is_report,
+    kept_days,
     may_trigger,
     next_scheduled,
     parse_trigger,
     report_day,
     resend_refusal,
     scheduled_at,
+    window_refusal,
 )
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -443,3 +445,11 @@ def test_due_days_in_another_timezone() -> None:
     # 23:35 UTC on Monday is 18:35 in New York (EST): Monday's digest is due.
     assert due_days(FRI, datetime(2026, 11, 23, 23, 35, tzinfo=UTC), s) == [MON]
     assert due_days(FRI, datetime(2026, 11, 23, 18, 29, tzinfo=ny), s) == []
+
+
+def test_a_digest_needs_its_day_inside_the_retention_window() -> None:
+    today = date(2026, 12, 31)
+    assert kept_days(30 * 24 * 3600.0) == 30
+    assert window_refusal(date(2026, 12, 2), today, 30) is None  # 29 days back: kept
+    refusal = window_refusal(date(2026, 12, 1), today, 30)
+    assert refusal == "2026-12-01 的日报已超过保存期限（30 天），无法再汇总。"

@@ -63,6 +63,19 @@ class State:
     def read(self, work: Callable[[Tx], T]) -> T:
         return work(self._db)
 
+    def release(self, pages: int) -> int:
+        """Gives up to `pages` free pages back to the file system; how many stay free.
+
+        A transaction of its own, between group commits (which never leave one
+        open): executescript, because a plain execute of this pragma frees one page.
+        """
+        self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def size(self) -> int:
+        """Bytes on disk: the database and its WAL."""
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.close()

@@ -20,6 +20,7 @@ DatabaseError = sqlite3.Error
 Unavailable = sqlite3.OperationalError
 
 SCHEMA_VERSION = 5
+WAL_LIMIT = 4 * 1024 * 1024
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -148,6 +149,9 @@ def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Before WAL writes the header of a new file: freed pages can then be given back
+        # to the file system bit by bit (State.release) instead of by a whole VACUUM.
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
     except (OSError, sqlite3.Error) as e:
         raise StateError(
@@ -158,7 +162,12 @@ def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
     db.execute("PRAGMA busy_timeout=5000")
     if not autocheckpoint:
         db.execute("PRAGMA wal_autocheckpoint=0")
+    # After a checkpoint that restarts it, the WAL file is cut back to this.
+    db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     _migrate(db, path)
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        # Made by a release before retention: one VACUUM (once) makes it shrinkable.
+        db.execute("VACUUM")
     return db
 
 

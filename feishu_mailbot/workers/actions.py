@@ -203,6 +203,11 @@ class Actions:
             await self._api.reply_text(action.message_id, f"无法发送日报汇总：{p['error']}")
             return ()
         day = date.fromisoformat(str(p["day"]))
+        today = reports.current_day(self._now(), rs)
+        kept = reports.kept_days(self.settings.retention.messages)
+        if too_old := reports.window_refusal(day, today, kept):
+            await self._api.reply_text(action.message_id, f"无法发送日报汇总：{too_old}")
+            return ()
         if force and (refusal := self._resend_refusal(rs, day)):
             log.info(
                 "digest resend for %s refused: %s",

@@ -1,0 +1,72 @@
+"""What a year leaves behind: old rows deleted in small batches.
+
+`prune` is one batch: the caller repeats it while it returns `limit` rows, so
+that no commit (which acks wait for) carries more than a few hundred
+deletions. Nothing still needed goes: a message stays while mail of it is
+planned, queued or failed (a retry composes from it), and failed mail stays
+until the operator drops it or the audit period ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from feishu_mailbot.state.db import Tx
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Wall-clock times: what was received (or finished) before one of them goes."""
+
+    events: float  # dedup keys
+    messages: float  # messages and recalls
+    mail: float  # finished mail's metadata, digest records, done actions, quarantine, names
+
+
+@dataclass(frozen=True)
+class Pruned:
+    rows: int
+    spool: tuple[str, ...]  # files of the mail deleted, for the caller to remove
+
+
+# (table, condition on its rows, the cutoff it compares with)
+_RULES = (
+    ("events", "received_at < :events"),
+    ("recalls", "recalled_at < :messages"),
+    (
+        "messages",
+        "received_at < :messages AND planned = 0 AND NOT EXISTS (SELECT 1 FROM outbox o"
+        " WHERE o.message_id = messages.message_id AND o.status IN"
+        " ('pending', 'sending', 'failed'))",
+    ),
+    ("outbox", "status IN ('sent', 'cancelled', 'failed') AND created_at < :mail"),
+    ("digest_entries", "mail_id IN (SELECT mail_id FROM digests WHERE queued_at < :mail)"),
+    ("digests", "queued_at < :mail"),
+    ("actions", "status != 'pending' AND created_at < :mail"),
+    ("quarantine", "received_at < :mail"),
+    ("names", "fetched_at < :mail"),
+)
+
+
+def prune(tx: Tx, cutoffs: Cutoffs, limit: int) -> Pruned:
+    """Deletes up to `limit` rows that the cutoffs retire, table by table."""
+    params = {"events": cutoffs.events, "messages": cutoffs.messages, "mail": cutoffs.mail}
+    removed, files = 0, []
+    for table, condition in _RULES:
+        left = limit - removed
+        if left <= 0:
+            break
+        spool = "spool" if table == "outbox" else "NULL"
+        rows = tx.execute(
+            f"SELECT rowid, {spool} FROM {table} WHERE {condition} LIMIT :n",
+            {**params, "n": left},
+        ).fetchall()
+        tx.executemany(f"DELETE FROM {table} WHERE rowid = ?", [(r[0],) for r in rows])
+        removed += len(rows)
+        files += [r[1] for r in rows if r[1] is not None]
+    return Pruned(removed, tuple(files))
+
+
+def oldest_message_at(tx: Tx) -> float | None:
+    row = tx.execute("SELECT MIN(received_at) FROM messages").fetchone()
+    return None if row[0] is None else float(row[0])

@@ -1,0 +1,82 @@
+"""The housekeeping worker: keeps the state as small as the retention settings say.
+
+Every PRUNE_EVERY seconds it deletes what the retention settings retire, a
+batch per commit with a pause between batches so acks never queue behind a
+large delete, removes the spool files of mail it deleted, and then gives the
+freed pages back to the file system a few at a time. Pruning is never
+urgent: it counts as work due for the health verdict only while a batch
+is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+from feishu_mailbot.doorbell import Doorbell, rounds
+from feishu_mailbot.settings import RetentionSettings, Settings
+from feishu_mailbot.state import State, retention
+
+log = logging.getLogger("feishu_mailbot.housekeeping")
+
+PRUNE_EVERY = 600.0
+BATCH = 500  # rows a commit
+PAUSE = 0.05  # between batches: room for the acks
+RELEASE_PAGES = 256  # 1 MB of a 4 KiB-page file at a time
+
+
+def cutoffs(r: RetentionSettings, now: float) -> retention.Cutoffs:
+    return retention.Cutoffs(events=now - r.events, messages=now - r.messages, mail=now - r.mail)
+
+
+class Housekeeper:
+    def __init__(
+        self, settings: Settings, state: State, wall_clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self._state = state
+        self._now = wall_clock
+        self._bell = Doorbell()
+        self._busy = False
+        self._removed = 0
+        self.rounds = 0  # whole prunes finished, for tests to wait on
+
+    def stop(self) -> None:
+        self._bell.stop()
+
+    def wake(self) -> None:
+        self._bell.ring()
+
+    @property
+    def last_progress(self) -> float:
+        return self._bell.last_progress
+
+    def work_due(self) -> bool:
+        return self._busy
+
+    async def run(self) -> None:
+        await rounds(self._bell, self._round, "housekeeping", log)
+
+    async def _round(self) -> float | None:
+        self._busy = True
+        limits = cutoffs(self.settings.retention, self._now())
+        pruned = await self._state.write(partial(retention.prune, cutoffs=limits, limit=BATCH))
+        for name in pruned.spool:
+            await asyncio.to_thread(self._state.spool.remove, name)
+        self._removed += pruned.rows
+        if pruned.rows == BATCH:
+            return PAUSE
+        if self._state.release(RELEASE_PAGES) > 0:
+            return PAUSE
+        if self._removed:
+            log.info(
+                "housekeeping: %d old rows removed; the state is %.1f MB",
+                self._removed,
+                self._state.size() / 1e6,
+            )
+        self._removed, self._busy = 0, False
+        self.rounds += 1
+        return PRUNE_EVERY

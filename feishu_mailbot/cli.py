@@ -42,6 +42,27 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--chat", required=True, metavar="CHAT_ID")
     sim.add_argument("--sender", required=True, metavar="OPEN_ID")
     sim.add_argument("text")
+    st = sub.add_parser("status", help="connection, events today, the queue, digests, database")
+    form = st.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true")
+    form.add_argument("--prometheus", action="store_true", help="the Prometheus text format")
+    q = sub.add_parser("queue", help="the mail not yet sent, one line each (like mailq)")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="only failed mail")
+    which.add_argument("--pending", action="store_true", help="only mail still to be tried")
+    which.add_argument("--quarantined", action="store_true", help="the quarantined events")
+    q.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="headers and text of one queued mail")
+    show.add_argument("id", type=int, metavar="ID")
+    retry = sub.add_parser("retry", help="try mail (or quarantined events) again now")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="mail ids from `queue`")
+    retry.add_argument("--all-failed", action="store_true", help="every failed mail")
+    retry.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
+    retry.add_argument("--all-quarantined", action="store_true")
+    drop = sub.add_parser("drop", help="remove mail (or quarantined events) for good")
+    drop.add_argument("ids", nargs="*", metavar="ID", help="mail ids from `queue`")
+    drop.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
+    drop.add_argument("--yes", action="store_true", help="really drop them")
     return p
 
 
@@ -73,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _send_report(settings, args.date, args.dry_run, args.force)
     if args.command == "simulate":
         return _simulate(settings, args.chat, args.sender, args.text)
+    if args.command in ("status", "queue", "show", "retry", "drop"):
+        from feishu_mailbot import admin
+
+        return admin.run(settings, args)
     parser.error(f"unknown subcommand {args.command}")
     return os.EX_USAGE
 

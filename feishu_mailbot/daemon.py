@@ -45,6 +45,7 @@ from feishu_mailbot.state import (
     State,
     StateError,
     Unavailable,
+    heartbeat,
     messages,
     quarantine,
 )
@@ -60,6 +61,7 @@ log = logging.getLogger("feishu_mailbot.daemon")
 
 STOP_TIMEOUT = 60.0  # the unit's TimeoutStopSec is longer, so in-flight SMTP can finish
 STATUS_EVERY = 5.0
+QUARANTINE_POLL = 1.0  # how soon an operator's retry of a quarantined event is taken
 IDENTITY_RETRY = 5.0  # how often to ask again for the bot's open_id
 NO_EVENTS_HINT = 30 * 60.0  # connected this long without a single event: say what to check
 
@@ -123,6 +125,20 @@ class Daemon:
         ):
             log.error("event quarantined: %s", reason, extra={"EVENT_ID": key})
             log.debug("the quarantined event raised", exc_info=error)
+
+    async def _retry_quarantined(self) -> None:
+        """Events the operator asked to retry (`feishu-mailbot retry --quarantined`) go
+        through intake again: taken now, or held again with today's reason."""
+        while True:
+            await asyncio.sleep(QUARANTINE_POLL)
+            try:
+                asked = self.state.read(partial(quarantine.entries, statuses=("retry",)))
+                for item in asked:
+                    await self.handle(item.payload)
+                    if await self.state.write(partial(quarantine.settle, key=item.key)):
+                        log.info("quarantined event taken on retry", extra={"EVENT_ID": item.key})
+            except DatabaseError as e:  # busy or full: the rows stay asked for
+                log.debug("quarantine retry postponed: %s", e)
 
     async def _recall(self, recall: Recall, now: float) -> None:
         outcome = await self.state.write(partial(messages.recall, event=recall, now=now))
@@ -193,6 +209,7 @@ class Daemon:
         ]
         helpers = [
             self._start_worker("supervisor", self._supervise()),
+            self._start_worker("quarantine", self._retry_quarantined()),
             loop.create_task(self._learn_identity()),
         ]
         try:
@@ -280,9 +297,27 @@ class Daemon:
                     self._exit_code = os.EX_TEMPFAIL
                     self._stop.set()
             if verdict.verdict is not previous or now - last_status >= STATUS_EVERY:
-                self.notifier.status(self.status_line(verdict))
+                line = self.status_line(verdict)
+                self.notifier.status(line)
+                await self._record(line)
                 last_status = now
             previous = verdict.verdict
+
+    async def _record(self, line: str) -> None:
+        """The status line, also for `feishu-mailbot status` in another process."""
+        st = self.connection.state
+        since = st.connected_since if st.connected else st.reconnecting_since
+        beat = heartbeat.Beat(
+            pid=os.getpid(),
+            at=time.time(),
+            connected=st.connected,
+            since=None if since is None else time.time() - (time.monotonic() - since),
+            line=line,
+        )
+        try:
+            await self.state.write(partial(heartbeat.record, beat=beat))
+        except DatabaseError as e:
+            log.debug("status not recorded: %s", e)
 
     def assess(self, loop_lag: float = 0.0) -> health.Health:
         conn = self.connection
@@ -365,6 +400,7 @@ class Daemon:
             for task in unfinished:
                 task.cancel()
         await self.api.close()
+        await self._record("stopped")
         self.state.close()
         for task in finished:
             if not task.cancelled() and task.exception() is not None:

@@ -19,7 +19,7 @@ DatabaseError = sqlite3.Error
 #: work. Any other error with a unit of work will repeat on every try.
 Unavailable = sqlite3.OperationalError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 WAL_LIMIT = 4 * 1024 * 1024
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
@@ -30,6 +30,18 @@ CREATE TABLE quarantine (
     reason      TEXT NOT NULL,
     payload     BLOB NOT NULL,
     status      TEXT NOT NULL DEFAULT 'held'
+);
+"""
+
+# The running daemon's last word about itself (heartbeat.py), for `status`.
+_HEARTBEAT = """
+CREATE TABLE heartbeat (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    pid       INTEGER NOT NULL,
+    at        REAL NOT NULL,
+    connected INTEGER NOT NULL,
+    since     REAL,
+    line      TEXT NOT NULL
 );
 """
 
@@ -119,6 +131,7 @@ CREATE TABLE names (
 );
 """
     + _QUARANTINE
+    + _HEARTBEAT
 )
 
 # Step from version N to N+1, for databases made by an older release.
@@ -137,6 +150,7 @@ CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned >
 ALTER TABLE outbox ADD COLUMN spool TEXT;
 UPDATE outbox SET raw = NULL WHERE status = 'sent';
 """,
+    5: _HEARTBEAT,
 }
 
 

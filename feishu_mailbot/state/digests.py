@@ -70,3 +70,11 @@ def queue(
     )
     outbox.queue(tx, mail_id=mail_id, kind=kind, recipients=recipients, prepared=prepared, now=now)
     return True
+
+
+def latest(tx: Tx) -> list[tuple[str, str, str, float]]:
+    """Per chat, its last digest (or supplement): (chat_id, day, kind, queued_at)."""
+    rows = tx.execute(
+        "SELECT chat_id, day, kind, MAX(queued_at) FROM digests GROUP BY chat_id ORDER BY chat_id"
+    ).fetchall()
+    return [(r[0], r[1], r[2], float(r[3])) for r in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from feishu_mailbot.state.db import Tx
 
@@ -244,6 +245,109 @@ def mark_sent(tx: Tx, mail_id: str, now: float) -> bool:
 def spooled(tx: Tx) -> set[str]:
     """The spool files some row still names."""
     return {r[0] for r in tx.execute("SELECT spool FROM outbox WHERE spool IS NOT NULL")}
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A mail as `feishu-mailbot queue` shows it; `id` is the row's short number."""
+
+    id: int
+    mail_id: str
+    kind: str
+    status: str  # pending | retrying | sending | failed
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    recipients: tuple[str, ...]
+    subject: str | None
+    last_error: str | None
+    message_id: str
+    spool: str | None
+    raw: bytes | None
+
+
+_ENTRY = (
+    "SELECT rowid, mail_id, kind, CASE WHEN status = 'pending' AND attempts > 0"
+    " THEN 'retrying' ELSE status END, created_at, attempts, next_attempt_at, recipients,"
+    " subject, last_error, message_id, spool, raw FROM outbox"
+)
+
+
+def _entry(r: Any) -> QueueEntry:
+    return QueueEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), *r[8:13])
+
+
+def queued(tx: Tx, statuses: Sequence[str]) -> list[QueueEntry]:
+    """Mail in any of `statuses` (pending, retrying, sending, failed), oldest first."""
+    rows = tx.execute(
+        f"{_ENTRY} WHERE status IN ('pending', 'sending', 'failed') ORDER BY created_at"
+    ).fetchall()
+    return [e for e in map(_entry, rows) if e.status in statuses]
+
+
+def entry(tx: Tx, row_id: int) -> QueueEntry | None:
+    row = tx.execute(f"{_ENTRY} WHERE rowid = ?", (row_id,)).fetchone()
+    return None if row is None else _entry(row)
+
+
+def counts(tx: Tx) -> dict[str, int]:
+    """How many mails are in each state; `pending` includes mail still planned."""
+    out = {"pending": planned_count(tx), "retrying": 0, "sending": 0, "failed": 0}
+    for status, retrying, n in tx.execute(
+        "SELECT status, attempts > 0, COUNT(*) FROM outbox"
+        " WHERE status IN ('pending', 'sending', 'failed') GROUP BY 1, 2"
+    ):
+        key = "retrying" if status == "pending" and retrying else status
+        out[key] += n
+    return out
+
+
+def oldest_waiting(tx: Tx) -> float | None:
+    """When the oldest mail not yet sent was queued (planned mail counts from its message)."""
+    row = tx.execute(
+        "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM outbox WHERE status IN"
+        " ('pending', 'sending') UNION ALL SELECT MIN(received_at) FROM messages"
+        " WHERE planned > 0)"
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def next_retry(tx: Tx) -> tuple[float, str] | None:
+    row = tx.execute(
+        "SELECT next_attempt_at, last_error FROM outbox WHERE status = 'pending'"
+        " AND attempts > 0 ORDER BY next_attempt_at LIMIT 1"
+    ).fetchone()
+    return None if row is None else (float(row[0]), str(row[1] or ""))
+
+
+def retry_now(tx: Tx, row_ids: Sequence[int] | None, now: float) -> int:
+    """Failed (or waiting) mail due at once with fresh attempts; None: every failed mail."""
+    params: tuple[int, ...] = ()
+    if row_ids is None:
+        where = "status = 'failed'"
+    else:
+        marks = ",".join("?" * len(row_ids))
+        where, params = f"rowid IN ({marks}) AND status IN ('pending', 'failed')", tuple(row_ids)
+    return tx.execute(
+        f"UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE {where}",
+        (now, *params),
+    ).rowcount
+
+
+def drop(tx: Tx, row_ids: Sequence[int]) -> tuple[int, list[str]]:
+    """Drops waiting or failed mail for good: how many, and the spool files to remove."""
+    marks = ",".join("?" * len(row_ids))
+    where = f"rowid IN ({marks}) AND status IN ('pending', 'failed')"
+    files = [
+        r[0]
+        for r in tx.execute(
+            f"SELECT spool FROM outbox WHERE {where} AND spool IS NOT NULL", row_ids
+        )
+    ]
+    dropped = tx.execute(
+        f"UPDATE outbox SET status = 'dropped', raw = NULL, spool = NULL WHERE {where}", row_ids
+    ).rowcount
+    return dropped, files
 
 
 def mark_retry(tx: Tx, mail_id: str, next_attempt_at: float, error: str) -> None:

@@ -7,13 +7,18 @@ them and, once a release handles them, retry them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from feishu_mailbot.state.db import Tx
 
 
 def hold(tx: Tx, key: str, reason: str, payload: bytes, now: float) -> bool:
     """Keep the event; False if it was held already (a re-push of the same event)."""
     cur = tx.execute(
-        "INSERT OR IGNORE INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+        "INSERT INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET status = 'held', reason = excluded.reason"
+        " WHERE quarantine.status = 'retry'",  # a retry that failed again: held again
         (key, now, reason, payload),
     )
     return cur.rowcount == 1
@@ -21,3 +26,52 @@ def hold(tx: Tx, key: str, reason: str, payload: bytes, now: float) -> bool:
 
 def held_count(tx: Tx) -> int:
     return int(tx.execute("SELECT COUNT(*) FROM quarantine WHERE status = 'held'").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class Held:
+    key: str
+    received_at: float
+    reason: str
+    status: str  # held | retry (asked for by the operator) | released | dropped
+    payload: bytes
+
+
+def entries(tx: Tx, statuses: Sequence[str] = ("held", "retry")) -> list[Held]:
+    marks = ",".join("?" * len(statuses))
+    rows = tx.execute(
+        "SELECT key, received_at, reason, status, payload FROM quarantine"
+        f" WHERE status IN ({marks}) ORDER BY received_at",
+        tuple(statuses),
+    ).fetchall()
+    return [Held(*r) for r in rows]
+
+
+def retry(tx: Tx, keys: Sequence[str] | None) -> int:
+    """Asks the running daemon to take these events again (None: every held one)."""
+    if keys is None:
+        return tx.execute("UPDATE quarantine SET status = 'retry' WHERE status = 'held'").rowcount
+    marks = ",".join("?" * len(keys))
+    return tx.execute(
+        f"UPDATE quarantine SET status = 'retry' WHERE status = 'held' AND key IN ({marks})",
+        tuple(keys),
+    ).rowcount
+
+
+def drop(tx: Tx, keys: Sequence[str]) -> int:
+    marks = ",".join("?" * len(keys))
+    return tx.execute(
+        "UPDATE quarantine SET status = 'dropped', payload = x''"
+        f" WHERE status IN ('held', 'retry') AND key IN ({marks})",
+        tuple(keys),
+    ).rowcount
+
+
+def settle(tx: Tx, key: str) -> bool:
+    """After the daemon took a retried event: released, unless it was held again."""
+    return (
+        tx.execute(
+            "UPDATE quarantine SET status = 'released' WHERE key = ? AND status = 'retry'", (key,)
+        ).rowcount
+        == 1
+    )

@@ -39,7 +39,7 @@ _RULES = (
         " WHERE o.message_id = messages.message_id AND o.status IN"
         " ('pending', 'sending', 'failed'))",
     ),
-    ("outbox", "status IN ('sent', 'cancelled', 'failed') AND created_at < :mail"),
+    ("outbox", "status IN ('sent', 'cancelled', 'failed', 'dropped') AND created_at < :mail"),
     ("digest_entries", "mail_id IN (SELECT mail_id FROM digests WHERE queued_at < :mail)"),
     ("digests", "queued_at < :mail"),
     ("actions", "status != 'pending' AND created_at < :mail"),

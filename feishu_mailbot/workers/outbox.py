@@ -38,9 +38,9 @@ log = logging.getLogger("feishu_mailbot.outbox")
 SMTP_IDLE_SECONDS = 30.0
 # Parallel SMTP sessions: a relay's round trips, not our CPU, bound one session.
 SMTP_CONNECTIONS = 4
-# Mail can also be queued by another process (`feishu-mailbot send-report`): look
+# Mail can also be queued or retried by another process (`send-report`, `retry`): look
 # at the database at least this often even when nobody wakes us.
-POLL_SECONDS = 5.0
+POLL_SECONDS = 1.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS

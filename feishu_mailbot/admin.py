@@ -1,0 +1,180 @@
+"""The operator's commands on a live state: status, queue, show, retry, drop.
+
+Safe while the daemon runs: they read and write the database through the
+same State as the daemon, in short transactions of their own (SQLite's lock
+and busy timeout order them with the daemon's commits). The daemon looks
+at its outbox every second and at asked-for quarantine retries too, so a
+retry here goes out within a second or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from feishu_mailbot import mailq, status
+from feishu_mailbot.settings import Settings
+from feishu_mailbot.state import (
+    DB_NAME,
+    DatabaseError,
+    State,
+    StateError,
+    digests,
+    heartbeat,
+    messages,
+    outbox,
+    quarantine,
+)
+
+
+def _open(settings: Settings) -> State | int:
+    """The state, or the exit code after a one-line reason on stderr."""
+    path = Path(settings.state_dir) / DB_NAME
+    try:
+        path.stat()
+    except FileNotFoundError:
+        print(
+            f"{path}: no state database yet (the daemon makes it when it first runs)",
+            file=sys.stderr,
+        )
+        return os.EX_UNAVAILABLE
+    except PermissionError:
+        pass  # said below
+    if not os.access(path, os.R_OK | os.W_OK):
+        print(
+            f"{path}: permission denied: run it as root or as the feishu-mailbot user",
+            file=sys.stderr,
+        )
+        return os.EX_NOPERM
+    try:
+        return State(path)
+    except StateError as e:
+        print(str(e), file=sys.stderr)
+        return os.EX_UNAVAILABLE
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    state = _open(settings)
+    if isinstance(state, int):
+        return state
+    try:
+        command = {
+            "status": _status,
+            "queue": _queue,
+            "show": _show,
+            "retry": _retry,
+            "drop": _drop,
+        }[args.command]
+        return command(settings, state, args)
+    except DatabaseError as e:
+        print(f"{state.path}: {e} (the daemon may be busy: try again)", file=sys.stderr)
+        return os.EX_TEMPFAIL
+    finally:
+        state.close()
+
+
+def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
+    midnight = datetime.fromtimestamp(now, ZoneInfo(settings.timezone)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    return status.Snapshot(
+        now=now,
+        beat=state.read(heartbeat.last),
+        events_today=state.read(partial(messages.count_since, since=midnight.timestamp())),
+        queue=state.read(outbox.counts),
+        oldest_waiting_at=state.read(outbox.oldest_waiting),
+        next_retry=state.read(outbox.next_retry),
+        digests=tuple(status.LastDigest(*d) for d in state.read(digests.latest)),
+        quarantined=state.read(quarantine.held_count),
+        db_bytes=state.size(),
+    )
+
+
+def _status(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    snap = snapshot(settings, state, time.time())
+    if args.prometheus:
+        sys.stdout.write(status.prometheus(snap))
+    elif args.json:
+        print(status.as_json(snap))
+    else:
+        print(status.text(snap))
+    return os.EX_OK
+
+
+def _queue(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    if args.quarantined:
+        held = state.read(quarantine.entries)
+        print("\n".join(mailq.held_lines(held, settings.timezone)))
+        return os.EX_OK
+    wanted = (
+        ("failed",)
+        if args.failed
+        else ("pending", "retrying")
+        if args.pending
+        else ("pending", "retrying", "sending", "failed")
+    )
+    entries = state.read(partial(outbox.queued, statuses=wanted))
+    planned = state.read(outbox.planned_count)
+    if args.json:
+        print(mailq.as_json(entries))
+        return os.EX_OK
+    print("\n".join(mailq.lines(entries, settings.timezone)))
+    if planned and not args.failed:
+        print(f"and {planned} mail planned, entering the outbox as it is sent")
+    return os.EX_OK
+
+
+def _show(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    entry = state.read(partial(outbox.entry, row_id=args.id))
+    if entry is None:
+        print(f"no mail {args.id} in the outbox (see feishu-mailbot queue)", file=sys.stderr)
+        return os.EX_DATAERR
+    raw = entry.raw
+    if raw is None and entry.spool is not None:
+        spooled = state.spool.path(entry.spool)
+        raw = spooled.read_bytes() if spooled.exists() else None
+    print(mailq.show(entry, raw, settings.timezone))
+    return os.EX_OK
+
+
+def _retry(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    if args.quarantined is not None or args.all_quarantined:
+        keys = None if args.all_quarantined else args.quarantined
+        if keys == []:
+            print("retry --quarantined: name the events (or --all-quarantined)", file=sys.stderr)
+            return os.EX_USAGE
+        n = state.write_now(partial(quarantine.retry, keys=keys))
+        print(f"{n} quarantined events to be taken again by the running daemon")
+        return os.EX_OK
+    if not args.ids and not args.all_failed:
+        print("retry: name mail ids from `queue`, or --all-failed", file=sys.stderr)
+        return os.EX_USAGE
+    ids = None if args.all_failed else [int(i) for i in args.ids]
+    n = state.write_now(partial(outbox.retry_now, row_ids=ids, now=time.time()))
+    print(f"{n} mail due now; the running daemon sends it within seconds")
+    return os.EX_OK if n or ids is None else os.EX_DATAERR
+
+
+def _drop(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    if not args.ids and not args.quarantined:
+        print("drop: name mail ids from `queue`, or --quarantined EVENT...", file=sys.stderr)
+        return os.EX_USAGE
+    if not args.yes:
+        what = args.ids or args.quarantined
+        print(f"drop: would drop {', '.join(map(str, what))} for good; add --yes", file=sys.stderr)
+        return os.EX_USAGE
+    if args.quarantined:
+        n = state.write_now(partial(quarantine.drop, keys=args.quarantined))
+        print(f"{n} quarantined events dropped")
+        return os.EX_OK
+    n, files = state.write_now(partial(outbox.drop, row_ids=[int(i) for i in args.ids]))
+    for name in files:
+        state.spool.remove(name)
+    print(f"{n} mail dropped (only waiting or failed mail can be)")
+    return os.EX_OK if n else os.EX_DATAERR

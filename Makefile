@@ -67,6 +67,8 @@ $(DEB): $(DEB_SOURCES)
 	cp -r feishu_mailbot etc docs README.md build/deb/feishu-mailbot-$(VERSION)/
 	cp -r packaging/debian build/deb/feishu-mailbot-$(VERSION)/debian
 	cp packaging/systemd/feishu-mailbot.service build/deb/feishu-mailbot-$(VERSION)/debian/
+	for unit in service timer; do cp packaging/systemd/feishu-mailbot-metrics.$$unit \
+	    build/deb/feishu-mailbot-$(VERSION)/debian/feishu-mailbot.feishu-mailbot-metrics.$$unit; done
 	cd build/deb/feishu-mailbot-$(VERSION) && dpkg-buildpackage -us -uc -b >../build.log 2>&1 \
 	    || { tail -40 ../build.log; exit 1; }
 	lintian --fail-on error,warning build/deb/feishu-mailbot_$(VERSION)_$(ARCH).deb

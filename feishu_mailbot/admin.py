@@ -99,11 +99,23 @@ def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
 def _status(settings: Settings, state: State, args: argparse.Namespace) -> int:
     snap = snapshot(settings, state, time.time())
     if args.prometheus:
-        sys.stdout.write(status.prometheus(snap))
+        text = status.prometheus(snap)
     elif args.json:
-        print(status.as_json(snap))
+        text = status.as_json(snap) + "\n"
     else:
-        print(status.text(snap))
+        text = status.text(snap) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return os.EX_OK
+    target = Path(args.output)
+    partial_file = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        partial_file.write_text(text, encoding="utf-8")
+        partial_file.chmod(0o644)
+        partial_file.replace(target)  # a reader sees the old file or the new, never half
+    except OSError as e:
+        print(f"{target}: cannot write it: {e.strerror or e}", file=sys.stderr)
+        return os.EX_CANTCREAT
     return os.EX_OK
 
 

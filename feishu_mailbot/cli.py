@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from feishu_mailbot import __version__, config, logs
 from feishu_mailbot.settings import Settings
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     form = st.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
     form.add_argument("--prometheus", action="store_true", help="the Prometheus text format")
+    st.add_argument(
+        "--output", metavar="FILE", help="write to FILE (atomically, for node-exporter)"
+    )
     q = sub.add_parser("queue", help="the mail not yet sent, one line each (like mailq)")
     which = q.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="only failed mail")
@@ -63,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("ids", nargs="*", metavar="ID", help="mail ids from `queue`")
     drop.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
     drop.add_argument("--yes", action="store_true", help="really drop them")
+    sub.add_parser("chats", help="the chats the bot is in: ids, names, members, allowlisted")
+    imp = sub.add_parser("import-env", help="the old bot's .env as a complete config (stdout)")
+    imp.add_argument("env", metavar="PATH", help="the old bot's .env file")
+    imp.add_argument(
+        "--secrets-dir",
+        metavar="DIR",
+        help="write the secrets to 0640 files in DIR and refer to them, not inline",
+    )
     return p
 
 
@@ -72,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return os.EX_USAGE if e.code not in (0, None) else os.EX_OK
+    if args.command == "import-env":  # before a config exists: it makes one
+        return _import_env(args.env, args.secrets_dir)
     path = args.config or config.default_path()
     try:
         settings = config.load(path)
@@ -94,12 +108,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _send_report(settings, args.date, args.dry_run, args.force)
     if args.command == "simulate":
         return _simulate(settings, args.chat, args.sender, args.text)
+    if args.command == "chats":
+        return _chats(settings)
     if args.command in ("status", "queue", "show", "retry", "drop"):
         from feishu_mailbot import admin
 
         return admin.run(settings, args)
     parser.error(f"unknown subcommand {args.command}")
     return os.EX_USAGE
+
+
+def _import_env(env_path: str, secrets_dir: str | None) -> int:
+    from feishu_mailbot import envfile
+
+    try:
+        text = Path(env_path).read_text(encoding="utf-8")
+    except OSError as e:
+        print(f"{env_path}: cannot read it: {e.strerror or e}", file=sys.stderr)
+        return os.EX_NOINPUT
+    except UnicodeDecodeError as e:
+        print(f"{env_path}: not UTF-8 text: {e.reason} at byte {e.start}", file=sys.stderr)
+        return os.EX_DATAERR
+    values, problems = envfile.parse(text, env_path)
+    folder = os.path.abspath(secrets_dir) if secrets_dir else None
+    imported = envfile.convert(values, env_path, folder)
+    if folder is not None:
+        os.makedirs(folder, mode=0o750, exist_ok=True)
+        for name, secret in imported.secrets.items():
+            target = os.path.join(folder, name)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(secret + "\n")
+            os.chmod(target, 0o640)
+            _give_to_group(target)
+            print(f"wrote {target} (0640)", file=sys.stderr)
+    sys.stdout.write(imported.yaml)
+    for note in [*problems, *imported.notes]:
+        print(f"note: {note}", file=sys.stderr)
+    return os.EX_OK
+
+
+def _give_to_group(path: str) -> None:
+    """root:feishu-mailbot, as the package sets its config, when that group exists."""
+    import contextlib
+    import grp
+
+    with contextlib.suppress(KeyError, PermissionError):
+        os.chown(path, 0, grp.getgrnam("feishu-mailbot").gr_gid)
+
+
+def _chats(settings: Settings) -> int:
+    from feishu_mailbot.feishu import FeishuApi, FeishuError
+
+    async def listing() -> list[tuple[str, str, int | None]]:
+        api = FeishuApi(settings.feishu)
+        try:
+            return await api.chats()
+        finally:
+            await api.close()
+
+    try:
+        found = asyncio.run(listing())
+    except FeishuError as e:
+        print(f"Feishu: {e}", file=sys.stderr)
+        return os.EX_UNAVAILABLE
+    if not found:
+        print("the bot is in no group chat yet: add it to one in Feishu (群设置 → 群机器人)")
+        return os.EX_OK
+    print(f"{'CHAT ID':<40}  {'MEMBERS':>7}  {'ALLOWED':<7}  NAME")
+    for chat_id, name, members in found:
+        allowed = "yes" if settings.chat(chat_id) else "no"
+        count = "?" if members is None else str(members)
+        print(f"{chat_id:<40}  {count:>7}  {allowed:<7}  {name}")
+    missing = [c.id for c in settings.chats if c.id not in {f[0] for f in found}]
+    for chat_id in missing:
+        print(f"note: {chat_id} is allowlisted but the bot is not in it", file=sys.stderr)
+    return os.EX_OK
 
 
 def _check_online(settings: Settings) -> int:

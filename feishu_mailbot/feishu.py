@@ -535,6 +535,33 @@ class FeishuApi:
             )
         raise AssertionError("unreachable")
 
+    async def chats(self) -> list[tuple[str, str, int | None]]:
+        """The group chats the bot is in: (chat_id, name, members or None if not said).
+
+        获取用户或机器人所在的群列表 pages through them; the member count is only in
+        获取群信息 (user_count, a string), one request a chat.
+        """
+        found: list[tuple[str, str]] = []
+        token = ""
+        while True:
+            params = {"page_size": "100", **({"page_token": token} if token else {})}
+            payload = await self._json("GET", "/open-apis/im/v1/chats", "chat list", params=params)
+            data = payload.get("data") or {}
+            for item in data.get("items") or []:
+                if isinstance(item, dict) and isinstance(item.get("chat_id"), str):
+                    found.append((item["chat_id"], str(item.get("name") or "")))
+            token = str(data.get("page_token") or "")
+            if not data.get("has_more") or not token:
+                break
+        out = []
+        for chat_id, name in found:
+            info = await self._json(
+                "GET", f"/open-apis/im/v1/chats/{_segment(chat_id)}", "chat info"
+            )
+            count = str((info.get("data") or {}).get("user_count") or "")
+            out.append((chat_id, name, int(count) if count.isascii() and count.isdigit() else None))
+        return out
+
     async def bot_open_id(self) -> str:
         """The bot's own open_id, to recognise an @-mention of the bot in a message."""
         payload = await self._json("GET", "/open-apis/bot/v3/info", "bot info")

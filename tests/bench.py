@@ -13,7 +13,8 @@ Phases (figures are medians over the repetitions):
    that does `import lark_oapi` and starts a plain `lark_oapi.ws.Client`. The first
    LOAD_RUNS runs of each then get ACK_EVENTS matching text events at ACK_RATE ev/s while
    the SMTP server delays every mail by SMTP_DELAY s; ack times are the emulator's own
-   (data frame written → ack received), RSS is VmRSS from /proc after the load.
+   (data frame written → ack received), RSS is VmRSS from /proc after the load, `db_mb`
+   the state database with its WAL once the daemon stopped.
 2. ingest ladder - rules that match nothing (so SMTP plays no part), LADDER rates for
    LADDER_SECONDS each, a fresh daemon per step; a step passes when the offered rate was
    reached, every event was acked 200, ack p99 < INGEST_P99_MS and every event is a row in
@@ -333,6 +334,10 @@ class Daemon:
         self.emu.stop()
         self.smtp.stop()
 
+    def db_mb(self) -> float:
+        state = self.dir / "state"
+        return sum(p.stat().st_size for p in state.glob("feishu-mailbot.db*")) / 1e6
+
     def stored(self, events: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """(lost, duplicates) among `events` in the `messages` table; call after stop()."""
         db = sqlite3.connect(self.dir / "state" / "feishu-mailbot.db")
@@ -410,6 +415,7 @@ class LoadResult:
     cpu_s: float = math.nan
     lost: int = 0
     duplicates: int = 0
+    db_mb: float = math.nan  # the state database and its WAL once the daemon stopped
 
 
 def daemon_run(root: Path, load: bool, i: int) -> LoadResult:
@@ -425,6 +431,7 @@ def daemon_run(root: Path, load: bool, i: int) -> LoadResult:
             time.sleep(1.0)  # steady state after the load
             result.rss_mb = rss_mb(d.pid)
             code = d.stop()
+            result.db_mb = d.db_mb()
             if code != 0:
                 progress(f"daemon exited {code}:\n{d.log_tail()}")
             result.lost, dup = d.stored(events)
@@ -685,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lost": lost,
         "duplicates": duplicates,
         "unacked": unacked,
+        "db_mb": rounded(median([r.db_mb for r in loaded]), 2),
         "attach_peak_rss_mb": rounded(median([a.peak_rss_mb for a in attaches]), 1),
         "attach_rss_growth_mb": rounded(median([a.growth_mb for a in attaches]), 1),
         "attach_ack_p99_ms": rounded(median([a.acks.p99 for a in attaches]), 2),
@@ -761,6 +769,7 @@ def print_table(f: dict[str, Any], daemon: list[LoadResult], baseline: list[Load
             "",
             "< 50",
         ),
+        (f"state after {ACK_EVENTS} events + mail (MB)", fmt(g("db_mb"), 2), "", ""),
         ("lost", str(f["lost"]), "", "0"),
         ("duplicates", str(f["duplicates"]), "", "0"),
     ]

@@ -259,6 +259,8 @@ class FeishuEmulator:
         self._chats: dict[str, str] = {}
         self._resources: dict[str, tuple[bytes, str, str | None]] = {}
         self._chunked: set[str] = set()
+        self._members: dict[str, int] = {}
+        self.chat_page_size = 100  # most chats per page of the chat list (Feishu: ≤ 100)
         self.resource_bytes_sent = 0  # of resource bodies, to see downloads cut short
         self._message_chats: dict[str, str] = {}
         # Internal state, owned by the emulator loop.
@@ -364,6 +366,7 @@ class FeishuEmulator:
         )
         app.router.add_get("/open-apis/contact/v3/users/{open_id}", self._h_user)
         app.router.add_get("/open-apis/im/v1/chats/{chat_id}", self._h_chat)
+        app.router.add_get("/open-apis/im/v1/chats", self._h_chats)
         app.router.add_get("/open-apis/bot/v3/info", self._h_bot_info)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reply", self._h_reply)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reactions", self._h_reaction)
@@ -415,8 +418,10 @@ class FeishuEmulator:
     def register_user(self, open_id: str, name: str) -> None:
         self._users[open_id] = name
 
-    def register_chat(self, chat_id: str, name: str) -> None:
+    def register_chat(self, chat_id: str, name: str, members: int = 3) -> None:
+        """A group the bot is in, with `members` people besides it."""
         self._chats[chat_id] = name
+        self._members[chat_id] = members
 
     def register_resource(
         self,
@@ -1077,7 +1082,31 @@ class FeishuEmulator:
         name = self._chats.get(chat_id)
         if name is None:
             return _error(232011, "chat not found")
-        data = {"chat_id": chat_id, "name": name, "chat_mode": "group", "chat_type": "private"}
+        # 获取群信息 (im/v1/chat/get): user_count and bot_count are strings there.
+        data = {
+            "chat_id": chat_id,
+            "name": name,
+            "chat_mode": "group",
+            "chat_type": "private",
+            "user_count": str(self._members.get(chat_id, 0)),
+            "bot_count": "1",
+        }
+        return _json({"code": 0, "msg": "success", "data": data})
+
+    async def _h_chats(self, request: web.Request) -> web.Response:
+        """获取用户或机器人所在的群列表 (im/v1/chat/list): groups only, paged by page_token."""
+        if (err := self._auth_error(request)) is not None:
+            return err
+        size = min(int(request.query.get("page_size", "20")), self.chat_page_size)
+        start = int(request.query.get("page_token") or 0)
+        ids = sorted(self._chats)
+        page = ids[start : start + size]
+        items = [
+            {"chat_id": c, "name": self._chats[c], "owner_id_type": "open_id", "external": False}
+            for c in page
+        ]
+        more = start + size < len(ids)
+        data = {"items": items, "has_more": more, "page_token": str(start + size) if more else ""}
         return _json({"code": 0, "msg": "success", "data": data})
 
     async def _h_bot_info(self, request: web.Request) -> web.Response:

@@ -170,3 +170,117 @@ def test_a_user_who_cannot_read_the_state_gets_one_line(make_bot: MakeBot) -> No
     assert out.returncode == 77, (out.returncode, out.stderr)
     assert out.stderr.count("\n") == 1 and "permission denied: run it as root" in out.stderr
     assert bot.stop() == 0
+
+
+OLD_ENV = """\
+# 飞书机器人配置
+FEISHU_APP_ID=cli_a5f3e2d1c0b9
+FEISHU_APP_SECRET=Qm7rT2vX9pL4sK8w
+FEISHU_VERIFICATION_TOKEN=vt_1234567890
+FEISHU_ENCRYPT_KEY=ek_abcdef
+
+# 日报功能配置
+DAILY_REPORT_ENABLED=True
+DAILY_REPORT_CHAT_ID=oc_5ad573a6411d72b8305fda3a9c15c70e  # 重要：配置目标群组ID
+DAILY_REPORT_SEND_MODE=manual
+DAILY_REPORT_RECIPIENTS=manager@example.com, cto@example.com
+
+# SMTP邮件配置
+SMTP_SERVER=smtp.gmail.com
+SMTP_PORT=587
+SMTP_USER=team.bot@gmail.com
+SMTP_PASSWORD="app pass #1"
+USE_TLS=True
+LOG_FILE=logs/bot.log
+"""
+
+
+def import_env(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = tmp_path / ".env"
+    env.write_text(OLD_ENV, "utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "feishu_mailbot", "import-env", str(env), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_import_env_makes_a_config_that_means_what_the_old_one_did(tmp_path: Path) -> None:
+    from feishu_mailbot import config
+
+    made = import_env(tmp_path)
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / "feishu-mailbot.yaml"
+    path.write_text(made.stdout, "utf-8")
+    checked = subprocess.run(
+        [sys.executable, "-m", "feishu_mailbot", "--config", str(path), "check-config"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    s = config.load(str(path))
+    assert (s.feishu.app_id, s.feishu.app_secret.reveal()) == (
+        "cli_a5f3e2d1c0b9",
+        "Qm7rT2vX9pL4sK8w",
+    )
+    assert [c.id for c in s.chats] == ["oc_5ad573a6411d72b8305fda3a9c15c70e"]
+    assert s.daily_report is not None and s.daily_report.chat == s.chats[0].id
+    assert s.daily_report.mode == "manual"
+    assert s.daily_report.recipients == ("manager@example.com", "cto@example.com")
+    assert (s.smtp.host, s.smtp.port, s.smtp.security) == ("smtp.gmail.com", 587, "starttls")
+    assert s.smtp.username == "team.bot@gmail.com"
+    assert s.smtp.password is not None and s.smtp.password.reveal() == "app pass #1"
+    assert "team.bot@gmail.com" in s.smtp.sender
+    assert "USE_TLS=True on port 587: STARTTLS" in made.stdout  # every choice says why
+    notes = made.stderr
+    assert "FEISHU_VERIFICATION_TOKEN dropped" in notes and "FEISHU_ENCRYPT_KEY dropped" in notes
+    assert "LOG_FILE: unknown key, not carried over" in notes
+    assert "logs/bot.log" not in made.stdout  # an unknown key's value is not echoed
+
+
+def test_import_env_can_keep_the_secrets_in_files(tmp_path: Path) -> None:
+    from feishu_mailbot import config
+
+    secrets = tmp_path / "secrets"
+    made = import_env(tmp_path, "--secrets-dir", str(secrets))
+    assert made.returncode == 0, made.stderr
+    assert "Qm7rT2vX9pL4sK8w" not in made.stdout and "app pass" not in made.stdout
+    for name in ("app_secret", "smtp_password"):
+        assert (secrets / name).stat().st_mode & 0o777 == 0o640
+    path = tmp_path / "feishu-mailbot.yaml"
+    path.write_text(made.stdout, "utf-8")
+    s = config.load(str(path))
+    assert s.feishu.app_secret.reveal() == "Qm7rT2vX9pL4sK8w"
+    assert s.smtp.password is not None and s.smtp.password.reveal() == "app pass #1"
+
+
+def test_chats_lists_where_the_bot_is_and_what_is_allowed(
+    make_bot: MakeBot, emulator: FeishuEmulator
+) -> None:
+    emulator.register_chat("oc_other", "隔壁群", members=12)
+    emulator.chat_page_size = 1  # every chat on a page of its own: the pages are followed
+    bot = make_bot()
+    out = cli(bot, "chats")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.search(r"^oc_other\s+12\s+no\s+隔壁群$", out.stdout, re.M), lines
+    assert re.search(r"^oc_team\s+3\s+yes\s+研发群$", out.stdout, re.M), lines
+
+
+def test_status_can_write_the_node_exporter_file(make_bot: MakeBot, tmp_path: Path) -> None:
+    bot = make_bot(rules=ONE_RULE).start()
+    target = tmp_path / "feishu-mailbot.prom"
+    wait_until(
+        lambda: (
+            cli(bot, "status", "--prometheus", "--output", str(target)).returncode == 0
+            and "feishu_mailbot_up 1" in target.read_text()
+        ),
+        15,
+        "the metrics file",
+    )
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert bot.stop() == 0

@@ -8,8 +8,10 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import pytest
+
 from feishu_mailbot.model import Delivery, Message, Recall, Text, message_to_json
-from feishu_mailbot.state import State, messages, outbox
+from feishu_mailbot.state import State, db, messages, outbox
 from feishu_mailbot.state.db import SCHEMA_VERSION
 from feishu_mailbot.state.messages import Ingest, RecallOutcome
 from feishu_mailbot.state.outbox import OutboxRow, mail_id_for
@@ -148,3 +150,37 @@ def user_version(path: Path) -> int:
         return int(db.execute("PRAGMA user_version").fetchone()[0])
     finally:
         db.close()
+
+
+def old_database(path: Path, rows: int) -> None:
+    """A file as a release before retention made it: no auto_vacuum, free pages inside."""
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE filler (x BLOB)")
+    old.executemany("INSERT INTO filler VALUES (?)", [(b"x" * 1000,)] * rows)
+    old.commit()
+    old.execute("DELETE FROM filler")
+    old.commit()
+    old.close()
+
+
+def test_an_old_small_database_is_made_shrinkable_once(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    old_database(path, 2000)
+    state = State(path)
+    assert state.read(lambda tx: tx.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+    assert state.release(256) == 0
+    state.close()
+
+
+def test_an_old_big_database_is_not_vacuumed_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VACUUM of gigabytes would outlast the unit's start timeout, every start again."""
+    path = tmp_path / "db.sqlite"
+    old_database(path, 2000)
+    monkeypatch.setattr(db, "VACUUM_AT_OPEN_MAX", 0)  # as if this file were gigabytes
+    state = State(path)
+    assert state.read(lambda tx: tx.execute("PRAGMA auto_vacuum").fetchone()[0]) == 0
+    assert state.read(lambda tx: tx.execute("PRAGMA freelist_count").fetchone()[0]) > 0
+    assert state.release(256) == 0  # nothing to give back this way: housekeeping moves on
+    state.close()

@@ -69,6 +69,8 @@ class State:
         A transaction of its own, between group commits (which never leave one
         open): executescript, because a plain execute of this pragma frees one page.
         """
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return 0  # an old, big file (db.connect): its free pages are reused instead
         self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
         return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
 

@@ -21,6 +21,7 @@ Unavailable = sqlite3.OperationalError
 
 SCHEMA_VERSION = 6
 WAL_LIMIT = 4 * 1024 * 1024
+VACUUM_AT_OPEN_MAX = 64 * 1024 * 1024  # a few seconds of VACUUM at most
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -179,8 +180,12 @@ def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
     # After a checkpoint that restarts it, the WAL file is cut back to this.
     db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     _migrate(db, path)
-    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-        # Made by a release before retention: one VACUUM (once) makes it shrinkable.
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2 and (
+        Path(path).stat().st_size < VACUUM_AT_OPEN_MAX
+    ):
+        # Made by a release before retention: one VACUUM makes it shrinkable. Not for a
+        # big one: that would outlast the unit's start timeout, and be retried for ever;
+        # its freed pages are reused instead, so it stops growing at its present size.
         db.execute("VACUUM")
     return db
 

@@ -178,6 +178,27 @@ def test_message_becomes_mail_with_journal_fields(
     assert not [s for s in TEST_SECRETS if s in whole]
 
 
+def test_status_as_root_against_the_live_service(box: Container) -> None:
+    pid = show(box, "MainPID")
+    wait_until(
+        lambda: f"daemon: running (pid {pid})" in box.run("feishu-mailbot", "status").stdout,
+        15,
+        "the daemon's recorded status",
+    )
+    out = box.run("feishu-mailbot", "status").stdout
+    assert "connected" in out and "mail: 0 pending, 0 retrying, 0 sending, 0 failed" in out
+    assert "events today: 1" in out
+    prom = box.run("feishu-mailbot", "status", "--prometheus").stdout
+    assert "feishu_mailbot_up 1\n" in prom
+    # The metrics timer ships, for node-exporter, but only the operator turns it on.
+    enabled = systemctl(box, "is-enabled", "feishu-mailbot-metrics.timer", check=False)
+    assert enabled.stdout.strip() == "disabled", enabled.stdout + enabled.stderr
+    box.run("mkdir", "-p", "/var/lib/prometheus/node-exporter")
+    systemctl(box, "start", "feishu-mailbot-metrics.service")
+    written = box.run("cat", "/var/lib/prometheus/node-exporter/feishu-mailbot.prom").stdout
+    assert "feishu_mailbot_connected 1\n" in written
+
+
 def test_reload_with_a_broken_config_keeps_running(
     box: Container, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:

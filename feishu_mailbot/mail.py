@@ -48,6 +48,21 @@ class Omitted:
 
 TOO_LARGE = "附件过大，请在飞书中查看"
 
+
+@dataclass(frozen=True)
+class Thread:
+    """Where a reply in a Feishu thread sits among the mails its recipients already got.
+
+    `references` are those mails' Message-IDs, the thread's root first and the
+    message replied to last (RFC 5322 In-Reply-To/References); `subject` is the
+    root mail's, for a "Re:" subject that threads in clients that go by subject.
+    """
+
+    references: tuple[str, ...] = ()
+    subject: str | None = None
+    quote: str = ""  # "张三: 原话", the message replied to, one line
+
+
 _EXTENSIONS = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
@@ -257,6 +272,7 @@ def forward(
     zone: tzinfo,
     attachments: Sequence[Attachment] = (),
     omitted: Sequence[Omitted] = (),
+    thread: Thread = Thread(),
 ) -> tuple[str, mime.Mail]:
     """A chat message forwarded by rules: (subject, mail), times shown in `zone`."""
     date = datetime.fromtimestamp(msg.create_time_ms / 1000, zone)
@@ -269,6 +285,9 @@ def forward(
         msg_type=msg.msg_type,
         date=date.strftime("%Y-%m-%d %H:%M"),
     )
+    if thread.subject:
+        root = sanitize_header(thread.subject)
+        subject = root if root.lower().startswith("re:") else f"Re: {root}"
     forwarded = forward_mail(
         msg,
         subject=subject,
@@ -281,6 +300,7 @@ def forward(
         date=date,
         attachments=attachments,
         omitted=omitted,
+        thread=thread,
     )
     return subject, forwarded
 
@@ -298,9 +318,11 @@ def forward_mail(
     date: datetime,
     attachments: Sequence[Attachment] = (),
     omitted: Sequence[Omitted] = (),
+    thread: Thread = Thread(),
 ) -> mime.Mail:
     """One chat message as a text + HTML mail, images inline and files attached;
-    files too large to carry are named in a note instead.
+    files too large to carry are named in a note instead; a reply quotes what it
+    replies to and threads under the mails of its thread.
 
     `date` is the message's time in the team's timezone; it is both the Date
     header and the time shown in the body, so recomposing the same outbox row
@@ -314,6 +336,10 @@ def forward_mail(
         headers.append(
             mime.header("X-Feishu-Mailbot-Rules", sanitize_header(", ".join(rule_names)))
         )
+    if thread.references:
+        ids = [_message_id(r, "references") for r in thread.references]
+        headers.append(f"In-Reply-To: {ids[-1]}")
+        headers.append(mime.header("References", " ".join(ids)))
 
     chat = single_line(chat_name) or msg.chat_id
     who = single_line(sender_name) or msg.sender_open_id or "未知发送者"
@@ -324,12 +350,16 @@ def forward_mail(
     too_large = omitted_lines(omitted)
     note = "".join(f"\n- {line}" for line in too_large)
     note = f"\n\n{TOO_LARGE}:{note}" if too_large else ""
-    text = f"{chat} · {who} · {when}\n\n{msg.text}{note}\n\n-- \n{footer}\n"
+    quote = single_line(thread.quote)
+    quoted = f"> {quote}\n\n" if quote else ""
+    text = f"{chat} · {who} · {when}\n\n{quoted}{msg.text}{note}\n\n-- \n{footer}\n"
     images = [inline_image(a, a.content_id, a.filename) for a in attachments if a.content_id]
     files = [a for a in attachments if not a.content_id]
     available = {leaf.content_id for leaf in images if leaf.content_id}
     meta = f"<b>{escape(chat)}</b> · {escape(who)} · {escape(when)}"
     content = html(msg.blocks, available)
+    if quote:
+        content = f'<blockquote style="{style.QUOTE}">{escape(quote)}</blockquote>' + content
     if too_large:
         items = "".join(f"<li>{escape(line)}</li>" for line in too_large)
         content += f'<div style="{style.NOTE}">{escape(TOO_LARGE)}:<ul>{items}</ul></div>'
@@ -408,6 +438,7 @@ __all__ = [
     "TOO_LARGE",
     "Attachment",
     "Omitted",
+    "Thread",
     "attachments_of",
     "base_headers",
     "compose_recall_notice",

@@ -542,12 +542,16 @@ class _Deadlines:
                     target=self._run, name="smtp-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == token:  # sooner than what the thread sleeps towards
+                self._cond.notify()
             return token
 
     def disarm(self, token: int) -> None:
         with self._cond:
             self._armed.discard(token)
+            # Transactions mostly end in the order they began: the heap stays short.
+            while self._heap and self._heap[0][1] not in self._armed:
+                heapq.heappop(self._heap)
 
     def _run(self) -> None:
         with self._cond:

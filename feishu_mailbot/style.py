@@ -29,6 +29,7 @@ CODE = (
     f"background:{SHADE};padding:8px;border-radius:4px;white-space:pre-wrap;font-family:monospace"
 )
 DIVIDER = f"border:none;border-top:1px solid {BORDER}"
+QUOTE = f"margin:0 0 12px;padding:4px 10px;border-left:3px solid {BORDER};color:{SECONDARY}"
 NOTE = f"margin-top:12px;padding:8px;background:{SHADE};border-radius:4px;color:{SECONDARY}"
 IMAGE = "max-width:100%;height:auto;vertical-align:middle"
 CONTENT = "word-wrap:break-word;overflow-wrap:anywhere"

@@ -50,6 +50,23 @@ def mail_id_for(message_id: str, recipients: Sequence[str]) -> str:
     return f"{message_id}/{','.join(sorted(r.lower() for r in recipients))}"
 
 
+def thread_mails(
+    tx: Tx, message_ids: Sequence[str], recipients: Sequence[str]
+) -> list[tuple[str, str | None]]:
+    """Of these messages' forwards to the same recipients, the ones that were or will be
+    sent, in the order asked: (mail_id, subject)."""
+    wanted = [mail_id_for(m, recipients) for m in message_ids]
+    marks = ",".join("?" * len(wanted))
+    rows = dict(
+        tx.execute(
+            f"SELECT mail_id, subject FROM outbox WHERE mail_id IN ({marks})"
+            " AND kind = 'forward' AND status IN ('pending', 'sending', 'sent')",
+            wanted,
+        ).fetchall()
+    )
+    return [(m, rows[m]) for m in wanted if m in rows]
+
+
 def queue_planned(tx: Tx, limit: int = 64) -> int:
     """Move the planned mail of up to `limit` messages into the outbox, oldest first.
 

@@ -27,6 +27,7 @@ from feishu_mailbot.doorbell import Doorbell, rounds
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
 from feishu_mailbot.model import ActionRequest, Download, Message, Resource
 from feishu_mailbot.names import NameResolver
+from feishu_mailbot.present import preview
 from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
 from feishu_mailbot.settings import Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
@@ -339,9 +340,11 @@ class Outbox:
                 date=datetime.fromtimestamp(self._now(), zone),
             )
             return Prepared(mail.recall_subject(original), raw=notice)
+        thread = await self._thread(msg, row)
         compose = partial(
             mail.forward,
             msg,
+            thread=thread,
             subject_template=row.subject_template,
             sender=self.settings.smtp.sender,
             to=row.recipients,
@@ -359,6 +362,26 @@ class Outbox:
             subject, forwarded = compose(attachments=files, omitted=omitted)
             large = sum(len(f.data) for f in files) > SPOOL_ABOVE
             return await store(self._state, row.mail_id, subject, forwarded, large)
+
+    async def _thread(self, msg: Message, row: OutboxRow) -> mail.Thread:
+        """A reply's place among the mails these recipients got of its thread."""
+        earlier = [
+            m for m in dict.fromkeys((msg.root_id, msg.parent_id)) if m and m != msg.message_id
+        ]
+        if not earlier:
+            return mail.Thread()
+        found = self._state.read(
+            partial(outbox.thread_mails, message_ids=earlier, recipients=row.recipients)
+        )
+        root = outbox.mail_id_for(earlier[0], row.recipients)
+        subject = next((s for m, s in found if m == root), None)
+        quote = ""
+        replied = self._state.read(partial(messages.get, message_id=earlier[-1]))
+        if replied is not None:
+            name = await self._names.name("user", replied.sender_open_id)
+            quote = f"{name}: {preview(replied.text)}"
+        references = tuple(mail.make_message_id(m) for m, _ in found)
+        return mail.Thread(references, subject if msg.root_id else None, quote)
 
     async def _attachments(self, msg: Message) -> tuple[list[mail.Attachment], list[mail.Omitted]]:
         budget = Budget.of(self.settings.attachments, await self._relay_limit())

@@ -38,6 +38,18 @@ def queue_ids(bot: Bot, *args: str) -> list[int]:
     return [int(e["id"]) for e in listing]
 
 
+def failed_mail(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, text: str
+) -> tuple[Bot, int]:
+    """A running bot with one mail its relay refused for good; the mail's queue id."""
+    bot = make_bot(rules=ONE_RULE).start()
+    smtp.permanent_fail_rcpt("oncall@example.com")
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", text))
+    bot.wait_log("failed for good", timeout=15)
+    [mail_id] = queue_ids(bot, "--failed")
+    return bot, mail_id
+
+
 def test_status_while_running_and_after_a_stop(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:
@@ -68,11 +80,7 @@ def test_status_while_running_and_after_a_stop(
 def test_a_failed_mail_is_listed_shown_retried_and_delivered_once(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:
-    bot = make_bot(rules=ONE_RULE).start()
-    smtp.permanent_fail_rcpt("oncall@example.com")
-    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障：要重试的邮件"))
-    bot.wait_log("failed for good", timeout=15)
-    [mail_id] = queue_ids(bot, "--failed")
+    bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：要重试的邮件")
     listing = cli(bot, "queue").stdout
     assert f"{mail_id:>6}  failed" in listing and "oncall@example.com" in listing
     assert "550 5.1.1" in listing
@@ -96,11 +104,7 @@ def test_a_failed_mail_is_listed_shown_retried_and_delivered_once(
 def test_drop_needs_yes_and_takes_only_waiting_or_failed_mail(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:
-    bot = make_bot(rules=ONE_RULE).start()
-    smtp.permanent_fail_rcpt("oncall@example.com")
-    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障：丢弃"))
-    bot.wait_log("failed for good", timeout=15)
-    [mail_id] = queue_ids(bot, "--failed")
+    bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：丢弃")
     refused = cli(bot, "drop", str(mail_id))
     assert refused.returncode == 64 and "add --yes" in refused.stderr
     dropped = cli(bot, "drop", str(mail_id), "--yes")

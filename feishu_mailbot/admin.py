@@ -13,10 +13,8 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime
 from functools import partial
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from feishu_mailbot import mailq, status
 from feishu_mailbot.settings import Settings
@@ -80,13 +78,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
-    midnight = datetime.fromtimestamp(now, ZoneInfo(settings.timezone)).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
     return status.Snapshot(
         now=now,
         beat=state.read(heartbeat.last),
-        events_today=state.read(partial(messages.count_since, since=midnight.timestamp())),
+        events_today=state.read(
+            partial(messages.count_since, since=status.today_began(now, settings.timezone))
+        ),
         queue=state.read(outbox.counts),
         oldest_waiting_at=state.read(outbox.oldest_waiting),
         next_retry=state.read(outbox.next_retry),

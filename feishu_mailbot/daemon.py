@@ -20,13 +20,11 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from feishu_mailbot import config, events, health, logs, triage
+from feishu_mailbot import config, events, health, logs, status, triage
 from feishu_mailbot.feishu import (
     CREDENTIAL_ERRORS,
     RECONNECT_MAX,
@@ -440,7 +438,7 @@ class Daemon:
         st = self.connection.state
         try:
             outbox: int | str = self.state.read(outbox_q.pending_count)
-            since = _local_midnight(self.settings.timezone)
+            since = status.today_began(time.time(), self.settings.timezone)
             today: int | str = self.state.read(partial(messages.count_since, since=since))
         except DatabaseError as e:
             outbox = today = f"unknown (state database: {e})"
@@ -448,7 +446,7 @@ class Daemon:
         if verdict.verdict is health.Verdict.STALLED:
             return f"STALLED: {verdict.reason}; outbox {outbox}"
         if st.connected and st.connected_since is not None:
-            up = _duration(time.monotonic() - st.connected_since)
+            up = status.duration(time.monotonic() - st.connected_since)
             line = f"connected {up}, {today} events today, outbox {outbox}"
             if self.api.missing_permissions:
                 what, message = next(iter(self.api.missing_permissions.items()))
@@ -466,24 +464,11 @@ class Daemon:
         )
 
 
-def _local_midnight(timezone: str) -> float:
-    now = datetime.now(ZoneInfo(timezone))
-    return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
 def _fields(event: events.Event) -> dict[str, str]:
     """The journal fields that name an event."""
     if isinstance(event, events.Ignored):
         return {"EVENT_ID": event.event_id, **({"CHAT_ID": event.chat_id} if event.chat_id else {})}
     return {"EVENT_ID": event.event_id, "MESSAGE_ID": event.message_id, "CHAT_ID": event.chat_id}
-
-
-def _duration(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    if minutes < 1:
-        return f"{int(seconds)}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
 def run(settings: Settings) -> int:

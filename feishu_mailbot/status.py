@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from feishu_mailbot.state.heartbeat import Beat
 
@@ -41,15 +43,22 @@ def running(s: Snapshot) -> bool:
     return s.beat is not None and s.beat.line != "stopped" and s.now - s.beat.at < STALE_AFTER
 
 
-def _age(seconds: float) -> str:
+def today_began(now: float, timezone: str) -> float:
+    """Midnight in the team's zone: where "events today" start counting."""
+    local = datetime.fromtimestamp(now, ZoneInfo(timezone))
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def duration(seconds: float) -> str:
+    """`42s`, `17m`, `3h05m`, `2.5d`: for the STATUS= line and for `status`."""
     seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return f"{int(seconds)}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours >= 48:
+        return f"{seconds / 86400:.1f}d"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
 def text(s: Snapshot) -> str:
@@ -58,10 +67,10 @@ def text(s: Snapshot) -> str:
     elif running(s):
         daemon = f"daemon: running (pid {s.beat.pid}): {s.beat.line}"
     elif s.beat.line == "stopped":
-        daemon = f"daemon: stopped {_age(s.now - s.beat.at)} ago"
+        daemon = f"daemon: stopped {duration(s.now - s.beat.at)} ago"
     else:
         daemon = (
-            f"daemon: NOT RUNNING or hung: last heard {_age(s.now - s.beat.at)} ago "
+            f"daemon: NOT RUNNING or hung: last heard {duration(s.now - s.beat.at)} ago "
             f"({s.beat.line}); see systemctl status feishu-mailbot"
         )
     q = s.queue
@@ -72,12 +81,12 @@ def text(s: Snapshot) -> str:
         f"{q['failed']} failed" + (" (feishu-mailbot queue --failed)" if q["failed"] else ""),
     ]
     if s.oldest_waiting_at is not None:
-        lines.append(f"oldest waiting mail: queued {_age(s.now - s.oldest_waiting_at)} ago")
+        lines.append(f"oldest waiting mail: queued {duration(s.now - s.oldest_waiting_at)} ago")
     if s.next_retry is not None:
         at, error = s.next_retry
-        lines.append(f"next retry in {_age(at - s.now)}: {error}")
+        lines.append(f"next retry in {duration(at - s.now)}: {error}")
     for d in s.digests:
-        lines.append(f"last {d.kind} for {d.chat_id}: {d.day}, {_age(s.now - d.queued_at)} ago")
+        lines.append(f"last {d.kind} for {d.chat_id}: {d.day}, {duration(s.now - d.queued_at)} ago")
     if s.quarantined:
         lines.append(f"quarantined events: {s.quarantined} (feishu-mailbot queue --quarantined)")
     lines.append(f"database: {s.db_bytes / 1e6:.1f} MB")

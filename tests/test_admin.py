@@ -288,3 +288,13 @@ def test_status_can_write_the_node_exporter_file(make_bot: MakeBot, tmp_path: Pa
     assert target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert bot.stop() == 0
+
+
+def test_durations_read_alike_in_the_status_line_and_in_status() -> None:
+    from feishu_mailbot.status import duration, today_began
+
+    assert [duration(s) for s in (-1, 42, 17 * 60, 3 * 3600 + 300, 60 * 3600)] == [
+        "0s", "42s", "17m", "3h05m", "2.5d",
+    ]  # fmt: skip
+    noon = 1_764_561_600.0  # 2025-12-01 12:00 in Shanghai
+    assert noon - today_began(noon, "Asia/Shanghai") == 12 * 3600

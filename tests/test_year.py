@@ -25,7 +25,7 @@ from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import ActionRequest, Delivery, Image, Message, Recall, Text
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.settings import DAY, Settings, SmtpSettings
+from feishu_mailbot.settings import DAY, Settings
 from feishu_mailbot.smtp import DeliveryError, Refused
 from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.actions import Actions
@@ -33,6 +33,7 @@ from feishu_mailbot.workers.housekeeping import Housekeeper
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import write_config
+from tests.test_workers import Relay as KeepingRelay
 
 START = datetime(2026, 1, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 DAYS = 365
@@ -57,32 +58,20 @@ ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}
 BOUNCE = Delivery(("bounce@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
 
 
-class Relay:
-    """Keeps what it is given; refuses bounce@example.com for good."""
+class Relay(KeepingRelay):
+    """Counts what it is given (a year of mail would not fit in memory); refuses
+    bounce@example.com for good."""
 
     def __init__(self) -> None:
-        self.sent = 0
-
-    def __call__(self, settings: SmtpSettings) -> Relay:
-        return self
+        super().__init__()
+        self.refuse_next = 0
+        self.count = 0
 
     def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
         if "bounce@example.com" in recipients:
             raise DeliveryError("550 5.1.1 no such user", permanent=True)
-        self.sent += 1
+        self.count += 1
         return {}
-
-    def size_limit(self) -> int | None:
-        return None
-
-    def close_if_idle(self, idle_seconds: float) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def reconfigure(self, settings: SmtpSettings) -> None:
-        pass
 
 
 def day_of_messages(day: int, at: float) -> list[tuple[Message, tuple[Delivery, ...]]]:
@@ -245,7 +234,7 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
     replies = [str(m["content"]["text"]) for m in emulator.sent_messages]
     assert replies[0].startswith("已发送"), replies  # inside the window: resent
     assert "已超过保存期限（30 天）" in replies[1], replies
-    assert relay.sent == DAYS * (FORWARDS - 1) + sum(d % 7 != 0 for d in range(DAYS)) + DAYS + 1
+    assert relay.count == DAYS * (FORWARDS - 1) + sum(d % 7 != 0 for d in range(DAYS)) + DAYS + 1
     # Bounded: once the windows are full (90 days) the state grows no more.
     files = [sizes[d][0] for d in range(120, DAYS)]
     assert max(files) < DB_BOUND, max(files)

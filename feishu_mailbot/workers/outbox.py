@@ -124,6 +124,7 @@ class Outbox:
         self._relay_size: int | None = None  # the relay's EHLO SIZE, once asked
         self._relay_asked = False
         self._swept_at = 0.0
+        self._idle_closed = False  # the connections were closed since the last mail
         self._last_sent = wall_clock()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -166,20 +167,24 @@ class Outbox:
             # Planned mail enters the outbox only as fast as it is sent, a few
             # messages per transaction, so a backlog never floods the commits.
             wanted = DUE_BATCH - len(rows)
-            if await self._state.write(partial(outbox.queue_planned, limit=wanted)):
+            if self._state.read(outbox.planned_count) > 0:  # idle rounds write nothing
+                await self._state.write(partial(outbox.queue_planned, limit=wanted))
                 rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
         if rows:
             results = await asyncio.gather(
                 *(self._deliver_in_slot(row) for row in rows), return_exceptions=True
             )
             self._last_sent = self._now()
+            self._idle_closed = False
             for result in results:  # only the state's own errors get this far
                 if isinstance(result, BaseException):
                     raise result
             return None
-        if self._now() - self._last_sent > SMTP_IDLE_SECONDS:
+        if not self._idle_closed and self._now() - self._last_sent > SMTP_IDLE_SECONDS:
+            # Once after the last mail, not every poll: four thread hand-overs a second.
             for transport in self._transports:
                 await asyncio.to_thread(transport.close_if_idle, SMTP_IDLE_SECONDS)
+            self._idle_closed = True
         next_at = self._state.read(outbox.next_due_at)
         timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
         return min(timeout, POLL_SECONDS)

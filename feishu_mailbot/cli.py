@@ -317,7 +317,8 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
             },
         },
     }
-    outcome = triage.triage(events.parse_event(payload), settings, bot_open_id="")
+    zone = ZoneInfo(settings.timezone)
+    outcome = triage.triage(events.parse_event(payload, zone=zone), settings, bot_open_id="")
     if not isinstance(outcome, triage.Accept):
         print(
             f"chat {chat_id} is not in the `chats` allowlist: the message would be ignored "

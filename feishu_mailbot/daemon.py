@@ -23,6 +23,7 @@ from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from feishu_mailbot import config, events, health, logs, status, triage
 from feishu_mailbot.feishu import (
@@ -101,7 +102,9 @@ class Daemon:
         self.events_seen += 1
         now = time.time()
         try:
-            event = events.parse_event(payload, lambda chat: self.settings.chat(chat) is not None)
+            allowed = self.settings.chat
+            zone = ZoneInfo(self.settings.timezone)  # ZoneInfo keeps one object per zone
+            event = events.parse_event(payload, lambda chat: allowed(chat) is not None, zone)
             outcome = triage.triage(event, self.settings, self.bot_open_id)
             if isinstance(outcome, triage.Drop):
                 log.debug("%s", outcome.reason, extra=_fields(event))

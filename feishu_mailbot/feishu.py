@@ -492,6 +492,17 @@ class FeishuApi:
         )
         return str((payload.get("data") or {}).get("name") or chat_id)
 
+    async def message_items(self, message_id: str) -> list[dict[str, Any]]:
+        """获取指定消息的内容: the message, or a merged forward with all its children."""
+        payload = await self._json(
+            "GET",
+            f"/open-apis/im/v1/messages/{_segment(message_id)}",
+            "message content",
+            params={"user_id_type": "open_id"},
+        )
+        items = (payload.get("data") or {}).get("items")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
     async def resource(self, message_id: str, key: str, kind: str, limit: int) -> Download:
         """The resource, streamed, or only its size when it is over `limit` bytes.
 

@@ -69,6 +69,9 @@ _EXTENSIONS = {
     "image/gif": ".gif",
     "image/webp": ".webp",
     "application/pdf": ".pdf",
+    "audio/ogg": ".ogg",  # Feishu's voice messages: opus in ogg
+    "audio/opus": ".opus",
+    "video/mp4": ".mp4",
 }
 
 

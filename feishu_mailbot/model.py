@@ -81,6 +81,51 @@ class Placeholder:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A shared group or contact card; the mail shows its name, looked up when composed."""
+
+    kind: Literal["chat", "user"]
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Card:
+    """Structured content shown as a box: an interactive card, an event, a vote, a task.
+
+    `label` says what it is (卡片, 日程, 投票…), `color` is a Feishu card header
+    template (blue, red…) or "".
+    """
+
+    label: str
+    title: str
+    blocks: tuple[Block, ...] = ()
+    color: str = ""
+
+
+@dataclass(frozen=True)
+class Quoted:
+    """One message of a merged forward, as the conversation showed it."""
+
+    sender: str
+    when: str  # already in the team's timezone
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A merged forward (合并转发) expanded into the conversation it carries.
+
+    `more` counts the messages left out by the caps; `note` says why the
+    forward could not be expanded (then `items` is empty).
+    """
+
+    items: tuple[Quoted, ...] = ()
+    more: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Break:
     """Opens a paragraph (a post's): a line break in text, a `<div>` in HTML."""
 
@@ -127,11 +172,56 @@ class Legacy:
     title: str = ""
 
 
-Block = Text | At | Link | Image | File | Code | Divider | Placeholder | Break | Title | Legacy
+Block = (
+    Text
+    | At
+    | Link
+    | Image
+    | File
+    | Code
+    | Divider
+    | Placeholder
+    | Break
+    | Title
+    | Legacy
+    | Share
+    | Card
+    | Forwarded
+)
+SHARE_LABELS = {"chat": "群名片", "user": "个人名片"}
+FORWARD_LABEL = "[合并转发消息]"
+FORWARD_MORE = "（另有 {} 条消息未显示，请在飞书中查看）"
 
 
 def _link_text(link: Link) -> str:
     return link.text if not link.href or link.text == link.href else f"{link.text} ({link.href})"
+
+
+def _share_text(share: Share) -> str:
+    return f"[{SHARE_LABELS[share.kind]}] {share.name}".rstrip()
+
+
+def _card_text(card: Card) -> str:
+    head = f"[{card.label}] {card.title}".rstrip()
+    body = text_of(card.blocks)
+    return f"{head}\n{body}" if body else head
+
+
+def _quoted_text(item: Quoted) -> str:
+    lines = text_of(item.blocks).splitlines() or [""]
+    return f"> {item.sender} · {item.when}\n" + "".join(f">   {line}\n" for line in lines)
+
+
+def _forwarded_text(forward: Forwarded) -> str:
+    """The conversation quoted, one '> ' deeper per nested forward."""
+    out = [FORWARD_LABEL]
+    for item in forward.items:
+        out.append(_quoted_text(item).rstrip("\n"))
+    if forward.more:
+        out.append("> " + FORWARD_MORE.format(forward.more))
+    if forward.note:
+        out.append(forward.note)
+    return "\n".join(out)
 
 
 # A table, not a match statement: text_of runs for every event before its ack, and a
@@ -148,6 +238,9 @@ _PLAIN: dict[type[Any], Callable[[Any], str]] = {
     File: attrgetter("label"),
     Divider: lambda _: "----------",
     Break: lambda _: "\n",
+    Share: _share_text,
+    Card: _card_text,
+    Forwarded: _forwarded_text,
 }
 
 
@@ -173,6 +266,12 @@ def resources_of(blocks: tuple[Block, ...]) -> tuple[Resource, ...]:
             found[Resource(block.kind, block.key, block.name)] = None
         elif isinstance(block, Legacy):
             found.update(dict.fromkeys(block.resources))
+        elif isinstance(block, Card):
+            found.update(dict.fromkeys(resources_of(block.blocks)))
+        elif isinstance(block, Forwarded):
+            # Fetched with the forward's own message id, which is what Feishu asks for.
+            for item in block.items:
+                found.update(dict.fromkeys(resources_of(item.blocks)))
     return tuple(found)
 
 
@@ -210,8 +309,10 @@ class Message:
     @property
     def title(self) -> str:
         for block in self.blocks:
-            if isinstance(block, Title | Legacy):
-                return block.text if isinstance(block, Title) else block.title
+            if isinstance(block, Title):
+                return block.text
+            if isinstance(block, Legacy | Card):
+                return block.title
         return ""
 
     @property
@@ -269,6 +370,9 @@ _BLOCK_TYPES: dict[str, type[Any]] = {
     "break": Break,
     "title": Title,
     "legacy": Legacy,
+    "share": Share,
+    "card": Card,
+    "forwarded": Forwarded,
 }
 _BLOCK_NAMES = {cls: name for name, cls in _BLOCK_TYPES.items()}
 # Looked up once: serialising runs for every event, before its ack. A field left at its
@@ -302,6 +406,17 @@ def _block_to_json(block: Block) -> dict[str, Any]:
             continue
         if name == "resources":
             value = [_resource_json(r) for r in value]
+        elif name == "blocks":
+            value = [_block_to_json(b) for b in value]
+        elif name == "items":
+            value = [
+                {
+                    "sender": q.sender,
+                    "when": q.when,
+                    "blocks": [_block_to_json(b) for b in q.blocks],
+                }
+                for q in value
+            ]
         data[name] = list(value) if isinstance(value, tuple) else value
     return data
 
@@ -314,6 +429,13 @@ def _block_from_json(data: object) -> Block:
         if "resources" in data:
             data["resources"] = [
                 Resource(r["kind"], r["key"], r["name"]) for r in data["resources"]
+            ]
+        if "blocks" in data:
+            data["blocks"] = [_block_from_json(b) for b in data["blocks"]]
+        if "items" in data:
+            data["items"] = [
+                Quoted(q["sender"], q["when"], tuple(_block_from_json(b) for b in q["blocks"]))
+                for q in data["items"]
             ]
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cast(Block, cls(**values))

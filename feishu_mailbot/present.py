@@ -16,16 +16,21 @@ from collections.abc import Collection, Sequence
 
 from feishu_mailbot import style
 from feishu_mailbot.model import (
+    FORWARD_LABEL,
+    FORWARD_MORE,
     At,
     Block,
     Break,
+    Card,
     Code,
     Divider,
     File,
+    Forwarded,
     Image,
     Legacy,
     Link,
     Placeholder,
+    Share,
     Text,
     Title,
     block_text,
@@ -130,7 +135,38 @@ def block_html(block: Block, available: Collection[str]) -> str:
             return _legacy_html(fragment, available) if fragment else escape_lines(text)
         case Break():
             return "<br>"
+        case Share():
+            return _placeholder(block_text(block))
+        case Card():
+            return _card_html(block, available)
+        case Forwarded():
+            return _forwarded_html(block, available)
     raise AssertionError(block)  # pragma: no cover - the match covers Block
+
+
+def _card_html(card: Card, available: Collection[str]) -> str:
+    color = style.CARD_COLORS.get(card.color)
+    head_style = style.CARD_HEAD_COLORED + color if color else style.CARD_HEAD
+    label = f'<span style="{style.CARD_LABEL}">{escape(card.label)}</span>'
+    head = f'<div style="{head_style}">{label}{escape(card.title)}</div>'
+    body = html(card.blocks, available)
+    body = f'<div style="{style.CARD_BODY}">{body}</div>' if body else ""
+    return f'<div style="{style.CARD}">{head}{body}</div>'
+
+
+def _forwarded_html(forward: Forwarded, available: Collection[str]) -> str:
+    out = [_placeholder(FORWARD_LABEL)]
+    for item in forward.items:
+        head = f"<b>{escape(item.sender)}</b> · {escape(item.when)}"
+        out.append(
+            f'<div style="{style.FORWARD_HEAD}">{head}</div>'
+            f"<div>{html(item.blocks, available)}</div>"
+        )
+    if forward.more:
+        out.append(_placeholder(FORWARD_MORE.format(forward.more)))
+    if forward.note:
+        out.append(f'<div style="{style.NOTE}">{escape(forward.note)}</div>')
+    return f'<div style="{style.FORWARD}">{"".join(out)}</div>'
 
 
 def html(blocks: Sequence[Block], available: Collection[str] = ()) -> str:

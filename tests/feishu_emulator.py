@@ -263,6 +263,12 @@ class FeishuEmulator:
         self.chat_page_size = 100  # most chats per page of the chat list (Feishu: ≤ 100)
         self.resource_bytes_sent = 0  # of resource bodies, to see downloads cut short
         self._message_chats: dict[str, str] = {}
+        # 获取指定消息的内容: every pushed message as that API returns it, and each merged
+        # forward's children (flat, each naming its upper_message_id), in order.
+        self._message_items: dict[str, dict[str, Any]] = {}
+        self._forward_children: dict[str, list[dict[str, Any]]] = {}
+        self._message_errors: dict[str, tuple[int, str]] = {}
+        self.resource_requests: list[tuple[str, str]] = []  # (message_id, file_key) asked for
         # Internal state, owned by the emulator loop.
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self._expired_tokens: set[str] = set()
@@ -364,6 +370,7 @@ class FeishuEmulator:
         app.router.add_get(
             "/open-apis/im/v1/messages/{message_id}/resources/{file_key}", self._h_resource
         )
+        app.router.add_get("/open-apis/im/v1/messages/{message_id}", self._h_message)
         app.router.add_get("/open-apis/contact/v3/users/{open_id}", self._h_user)
         app.router.add_get("/open-apis/im/v1/chats/{chat_id}", self._h_chat)
         app.router.add_get("/open-apis/im/v1/chats", self._h_chats)
@@ -581,6 +588,119 @@ class FeishuEmulator:
         )
         return self.push_raw(event, split=split)
 
+    def push_forward(
+        self,
+        chat_id: str,
+        sender_open_id: str,
+        children: Sequence[Mapping[str, Any]],
+        *,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Push a merged forward (合并转发) of `children`, which GET message then serves.
+
+        A child is ``{"sender": open_id, "msg_type": …, "content": {…}}``, optionally with
+        ``"sender_type": "app"``, ``"deleted": True``, ``"mentions"`` or ``"message_id"``;
+        a nested forward is ``{"sender": …, "msg_type": "merge_forward", "children": […]}``.
+        The event's content is the fixed ``{"content": "Merged and Forwarded Message"}`` of
+        接收消息内容结构; the children follow 获取指定消息的内容: "1 条合并转发消息和 N 条子消息",
+        each with ``upper_message_id`` naming the message one level up.
+        """
+        message_id = message_id or f"om_{_hex(32)}"
+        flat: list[dict[str, Any]] = []
+        self._flatten_forward(message_id, chat_id, children, flat, int(_now_ms()) - 3_600_000)
+        self._forward_children[message_id] = flat
+        return self.push_message(
+            chat_id,
+            sender_open_id,
+            "merge_forward",
+            {"content": "Merged and Forwarded Message"},
+            message_id=message_id,
+        )
+
+    def _flatten_forward(
+        self,
+        upper: str,
+        chat_id: str,
+        children: Sequence[Mapping[str, Any]],
+        out: list[dict[str, Any]],
+        start_ms: int,
+    ) -> None:
+        for n, child in enumerate(children):
+            child_id = str(child.get("message_id") or f"om_{_hex(32)}")
+            content: Any = child.get("content", {})
+            if child.get("msg_type") == "merge_forward":
+                content = {"content": "Merged and Forwarded Message"}
+            message = {
+                "message_id": child_id,
+                "create_time": str(start_ms + n * 60_000),
+                "chat_id": chat_id,
+                "message_type": child.get("msg_type", "text"),
+                "content": _dumps(content) if not isinstance(content, str) else content,
+                "mentions": [
+                    {"key": m["key"], "id": {"open_id": m["id"]}, "name": m["name"]}
+                    for m in child.get("mentions", ())
+                ],
+            }
+            item = self._item(message, str(child["sender"]), child.get("sender_type", "user"))
+            item["upper_message_id"] = upper
+            if child.get("deleted"):
+                item["deleted"] = True
+                item.pop("body")
+            out.append(item)
+            if child.get("msg_type") == "merge_forward":
+                self._flatten_forward(child_id, chat_id, child["children"], out, start_ms)
+
+    def _item(self, message: Mapping[str, Any], sender: str, sender_type: str) -> dict[str, Any]:
+        """A message as 获取指定消息的内容 returns it (mentions' id is a string there)."""
+        item: dict[str, Any] = {
+            "message_id": str(message["message_id"]),
+            "msg_type": message.get("message_type", "text"),
+            "create_time": str(message.get("create_time") or _now_ms()),
+            "update_time": str(message.get("create_time") or _now_ms()),
+            "deleted": False,
+            "updated": False,
+            "chat_id": str(message.get("chat_id", "")),
+            "sender": {
+                "id": sender,
+                "id_type": "app_id" if sender_type == "app" else "open_id",
+                "sender_type": sender_type,
+                "tenant_key": self.tenant_key,
+            },
+            "body": {"content": message.get("content", "")},
+        }
+        for key in ("root_id", "parent_id"):
+            if message.get(key):
+                item[key] = message[key]
+        mentions = [
+            {
+                "key": m.get("key"),
+                "id": (m.get("id") or {}).get("open_id", ""),
+                "id_type": "open_id",
+                "name": m.get("name", ""),
+                "tenant_key": self.tenant_key,
+            }
+            for m in message.get("mentions") or ()
+        ]
+        if mentions:
+            item["mentions"] = mentions
+        return item
+
+    def remember_message(self, event: Mapping[str, Any]) -> None:
+        """Keep a message for 获取指定消息的内容 without pushing it (one from before the bot)."""
+        message, sender = event["event"]["message"], event["event"]["sender"]
+        item = self._item(message, str(sender["sender_id"]["open_id"]), "user")
+        self._message_items[item["message_id"]] = item
+
+    def fail_message(
+        self, message_id: str, code: int | None = 230110, msg: str = "message deleted"
+    ) -> None:
+        """GET message for `message_id` answers this Feishu error from now on; code -1
+        drops the connection instead, as a network failure would. None heals it."""
+        if code is None:
+            self._message_errors.pop(message_id, None)
+        else:
+            self._message_errors[message_id] = (code, msg)
+
     def push_recall(
         self, message_id: str, chat_id: str, *, event_id: str | None = None
     ) -> dict[str, Any]:
@@ -700,6 +820,11 @@ class FeishuEmulator:
         message = body.get("message") if isinstance(body, dict) else None
         if isinstance(message, dict) and message.get("message_id") and message.get("chat_id"):
             self._message_chats[str(message["message_id"])] = str(message["chat_id"])
+            sender = body.get("sender") or {}
+            item = self._item(
+                message, str((sender.get("sender_id") or {}).get("open_id", "")), "user"
+            )
+            self._message_items.setdefault(item["message_id"], item)
         delivery = _Delivery(
             frame_id=uuid.uuid4().hex,
             event=event,
@@ -1037,6 +1162,9 @@ class FeishuEmulator:
             return err
         if request.query.get("type") not in ("image", "file"):
             return _error(234001, "Invalid request param.")
+        self.resource_requests.append(
+            (request.match_info["message_id"], request.match_info["file_key"])
+        )
         resource = self._resources.get(request.match_info["file_key"])
         if resource is None:
             return _error(234003, "File not in msg.", 404)
@@ -1064,6 +1192,23 @@ class FeishuEmulator:
         except ConnectionError:
             pass  # the client had what it wanted
         return response
+
+    async def _h_message(self, request: web.Request) -> web.Response:
+        """获取指定消息的内容: one item, or a merged forward followed by its children."""
+        if (err := self._auth_error(request)) is not None:
+            return err
+        message_id = request.match_info["message_id"]
+        if message_id in self._message_errors:
+            code, msg = self._message_errors[message_id]
+            if code == -1 and request.transport is not None:
+                request.transport.abort()
+                raise ConnectionResetError("dropped, as asked")
+            return _error(code, msg)
+        item = self._message_items.get(message_id)
+        if item is None:
+            return _error(230110, "message not found")  # as for a deleted one
+        items = [item, *self._forward_children.get(message_id, ())]
+        return _json({"code": 0, "msg": "success", "data": {"items": items}})
 
     async def _h_user(self, request: web.Request) -> web.Response:
         if (err := self._auth_error(request)) is not None:

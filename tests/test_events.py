@@ -220,12 +220,25 @@ def test_audio_and_media_messages() -> None:
     ("msg_type", "content", "expected"),
     [
         ("sticker", {"file_key": "x"}, "[表情包]"),
-        ("interactive", {"title": "审批", "elements": []}, "[卡片消息] 审批"),
-        ("share_chat", {"chat_id": "oc_x"}, "[群名片]"),
+        ("interactive", {"title": "审批", "elements": []}, "[卡片] 审批"),
+        ("interactive", {}, "[卡片]\n飞书未随消息提供这张卡片的内容，请在飞书中查看"),
+        ("share_chat", {"chat_id": "oc_x"}, "[群名片]"),  # named when mailed
         ("share_user", {"user_id": "ou_x"}, "[个人名片]"),
-        ("merge_forward", {}, "[合并转发消息]"),
-        ("system", {"template": "x"}, "[系统消息]"),
+        ("merge_forward", {}, "[合并转发消息]"),  # expanded when mailed
+        ("merge_forward", "Merged and Forwarded Message", "[合并转发消息]"),
+        ("system", {"template": "x"}, "[系统消息] x"),
+        (
+            "system",
+            {
+                "template": "{divider_text}",
+                "divider_text": {"text": "新会话", "i18n_text": {"zh_cn": "新话题"}},
+            },
+            "[系统消息] 新话题",
+        ),
         ("location", {"name": "北京", "latitude": "1"}, "[位置] 北京"),
+        ("vote", {"topic": "午饭", "options": "not a list"}, "[投票] 午饭"),
+        ("calendar", {"summary": "会", "start_time": "junk"}, "[日程邀请] 会"),
+        ("todo", {"summary": {"title": "写周报"}, "due_time": "0"}, "[任务] 写周报"),
         ("brand_new_type", {"a": 1}, "[不支持的消息类型: brand_new_type]"),
         ("<script>", "not json at all", "[不支持的消息类型: <script>]"),
     ],
@@ -235,6 +248,77 @@ def test_other_types_get_placeholders(msg_type: str, content: object, expected: 
     assert m.text == expected
     assert m.resources == ()
     assert "<script>" not in html(m)
+
+
+def test_a_card_in_its_own_json_shows_header_leaves_and_linked_buttons() -> None:
+    """Some senders' content is the card JSON itself (schema 2.0 with header and body)."""
+    card = {
+        "schema": "2.0",
+        "header": {
+            "title": {"tag": "plain_text", "content": "构建失败 #42"},
+            "subtitle": {"tag": "plain_text", "content": "main 分支"},
+            "template": "red",
+        },
+        "body": {
+            "elements": [
+                {"tag": "markdown", "content": "**失败** 见 [日志](https://ci.example.com/42)"},
+                {
+                    "tag": "column_set",
+                    "columns": [{"elements": [{"tag": "markdown", "content": "<at id=all></at>"}]}],
+                },
+                {"tag": "hr"},
+                {
+                    "tag": "button",
+                    "text": {"tag": "plain_text", "content": "重试"},
+                    "behaviors": [{"type": "callback", "value": {"k": "secret-value"}}],
+                },
+                {
+                    "tag": "button",
+                    "text": {"tag": "plain_text", "content": "打开"},
+                    "multi_url": {"url": "https://ci.example.com/42"},
+                },
+                {"tag": "img", "img_key": "img_chart"},
+            ]
+        },
+    }
+    m = parse_message(receive("interactive", card))
+    assert m.title == "构建失败 #42"
+    assert m.text.splitlines() == [
+        "[卡片] 构建失败 #42",
+        "main 分支",
+        "失败 见 日志 (https://ci.example.com/42)",
+        "@所有人",
+        "----------",
+        "[重试] [打开] (https://ci.example.com/42) ",
+        "[图片]",
+    ]
+    assert "secret-value" not in m.text
+    assert m.resources == (Resource("image", "img_chart", ""),)
+    rendered = html(m)
+    assert "background:#f54a45" in rendered  # the red header, as Feishu shows it
+    assert "<b>失败</b>" in rendered
+    assert '<a href="https://ci.example.com/42">打开</a>' not in rendered
+    assert '<a href="https://ci.example.com/42">[打开]</a>' in rendered
+
+
+def test_times_in_content_are_shown_in_the_team_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    content = {"summary": "周会", "start_time": "1764558000000", "end_time": "1764644400000"}
+    payload = receive("calendar", content)
+    shanghai = parse_event(payload)
+    london = parse_event(payload, zone=ZoneInfo("Europe/London"))
+    assert isinstance(shanghai, Message) and isinstance(london, Message)
+    assert "时间: 2025-12-01 11:00 – 2025-12-02 11:00" in shanghai.text
+    assert "时间: 2025-12-01 03:00 – 2025-12-02 03:00" in london.text
+
+
+def test_a_link_in_a_text_message_becomes_a_link() -> None:
+    m = parse_message(
+        receive("text", {"text": "看 [文档](https://a.example/x) 和 [坏](javascript:x)"})
+    )
+    assert m.text == "看 文档 (https://a.example/x) 和 [坏](javascript:x)"
+    assert '<a href="https://a.example/x">文档</a>' in html(m)
 
 
 def test_text_with_unparseable_content_keeps_raw_string() -> None:

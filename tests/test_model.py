@@ -73,3 +73,19 @@ def test_blocks_render_what_version_1_rendered(row: dict[str, Any]) -> None:
     assert m.text == row["text"]
     assert m.title == row["title"]
     assert present.html(m.blocks, {image_cid(r.key) for r in m.resources}) == row["html"]
+
+
+def test_nested_blocks_round_trip() -> None:
+    """Cards and expanded forwards hold blocks of their own; they store and read back."""
+    from feishu_mailbot.model import Card, Forwarded, Image, Quoted, Share, Text
+
+    inner = Forwarded((Quoted("李四", "2026-12-01 10:00", (Text("更早"),)),), more=2)
+    blocks = (
+        Card("卡片", "告警", (Text("CPU 95%"), Image("img_a")), "red"),
+        Forwarded((Quoted("张三", "2026-12-01 10:01", (inner, Share("chat", "oc_x", "值班群"))),)),
+    )
+    m = dataclasses.replace(parse_message(receive("text", {"text": "x"})), blocks=blocks)
+    again = message_from_json(message_to_json(m))
+    assert again == m and again.text == m.text
+    assert again.resources == (Resource("image", "img_a", ""),)
+    assert "> 张三 · 2026-12-01 10:01" in m.text and ">   > 李四 · 2026-12-01 10:00" in m.text

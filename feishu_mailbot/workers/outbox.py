@@ -25,6 +25,7 @@ from feishu_mailbot import mail
 from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.doorbell import Doorbell, rounds
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
+from feishu_mailbot.lookups import Lookups, Unreachable
 from feishu_mailbot.model import ActionRequest, Download, Message, Resource
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.present import preview
@@ -45,6 +46,9 @@ POLL_SECONDS = 1.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
+# Attempts during which a merged forward that Feishu cannot be reached for waits; after
+# them it is mailed with a note instead of its conversation.
+LOOKUP_ATTEMPTS = 3
 # A spool file no row names is removed once this old, looked for at start and this
 # often; a younger one may be a `send-report` in another process, between writing its
 # file and committing its row.
@@ -110,6 +114,7 @@ class Outbox:
         self._state = state
         self._api = api
         self._names = names
+        self._lookups = Lookups(api, names)
         # The action worker polls the state anyway; this only saves it the wait.
         self._actions_queued = actions_queued
         self._now = wall_clock
@@ -345,7 +350,11 @@ class Outbox:
                 date=datetime.fromtimestamp(self._now(), zone),
             )
             return Prepared(mail.recall_subject(original), raw=notice)
-        thread = await self._thread(msg, row)
+        try:
+            msg = await self._lookups.complete(msg, zone, final=row.attempts + 1 >= LOOKUP_ATTEMPTS)
+        except Unreachable as e:
+            raise PrepareError(f"cannot expand the merged forward: {e}", permanent=False) from e
+        thread = await self._thread(msg, row, zone)
         compose = partial(
             mail.forward,
             msg,
@@ -368,7 +377,7 @@ class Outbox:
             large = sum(len(f.data) for f in files) > SPOOL_ABOVE
             return await store(self._state, row.mail_id, subject, forwarded, large)
 
-    async def _thread(self, msg: Message, row: OutboxRow) -> mail.Thread:
+    async def _thread(self, msg: Message, row: OutboxRow, zone: ZoneInfo) -> mail.Thread:
         """A reply's place among the mails these recipients got of its thread."""
         earlier = [
             m for m in dict.fromkeys((msg.root_id, msg.parent_id)) if m and m != msg.message_id
@@ -380,11 +389,12 @@ class Outbox:
         )
         root = outbox.mail_id_for(earlier[0], row.recipients)
         subject = next((s for m, s in found if m == root), None)
-        quote = ""
         replied = self._state.read(partial(messages.get, message_id=earlier[-1]))
         if replied is not None:
             name = await self._names.name("user", replied.sender_open_id)
-            quote = f"{name}: {preview(replied.text)}"
+        else:  # older than the retention, or sent before the bot joined: ask Feishu
+            name, replied = await self._lookups.replied(earlier[-1], zone)
+        quote = f"{name}: {preview(replied.text)}" if replied is not None else ""
         references = tuple(mail.make_message_id(m) for m, _ in found)
         return mail.Thread(references, subject if msg.root_id else None, quote)
 

@@ -1,0 +1,82 @@
+"""Looks up what a message refers to before it is mailed (see expand.py).
+
+Like a name, what is looked up is decoration: a card whose name Feishu will
+not give shows its id, and a merged forward Feishu will not expand is mailed
+with a note saying so. Only a network failure of a first attempt makes the
+mail wait and try again, as a failed download does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import tzinfo
+
+from feishu_mailbot import expand
+from feishu_mailbot.events import Context, content_blocks
+from feishu_mailbot.feishu import FeishuApi, FeishuError
+from feishu_mailbot.model import Forwarded, Message
+from feishu_mailbot.names import NameResolver
+
+log = logging.getLogger("feishu_mailbot.lookups")
+
+
+class Unreachable(Exception):
+    """Feishu could not be asked at all; the caller may try again later."""
+
+
+class Lookups:
+    def __init__(self, api: FeishuApi, names: NameResolver) -> None:
+        self._api = api
+        self._names = names
+
+    async def complete(self, msg: Message, zone: tzinfo, *, final: bool) -> Message:
+        """The message with its merged forward expanded and its shared cards named.
+
+        Raises Unreachable on a network failure unless `final`: then, as on any
+        refusal, the forward keeps its placeholder with a note.
+        """
+        blocks = msg.blocks
+        if msg.msg_type == "merge_forward":
+            blocks = (await self._conversation(msg, zone, final),)
+        cards = expand.shares(blocks)
+        if cards:
+            looked_up = await asyncio.gather(*(self._names.name(c.kind, c.id) for c in cards))
+            blocks = expand.named(
+                blocks, {(c.kind, c.id): n for c, n in zip(cards, looked_up, strict=True)}
+            )
+        return msg if blocks is msg.blocks else replace(msg, blocks=blocks)
+
+    async def _conversation(self, msg: Message, zone: tzinfo, final: bool) -> Forwarded:
+        try:
+            items = await self._api.message_items(msg.message_id)
+        except FeishuError as e:
+            if e.code is None and not final:
+                raise Unreachable(str(e)) from e
+            log.warning("merged forward not expanded: %s", e, extra={"MESSAGE_ID": msg.message_id})
+            reason = f"飞书错误码 {e.code}" if e.code is not None else "无法连接飞书"
+            return Forwarded(note=expand.NOT_EXPANDED.format(reason))
+        users = expand.user_ids(items)
+        looked_up = await asyncio.gather(*(self._names.name("user", u) for u in users))
+        return expand.conversation(
+            items, msg.message_id, dict(zip(users, looked_up, strict=True)), zone
+        )
+
+    async def replied(self, message_id: str, zone: tzinfo) -> tuple[str, Message | None]:
+        """A message not in the state, as Feishu has it: (sender's name, message)."""
+        try:
+            items = await self._api.message_items(message_id)
+        except FeishuError as e:
+            log.info("cannot fetch message %s to quote it: %s", message_id, e)
+            return "", None
+        item = next((i for i in items if i.get("message_id") == message_id), None)
+        if item is None:
+            return "", None
+        kind, sender = expand.sender_of(item)
+        body = item.get("body")
+        content = body.get("content") if isinstance(body, dict) else None
+        msg_type = str(item.get("msg_type") or "")
+        blocks = content_blocks(msg_type, content, Context(expand.mentions_of(item), zone))
+        name = await self._names.name("user", sender) if kind == "user" else expand.APP_SENDER
+        return name, Message("", message_id, "", "", sender, kind, msg_type, 0, blocks)

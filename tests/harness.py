@@ -6,19 +6,77 @@ file the test can read (and that the secret scan in conftest reads too).
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SMTP_USER = "bot"
 SMTP_PASSWORD = "smtp-pass-9f2c"
 TEST_SECRETS = ("test-secret", SMTP_PASSWORD)
+SCREENSHOTS = REPO / "test-output"  # README pictures are copied from here into docs/
+
+
+def mail_html(message: EmailMessage) -> str:
+    """A mail's HTML part with its cid: images inlined as data: URIs, as a client shows it."""
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    html = str(part.get_content())
+    for leaf in message.walk():
+        cid = leaf.get("Content-ID")
+        if cid:
+            data = base64.b64encode(leaf.get_payload(decode=True)).decode()
+            html = html.replace(
+                f"cid:{cid.strip('<>')}", f"data:{leaf.get_content_type()};base64,{data}"
+            )
+    return html
+
+
+def body_of(html: str) -> str:
+    """A mail document's <body> as a <div>, to set several mails on one page."""
+    found = re.search(r"<body([^>]*)>(.*)</body>", html, re.S)
+    return f"<div{found.group(1)}>{found.group(2)}</div>" if found else html
+
+
+def screenshot(html: str, name: str, scratch: Path, size: str = "760,860") -> bytes:
+    """The page as headless Chromium draws it, saved as test-output/<name>.png."""
+    page = scratch / f"{name}.html"
+    page.write_text(html, "utf-8")
+    out = SCREENSHOTS / f"{name}.png"
+    out.parent.mkdir(exist_ok=True)
+    result = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={scratch / f'profile-{name}'}",
+            "--hide-scrollbars",
+            f"--window-size={size}",
+            f"--screenshot={out}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    png = out.read_bytes()
+    assert png.startswith(b"\x89PNG")
+    return png
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:

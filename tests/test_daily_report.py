@@ -16,7 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import REPO, Bot, wait_until
+from tests.harness import REPO, Bot, mail_html, screenshot, wait_until
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -270,46 +270,8 @@ def test_digest_screenshot_in_headless_chromium(tmp_path: Path) -> None:
 
     sample = sample_digest()
     message = reparse(compose(sample.digest, dict(sample.images)))
-    html_part = message.get_body(preferencelist=("html",))
-    assert html_part is not None
-    html = html_part.get_content()
-    for part in message.walk():
-        cid = part.get("Content-ID")
-        if cid:
-            import base64
-
-            data = base64.b64encode(part.get_payload(decode=True)).decode()
-            html = html.replace(
-                f"cid:{cid.strip('<>')}", f"data:{part.get_content_type()};base64,{data}"
-            )
-    page = tmp_path / "digest.html"
-    page.write_text(html, "utf-8")
-    out = REPO / "test-output" / "digest.png"
-    out.parent.mkdir(exist_ok=True)
-    result = subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--hide-scrollbars",
-            "--window-size=760,860",
-            f"--screenshot={out}",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    png = out.read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    png = screenshot(mail_html(message), "digest", tmp_path)
+    assert len(png) > 20_000
 
 
 def test_immediate_mode_mails_each_report_as_it_arrives(

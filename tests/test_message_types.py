@@ -13,20 +13,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import conftest
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import SMTP_PASSWORD, SMTP_USER, Bot, wait_until, write_config
+from tests.harness import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    Bot,
+    body_of,
+    mail_html,
+    screenshot,
+    wait_until,
+    write_config,
+)
 from tests.smtp_server import SmtpServer
+from tests.test_digest import png
 
 EVERYTHING = "- name: all\n  regex: '(?s).'\n  to: [all@example.com]\n"
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)
+CHART = png(480, 120, (245, 74, 69))  # stands in for a failing build's chart
 T0 = "1764558000000"  # 2025-12-01 11:00 in Asia/Shanghai
 T1 = "1764561600000"  # 12:00
 
@@ -177,7 +185,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     emulator.register_user("ou_bob", "Bob")
     emulator.register_user("ou_carol", "李四")
     for key in ("img_post", "img_photo", "img_card", "img_in_forward"):
-        emulator.register_resource(key, PNG, "image/png")
+        emulator.register_resource(key, png(), "image/png")
     emulator.register_resource("file_report", b"%PDF-1.4 report", "application/pdf", "季度报告.pdf")
     emulator.register_resource("file_voice", b"OggS voice", "audio/ogg")
     emulator.register_resource("file_video", b"\x00\x00\x00 ftypmp4", "video/mp4", "测试视频.mp4")
@@ -335,6 +343,81 @@ def test_a_quote_of_a_message_the_bot_never_stored_is_fetched(world: World) -> N
     )
     text, _ = parts(world.mail_for(reply["event"]["message"]["message_id"]))
     assert "> 李四: 旧消息" in text
+
+
+CI_CARD = {  # what a CI bot posts: the card's own JSON, header template red
+    "schema": "2.0",
+    "header": {
+        "title": {"tag": "plain_text", "content": "构建失败：feishu-mailbot #1287"},
+        "subtitle": {"tag": "plain_text", "content": "main 分支 · 提交 26e813d · 耗时 6 分 12 秒"},
+        "template": "red",
+    },
+    "body": {
+        "elements": [
+            {"tag": "markdown", "content": "**失败的任务**：test (py3.11)\n**原因**：2 个测试失败"},
+            {"tag": "markdown", "content": "详情见 [构建日志](https://ci.example.com/b/1287)"},
+            {"tag": "hr"},
+            {"tag": "img", "img_key": "img_chart"},
+            {"tag": "button", "text": {"tag": "plain_text", "content": "重新运行"},
+             "behaviors": [{"type": "callback", "value": {"rerun": 1287}}]},
+            {"tag": "button", "text": {"tag": "plain_text", "content": "打开流水线"},
+             "multi_url": {"url": "https://ci.example.com/p/1287"}},
+        ]
+    },
+}  # fmt: skip
+
+
+def test_readme_pictures_in_headless_chromium(world: World, tmp_path: Path) -> None:
+    """A forwarded card, an expanded merged forward, and a thread of three replies as a
+    mail client shows them: test-output/{card,merged-forward,thread}.png (README)."""
+    emulator = world.emulator
+    emulator.register_resource("img_chart", CHART, "image/png")
+    card = emulator.push_message("oc_team", "ou_alice", "interactive", CI_CARD)
+    card_mail = world.mail_for(card["event"]["message"]["message_id"])
+    assert len(screenshot(mail_html(card_mail), "card", tmp_path, "760,420")) > 20_000
+
+    forward = emulator.push_forward("oc_team", "ou_alice", FORWARD[:5])
+    forward_mail = world.mail_for(forward["event"]["message"]["message_id"])
+    assert len(screenshot(mail_html(forward_mail), "merged-forward", tmp_path, "760,600")) > 20_000
+
+    root = emulator.push_text("oc_team", "ou_alice", "支付接口超时，正在排查")
+    root_id = root["event"]["message"]["message_id"]
+    thread, parent = [world.mail_for(root_id)], root_id
+    for who, text in [("ou_bob", "数据库连接池满了"), ("ou_carol", "已扩容，观察中"),
+                      ("ou_alice", "恢复了，谢谢")]:  # fmt: skip
+        reply = emulator.push_message(
+            "oc_team", who, "text", {"text": text}, root_id=root_id, parent_id=parent
+        )
+        parent = reply["event"]["message"]["message_id"]
+        thread.append(world.mail_for(parent))
+    for n, mail in enumerate(thread[1:], 1):
+        assert str(mail["In-Reply-To"]) == str(thread[n - 1]["Message-ID"])
+        assert str(mail["References"]).split()[0] == str(thread[0]["Message-ID"])
+        assert str(mail["Subject"]) == "Re: " + str(thread[0]["Subject"])
+    assert len(screenshot(thread_page(thread), "thread", tmp_path, "760,990")) > 20_000
+
+
+def thread_page(mails: list[EmailMessage]) -> str:
+    """The mails one under another, each under the headers a client threads them by."""
+    from feishu_mailbot.present import escape
+
+    out = []
+    for n, mail in enumerate(mails):
+        headers = "".join(
+            f"<div><b>{name}:</b> {escape(str(mail[name]))}</div>"
+            for name in ("Subject", "Date", "In-Reply-To")
+            if mail[name] is not None
+        )
+        out.append(
+            f'<div style="margin:0 0 12px {24 * min(n, 1)}px;background:#fff;'
+            'border:1px solid #dee0e3;border-radius:6px">'
+            '<div style="font:12px sans-serif;color:#646a73;padding:8px 12px;'
+            f'border-bottom:1px solid #dee0e3">{headers}</div>{body_of(mail_html(mail))}</div>'
+        )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+        f'<body style="margin:0;padding:12px;background:#f5f6f7">{"".join(out)}</body></html>'
+    )
 
 
 def test_the_case_table_covers_every_type_of_the_document() -> None:

@@ -10,14 +10,18 @@ past the cap and the mail names it instead (mail.Omitted), so a forward of a
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from feishu_mailbot import mime
-from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.model import Download, Resource
-from feishu_mailbot.settings import AttachmentSettings
+from feishu_mailbot import mail, mime, smtp
+from feishu_mailbot.feishu import FeishuApi, FeishuError
+from feishu_mailbot.model import Download, Message, Resource
+from feishu_mailbot.settings import AttachmentSettings, Settings
 from feishu_mailbot.state import State
 from feishu_mailbot.state.outbox import Prepared
+
+log = logging.getLogger("feishu_mailbot.attachments")
 
 # Room kept in a relay's SIZE for the text, HTML and headers around the files.
 BODY_ROOM = 256 * 1024
@@ -66,3 +70,47 @@ async def store(state: State, mail_id: str, subject: str, mail: mime.Mail, large
         return Prepared(subject, raw=mail.render())
     name = await asyncio.to_thread(state.spool.write, mail_id, mail.write)
     return Prepared(subject, spool=name)
+
+
+async def digest_images(
+    api: FeishuApi, settings: Settings, messages: Sequence[Message]
+) -> dict[str, mail.Attachment]:
+    """A digest's images within the attachment caps, by key; one that is not fetched, or
+    is too large, shows as "[图片未能下载]" rather than holding up the digest."""
+    images: dict[str, mail.Attachment] = {}
+    wanted = [r for m in messages for r in m.resources if r.kind == "image"]
+    if not wanted:
+        return images
+    budget = Budget.of(settings.attachments, await _relay_size(settings))
+    for msg in messages:
+        for res in msg.resources:
+            if res.kind != "image" or res.key in images:
+                continue
+            try:
+                got = await download(api, msg.message_id, res, budget)
+            except FeishuError as e:
+                log.warning(
+                    "digest image %s not fetched: %s",
+                    res.key,
+                    e,
+                    extra={"MESSAGE_ID": msg.message_id},
+                )
+                continue
+            if got.data is None:
+                log.warning(
+                    "digest image %s left out: over the attachment caps",
+                    res.key,
+                    extra={"MESSAGE_ID": msg.message_id},
+                )
+                continue
+            [images[res.key]] = mail.attachments_of({res: got})
+    return images
+
+
+async def _relay_size(settings: Settings) -> int | None:
+    """The relay's SIZE, so that a digest it would refuse leaves images out instead."""
+    try:
+        return await asyncio.to_thread(smtp.relay_size, settings.smtp)
+    except smtp.DeliveryError as e:
+        log.warning("digest: the relay's size limit is unknown (%s); using the caps", e)
+        return None

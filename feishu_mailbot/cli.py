@@ -327,8 +327,11 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
         return os.EX_OK
     for request in outcome.requests:
         print(f"daily report: {request.kind} would be queued for {request.payload['day']}")
+    for name in outcome.batches:
+        print(f"rule {name}: collected for its next batch digest")
     if not outcome.deliveries:
-        print("no rule matches: the message would be stored, and no mail sent")
+        if not outcome.batches:
+            print("no rule matches: the message would be stored, and no mail sent")
         return os.EX_OK
     chat = settings.chat(chat_id)
     chat_name = (chat.name if chat else None) or chat_id

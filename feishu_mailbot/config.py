@@ -32,6 +32,7 @@ from feishu_mailbot.settings import (
     MB,
     SEND_MODES,
     AttachmentSettings,
+    Batch,
     Chat,
     FeishuSettings,
     HealthSettings,
@@ -300,7 +301,7 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
     m = _mapping(
         n,
         {"name", "to"},
-        {"chats", "keywords", "regex", "subject", "confirm", "notify_recall"},
+        {"chats", "keywords", "regex", "subject", "confirm", "notify_recall", "batch", "daily"},
     )
     name = _str(m["name"])
     keywords = _list(m["keywords"], _str) if "keywords" in m else ()
@@ -325,6 +326,7 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
     problem = validate_subject_template(subject)
     if problem:
         raise m["subject"].error(problem)
+    batch = _batch(n, m)
     return Rule(
         name=name,
         to=_list(m["to"], _email),
@@ -334,7 +336,36 @@ def _rule(n: _Node, chat_ids: set[str]) -> Rule:
         subject=subject,
         confirm=_bool(m["confirm"]) if "confirm" in m else False,
         notify_recall=_bool(m["notify_recall"]) if "notify_recall" in m else False,
+        batch=batch,
     )
+
+
+_BATCH_UNITS = {"m": 60, "h": 3600}
+
+
+def _batch(n: _Node, m: dict[str, _Node]) -> Batch | None:
+    """`batch: 1h` or `daily: "18:00"`; per-mail settings make no sense for a digest."""
+    if "batch" in m and "daily" in m:
+        raise m["daily"].error("give `batch` or `daily`, not both")
+    if "batch" not in m and "daily" not in m:
+        return None
+    for key in ("subject", "confirm", "notify_recall"):
+        if key in m:
+            raise m[key].error(
+                f"`{key}` is per mail; a rule with `batch` or `daily` sends digests"
+                " (remove it, or the batching)"
+            )
+    if "daily" in m:
+        return Batch(at=_time_of_day(m["daily"]))
+    text = str(_scalar(m["batch"])).strip()
+    found = re.fullmatch(r"(\d+)\s*([mh])", text)
+    seconds = int(found.group(1)) * _BATCH_UNITS[found.group(2)] if found else 0
+    if not found or not 300 <= seconds <= DAY or DAY % seconds:
+        raise m["batch"].error(
+            f"{text!r} is not a batch interval (expected minutes or hours that divide a day,"
+            " from 5m to 24h: 15m, 30m, 1h, 2h, 6h…)"
+        )
+    return Batch(every=float(seconds))
 
 
 _WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}

@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import config, events, health, logs, status, triage
+from feishu_mailbot.batcher import Batcher
 from feishu_mailbot.feishu import (
     CREDENTIAL_ERRORS,
     RECONNECT_MAX,
@@ -79,7 +80,10 @@ class Daemon:
         self.reporter = Reporter(settings, self.state, self.api, self.names)
         self.outbox = Outbox(settings, self.state, self.api, self.names, self.wake_actions)
         self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
-        self.schedule = Schedule(settings, self.state, self.reporter, self.outbox.wake)
+        self.batcher = Batcher(settings, self.state, self.api, self.names)
+        self.schedule = Schedule(
+            settings, self.state, self.reporter, self.outbox.wake, batcher=self.batcher
+        )
         self.housekeeper = Housekeeper(settings, self.state)
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3
@@ -164,6 +168,7 @@ class Daemon:
                 deliveries=accepted.deliveries,
                 now=now,
                 requests=accepted.requests,
+                batches=accepted.batches,
             )
         )
         fields = _fields(accepted.message)
@@ -192,7 +197,12 @@ class Daemon:
                 extra={**fields, "RULE": names},
             )
             self.outbox.wake()
-        else:
+        if accepted.batches:
+            names = ",".join(accepted.batches)
+            log.info(
+                "message collected for the batch of %s", names, extra={**fields, "RULE": names}
+            )
+        if not (accepted.deliveries or accepted.batches):
             log.info("message accepted, no rule matched", extra=fields)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -421,7 +431,8 @@ class Daemon:
             if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
             self.settings = new
-            for part in (self.names, self.reporter, self.schedule, self.housekeeper):
+            parts = (self.names, self.reporter, self.batcher, self.schedule, self.housekeeper)
+            for part in parts:
                 part.settings = new
             self.outbox.reconfigure(new)
             self.actions.reconfigure(new)

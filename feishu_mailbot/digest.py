@@ -28,7 +28,7 @@ from .mail import (
 )
 from .model import Message
 from .present import escape, image_cid, single_line
-from .reports import Digest, Entry, Section, local_time
+from .reports import Digest, Section, local_time
 
 DIGEST_SUBJECT_FIELDS = frozenset({"date", "chat_name", "submitted", "expected", "missing"})
 SUPPLEMENT_TAG = "[补充]"
@@ -145,33 +145,28 @@ def render_text(d: Digest) -> str:
 _TABLE = 'role="presentation" cellpadding="0" cellspacing="0" border="0"'
 
 
-def _entry_html(entry: Entry, d: Digest, first: bool, available: set[str]) -> str:
-    msg = entry.message
+def entry_html(when: str, content: str, first: bool) -> str:
+    """One message in a digest's box: its time (and sender) above its content."""
     divider = "" if first else f"border-top:1px dashed {style.BORDER};"
     return (
         f'<tr><td style="padding:10px 16px;{divider}">'
         f'<div style="font-size:12px;color:{style.MUTED};margin:0 0 4px">'
-        f"{escape(_time_label(msg, d))}</div>"
+        f"{escape(when)}</div>"
         f'<div style="font-size:14px;line-height:1.6;color:{style.TEXT};'
         f'{style.CONTENT}">'
-        f"{present.html(msg.blocks, available)}</div>"
+        f"{content}</div>"
         "</td></tr>"
     )
 
 
-def _section_html(section: Section, d: Digest, available: set[str]) -> str:
-    extra = []
-    if count := _count_label(section):
-        extra.append(count)
-    if section.outsider:
-        extra.append("不在名单中")
+def section_html(name: str, notes: Sequence[str], entries: str) -> str:
+    """A box under a shaded heading (a person's reports, a chat's matches)."""
     note = (
         f' <span style="font-size:12px;font-weight:normal;color:{style.MUTED}">'
-        f"· {escape(' · '.join(extra))}</span>"
-        if extra
+        f"· {escape(' · '.join(notes))}</span>"
+        if notes
         else ""
     )
-    entries = "".join(_entry_html(e, d, i == 0, available) for i, e in enumerate(section.entries))
     return (
         '<tr><td style="padding:16px 24px 0">'
         f'<table {_TABLE} width="100%" style="border:1px solid {style.BORDER};'
@@ -179,9 +174,22 @@ def _section_html(section: Section, d: Digest, available: set[str]) -> str:
         f'<tr><td style="padding:10px 16px;background-color:{style.SHADE};'
         f"border-bottom:1px solid {style.BORDER};border-radius:6px 6px 0 0;"
         f'font-size:15px;font-weight:bold;color:{style.TEXT}">'
-        f"{escape(_section_name(section))}{note}</td></tr>"
+        f"{escape(name)}{note}</td></tr>"
         f"{entries}</table></td></tr>"
     )
+
+
+def _section(section: Section, d: Digest, available: set[str]) -> str:
+    extra = []
+    if count := _count_label(section):
+        extra.append(count)
+    if section.outsider:
+        extra.append("不在名单中")
+    entries = "".join(
+        entry_html(_time_label(e.message, d), present.html(e.message.blocks, available), i == 0)
+        for i, e in enumerate(section.entries)
+    )
+    return section_html(_section_name(section), extra, entries)
 
 
 def _progress_html(d: Digest) -> str:
@@ -206,21 +214,29 @@ def _progress_html(d: Digest) -> str:
     )
 
 
-def _header_html(d: Digest) -> str:
+def header_html(title: str, subtitle: str, figure: str, figure_label: str, extra: str = "") -> str:
+    """The blue band: a title and a line under it, a big figure on the right."""
     return (
         f'<tr><td bgcolor="{style.BLUE}" style="padding:20px 24px;background-color:{style.BLUE};'
         f'border-radius:8px 8px 0 0;color:{style.WHITE}">'
         f'<table {_TABLE} width="100%"><tr>'
         f'<td valign="top" style="color:{style.WHITE}">'
-        f'<div style="font-size:20px;font-weight:bold;line-height:1.3">{escape(_title(d))}</div>'
+        f'<div style="font-size:20px;font-weight:bold;line-height:1.3">{escape(title)}</div>'
         f'<div style="font-size:14px;line-height:1.5;margin-top:4px;color:{style.ON_BLUE}">'
-        f"{escape(_day_label(d.day))} · {escape(_chat_label(d))}</div></td>"
+        f"{escape(subtitle)}</div></td>"
         f'<td valign="top" align="right" style="white-space:nowrap;color:{style.WHITE}">'
         f'<div style="font-size:28px;font-weight:bold;line-height:1.1">'
-        f"{d.submitted}/{d.expected}</div>"
-        f'<div style="font-size:12px;color:{style.ON_BLUE}">已提交</div></td>'
+        f"{escape(figure)}</div>"
+        f'<div style="font-size:12px;color:{style.ON_BLUE}">{escape(figure_label)}</div></td>'
         "</tr></table>"
-        f"{_progress_html(d)}</td></tr>"
+        f"{extra}</td></tr>"
+    )
+
+
+def _header_html(d: Digest) -> str:
+    subtitle = f"{_day_label(d.day)} · {_chat_label(d)}"
+    return header_html(
+        _title(d), subtitle, f"{d.submitted}/{d.expected}", "已提交", _progress_html(d)
     )
 
 
@@ -251,8 +267,13 @@ def render_html(d: Digest, *, title: str, generated: datetime, available: set[st
             f'<tr><td style="padding:24px;font-size:14px;color:{style.MUTED};text-align:center">'
             "这一天还没有收到日报。</td></tr>"
         )
-    body += [_section_html(s, d, available) for s in d.sections]
-    body.append(
+    body += [_section(s, d, available) for s in d.sections]
+    return page(title, body, generated)
+
+
+def page(title: str, rows: Sequence[str], generated: datetime) -> str:
+    """A digest's document: a white card of table rows on a shaded page, and a footer."""
+    footer = (
         f'<tr><td style="padding:20px 24px;font-size:12px;color:{style.MUTED}">'
         f"由 feishu-mailbot 汇总 · {escape(format_when(generated, seconds=False))}</td></tr>"
     )
@@ -267,7 +288,7 @@ def render_html(d: Digest, *, title: str, generated: datetime, available: set[st
         f'<table {_TABLE} width="680" style="width:100%;max-width:680px;'
         f"background-color:{style.WHITE};border:1px solid {style.BORDER};border-collapse:separate;"
         f'border-radius:8px;font-family:{style.FONT};font-size:14px;line-height:1.6;color:{style.TEXT}">\n'
-        + "\n".join(part for part in body if part)
+        + "\n".join(part for part in [*rows, footer] if part)
         + "\n</table>\n</td></tr></table>\n</body></html>\n"
     )
 

@@ -21,9 +21,9 @@ from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import digest, mail, mime, reports, smtp
-from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
-from feishu_mailbot.feishu import FeishuApi, FeishuError
+from feishu_mailbot import digest, mail, mime, reports
+from feishu_mailbot.attachments import SPOOL_ABOVE, digest_images, store
+from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import Message
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.settings import ReportSettings, Settings
@@ -138,42 +138,7 @@ class Reporter:
         return reports.Entry(msg, await self._names.name("user", msg.sender_open_id))
 
     async def _images(self, messages: Sequence[Message]) -> dict[str, mail.Attachment]:
-        """The reports' images within the attachment caps; one that is not fetched, or
-        is too large, shows as "[图片未能下载]" rather than holding up the digest."""
-        images: dict[str, mail.Attachment] = {}
-        wanted = [r for m in messages for r in m.resources if r.kind == "image"]
-        budget = Budget.of(self.settings.attachments, await self._relay_size() if wanted else None)
-        for msg in messages:
-            for res in msg.resources:
-                if res.kind != "image" or res.key in images:
-                    continue
-                try:
-                    got = await download(self._api, msg.message_id, res, budget)
-                except FeishuError as e:
-                    log.warning(
-                        "digest image %s not fetched: %s",
-                        res.key,
-                        e,
-                        extra={"MESSAGE_ID": msg.message_id},
-                    )
-                    continue
-                if got.data is None:
-                    log.warning(
-                        "digest image %s left out: over the attachment caps",
-                        res.key,
-                        extra={"MESSAGE_ID": msg.message_id},
-                    )
-                    continue
-                [images[res.key]] = mail.attachments_of({res: got})
-        return images
-
-    async def _relay_size(self) -> int | None:
-        """The relay's SIZE, so that a digest it would refuse leaves images out instead."""
-        try:
-            return await asyncio.to_thread(smtp.relay_size, self.settings.smtp)
-        except smtp.DeliveryError as e:
-            log.warning("digest: the relay's size limit is unknown (%s); using the caps", e)
-            return None
+        return await digest_images(self._api, self.settings, messages)
 
     async def immediate(self, msg: Message) -> bool:
         """`mode: immediate`: one report, mailed as a digest of its own; False if it was already."""

@@ -68,7 +68,11 @@ def plan(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> t
     same plan (the outbox relies on that for idempotent retries).
     """
     folded = fold(msg.text)
-    matched = [(i, rule) for i, rule in enumerate(rules) if match(rule, msg, folded, slow)]
+    matched = [
+        (i, rule)
+        for i, rule in enumerate(rules)
+        if rule.batch is None and match(rule, msg, folded, slow)
+    ]
     spelling: dict[str, str] = {}
     rules_for: dict[str, list[int]] = {}
     for index, rule in matched:
@@ -96,6 +100,15 @@ def plan(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> t
             )
         )
     return tuple(deliveries)
+
+
+def batched(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> tuple[str, ...]:
+    """The batched rules (`batch:`/`daily:`) the message is collected for, by name."""
+    batching = [rule for rule in rules if rule.batch is not None]
+    if not batching:
+        return ()
+    folded = fold(msg.text)
+    return tuple(rule.name for rule in batching if match(rule, msg, folded, slow))
 
 
 # --------------------------------------------------------------------------- subjects

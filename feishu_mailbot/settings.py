@@ -67,6 +67,15 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """A rule that collects its matches into one digest mail: every `every` seconds
+    (boundaries counted from local midnight), or daily at `at`."""
+
+    every: float = 0.0
+    at: time | None = None
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     to: tuple[str, ...]
@@ -76,6 +85,7 @@ class Rule:
     subject: str = "[{chat_name}] {sender_name}: {preview}"
     confirm: bool = False  # reply in the chat once the mail is sent
     notify_recall: bool = False  # send a short "recalled" mail if recalled after delivery
+    batch: Batch | None = None  # collect matches into digests instead of a mail each
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class Accept:
     deliveries: tuple[Delivery, ...]
     requests: tuple[ActionRequest, ...]
     slow_rules: tuple[str, ...] = ()  # rules whose regex ran out of time: no match
+    batches: tuple[str, ...] = ()  # batched rules that collect the message for a digest
 
 
 Outcome = Drop | Recall | Accept
@@ -43,8 +44,9 @@ def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
         return event
     slow: set[str] = set()
     deliveries = rules.plan(settings.rules, event, slow)
+    batches = rules.batched(settings.rules, event, slow)
     requests = report_requests(event, settings.daily_report, bot_open_id)
-    return Accept(event, deliveries, requests, tuple(sorted(slow)))
+    return Accept(event, deliveries, requests, tuple(sorted(slow)), batches)
 
 
 def report_requests(

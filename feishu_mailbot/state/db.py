@@ -19,7 +19,7 @@ DatabaseError = sqlite3.Error
 #: work. Any other error with a unit of work will repeat on every try.
 Unavailable = sqlite3.OperationalError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 WAL_LIMIT = 4 * 1024 * 1024
 VACUUM_AT_OPEN_MAX = 64 * 1024 * 1024  # a few seconds of VACUUM at most
 
@@ -44,6 +44,19 @@ CREATE TABLE heartbeat (
     since     REAL,
     line      TEXT NOT NULL
 );
+"""
+
+# The matches of batched rules (batches.py); mail_id is the digest that carried one.
+_BATCH_ITEMS = """
+CREATE TABLE batch_items (
+    rule        TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    mail_id     TEXT,
+    PRIMARY KEY (rule, message_id)
+);
+CREATE INDEX batch_items_waiting ON batch_items (rule, received_at) WHERE mail_id IS NULL;
+CREATE INDEX batch_items_message ON batch_items (message_id);
 """
 
 _SCHEMA = (
@@ -133,6 +146,7 @@ CREATE TABLE names (
 """
     + _QUARANTINE
     + _HEARTBEAT
+    + _BATCH_ITEMS
 )
 
 # Step from version N to N+1, for databases made by an older release.
@@ -152,6 +166,7 @@ ALTER TABLE outbox ADD COLUMN spool TEXT;
 UPDATE outbox SET raw = NULL WHERE status = 'sent';
 """,
     5: _HEARTBEAT,
+    6: _BATCH_ITEMS,
 }
 
 

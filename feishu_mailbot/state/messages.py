@@ -23,6 +23,7 @@ from feishu_mailbot.model import (
     message_to_json,
 )
 from feishu_mailbot.state import actions, outbox
+from feishu_mailbot.state import batches as batches_q
 from feishu_mailbot.state.db import Tx
 
 
@@ -70,6 +71,7 @@ def ingest(
     deliveries: Sequence[Delivery],
     now: float,
     requests: Sequence[ActionRequest] = (),
+    batches: Sequence[str] = (),
 ) -> Ingest:
     """Record one accepted message, the mail it asks for and its other work."""
     if not _mark_seen(tx, msg.event_id, now):
@@ -100,6 +102,7 @@ def ingest(
         return Ingest.ALREADY_RECALLED
     for request in requests:
         actions.add(tx, request, msg.message_id, now)
+    batches_q.add(tx, batches, msg.message_id, now)
     return Ingest.NEW
 
 
@@ -124,6 +127,7 @@ def recall(tx: Tx, event: Recall, now: float) -> RecallOutcome | None:
         == 1
     )
     cancelled, notices = outbox.cancel_for_recall(tx, event.message_id, now)
+    cancelled += batches_q.forget(tx, event.message_id)
     return RecallOutcome(known=known, cancelled=cancelled, notices=notices)
 
 

@@ -3,7 +3,8 @@
 `prune` is one batch: the caller repeats it while it returns `limit` rows, so
 that no commit (which acks wait for) carries more than a few hundred
 deletions. Nothing still needed goes: a message stays while mail of it is
-planned, queued or failed (a retry composes from it), and failed mail stays
+planned, queued or failed (a retry composes from it) or while it waits in a
+batch, and failed mail stays
 until the operator drops it or the audit period ends.
 """
 
@@ -37,8 +38,11 @@ _RULES = (
         "messages",
         "received_at < :messages AND planned = 0 AND NOT EXISTS (SELECT 1 FROM outbox o"
         " WHERE o.message_id = messages.message_id AND o.status IN"
-        " ('pending', 'sending', 'failed'))",
+        " ('pending', 'sending', 'failed')) AND NOT EXISTS (SELECT 1 FROM batch_items b"
+        " WHERE b.message_id = messages.message_id AND b.mail_id IS NULL)",
     ),
+    # A waiting match stays until its digest carries it (or its rule is removed).
+    ("batch_items", "mail_id IS NOT NULL AND received_at < :messages"),
     ("outbox", "status IN ('sent', 'cancelled', 'failed', 'dropped') AND created_at < :mail"),
     ("digest_entries", "mail_id IN (SELECT mail_id FROM digests WHERE queued_at < :mail)"),
     ("digests", "queued_at < :mail"),

@@ -1,8 +1,10 @@
-"""The schedule worker: queues a day's digest once its scheduled minute has passed.
+"""The schedule worker: queues a day's digest once its scheduled minute has passed,
+and the digests of batched rules at their boundaries.
 
-`reports.due_days` decides (pure, with catch-up after downtime and clock
-jumps); the digest is recorded in the transaction that queues its mail, so
-each day goes out once however often this looks.
+`reports.due_days` and `batching.boundary` decide (pure, with catch-up after
+downtime and clock jumps); a digest is recorded in the transaction that queues
+its mail, so each day, and each batched match, goes out once however often
+this looks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import reports
+from feishu_mailbot.batcher import Batcher
 from feishu_mailbot.doorbell import Doorbell
 from feishu_mailbot.feishu import FeishuError
 from feishu_mailbot.reporter import Reporter
@@ -34,10 +37,12 @@ class Schedule:
         reporter: Reporter,
         mail_queued: Callable[[], None],
         wall_clock: Callable[[], float] = time.time,
+        batcher: Batcher | None = None,
     ) -> None:
         self.settings = settings
         self._state = state
         self._reporter = reporter
+        self._batcher = batcher
         self._mail_queued = mail_queued  # the outbox polls anyway; this saves it the wait
         self._now = wall_clock
         self._bell = Doorbell()
@@ -51,19 +56,25 @@ class Schedule:
 
     def work_due(self) -> bool:
         rs = self.settings.daily_report
-        return rs is not None and rs.mode == "scheduled"
+        batched = self._batcher is not None and bool(self._batcher.rules())
+        return batched or (rs is not None and rs.mode == "scheduled")
 
     async def run(self) -> None:
         while not self._bell.stopping:
             self._bell.begin_round()
-            try:
-                await self._tick()
-            except FeishuError as e:
-                log.warning("scheduled digest postponed: %s", e)
-            except Exception as e:  # a full disk, a bug: the next tick tries again
-                log.error("scheduled digest postponed: %s: %s", type(e).__name__, e)
-                log.debug("the schedule raised", exc_info=True)
+            for job in (self._batches, self._tick):  # one failing does not hold the other up
+                try:
+                    await job()
+                except FeishuError as e:
+                    log.warning("scheduled digest postponed: %s", e)
+                except Exception as e:  # a full disk, a bug: the next tick tries again
+                    log.error("scheduled digest postponed: %s: %s", type(e).__name__, e)
+                    log.debug("the schedule raised", exc_info=True)
             await self._bell.wait(TICK)
+
+    async def _batches(self) -> None:
+        if self._batcher is not None and await self._batcher.send_due():
+            self._mail_queued()
 
     async def _tick(self) -> None:
         rs = self.settings.daily_report

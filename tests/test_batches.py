@@ -1,0 +1,330 @@
+"""Batched rules: matches collected into digests, each in exactly one, none after a recall.
+
+The boundaries and the mail are pure (batching.py); the simulated day runs the
+shipped Batcher and the real state with an injected clock, restarts in the
+middle and stays down for three hours; the last test is the real daemon under
+libfaketime across an hour boundary, killed and started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from datetime import time as day_time
+from email.message import EmailMessage
+from functools import partial
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from feishu_mailbot import batching, config, triage
+from feishu_mailbot.batcher import Batcher
+from feishu_mailbot.feishu import FeishuApi
+from feishu_mailbot.model import Message, Recall, Text
+from feishu_mailbot.names import NameResolver
+from feishu_mailbot.settings import Batch, Settings
+from feishu_mailbot.state import State, Tx, messages
+from tests.feishu_emulator import FeishuEmulator
+from tests.harness import Bot, write_config
+from tests.smtp_server import SmtpServer
+from tests.test_daily_report import faketime_env
+
+MakeBot = Callable[..., Bot]
+SH = ZoneInfo("Asia/Shanghai")
+HOURLY = """\
+- name: 低优先级
+  keywords: [低优先级]
+  batch: 1h
+  to: [archive@example.com]
+- name: oncall
+  keywords: [故障]
+  to: [oncall@example.com]
+"""
+
+
+# --------------------------------------------------------------------------- pure
+
+
+@pytest.mark.parametrize(
+    ("now", "batch", "due"),
+    [
+        ("10:37", Batch(every=3600), "10:00"),
+        ("11:00", Batch(every=3600), "11:00"),
+        ("00:10", Batch(every=3600), "00:00"),
+        ("17:59", Batch(every=6 * 3600), "12:00"),
+        ("10:44", Batch(every=900), "10:30"),
+        ("18:00", Batch(at=day_time(18)), "18:00"),
+        ("23:00", Batch(at=day_time(18)), "18:00"),
+    ],
+)
+def test_boundaries_are_counted_from_local_midnight(now: str, batch: Batch, due: str) -> None:
+    hour, minute = map(int, now.split(":"))
+    moment = datetime(2026, 12, 1, hour, minute, 7, tzinfo=SH)
+    assert batching.boundary(moment, batch).strftime("%H:%M") == due
+    assert batching.boundary(moment, batch).tzinfo is SH
+
+
+def test_a_daily_boundary_before_its_time_is_yesterdays() -> None:
+    moment = datetime(2026, 12, 1, 17, 59, tzinfo=SH)
+    assert batching.boundary(moment, Batch(at=day_time(18))) == datetime(
+        2026, 11, 30, 18, tzinfo=SH
+    )
+    end = datetime(2026, 12, 1, 18, tzinfo=SH)
+    assert batching.window_start(end, Batch(at=day_time(18))) == datetime(
+        2026, 11, 30, 18, tzinfo=SH
+    )
+    assert batching.window_start(end, Batch(every=3600)) == datetime(2026, 12, 1, 17, tzinfo=SH)
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ("  batch: 7m\n", "not a batch interval"),
+        ("  batch: 2m\n", "not a batch interval"),
+        ("  batch: 25h\n", "not a batch interval"),
+        ("  batch: hourly\n", "not a batch interval"),
+        ('  batch: 1h\n  daily: "18:00"\n', "not both"),
+        ("  batch: 1h\n  notify_recall: true\n", "`notify_recall` is per mail"),
+        ('  daily: "18:00"\n  subject: "{preview}"\n', "`subject` is per mail"),
+        ('  daily: "25:00"\n', "not a time of day"),
+    ],
+)
+def test_bad_batching_is_a_config_error_with_its_line(
+    tmp_path: Path, rule: str, problem: str
+) -> None:
+    rules = "- name: low\n  keywords: [x]\n  to: [a@example.com]\n" + rule
+    path = write_config(tmp_path, feishu_url="http://127.0.0.1:9", smtp_port=9, rules=rules)
+    with pytest.raises(config.ConfigError, match=problem) as raised:
+        config.load(str(path))
+    assert f"{path}:" in str(raised.value)
+
+
+def test_batched_rules_collect_and_others_still_mail(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    msg = message(1, "低优先级：磁盘 80%，故障预警", datetime(2026, 12, 1, 10, 5, tzinfo=SH))
+    accepted = triage.triage(msg, s, "ou_mailbot")
+    assert isinstance(accepted, triage.Accept)
+    assert accepted.batches == ("低优先级",)
+    assert [d.rules for d in accepted.deliveries] == [("oncall",)]
+
+
+def test_the_digest_groups_by_chat_and_thread() -> None:
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=SH)
+    root = message(1, "低优先级：备份慢", at, chat="oc_a")
+    other = message(2, "低优先级：日志多", at + timedelta(minutes=5), chat="oc_b")
+    reply = message(3, "低优先级：已处理", at + timedelta(minutes=9), chat="oc_a", root=root)
+    found = [(root, "张三", "研发群"), (other, "李四", "运维群"), (reply, "Bob", "研发群")]
+    r = batching.build("低优先级", at, at + timedelta(hours=1), found)
+    assert [(c.name, c.count) for c in r.chats] == [("研发群", 2), ("运维群", 1)]
+    assert [len(t) for t in r.chats[0].threads] == [2]  # the reply joined its root
+    text = batching.render_text(r)
+    assert "== 研发群 (2 条) ==" in text and "  ↳ 10:09 Bob" in text
+    assert batching.subject(r) == "[飞书汇总] 低优先级 · 2026-12-01 10:00–11:00 · 3 条"
+    html = batching.render_html(r, generated=at, available=set())
+    assert html.index("研发群") < html.index("已处理") < html.index("运维群")
+
+
+# --------------------------------------------------------------------------- a simulated day
+
+
+def settings(tmp_path: Path, url: str = "http://127.0.0.1:9") -> Settings:
+    return config.load(str(write_config(tmp_path, feishu_url=url, smtp_port=9, rules=HOURLY)))
+
+
+def message(
+    n: int, text: str, at: datetime, chat: str = "oc_team", root: Message | None = None
+) -> Message:
+    return Message(
+        f"ev_{n}", f"om_{n}", chat, "group", "ou_alice", "user", "text",
+        int(at.timestamp() * 1000), (Text(text),),
+        root_id=root.message_id if root else "", parent_id=root.message_id if root else "",
+    )  # fmt: skip
+
+
+def batch_mails(tx: Tx) -> list[tuple[str, bytes]]:
+    rows = tx.execute(  # type: ignore[attr-defined]
+        "SELECT mail_id, raw FROM outbox WHERE kind = 'batch' ORDER BY created_at"
+    ).fetchall()
+    return [(r[0], bytes(r[1])) for r in rows]
+
+
+def carried(tx: Tx) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for mail_id, message_id in tx.execute(  # type: ignore[attr-defined]
+        "SELECT mail_id, message_id FROM batch_items WHERE mail_id IS NOT NULL"
+    ):
+        out.setdefault(message_id, []).append(mail_id)
+    return out
+
+
+def test_a_simulated_day_of_an_hourly_batch(tmp_path: Path, emulator: FeishuEmulator) -> None:
+    """Every 10 minutes three matches and two other messages; every third match recalled
+    before its digest; a restart at 12:35; down from 13:20 to 16:05."""
+    s = settings(tmp_path, emulator.base_url)
+    day = datetime(2026, 12, 1, 0, 0, tzinfo=SH)
+    now = [day.timestamp()]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    matched: list[str] = []
+    recalled: list[str] = []
+    down = (day + timedelta(hours=13, minutes=20), day + timedelta(hours=16, minutes=5))
+    path = tmp_path / "state" / "feishu-mailbot.db"
+
+    def start() -> tuple[State, Batcher]:
+        state = State(path, daemon=True)
+        api = FeishuApi(s.feishu)
+        return state, Batcher(s, state, api, NameResolver(s, state, api, wall_clock=clock), clock)
+
+    async def main() -> None:
+        state, batcher = start()
+        n = 0
+        for step in range(24 * 6 + 1):
+            at = day + timedelta(minutes=10 * step)
+            now[0] = at.timestamp()
+            if down[0] <= at < down[1]:
+                continue  # the bot is off: nothing arrives, nothing is sent
+            if at == day + timedelta(hours=12, minutes=35 - 5):
+                state.close()
+                state, batcher = start()  # a restart: nothing in memory survives
+            if step < 24 * 6:
+                for k in range(5):
+                    n += 1
+                    text = f"低优先级 #{n}：磁盘 80%" if k < 3 else f"闲聊 #{n}"
+                    msg = message(n, text, at + timedelta(seconds=k))
+                    accepted = triage.triage(msg, s, "ou_mailbot")
+                    assert isinstance(accepted, triage.Accept)
+                    await state.write(
+                        partial(
+                            messages.ingest,
+                            msg=msg,
+                            deliveries=accepted.deliveries,
+                            now=now[0] + k,
+                            batches=accepted.batches,
+                        )
+                    )
+                    if accepted.batches:
+                        matched.append(msg.message_id)
+                    if k == 0 and n % 9 == 1:
+                        await state.write(
+                            partial(
+                                messages.recall,
+                                event=Recall(f"ev_r{n}", msg.message_id, "oc_team", 0),
+                                now=now[0] + 4,
+                            )
+                        )
+                        recalled.append(msg.message_id)
+            now[0] += 30  # a schedule tick, half a minute later
+            await batcher.send_due()
+            if step == 30:  # the same tick again, as after a restart: nothing new
+                assert await batcher.send_due() == 0
+        mails = state.read(batch_mails)
+        carriers = state.read(carried)
+        state.close()
+        return mails, carriers
+
+    mails, carriers = asyncio.run(main())
+    assert 0 < len(mails) <= 24
+    assert len(mails) == 24 - 2  # down over 14:00 and 15:00: one catch-up digest at 16:00
+    wanted = [m for m in matched if m not in recalled]
+    assert sorted(carriers) == sorted(wanted)  # every match, recalled ones in none
+    assert all(len(c) == 1 for c in carriers.values())  # each in exactly one
+    bodies = {mail_id: parse(raw) for mail_id, raw in mails}
+    for message_id, [mail_id] in carriers.items():
+        number = message_id.removeprefix("om_")
+        assert f"低优先级 #{number}：" in text_of(bodies[mail_id])
+    for message_id in recalled:
+        number = message_id.removeprefix("om_")
+        assert not any(f"#{number}：" in text_of(b) for b in bodies.values())
+    # Its span is that of what it carries: the matches of 13:00 and 13:10, then the stop.
+    catch_up = [str(b["Subject"]) for b in bodies.values() if "–16:00" in str(b["Subject"])]
+    assert catch_up == ["[飞书汇总] 低优先级 · 2026-12-01 13:00–16:00 · 6 条"]
+
+
+def parse(raw: bytes) -> EmailMessage:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def text_of(mail: EmailMessage) -> str:
+    part = mail.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def test_the_daemon_sends_a_batch_once_across_a_kill_and_a_restart(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    """Matches before 11:00 under libfaketime; killed before the boundary, started after
+    it: one digest with every match but the recalled one; another restart sends nothing."""
+    at = datetime.now(SH).replace(hour=10, minute=59, second=35, microsecond=0)
+    bot = make_bot(rules=HOURLY).start(env=faketime_env(at))
+    keep = [emulator.push_text("oc_team", "ou_alice", f"低优先级：备份慢 {n}") for n in range(2)]
+    gone = emulator.push_text("oc_team", "ou_bob", "低优先级：误报")
+    emulator.push_text("oc_team", "ou_bob", "闲聊")
+    for pushed in (*keep, gone):
+        emulator.wait_ack(pushed)
+    emulator.wait_ack(emulator.push_recall(gone["event"]["message"]["message_id"], "oc_team"))
+    bot.stop(signal.SIGKILL)  # no clean shutdown
+    bot.start(env=faketime_env(at + timedelta(seconds=40)))  # 11:00:15
+    [digest] = smtp.wait_for(1, timeout=30)
+    assert str(digest["To"]) == "archive@example.com"
+    assert str(digest["Subject"]).startswith("[飞书汇总] 低优先级 · ")
+    assert str(digest["Subject"]).endswith("10:00–11:00 · 2 条")
+    body = text_of(digest)
+    assert "备份慢 0" in body and "备份慢 1" in body and "误报" not in body
+    assert "闲聊" not in body
+    bot.stop()
+    bot.start(env=faketime_env(at + timedelta(seconds=60)))
+    time.sleep(11)  # the schedule looks every 5 s: two looks, and nothing to send
+    assert len(smtp.messages) == 1
+    assert bot.stop() == 0
+
+
+def test_waiting_matches_outlive_retention_until_carried_or_their_rule_goes(
+    tmp_path: Path, emulator: FeishuEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention never drops a match its digest has not carried; removing the rule does,
+    and says so."""
+    from feishu_mailbot.state import batches, retention
+
+    s = settings(tmp_path, emulator.base_url)
+    old = datetime(2026, 10, 1, 10, 5, tzinfo=SH)
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    for n in (1, 2):
+        msg = message(n, f"低优先级 #{n}", old)
+        state.write_now(
+            partial(
+                messages.ingest, msg=msg, deliveries=(), now=old.timestamp(), batches=["低优先级"]
+            )
+        )
+    state.write_now(partial(batches.add, rules=["旧规则"], message_id="om_1", now=old.timestamp()))
+    later = (old + timedelta(days=60)).timestamp()
+    cutoffs = retention.Cutoffs(later, later, later)
+
+    def prune_all(tx: Tx) -> int:
+        total = 0
+        while (done := retention.prune(tx, cutoffs, 500).rows) > 0:
+            total += done
+        return total
+
+    state.write_now(prune_all)
+    assert state.read(partial(batches.waiting, rule="低优先级", before=later)) == ["om_1", "om_2"]
+    assert state.read(partial(messages.get, message_id="om_1")) is not None
+
+    api = FeishuApi(s.feishu)
+    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    with caplog.at_level("WARNING", logger="feishu_mailbot.batches"):
+        assert asyncio.run(batcher.send_due()) == 1  # the late digest carries both
+    assert "'旧规则' is no longer a batched rule: 1 matches" in caplog.text
+    state.write_now(prune_all)
+    assert state.read(partial(messages.get, message_id="om_1")) is None  # carried: it may go
+    state.close()

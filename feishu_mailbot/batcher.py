@@ -10,10 +10,11 @@ asks it at every tick.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
@@ -21,12 +22,24 @@ from feishu_mailbot import batching, mail
 from feishu_mailbot.attachments import SPOOL_ABOVE, digest_images, store
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.lookups import Lookups
-from feishu_mailbot.model import Message
+from feishu_mailbot.model import Message, StoredFormError
 from feishu_mailbot.names import NameResolver
-from feishu_mailbot.settings import Rule, Settings
+from feishu_mailbot.settings import DAY, Batch, Rule, Settings
 from feishu_mailbot.state import State, batches, messages
 
 log = logging.getLogger("feishu_mailbot.batches")
+
+# Matches one digest carries at most: a mail stays readable (and within the relay's
+# size); more waiting go out at once in further digests of the same boundary.
+PER_DIGEST = 500
+# A boundary is acted on this long after it: a match stamped just before it may still be
+# in the group commit.
+GRACE = 2.0
+# A match stamped further ahead than this was stamped by a clock since set back: it goes
+# with the next digest rather than wait for that time to come again.
+AHEAD = 60.0
+
+Found = tuple[Message, str, str]  # a match, its sender's name, its chat's name
 
 
 class Batcher:
@@ -44,51 +57,89 @@ class Batcher:
         self._names = names
         self._lookups = Lookups(api, names)
         self._now = wall_clock
-        self._rules_checked: tuple[str, ...] | None = None  # for abandon, at start and reload
+        self._rules_checked: tuple[str, ...] | None = None  # orphans looked for: start, reload
+        self._progress: Callable[[], None] = lambda: None
 
     def rules(self) -> list[Rule]:
         return [r for r in self.settings.rules if r.batch is not None]
 
-    async def send_due(self) -> int:
-        """Queues every batched rule's digest that is due; how many it queued."""
-        await self._abandon()
-        zone = ZoneInfo(self.settings.timezone)
-        now = datetime.fromtimestamp(self._now(), zone)
-        queued = 0
+    async def send_due(self, progress: Callable[[], None] = lambda: None) -> int:
+        """Queues every batched rule's digest that is due; how many it queued.
+
+        `progress` is called for each match read, so that a long digest is not
+        taken for a stalled worker.
+        """
+        self._progress = progress
+        now = datetime.fromtimestamp(self._now(), ZoneInfo(self.settings.timezone))
+        queued = await self._orphans(now)
         for rule in self.rules():
             assert rule.batch is not None
-            end = batching.boundary(now, rule.batch)
-            queued += await self.build(rule, end)
+            end = batching.boundary(now - timedelta(seconds=GRACE), rule.batch)
+            while await self.build(rule, end):
+                queued += 1
         return queued
 
-    async def _abandon(self) -> None:
-        """Matches of a batched rule that was removed (or unbatched) will never be sent."""
+    async def _orphans(self, now: datetime) -> int:
+        """Matches waiting for a rule that is no longer batched go out in one last digest
+        now; those of a rule that is gone are dropped, with a warning."""
         names = tuple(r.name for r in self.rules())
         if names == self._rules_checked:
-            return
-        gone = await self._state.write(partial(batches.abandon, rules=names))
-        for rule, count in gone.items():
+            return 0
+        queued = 0
+        configured = {r.name: r for r in self.settings.rules}
+        for name in sorted(self._state.read(batches.rules_waiting) - set(names)):
+            rule = configured.get(name)
+            if rule is not None:  # `batch:` was taken off: its last digest, at once
+                last = dataclasses.replace(rule, batch=Batch(every=DAY))
+                while await self.build(last, now):
+                    queued += 1
+                continue
+            count = await self._state.write(partial(batches.abandon, rule=name))
             log.warning(
-                "rule %r is no longer a batched rule: %d matches waiting for its digest dropped",
-                rule,
+                "rule %r is gone: %d matches that waited for its batch digest dropped",
+                name,
                 count,
             )
         self._rules_checked = names
+        return queued
+
+    async def _entry(self, message_id: str, end: datetime) -> Found | None:
+        """A match as the digest shows it; None (an error logged) if it cannot be read.
+
+        Lookups are decoration: one that fails leaves the message as stored rather
+        than hold up every digest of the rule.
+        """
+        self._progress()
+        fields = {"MESSAGE_ID": message_id}
+        try:
+            msg = self._state.read(partial(messages.get, message_id=message_id))
+        except StoredFormError as e:
+            log.error("a batched match cannot be read, left out: %s", e, extra=fields)
+            return None
+        if msg is None:  # cannot happen while it waits (retention keeps it)
+            return None
+        try:
+            msg = await self._lookups.complete(msg, end.tzinfo or ZoneInfo("UTC"), final=True)
+        except Exception as e:  # a bug in one message's lookups: show it as stored
+            log.error("a batched match shown as stored, its lookups failed: %s", e, extra=fields)
+        sender = await self._names.name("user", msg.sender_open_id)
+        return msg, sender, await self._names.name("chat", msg.chat_id)
 
     async def build(self, rule: Rule, end: datetime) -> bool:
-        """The digest of the rule's matches received before `end`; False if none wait."""
+        """A digest of the rule's matches received before `end`; False if none was queued."""
         assert rule.batch is not None
-        waiting = self._state.read(partial(batches.waiting, rule=rule.name, before=end.timestamp()))
+        waiting = self._state.read(
+            partial(
+                batches.waiting,
+                rule=rule.name,
+                before=end.timestamp(),
+                limit=PER_DIGEST,
+                after=self._now() + AHEAD,
+            )
+        )
         if not waiting:
             return False
-        found: list[tuple[Message, str, str]] = []
-        for message_id in waiting:
-            msg = self._state.read(partial(messages.get, message_id=message_id))
-            if msg is None:  # cannot happen while it waits (retention keeps it): skip
-                continue
-            msg = await self._lookups.complete(msg, end.tzinfo or ZoneInfo("UTC"), final=True)
-            sender = await self._names.name("user", msg.sender_open_id)
-            found.append((msg, sender, await self._names.name("chat", msg.chat_id)))
+        found = [f for f in [await self._entry(m, end) for m in waiting] if f is not None]
         roundup = batching.build(rule.name, batching.window_start(end, rule.batch), end, found)
         # Unique per set of matches: after a clock jump back, a later digest may share `end`.
         mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"

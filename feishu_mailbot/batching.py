@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 
 from feishu_mailbot import digest, mime, present, style
 from feishu_mailbot.mail import (
@@ -28,22 +28,32 @@ from feishu_mailbot.settings import Batch
 SUBJECT_TAG = "[飞书汇总]"
 
 
+def _step(batch: Batch) -> timedelta:
+    return timedelta(days=1) if batch.at is not None else timedelta(seconds=batch.every)
+
+
+def _aware(wall: datetime, zone: tzinfo | None) -> datetime:
+    """A wall-clock time in `zone`; one that does not exist (a DST gap) moves past it."""
+    return datetime.fromtimestamp(wall.replace(tzinfo=zone).timestamp(), zone)
+
+
 def boundary(now: datetime, batch: Batch) -> datetime:
     """The latest moment at or before `now` (aware) that a digest is due."""
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    wall = now.replace(tzinfo=None)
+    midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
     if batch.at is not None:
         due = midnight.replace(hour=batch.at.hour, minute=batch.at.minute)
-        return due if due <= now else due - timedelta(days=1)
-    # Wall-clock steps from midnight: the same hours every day, DST or not.
-    steps = int((now.replace(tzinfo=None) - midnight.replace(tzinfo=None)).total_seconds())
-    steps -= steps % int(batch.every)
-    return (midnight.replace(tzinfo=None) + timedelta(seconds=steps)).replace(tzinfo=now.tzinfo)
+    else:  # wall-clock steps from midnight: the same hours every day, DST or not
+        seconds = int((wall - midnight).total_seconds())
+        due = midnight + timedelta(seconds=seconds - seconds % int(batch.every))
+    while _aware(due, now.tzinfo).timestamp() > now.timestamp():
+        due -= _step(batch)  # later today, or in a DST gap that is still ahead
+    return _aware(due, now.tzinfo)
 
 
 def window_start(end: datetime, batch: Batch) -> datetime:
     """The boundary before `end`: where a digest due at `end` begins, when on time."""
-    step = timedelta(days=1) if batch.at is not None else timedelta(seconds=batch.every)
-    return (end.replace(tzinfo=None) - step).replace(tzinfo=end.tzinfo)
+    return _aware(end.replace(tzinfo=None) - _step(batch), end.tzinfo)
 
 
 @dataclass(frozen=True)

@@ -239,7 +239,7 @@ def _content(raw: object) -> Mapping[str, Any] | None:
         return None
     try:
         data = json.loads(raw)
-    except ValueError:
+    except ValueError:  # (nested past the parser's stack, it raises: the event is quarantined)
         return None
     return cast(dict[str, Any], data) if isinstance(data, dict) else None
 
@@ -581,11 +581,16 @@ def _card_json(card: Mapping[str, Any], ctx: Context) -> Blocks:
 _LEAVES = ("markdown", "lark_md", "plain_text")
 
 
-def _walk_card(node: object, ctx: Context, out: Blocks) -> None:
+_CARD_DEPTH = 40  # real cards nest a few levels; deeper is junk, not worth a stack
+
+
+def _walk_card(node: object, ctx: Context, out: Blocks, depth: int = 0) -> None:
     """The card's readable leaves in document order, each text leaf its own paragraph."""
+    if depth > _CARD_DEPTH:
+        return
     if isinstance(node, list):
         for item in node:
-            _walk_card(item, ctx, out)
+            _walk_card(item, ctx, out, depth + 1)
         return
     if not isinstance(node, Mapping):
         return
@@ -609,7 +614,7 @@ def _walk_card(node: object, ctx: Context, out: Blocks) -> None:
         return
     for key, value in node.items():
         if key not in ("tag", "behaviors", "value", "confirm"):
-            _walk_card(value, ctx, out)
+            _walk_card(value, ctx, out, depth + 1)
 
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")

@@ -21,6 +21,11 @@ from feishu_mailbot.names import NameResolver
 
 log = logging.getLogger("feishu_mailbot.lookups")
 
+# Replied-to messages fetched for quotes, kept for the replies after them (one thread's
+# replies all quote the same few); a failure is kept too, so an unreachable Feishu costs
+# one timeout, not one per mail.
+QUOTES_KEPT = 256
+
 
 class Unreachable(Exception):
     """Feishu could not be asked at all; the caller may try again later."""
@@ -30,6 +35,7 @@ class Lookups:
     def __init__(self, api: FeishuApi, names: NameResolver) -> None:
         self._api = api
         self._names = names
+        self._quotes: dict[str, tuple[str, Message | None]] = {}
 
     async def complete(self, msg: Message, zone: tzinfo, *, final: bool) -> Message:
         """The message with its merged forward expanded and its shared cards named.
@@ -65,6 +71,13 @@ class Lookups:
 
     async def replied(self, message_id: str, zone: tzinfo) -> tuple[str, Message | None]:
         """A message not in the state, as Feishu has it: (sender's name, message)."""
+        if message_id not in self._quotes:
+            if len(self._quotes) >= QUOTES_KEPT:
+                del self._quotes[next(iter(self._quotes))]  # the oldest
+            self._quotes[message_id] = await self._fetch_replied(message_id, zone)
+        return self._quotes[message_id]
+
+    async def _fetch_replied(self, message_id: str, zone: tzinfo) -> tuple[str, Message | None]:
         try:
             items = await self._api.message_items(message_id)
         except FeishuError as e:

@@ -20,7 +20,7 @@ from datetime import datetime, tzinfo
 from email.utils import format_datetime, parseaddr
 
 from . import mime, style
-from .model import Download, Message, Resource
+from .model import FORWARD_LABEL, Download, Forwarded, Message, Resource, text_of
 from .present import escape, html, image_cid, preview, single_line
 from .rules import render_subject
 
@@ -44,9 +44,11 @@ class Omitted:
     filename: str
     size: int | None  # None: only known to be over `limit`
     limit: int
+    refused: bool = False  # Feishu would not give it (a file inside a merged forward)
 
 
 TOO_LARGE = "附件过大，请在飞书中查看"
+NOT_ATTACHED = "附件未随邮件发送，请在飞书中查看"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ def omitted_lines(files: Sequence[Omitted]) -> list[str]:
     `(本邮件附件已满)` when earlier files took all the room."""
 
     def size(f: Omitted) -> str:
+        if f.refused:
+            return "飞书不提供下载"
         if f.size is not None:
             return _megabytes(f.size)
         return f"超过 {_megabytes(f.limit)}" if f.limit > 0 else "本邮件附件已满"
@@ -262,6 +266,15 @@ def inline_image(att: Attachment, content_id: str, filename: str) -> mime.Leaf:
     )
 
 
+def _headline(msg: Message) -> str:
+    """What a subject previews: a merged forward's first message, not its quoting."""
+    first = msg.blocks[0] if msg.blocks else None
+    if isinstance(first, Forwarded) and first.items:
+        item = first.items[0]
+        return f"{FORWARD_LABEL} {item.sender}: {text_of(item.blocks)}"
+    return msg.text
+
+
 def forward(
     msg: Message,
     *,
@@ -283,7 +296,7 @@ def forward(
         subject_template,
         chat_name=chat_name,
         sender_name=sender_name,
-        preview=preview(msg.text),
+        preview=preview(_headline(msg)),
         rule=rule_names[0] if rule_names else "",
         msg_type=msg.msg_type,
         date=date.strftime("%Y-%m-%d %H:%M"),
@@ -351,8 +364,9 @@ def forward_mail(
     footer = "由 feishu-mailbot 转发" + (f" · 规则: {rules_text}" if rules_text else "")
 
     too_large = omitted_lines(omitted)
+    heading = NOT_ATTACHED if any(f.refused for f in omitted) else TOO_LARGE
     note = "".join(f"\n- {line}" for line in too_large)
-    note = f"\n\n{TOO_LARGE}:{note}" if too_large else ""
+    note = f"\n\n{heading}:{note}" if too_large else ""
     quote = single_line(thread.quote)
     quoted = f"> {quote}\n\n" if quote else ""
     text = f"{chat} · {who} · {when}\n\n{quoted}{msg.text}{note}\n\n-- \n{footer}\n"
@@ -365,7 +379,7 @@ def forward_mail(
         content = f'<blockquote style="{style.QUOTE}">{escape(quote)}</blockquote>' + content
     if too_large:
         items = "".join(f"<li>{escape(line)}</li>" for line in too_large)
-        content += f'<div style="{style.NOTE}">{escape(TOO_LARGE)}:<ul>{items}</ul></div>'
+        content += f'<div style="{style.NOTE}">{escape(heading)}:<ul>{items}</ul></div>'
     document = _html_document(meta, content, escape(footer))
 
     body: mime.Part = mime.Multipart(

@@ -1162,10 +1162,14 @@ class FeishuEmulator:
             return err
         if request.query.get("type") not in ("image", "file"):
             return _error(234001, "Invalid request param.")
-        self.resource_requests.append(
-            (request.match_info["message_id"], request.match_info["file_key"])
-        )
-        resource = self._resources.get(request.match_info["file_key"])
+        key, message_id = request.match_info["file_key"], request.match_info["message_id"]
+        self.resource_requests.append((message_id, key))
+        if self._resources_unsupported(message_id):
+            # 获取消息中的资源文件: "暂不支持获取合并转发消息中的子消息、卡片消息中的资源
+            # 文件。如果请求时传入了合并转发消息或子消息的 ID、卡片消息 ID，则会返回错误码
+            # 234043。"
+            return _error(234043, "Unsupported message type.")
+        resource = self._resources.get(key)
         if resource is None:
             return _error(234003, "File not in msg.", 404)
         data, content_type, filename = resource
@@ -1209,6 +1213,14 @@ class FeishuEmulator:
             return _error(230110, "message not found")  # as for a deleted one
         items = [item, *self._forward_children.get(message_id, ())]
         return _json({"code": 0, "msg": "success", "data": {"items": items}})
+
+    def _resources_unsupported(self, message_id: str) -> bool:
+        item = self._message_items.get(message_id)
+        if item is not None and item["msg_type"] in ("merge_forward", "interactive"):
+            return True
+        return any(
+            c["message_id"] == message_id for cs in self._forward_children.values() for c in cs
+        )
 
     async def _h_user(self, request: web.Request) -> web.Response:
         if (err := self._auth_error(request)) is not None:

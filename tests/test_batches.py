@@ -9,6 +9,7 @@ libfaketime across an hour boundary, killed and started again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import signal
@@ -68,6 +69,19 @@ def test_boundaries_are_counted_from_local_midnight(now: str, batch: Batch, due:
     moment = datetime(2026, 12, 1, hour, minute, 7, tzinfo=SH)
     assert batching.boundary(moment, batch).strftime("%H:%M") == due
     assert batching.boundary(moment, batch).tzinfo is SH
+
+
+def test_a_boundary_in_a_dst_gap_is_never_in_the_future() -> None:
+    """Berlin skips 02:00-03:00 on 2026-03-29: `daily: "02:30"` is due once the gap is over."""
+    berlin = ZoneInfo("Europe/Berlin")
+    batch = Batch(at=day_time(2, 30))
+    for hour, minute in ((3, 0), (3, 29), (3, 31), (12, 0)):
+        now = datetime(2026, 3, 29, hour, minute, tzinfo=berlin)
+        assert batching.boundary(now, batch) <= now
+    assert batching.boundary(datetime(2026, 3, 29, 3, 0, tzinfo=berlin), batch).day == 28
+    assert batching.boundary(datetime(2026, 3, 29, 3, 31, tzinfo=berlin), batch).day == 29
+    hourly = batching.boundary(datetime(2026, 3, 29, 3, 10, tzinfo=berlin), Batch(every=3600))
+    assert hourly == datetime(2026, 3, 29, 3, 0, tzinfo=berlin)
 
 
 def test_a_daily_boundary_before_its_time_is_yesterdays() -> None:
@@ -317,14 +331,87 @@ def test_waiting_matches_outlive_retention_until_carried_or_their_rule_goes(
         return total
 
     state.write_now(prune_all)
-    assert state.read(partial(batches.waiting, rule="低优先级", before=later)) == ["om_1", "om_2"]
+    waiting = partial(batches.waiting, rule="低优先级", before=later, limit=10)
+    assert state.read(waiting) == ["om_1", "om_2"]
     assert state.read(partial(messages.get, message_id="om_1")) is not None
 
     api = FeishuApi(s.feishu)
     batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
     with caplog.at_level("WARNING", logger="feishu_mailbot.batches"):
         assert asyncio.run(batcher.send_due()) == 1  # the late digest carries both
-    assert "'旧规则' is no longer a batched rule: 1 matches" in caplog.text
+    assert (
+        "rule '旧规则' is gone: 1 matches that waited for its batch digest dropped" in caplog.text
+    )
     state.write_now(prune_all)
     assert state.read(partial(messages.get, message_id="om_1")) is None  # carried: it may go
+    state.close()
+
+
+def test_more_matches_than_a_digest_carries_go_out_in_several_at_once(
+    tmp_path: Path, emulator: FeishuEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feishu_mailbot import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "PER_DIGEST", 2)
+    s = settings(tmp_path, emulator.base_url)
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    for n in range(1, 6):
+        state.write_now(
+            partial(
+                messages.ingest,
+                msg=message(n, f"低优先级 #{n}", at),
+                deliveries=(),
+                now=at.timestamp() + n,
+                batches=["低优先级"],
+            )
+        )
+    api = FeishuApi(s.feishu)
+    later = (at + timedelta(hours=1)).timestamp()
+    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    assert asyncio.run(batcher.send_due()) == 3
+    assert sorted(len(v) for v in state.read(carried).values()) == [1] * 5
+    subjects = [str(parse(raw)["Subject"]) for _, raw in state.read(batch_mails)]
+    assert [s.rsplit(" · ", 1)[1] for s in subjects] == ["2 条", "2 条", "1 条"]
+    state.close()
+
+
+def test_a_rule_unbatched_sends_what_waited_and_a_clock_set_back_delays_nothing(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    s = settings(tmp_path, emulator.base_url)
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    stamps = {1: at.timestamp(), 2: at.timestamp() + 7 * 86400}  # 2: a clock a week ahead
+    for n, stamp in stamps.items():
+        state.write_now(
+            partial(
+                messages.ingest,
+                msg=message(n, f"低优先级 #{n}", at),
+                deliveries=(),
+                now=stamp,
+                batches=["低优先级"],
+            )
+        )
+    api = FeishuApi(s.feishu)
+    names = NameResolver(s, state, api)
+    later = (at + timedelta(hours=1)).timestamp()
+    assert asyncio.run(Batcher(s, state, api, names, lambda: later).send_due()) == 1
+    assert sorted(state.read(carried)) == ["om_1", "om_2"]  # the one from "next week" too
+
+    state.write_now(
+        partial(
+            messages.ingest,
+            msg=message(3, "低优先级 #3", at),
+            deliveries=(),
+            now=later,
+            batches=["低优先级"],
+        )
+    )
+    unbatched = dataclasses.replace(
+        s, rules=tuple(dataclasses.replace(r, batch=None) for r in s.rules)
+    )
+    batcher = Batcher(unbatched, state, api, names, lambda: later + 60)
+    assert asyncio.run(batcher.send_due()) == 1  # at once, not at a boundary
+    assert sorted(state.read(carried)) == ["om_1", "om_2", "om_3"]
     state.close()

@@ -301,6 +301,15 @@ def test_a_card_in_its_own_json_shows_header_leaves_and_linked_buttons() -> None
     assert '<a href="https://ci.example.com/42">[打开]</a>' in rendered
 
 
+def test_a_hostile_card_nested_without_end_is_read_not_raised() -> None:
+    deep: dict[str, object] = {"tag": "markdown", "content": "最深处"}
+    for _ in range(200):
+        deep = {"tag": "column_set", "columns": [deep]}
+    m = parse_message(receive("interactive", {"header": {}, "elements": [deep]}))
+    assert "最深处" not in m.text and m.text.startswith("[卡片]")
+    # Nested past what json can read, content is quarantined: test_faults "nested content".
+
+
 def test_times_in_content_are_shown_in_the_team_zone() -> None:
     from zoneinfo import ZoneInfo
 

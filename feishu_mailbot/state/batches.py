@@ -29,26 +29,25 @@ def forget(tx: Tx, message_id: str) -> int:
     ).rowcount
 
 
-def abandon(tx: Tx, rules: Sequence[str]) -> dict[str, int]:
-    """Matches waiting for a rule no longer configured: removed, counted by rule."""
-    marks = ",".join("?" * len(rules))
-    rows = tx.execute(
-        f"SELECT rule, COUNT(*) FROM batch_items WHERE mail_id IS NULL"
-        f" AND rule NOT IN ({marks}) GROUP BY rule",
-        tuple(rules),
-    ).fetchall()
-    tx.execute(
-        f"DELETE FROM batch_items WHERE mail_id IS NULL AND rule NOT IN ({marks})", tuple(rules)
-    )
-    return {r[0]: int(r[1]) for r in rows}
+def rules_waiting(tx: Tx) -> set[str]:
+    """The rules that have matches waiting."""
+    return {r[0] for r in tx.execute("SELECT DISTINCT rule FROM batch_items WHERE mail_id IS NULL")}
 
 
-def waiting(tx: Tx, rule: str, before: float) -> list[str]:
-    """The rule's matches received before `before` and in no digest yet, oldest first."""
+def abandon(tx: Tx, rule: str) -> int:
+    """The matches waiting for a rule no longer configured: removed; how many."""
+    return tx.execute(
+        "DELETE FROM batch_items WHERE mail_id IS NULL AND rule = ?", (rule,)
+    ).rowcount
+
+
+def waiting(tx: Tx, rule: str, before: float, limit: int, after: float | None = None) -> list[str]:
+    """Up to `limit` of the rule's matches in no digest yet, oldest first: those received
+    before `before`, and those stamped after `after` (by a clock that was ahead)."""
     rows = tx.execute(
         "SELECT message_id FROM batch_items WHERE rule = ? AND mail_id IS NULL"
-        " AND received_at < ? ORDER BY received_at, message_id",
-        (rule, before),
+        " AND (received_at < ? OR received_at > ?) ORDER BY received_at, message_id LIMIT ?",
+        (rule, before, after if after is not None else float("inf"), limit),
     ).fetchall()
     return [r[0] for r in rows]
 

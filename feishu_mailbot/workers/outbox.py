@@ -407,8 +407,22 @@ class Outbox:
             try:
                 got = await download(self._api, msg.message_id, res, budget)
             except FeishuError as e:
-                permanent = e.code in CREDENTIAL_ERRORS
-                raise PrepareError(f"cannot fetch {res.kind} {res.key}: {e}", permanent) from e
+                if e.code is None or e.code in CREDENTIAL_ERRORS:  # no answer, or not us
+                    permanent = e.code in CREDENTIAL_ERRORS
+                    raise PrepareError(f"cannot fetch {res.kind} {res.key}: {e}", permanent) from e
+                # Feishu refuses this one (234043: "暂不支持获取合并转发消息中的子消息、卡片
+                # 消息中的资源文件"): the mail goes without it, and says so.
+                log.warning(
+                    "%s %s not given by Feishu, the mail goes without it: %s",
+                    res.kind,
+                    res.key,
+                    e,
+                    extra={"MESSAGE_ID": msg.message_id},
+                )
+                if res.kind != "image":  # a missing image shows in its place already
+                    name = res.name or f"{res.kind}-{res.key}"
+                    omitted.append(mail.Omitted(name, None, 0, refused=True))
+                continue
             downloads[res] = got
             if got.data is None:
                 omitted.append(mail.omission(res, got, limit))

@@ -102,7 +102,8 @@ def ingest(
         return Ingest.ALREADY_RECALLED
     for request in requests:
         actions.add(tx, request, msg.message_id, now)
-    batches_q.add(tx, batches, msg.message_id, now)
+    if batches:
+        batches_q.add(tx, batches, msg.message_id, now)
     return Ingest.NEW
 
 

@@ -1,7 +1,7 @@
 """The state database, and the only code in feishu-mailbot that touches it.
 
 Everything is a query function over an open transaction, grouped by domain
-(`messages`, `outbox`, `actions`, `digests`, `names`), run through one
+(`messages`, `outbox`, `actions`, `digests`, `batches`, `names`), run through one
 `State`: `await write(fn)` (group commit: see group_commit.py) and
 `read(fn)`; `write_now(fn)` commits at once, for code with no event loop.
 Large composed mail lives in `spool` files that outbox rows name.

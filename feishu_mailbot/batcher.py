@@ -10,7 +10,6 @@ asks it at every tick.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.lookups import Lookups
 from feishu_mailbot.model import Message, StoredFormError
 from feishu_mailbot.names import NameResolver
-from feishu_mailbot.settings import DAY, Batch, Rule, Settings
+from feishu_mailbot.settings import Rule, Settings
 from feishu_mailbot.state import State, batches, messages
 
 log = logging.getLogger("feishu_mailbot.batches")
@@ -90,8 +89,7 @@ class Batcher:
         for name in sorted(self._state.read(batches.rules_waiting) - set(names)):
             rule = configured.get(name)
             if rule is not None:  # `batch:` was taken off: its last digest, at once
-                last = dataclasses.replace(rule, batch=Batch(every=DAY))
-                while await self.build(last, now):
+                while await self.build(rule, now, start=now):
                     queued += 1
                 continue
             count = await self._state.write(partial(batches.abandon, rule=name))
@@ -125,9 +123,12 @@ class Batcher:
         sender = await self._names.name("user", msg.sender_open_id)
         return msg, sender, await self._names.name("chat", msg.chat_id)
 
-    async def build(self, rule: Rule, end: datetime) -> bool:
-        """A digest of the rule's matches received before `end`; False if none was queued."""
-        assert rule.batch is not None
+    async def build(self, rule: Rule, end: datetime, start: datetime | None = None) -> bool:
+        """A digest of the rule's matches received before `end`; False if none was queued.
+
+        `start` is where the span it shows begins: the boundary before `end` unless
+        given (and the earliest match's time when that is earlier).
+        """
         waiting = self._state.read(
             partial(
                 batches.waiting,
@@ -140,7 +141,10 @@ class Batcher:
         if not waiting:
             return False
         found = [f for f in [await self._entry(m, end) for m in waiting] if f is not None]
-        roundup = batching.build(rule.name, batching.window_start(end, rule.batch), end, found)
+        if start is None:
+            assert rule.batch is not None
+            start = batching.window_start(end, rule.batch)
+        roundup = batching.build(rule.name, start, end, found)
         # Unique per set of matches: after a clock jump back, a later digest may share `end`.
         mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"
         images = await digest_images(self._api, self.settings, [m for m, _, _ in found])

@@ -12,17 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from functools import partial
 
 from feishu_mailbot import digest, mime, present, style
 from feishu_mailbot.mail import (
     Attachment,
     base_headers,
-    html_with_images,
-    inline_image,
     sanitize_header,
 )
 from feishu_mailbot.model import Message
-from feishu_mailbot.present import image_cid, single_line
+from feishu_mailbot.present import single_line
 from feishu_mailbot.settings import Batch
 
 SUBJECT_TAG = "[飞书汇总]"
@@ -172,19 +171,8 @@ def compose(
     title = subject(r)
     headers = base_headers(subject=title, sender=sender, to=to, message_id=message_id, date=date)
     headers.append(mime.header("X-Feishu-Mailbot-Batch", sanitize_header(r.rule)))
-    keys = [
-        res.key
-        for chat in r.chats
-        for thread in chat.threads
-        for entry in thread
-        for res in entry.message.resources
-        if res.kind == "image" and res.key in images
-    ]
-    used = [(key, images[key]) for key in dict.fromkeys(keys)]
-    available = {image_cid(key) for key, _ in used}
-    document = render_html(r, generated=date, available=available)
-    inline = [inline_image(att, image_cid(key), att.filename) for key, att in used]
-    body = mime.Multipart(
-        "alternative", (mime.text(render_text(r)), html_with_images(document, inline))
+    shown = (e.message for chat in r.chats for thread in chat.threads for e in thread)
+    render = partial(render_html, r, generated=date)
+    return title, digest.assemble(
+        headers, render_text(r), lambda ids: render(available=ids), shown, images
     )
-    return title, mime.Mail(tuple(headers), body)

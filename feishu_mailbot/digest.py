@@ -13,9 +13,10 @@ chat name here, report bodies by present.html.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date as Date
 from datetime import datetime
+from functools import partial
 
 from . import mime, present, style, subjects
 from .mail import (
@@ -296,15 +297,22 @@ def page(title: str, rows: Sequence[str], generated: datetime) -> str:
 # --------------------------------------------------------------------------- mail
 
 
-def _image_keys(d: Digest) -> list[str]:
-    keys = (
-        r.key
-        for s in d.sections
-        for e in s.entries
-        for r in e.message.resources
-        if r.kind == "image"
-    )
-    return list(dict.fromkeys(keys))
+def assemble(
+    headers: Sequence[str],
+    text: str,
+    render: Callable[[set[str]], str],
+    messages: Iterable[Message],
+    images: Mapping[str, Attachment],
+) -> mime.Mail:
+    """A digest's mail: the text, and the HTML `render` makes knowing which Content-IDs
+    are attached, with the messages' downloaded images inline, each once; an image not
+    downloaded shows as a note, and one no message shows is not attached."""
+    keys = (r.key for m in messages for r in m.resources if r.kind == "image" and r.key in images)
+    used = [(key, images[key]) for key in dict.fromkeys(keys)]
+    document = render({image_cid(key) for key, _ in used})
+    inline = [inline_image(att, image_cid(key), att.filename) for key, att in used]
+    body = mime.Multipart("alternative", (mime.text(text), html_with_images(document, inline)))
+    return mime.Mail(tuple(headers), body)
 
 
 def compose_digest(
@@ -332,18 +340,16 @@ def compose_digest(
     headers = base_headers(subject=rendered, sender=sender, to=to, message_id=message_id, date=date)
     headers.append(f"X-Feishu-Mailbot-Report-Day: {d.day.isoformat()}")
 
-    used = [(key, images[key]) for key in _image_keys(d) if key in images]
-    available = {image_cid(key) for key, _ in used}
-    document = render_html(d, title=sanitize_header(rendered), generated=date, available=available)
-    inline = [inline_image(att, image_cid(key), att.filename) for key, att in used]
-    body = mime.Multipart(
-        "alternative", (mime.text(render_text(d)), html_with_images(document, inline))
-    )
-    return sanitize_header(rendered), mime.Mail(tuple(headers), body)
+    title = sanitize_header(rendered)
+    shown = (e.message for section in d.sections for e in section.entries)
+    html = partial(render_html, d, title=title, generated=date)
+    mail = assemble(headers, render_text(d), lambda ids: html(available=ids), shown, images)
+    return title, mail
 
 
 __all__ = [
     "DIGEST_SUBJECT_FIELDS",
+    "assemble",
     "compose_digest",
     "render_digest_subject",
     "render_html",

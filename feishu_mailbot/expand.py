@@ -63,6 +63,13 @@ def user_ids(items: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(found)
 
 
+def item_blocks(item: Mapping[str, Any], zone: tzinfo) -> tuple[Block, ...]:
+    """One item of 获取指定消息的内容 as blocks, parsed as its event's content would be."""
+    body = item.get("body")
+    raw = body.get("content") if isinstance(body, Mapping) else None
+    return content_blocks(str(item.get("msg_type") or ""), raw, Context(mentions_of(item), zone))
+
+
 def mentions_of(item: Mapping[str, Any]) -> tuple[Mention, ...]:
     """Mentions in 获取指定消息的内容's shape: id is a string there, not an object."""
     raw = item.get("mentions")
@@ -107,9 +114,7 @@ def _level(
                 else (Placeholder(TOO_DEEP),)
             )
         else:
-            body = item.get("body")
-            raw = body.get("content") if isinstance(body, Mapping) else None
-            blocks = content_blocks(msg_type, raw, Context(mentions_of(item), zone))
+            blocks = item_blocks(item, zone)
         when = shown_time(item.get("create_time"), zone)
         quoted.append(Quoted(_sender_name(item, names), when, blocks))
     return Forwarded(tuple(quoted), more=max(0, len(children) - MAX_ITEMS))

@@ -14,7 +14,6 @@ from dataclasses import replace
 from datetime import tzinfo
 
 from feishu_mailbot import expand
-from feishu_mailbot.events import Context, content_blocks
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import Forwarded, Message
 from feishu_mailbot.names import NameResolver
@@ -87,9 +86,7 @@ class Lookups:
         if item is None:
             return "", None
         kind, sender = expand.sender_of(item)
-        body = item.get("body")
-        content = body.get("content") if isinstance(body, dict) else None
-        msg_type = str(item.get("msg_type") or "")
-        blocks = content_blocks(msg_type, content, Context(expand.mentions_of(item), zone))
+        blocks = expand.item_blocks(item, zone)
         name = await self._names.name("user", sender) if kind == "user" else expand.APP_SENDER
+        msg_type = str(item.get("msg_type") or "")
         return name, Message("", message_id, "", "", sender, kind, msg_type, 0, blocks)

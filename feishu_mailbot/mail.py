@@ -101,6 +101,11 @@ def omission(res: Resource, got: Download, limit: int) -> Omitted:
     return Omitted(_name(res, got), got.size, limit)
 
 
+def refusal(res: Resource) -> Omitted:
+    """A file Feishu would not give, named as it would have been attached."""
+    return Omitted(_name(res, Download(None, "", None)), None, 0, refused=True)
+
+
 def _megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 

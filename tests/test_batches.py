@@ -415,3 +415,39 @@ def test_a_rule_unbatched_sends_what_waited_and_a_clock_set_back_delays_nothing(
     assert asyncio.run(batcher.send_due()) == 1  # at once, not at a boundary
     assert sorted(state.read(carried)) == ["om_1", "om_2", "om_3"]
     state.close()
+
+
+def test_an_unreadable_match_is_left_out_and_the_digest_goes(
+    tmp_path: Path, emulator: FeishuEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row that cannot be read back (corrupted on disk) must not hold up the rule."""
+    import sqlite3
+
+    s = settings(tmp_path, emulator.base_url)
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    path = tmp_path / "state" / "feishu-mailbot.db"
+    state = State(path, daemon=True)
+    for n in (1, 2):
+        state.write_now(
+            partial(
+                messages.ingest,
+                msg=message(n, f"低优先级 #{n}", at),
+                deliveries=(),
+                now=at.timestamp() + n,
+                batches=["低优先级"],
+            )
+        )
+    db = sqlite3.connect(path)
+    db.execute("UPDATE messages SET body = '{not json' WHERE message_id = 'om_1'")
+    db.commit()
+    db.close()
+    api = FeishuApi(s.feishu)
+    later = (at + timedelta(hours=1)).timestamp()
+    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    with caplog.at_level("ERROR", logger="feishu_mailbot.batches"):
+        assert asyncio.run(batcher.send_due()) == 1
+    assert "a batched match cannot be read, left out" in caplog.text
+    [(_, raw)] = state.read(batch_mails)
+    assert "低优先级 #2" in text_of(parse(raw)) and "低优先级 #1" not in text_of(parse(raw))
+    assert asyncio.run(batcher.send_due()) == 0  # carried: not tried again and again
+    state.close()

@@ -388,6 +388,18 @@ CI_CARD = {  # what a CI bot posts: the card's own JSON, header template red
 }  # fmt: skip
 
 
+def test_a_quote_feishu_will_not_give_is_left_out_once(world: World) -> None:
+    missing = "om_never_seen"
+    world.emulator.fail_message(missing, 230110, "message deleted")
+    for n in range(2):
+        reply = world.emulator.push_message(
+            "oc_team", "ou_bob", "text", {"text": f"回复 {n}"}, root_id=missing, parent_id=missing
+        )
+        text, _ = parts(world.mail_for(reply["event"]["message"]["message_id"]))
+        assert f"回复 {n}" in text and "\n> " not in text  # the mail, without a quote
+    assert world.emulator.rest_calls[f"/open-apis/im/v1/messages/{missing}"] == 1
+
+
 def test_readme_pictures_in_headless_chromium(world: World, tmp_path: Path) -> None:
     """A forwarded card, an expanded merged forward, and a thread of three replies as a
     mail client shows them: test-output/{card,merged-forward,thread}.png (README)."""

@@ -420,8 +420,7 @@ class Outbox:
                     extra={"MESSAGE_ID": msg.message_id},
                 )
                 if res.kind != "image":  # a missing image shows in its place already
-                    name = res.name or f"{res.kind}-{res.key}"
-                    omitted.append(mail.Omitted(name, None, 0, refused=True))
+                    omitted.append(mail.refusal(res))
                 continue
             downloads[res] = got
             if got.data is None:

@@ -65,6 +65,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -119,10 +120,6 @@ _METHOD_DATA = 1
 _AUTH_FAILED = 514
 _EXCEED_CONN_LIMIT = 1000040350
 _SERVICE_ID = 1
-
-
-def _now_ms() -> str:
-    return str(int(time.time() * 1000))
 
 
 def _hex(n: int = 16) -> str:
@@ -243,6 +240,7 @@ class FeishuEmulator:
         self.sent_messages: list[dict[str, Any]] = []
         self.reactions: list[dict[str, Any]] = []
         self.bot_open_id = "ou_mailbot"
+        self._clock_offset = 0.0  # seconds added to the real clock (see run_clock_from)
         # Scopes the app "lacks": calls that need one answer 99991672, as Feishu does.
         self.missing_scopes: set[str] = set()
         self.pushed_events: list[dict[str, Any]] = []
@@ -289,6 +287,16 @@ class FeishuEmulator:
         self._site: web.SockSite | None = None
         self._listen_sock: socket.socket | None = None
         self._stopping = False
+
+    # ------------------------------------------------------------------ clock
+
+    def run_clock_from(self, moment: datetime) -> None:
+        """Stamp create_time etc. as if the clock read `moment` now and ran on from it: as a
+        daemon under libfaketime sees it, so its received and created times agree."""
+        self._clock_offset = moment.timestamp() - time.time()
+
+    def _now_ms(self) -> str:
+        return str(int((time.time() + self._clock_offset) * 1000))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -490,7 +498,7 @@ class FeishuEmulator:
         ``@_user_1``, ``@_user_2``, ... in order (use those keys in the text).
         """
         message_id = message_id or f"om_{_hex(32)}"
-        now = _now_ms()
+        now = self._now_ms()
         feishu_mentions: list[dict[str, Any]] = []
         for i, item in enumerate(mentions or (), start=1):
             if isinstance(item, Mapping):
@@ -607,7 +615,7 @@ class FeishuEmulator:
         """
         message_id = message_id or f"om_{_hex(32)}"
         flat: list[dict[str, Any]] = []
-        self._flatten_forward(message_id, chat_id, children, flat, int(_now_ms()) - 3_600_000)
+        self._flatten_forward(message_id, chat_id, children, flat, int(self._now_ms()) - 3_600_000)
         self._forward_children[message_id] = flat
         return self.push_message(
             chat_id,
@@ -655,8 +663,8 @@ class FeishuEmulator:
         item: dict[str, Any] = {
             "message_id": str(message["message_id"]),
             "msg_type": message.get("message_type", "text"),
-            "create_time": str(message.get("create_time") or _now_ms()),
-            "update_time": str(message.get("create_time") or _now_ms()),
+            "create_time": str(message.get("create_time") or self._now_ms()),
+            "update_time": str(message.get("create_time") or self._now_ms()),
             "deleted": False,
             "updated": False,
             "chat_id": str(message.get("chat_id", "")),
@@ -710,7 +718,7 @@ class FeishuEmulator:
             "event": {
                 "message_id": message_id,
                 "chat_id": chat_id,
-                "recall_time": _now_ms(),
+                "recall_time": self._now_ms(),
                 "recall_type": "message_owner",
             },
         }
@@ -798,7 +806,7 @@ class FeishuEmulator:
         return {
             "event_id": event_id or f"ev_{_hex(32)}",
             "event_type": event_type,
-            "create_time": _now_ms(),
+            "create_time": self._now_ms(),
             "token": "",
             "app_id": self.app_id,
             "tenant_key": self.tenant_key,
@@ -1300,7 +1308,7 @@ class FeishuEmulator:
             "root_id": reply_to or "",
             "parent_id": reply_to or "",
             "msg_type": body.get("msg_type"),
-            "create_time": _now_ms(),
+            "create_time": self._now_ms(),
             "chat_id": chat_id,
             "sender": {"id": self.app_id, "id_type": "app_id", "sender_type": "app"},
             "body": {"content": raw},
@@ -1342,7 +1350,7 @@ class FeishuEmulator:
         data = {
             "reaction_id": f"r_{len(self.reactions)}",
             "operator": {"operator_id": self.app_id, "operator_type": "app"},
-            "action_time": _now_ms(),
+            "action_time": self._now_ms(),
             "reaction_type": {"emoji_type": emoji},
         }
         return _json({"code": 0, "msg": "success", "data": data})

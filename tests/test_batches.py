@@ -280,6 +280,7 @@ def test_the_daemon_sends_a_batch_once_across_a_kill_and_a_restart(
     """Matches before 11:00 under libfaketime; killed before the boundary, started after
     it: one digest with every match but the recalled one; another restart sends nothing."""
     at = datetime.now(SH).replace(hour=10, minute=59, second=35, microsecond=0)
+    emulator.run_clock_from(at)  # Feishu's create_time agrees with the daemon's clock
     bot = make_bot(rules=HOURLY).start(env=faketime_env(at))
     keep = [emulator.push_text("oc_team", "ou_alice", f"低优先级：备份慢 {n}") for n in range(2)]
     gone = emulator.push_text("oc_team", "ou_bob", "低优先级：误报")

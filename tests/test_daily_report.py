@@ -223,7 +223,8 @@ def test_scheduled_digest_goes_once_and_catches_up_after_downtime(
         emulator,
         extra=report_config("scheduled", f'at: "23:00"\nweekdays: [{weekday}]\n'),
     )
-    # The daemon's clock starts 8 s before the scheduled minute.
+    # The daemon's clock starts 8 s before the scheduled minute; Feishu's agrees.
+    emulator.run_clock_from(at - timedelta(seconds=8))
     bot.start(env=faketime_env(at - timedelta(seconds=8)))
     emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "日报 按时发送的一天"))
     [scheduled] = smtp.wait_for(1, timeout=40)
@@ -250,6 +251,7 @@ def test_catch_up_when_stopped_across_the_scheduled_minute(
         emulator,
         extra=report_config("scheduled", f'at: "22:00"\nweekdays: [{weekday}]\n'),
     )
+    emulator.run_clock_from(at - timedelta(minutes=10))
     bot.start(env=faketime_env(at - timedelta(minutes=10)))
     emulator.wait_ack(emulator.push_text("oc_team", "ou_carol", "日报 停机前提交"))
     bot.stop()  # down across 22:00

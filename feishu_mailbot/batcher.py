@@ -54,7 +54,7 @@ class Batcher:
         self._state = state
         self._api = api
         self._names = names
-        self._lookups = Lookups(api, names)
+        self._lookups = Lookups(api, names, wall_clock)
         self._now = wall_clock
         self._rules_checked: tuple[str, ...] | None = None  # orphans looked for: start, reload
         self._progress: Callable[[], None] = lambda: None

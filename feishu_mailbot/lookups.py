@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import tzinfo
 
 from feishu_mailbot import expand
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import Forwarded, Message
-from feishu_mailbot.names import NameResolver
+from feishu_mailbot.names import RETRY_SECONDS, NameResolver
 
 log = logging.getLogger("feishu_mailbot.lookups")
 
 # Replied-to messages fetched for quotes, kept for the replies after them (one thread's
-# replies all quote the same few); a failure is kept too, so an unreachable Feishu costs
-# one timeout, not one per mail.
+# replies all quote the same few). A failure is kept for RETRY_SECONDS, as a failed name
+# is, so an unreachable Feishu costs one timeout, not one per mail, and a healed one is
+# asked again.
 QUOTES_KEPT = 256
 
 
@@ -31,10 +34,14 @@ class Unreachable(Exception):
 
 
 class Lookups:
-    def __init__(self, api: FeishuApi, names: NameResolver) -> None:
+    def __init__(
+        self, api: FeishuApi, names: NameResolver, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self._api = api
         self._names = names
-        self._quotes: dict[str, tuple[str, Message | None]] = {}
+        self._now = wall_clock
+        # message id → (sender's name, message or None on failure, valid until)
+        self._quotes: dict[str, tuple[str, Message | None, float]] = {}
 
     async def complete(self, msg: Message, zone: tzinfo, *, final: bool) -> Message:
         """The message with its merged forward expanded and its shared cards named.
@@ -70,11 +77,17 @@ class Lookups:
 
     async def replied(self, message_id: str, zone: tzinfo) -> tuple[str, Message | None]:
         """A message not in the state, as Feishu has it: (sender's name, message)."""
-        if message_id not in self._quotes:
-            if len(self._quotes) >= QUOTES_KEPT:
-                del self._quotes[next(iter(self._quotes))]  # the oldest
-            self._quotes[message_id] = await self._fetch_replied(message_id, zone)
-        return self._quotes[message_id]
+        now = self._now()
+        kept = self._quotes.get(message_id)
+        if kept is not None and kept[2] > now:
+            return kept[0], kept[1]
+        self._quotes.pop(message_id, None)
+        if len(self._quotes) >= QUOTES_KEPT:
+            del self._quotes[next(iter(self._quotes))]  # the oldest
+        name, found = await self._fetch_replied(message_id, zone)
+        until = float("inf") if found is not None else now + RETRY_SECONDS
+        self._quotes[message_id] = (name, found, until)
+        return name, found
 
     async def _fetch_replied(self, message_id: str, zone: tzinfo) -> tuple[str, Message | None]:
         try:

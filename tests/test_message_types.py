@@ -10,14 +10,22 @@ which the emulator serves with the nested tree.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from feishu_mailbot import config
+from feishu_mailbot.feishu import FeishuApi
+from feishu_mailbot.lookups import Lookups
+from feishu_mailbot.model import Text
+from feishu_mailbot.names import RETRY_SECONDS, NameResolver
+from feishu_mailbot.state import State
 from tests import conftest
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import (
@@ -398,6 +406,43 @@ def test_a_quote_feishu_will_not_give_is_left_out_once(world: World) -> None:
         text, _ = parts(world.mail_for(reply["event"]["message"]["message_id"]))
         assert f"回复 {n}" in text and "\n> " not in text  # the mail, without a quote
     assert world.emulator.rest_calls[f"/open-apis/im/v1/messages/{missing}"] == 1
+
+
+def test_a_quote_feishu_could_not_give_is_asked_for_again_later(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """Feishu unreachable: the replies meanwhile go without the quote for one call; once
+    RETRY_SECONDS have passed it is asked again, and what it then gives is kept."""
+    s = config.load(str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9)))
+    emulator.register_user("ou_carol", "李四")
+    old = emulator.build_message_event("oc_team", "ou_carol", "text", {"text": "旧消息"})
+    old_id = old["event"]["message"]["message_id"]
+    emulator.remember_message(old)
+    emulator.fail_message(old_id, -1)  # the connection drops
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    now = [1_800_000_000.0]
+    api = FeishuApi(s.feishu)
+    lookups = Lookups(api, NameResolver(s, state, api, lambda: now[0]), lambda: now[0])
+    zone = ZoneInfo("Asia/Shanghai")
+
+    async def main() -> None:
+        assert await lookups.replied(old_id, zone) == ("", None)
+        asked = emulator.rest_calls[f"/open-apis/im/v1/messages/{old_id}"]
+        now[0] += RETRY_SECONDS - 1
+        assert await lookups.replied(old_id, zone) == ("", None)  # kept: no second call
+        assert emulator.rest_calls[f"/open-apis/im/v1/messages/{old_id}"] == asked
+        emulator.fail_message(old_id, None)  # Feishu is back
+        now[0] += 2
+        name, found = await lookups.replied(old_id, zone)
+        assert name == "李四" and found is not None and found.blocks == (Text("旧消息"),)
+        now[0] += 30 * 86400
+        assert await lookups.replied(old_id, zone) == (name, found)  # kept while in the cache
+        assert emulator.rest_calls[f"/open-apis/im/v1/messages/{old_id}"] == asked + 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        state.close()
 
 
 def test_readme_pictures_in_headless_chromium(world: World, tmp_path: Path) -> None:

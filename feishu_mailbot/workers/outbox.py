@@ -114,7 +114,7 @@ class Outbox:
         self._state = state
         self._api = api
         self._names = names
-        self._lookups = Lookups(api, names)
+        self._lookups = Lookups(api, names, wall_clock)
         # The action worker polls the state anyway; this only saves it the wait.
         self._actions_queued = actions_queued
         self._now = wall_clock

@@ -27,7 +27,7 @@ define apt_ensure
 	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 endef
 
-.PHONY: all setup test lint demo deb bench clean
+.PHONY: all setup test test-hours lint demo deb bench clean
 
 all: test
 
@@ -48,6 +48,19 @@ lint: setup
 # The system test (tests/system) installs the freshly built .deb on a real systemd.
 test: setup lint deb
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory test-hours
+
+# What depends on the hour (report days, digest spans, batch boundaries) once more with
+# the whole test process, emulator and daemons under libfaketime, at hours a run would
+# otherwise meet only by chance: 00:30 Shanghai (a new date, still yesterday's report
+# day) and 09:30 (the batch test fakes 10:59 the same day, ahead of Feishu's clock).
+HOUR_TESTS := tests/test_daily_report.py tests/test_batches.py tests/test_reports.py \
+	tests/test_digest.py
+FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+test-hours: setup
+	@for utc in 16:30 01:30; do echo "pytest at $$utc UTC (libfaketime): $(HOUR_TESTS)"; \
+	    LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="@$$(date -u +%F) $$utc:00" \
+	    $(PY) -m pytest -q -p no:cacheprovider $(HOUR_TESTS) || exit 1; done
 
 demo: setup
 	$(PY) -m tests.demo

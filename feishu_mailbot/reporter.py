@@ -130,7 +130,7 @@ class Reporter:
             sender=self.settings.smtp.sender,
             to=rs.recipients,
             message_id=mail.make_message_id(mail_id),
-            date=datetime.now(ZoneInfo(rs.timezone)),
+            date=datetime.fromtimestamp(self._now(), ZoneInfo(rs.timezone)),
             images=images,
         )
 

@@ -184,6 +184,32 @@ def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
     assert [r["message_id"] for r in emulator.reactions] == ["om_1", "om_2"]
 
 
+def test_a_digest_is_dated_by_the_reporter_s_clock(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """The Date header comes from the clock the reporter is given, as its other times do."""
+    s = settings(tmp_path, emulator, extra=REPORTS)
+    at = 1_764_583_200.0  # 2025-12-01 18:00 in Asia/Shanghai
+
+    async def main() -> bytes:
+        state = State(tmp_path / "state.db", daemon=True)
+        api = FeishuApi(s.feishu)
+        names = NameResolver(s, state, api, wall_clock=lambda: at)
+        reporter = Reporter(s, state, api, names, wall_clock=lambda: at)
+        report = message(1, "日报 第一份")
+        await state.write(partial(messages.ingest, msg=report, deliveries=(), now=at))
+        assert (await reporter.build(date(2025, 12, 1))).queued
+        [(raw,)] = state.read(
+            lambda tx: tx.execute("SELECT raw FROM outbox WHERE kind = 'digest'").fetchall()
+        )
+        await api.close()
+        state.close()
+        return bytes(raw)
+
+    digest = email.message_from_bytes(asyncio.run(main()), policy=email.policy.default)
+    assert digest["Date"].datetime.timestamp() == at
+
+
 def test_ids_from_events_stay_one_path_segment(emulator: FeishuEmulator) -> None:
     """A key with '/', '?' or a control character must not change the endpoint asked."""
     tricky = "img/../../bot/v3/info?x=1\x7f"

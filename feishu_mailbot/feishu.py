@@ -124,6 +124,15 @@ SCOPE_ERRORS = {99991672, 99991679}
 CREDENTIAL_ERRORS = {10003, 10014, 99991661, 99991663, 99991664, 99991665}
 
 
+def refused(e: FeishuError) -> bool:
+    """Whether Feishu answered about the message or resource itself, so asking again
+    gets the same answer: the im API's own codes, 230xxx for messages (deleted, no
+    permission) and 234xxx for their resources (234043: a card's or a forwarded
+    message's). Any other code (a rate limit, a missing scope, a server error) is
+    about the call, and the call is worth making again."""
+    return e.code is not None and e.code // 1000 in (230, 234)
+
+
 @dataclass
 class ConnectionState:
     """What the long connection has been doing; read by the health model and STATUS."""

@@ -2,8 +2,8 @@
 
 Like a name, what is looked up is decoration: a card whose name Feishu will
 not give shows its id, and a merged forward Feishu will not expand is mailed
-with a note saying so. Only a network failure of a first attempt makes the
-mail wait and try again, as a failed download does.
+with a note saying so. Only a failure of the call itself (no answer, a rate
+limit) makes the mail wait and try again, as a failed download does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import tzinfo
 
 from feishu_mailbot import expand
-from feishu_mailbot.feishu import FeishuApi, FeishuError
+from feishu_mailbot.feishu import FeishuApi, FeishuError, refused
 from feishu_mailbot.model import Forwarded, Message
 from feishu_mailbot.names import RETRY_SECONDS, NameResolver
 
@@ -64,7 +64,7 @@ class Lookups:
         try:
             items = await self._api.message_items(msg.message_id)
         except FeishuError as e:
-            if e.code is None and not final:
+            if not refused(e) and not final:  # no answer, a rate limit: later
                 raise Unreachable(str(e)) from e
             log.warning("merged forward not expanded: %s", e, extra={"MESSAGE_ID": msg.message_id})
             reason = f"飞书错误码 {e.code}" if e.code is not None else "无法连接飞书"

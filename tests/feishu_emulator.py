@@ -265,7 +265,8 @@ class FeishuEmulator:
         # forward's children (flat, each naming its upper_message_id), in order.
         self._message_items: dict[str, dict[str, Any]] = {}
         self._forward_children: dict[str, list[dict[str, Any]]] = {}
-        self._message_errors: dict[str, tuple[int, str]] = {}
+        self._message_errors: dict[str, tuple[int, str, int]] = {}
+        self._resource_errors: dict[str, tuple[int, str, int]] = {}
         self.resource_requests: list[tuple[str, str]] = []  # (message_id, file_key) asked for
         # Internal state, owned by the emulator loop.
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
@@ -700,14 +701,33 @@ class FeishuEmulator:
         self._message_items[item["message_id"]] = item
 
     def fail_message(
-        self, message_id: str, code: int | None = 230110, msg: str = "message deleted"
+        self,
+        message_id: str,
+        code: int | None = 230110,
+        msg: str = "message deleted",
+        status: int = 400,
     ) -> None:
         """GET message for `message_id` answers this Feishu error from now on; code -1
         drops the connection instead, as a network failure would. None heals it."""
         if code is None:
             self._message_errors.pop(message_id, None)
         else:
-            self._message_errors[message_id] = (code, msg)
+            self._message_errors[message_id] = (code, msg, status)
+
+    def fail_resource(
+        self,
+        file_key: str,
+        code: int | None = 99991400,
+        msg: str = "request trigger frequency limit",
+        status: int = 429,
+    ) -> None:
+        """The resource `file_key` answers this error from now on, as fail_message does;
+        the default is the rate limit of 频控策略 ("HTTP/1.1 429 Too Many Requests",
+        code 99991400)."""
+        if code is None:
+            self._resource_errors.pop(file_key, None)
+        else:
+            self._resource_errors[file_key] = (code, msg, status)
 
     def push_recall(
         self, message_id: str, chat_id: str, *, event_id: str | None = None
@@ -1165,6 +1185,13 @@ class FeishuEmulator:
         self.token_count += 1
         return _json({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": 7200})
 
+    @staticmethod
+    def _failure(request: web.Request, code: int, msg: str, status: int) -> web.Response:
+        if code == -1 and request.transport is not None:
+            request.transport.abort()
+            raise ConnectionResetError("dropped, as asked")
+        return _error(code, msg, status)
+
     async def _h_resource(self, request: web.Request) -> web.StreamResponse:
         if (err := self._auth_error(request)) is not None:
             return err
@@ -1172,6 +1199,8 @@ class FeishuEmulator:
             return _error(234001, "Invalid request param.")
         key, message_id = request.match_info["file_key"], request.match_info["message_id"]
         self.resource_requests.append((message_id, key))
+        if key in self._resource_errors:
+            return self._failure(request, *self._resource_errors[key])
         if self._resources_unsupported(message_id):
             # 获取消息中的资源文件: "暂不支持获取合并转发消息中的子消息、卡片消息中的资源
             # 文件。如果请求时传入了合并转发消息或子消息的 ID、卡片消息 ID，则会返回错误码
@@ -1211,11 +1240,7 @@ class FeishuEmulator:
             return err
         message_id = request.match_info["message_id"]
         if message_id in self._message_errors:
-            code, msg = self._message_errors[message_id]
-            if code == -1 and request.transport is not None:
-                request.transport.abort()
-                raise ConnectionResetError("dropped, as asked")
-            return _error(code, msg)
+            return self._failure(request, *self._message_errors[message_id])
         item = self._message_items.get(message_id)
         if item is None:
             return _error(230110, "message not found")  # as for a deleted one

@@ -328,6 +328,31 @@ def test_a_forward_waits_out_a_network_failure_then_falls_back(world: World) -> 
     assert "cannot expand the merged forward" in world.bot.current_log()
 
 
+def test_a_rate_limit_makes_the_mail_wait_and_go_out_whole(world: World) -> None:
+    """频控策略's 429 / 99991400 is about the call, not the message: the file and the
+    forwarded conversation are asked for again, not left out of the mail."""
+    emulator = world.emulator
+    emulator.register_resource("file_limited", b"%PDF-1.4 limited", "application/pdf", "限流.pdf")
+    emulator.fail_resource("file_limited")
+    forward_id = "om_forward_limited"
+    emulator.fail_message(forward_id, 99991400, "request trigger frequency limit", 429)
+    pushed = emulator.push_message(
+        "oc_team", "ou_alice", "file", {"file_key": "file_limited", "file_name": "限流.pdf"}
+    )
+    emulator.push_forward("oc_team", "ou_alice", FORWARD[:1], message_id=forward_id)
+    file_id = pushed["event"]["message"]["message_id"]
+    wait_until(lambda: (file_id, "file_limited") in emulator.resource_requests, 15, "a download")
+    wait_until(
+        lambda: emulator.rest_calls[f"/open-apis/im/v1/messages/{forward_id}"] >= 1, 15, "a GET"
+    )
+    emulator.fail_resource("file_limited", None)
+    emulator.fail_message(forward_id, None)
+    files = [p.get_filename() for p in world.mail_for(file_id).iter_attachments()]
+    assert files == ["限流.pdf"]
+    text, _ = parts(world.mail_for(forward_id))
+    assert "线上 500 了，谁在看？" in text and "飞书错误码" not in text
+
+
 def test_a_forward_is_cut_at_the_caps(world: World) -> None:
     many = [
         {"sender": "ou_bob", "msg_type": "text", "content": {"text": f"第 {n} 条"}}

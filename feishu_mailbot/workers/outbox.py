@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from feishu_mailbot import mail
 from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.doorbell import Doorbell, rounds
-from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError
+from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
 from feishu_mailbot.lookups import Lookups, Unreachable
 from feishu_mailbot.model import ActionRequest, Download, Message, Resource
 from feishu_mailbot.names import NameResolver
@@ -407,7 +407,7 @@ class Outbox:
             try:
                 got = await download(self._api, msg.message_id, res, budget)
             except FeishuError as e:
-                if e.code is None or e.code in CREDENTIAL_ERRORS:  # no answer, or not us
+                if not refused(e):  # no answer, a rate limit, not us: the mail waits
                     permanent = e.code in CREDENTIAL_ERRORS
                     raise PrepareError(f"cannot fetch {res.kind} {res.key}: {e}", permanent) from e
                 # Feishu refuses this one (234043: "暂不支持获取合并转发消息中的子消息、卡片

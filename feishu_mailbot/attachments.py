@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from feishu_mailbot import mail, mime, smtp
@@ -73,10 +73,14 @@ async def store(state: State, mail_id: str, subject: str, mail: mime.Mail, large
 
 
 async def digest_images(
-    api: FeishuApi, settings: Settings, messages: Sequence[Message]
+    api: FeishuApi,
+    settings: Settings,
+    messages: Sequence[Message],
+    progress: Callable[[], None] = lambda: None,
 ) -> dict[str, mail.Attachment]:
     """A digest's images within the attachment caps, by key; one that is not fetched, or
-    is too large, shows as "[图片未能下载]" rather than holding up the digest."""
+    is too large, shows as "[图片未能下载]" rather than holding up the digest. `progress`
+    is called for each, so that many slow downloads are not taken for a stalled worker."""
     images: dict[str, mail.Attachment] = {}
     wanted = [r for m in messages for r in m.resources if r.kind == "image"]
     if not wanted:
@@ -86,6 +90,7 @@ async def digest_images(
         for res in msg.resources:
             if res.kind != "image" or res.key in images:
                 continue
+            progress()
             try:
                 got = await download(api, msg.message_id, res, budget)
             except FeishuError as e:

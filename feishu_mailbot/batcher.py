@@ -147,7 +147,9 @@ class Batcher:
         roundup = batching.build(rule.name, start, end, found)
         # Unique per set of matches: after a clock jump back, a later digest may share `end`.
         mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"
-        images = await digest_images(self._api, self.settings, [m for m, _, _ in found])
+        images = await digest_images(
+            self._api, self.settings, [m for m, _, _ in found], self._progress
+        )
         subject, composed = batching.compose(
             roundup,
             sender=self.settings.smtp.sender,

@@ -29,8 +29,10 @@ from feishu_mailbot.batcher import Batcher
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import Message, Recall, Text
 from feishu_mailbot.names import NameResolver
+from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Batch, Settings
 from feishu_mailbot.state import State, Tx, messages
+from feishu_mailbot.workers.schedule import Schedule
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, write_config
 from tests.smtp_server import SmtpServer
@@ -452,3 +454,48 @@ def test_an_unreadable_match_is_left_out_and_the_digest_goes(
     assert "低优先级 #2" in text_of(parse(raw)) and "低优先级 #1" not in text_of(parse(raw))
     assert asyncio.run(batcher.send_due()) == 0  # carried: not tried again and again
     state.close()
+
+
+def test_the_schedule_shows_progress_while_a_slow_digest_is_built(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """Every match read is progress: a digest slower than worker_stall_after (Feishu slow
+    to name its senders) must not look like a stalled worker, or the watchdog restarts
+    the daemon, and the rebuilt digest stalls again."""
+    s = settings(tmp_path, emulator.base_url)
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    later = (at + timedelta(hours=1)).timestamp()
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    for n in range(1, 5):
+        emulator.register_user(f"ou_member{n}", f"成员{n}")
+        msg = dataclasses.replace(message(n, f"低优先级 #{n}", at), sender_open_id=f"ou_member{n}")
+        state.write_now(
+            partial(
+                messages.ingest, msg=msg, deliveries=(), now=at.timestamp() + n,
+                batches=["低优先级"],
+            )
+        )  # fmt: skip
+    emulator.set_slow(0.3)  # each name: 0.3 s
+
+    async def main() -> list[float]:
+        api = FeishuApi(s.feishu)
+        names = NameResolver(s, state, api, wall_clock=lambda: later)
+        batcher = Batcher(s, state, api, names, lambda: later)
+        reporter = Reporter(s, state, api, names, wall_clock=lambda: later)
+        schedule = Schedule(s, state, reporter, lambda: None, lambda: later, batcher)
+        task = asyncio.create_task(schedule.run())
+        first = "/open-apis/contact/v3/users/ou_member1"
+        while not emulator.rest_calls[first]:
+            await asyncio.sleep(0.01)
+        seen = [schedule.last_progress]  # the round is under way
+        while not state.read(batch_mails):
+            seen.append(schedule.last_progress)
+            await asyncio.sleep(0.02)
+        schedule.stop()
+        await task
+        await api.close()
+        return seen
+
+    seen = asyncio.run(main())
+    state.close()
+    assert max(seen) > seen[0]  # moved on while the digest was still being built

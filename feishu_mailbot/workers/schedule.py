@@ -73,7 +73,7 @@ class Schedule:
             await self._bell.wait(TICK)
 
     async def _batches(self) -> None:
-        if self._batcher is not None and await self._batcher.send_due():
+        if self._batcher is not None and await self._batcher.send_due(self._bell.progress):
             self._mail_queued()
 
     async def _tick(self) -> None:

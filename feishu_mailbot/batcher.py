@@ -56,7 +56,6 @@ class Batcher:
         self._names = names
         self._lookups = Lookups(api, names, wall_clock)
         self._now = wall_clock
-        self._rules_checked: tuple[str, ...] | None = None  # orphans looked for: start, reload
         self._progress: Callable[[], None] = lambda: None
 
     def rules(self) -> list[Rule]:
@@ -81,12 +80,10 @@ class Batcher:
     async def _orphans(self, now: datetime) -> int:
         """Matches waiting for a rule that is no longer batched go out in one last digest
         now; those of a rule that is gone are dropped, with a warning."""
-        names = tuple(r.name for r in self.rules())
-        if names == self._rules_checked:
-            return 0
+        names = {r.name for r in self.rules()}
         queued = 0
         configured = {r.name: r for r in self.settings.rules}
-        for name in sorted(self._state.read(batches.rules_waiting) - set(names)):
+        for name in sorted(self._state.read(batches.rules_waiting) - names):
             rule = configured.get(name)
             if rule is not None:  # `batch:` was taken off: its last digest, at once
                 while await self.build(rule, now, start=now):
@@ -98,7 +95,6 @@ class Batcher:
                 name,
                 count,
             )
-        self._rules_checked = names
         return queued
 
     async def _entry(self, message_id: str, end: datetime) -> Found | None:

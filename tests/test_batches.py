@@ -456,6 +456,42 @@ def test_an_unreadable_match_is_left_out_and_the_digest_goes(
     state.close()
 
 
+def test_what_an_unbatched_rule_left_waiting_is_looked_for_at_every_tick(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """A match the last digest could not take yet (received the very second it was built,
+    or one recalled meanwhile) goes with the next look, not at the next restart."""
+    s = settings(tmp_path, emulator.base_url)
+    unbatched = dataclasses.replace(
+        s, rules=tuple(dataclasses.replace(r, batch=None) for r in s.rules)
+    )
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH).timestamp()
+    now = [at]
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    for n in (1, 2):
+        state.write_now(
+            partial(
+                messages.ingest,
+                msg=message(n, f"低优先级 #{n}", datetime.fromtimestamp(at, SH)),
+                deliveries=(),
+                now=at - 10 + 10 * (n - 1),  # 2: stamped the second the digest is built
+                batches=["低优先级"],
+            )
+        )
+    api = FeishuApi(s.feishu)
+    batcher = Batcher(unbatched, state, api, NameResolver(s, state, api), lambda: now[0])
+
+    async def main() -> tuple[int, int]:
+        first = await batcher.send_due()
+        now[0] += 5  # the schedule's next look
+        return first, await batcher.send_due()
+
+    assert asyncio.run(main()) == (1, 1)
+    digests = state.read(carried)
+    assert sorted(digests) == ["om_1", "om_2"] and digests["om_1"] != digests["om_2"]
+    state.close()
+
+
 def test_the_schedule_shows_progress_while_a_slow_digest_is_built(
     tmp_path: Path, emulator: FeishuEmulator
 ) -> None:

@@ -210,6 +210,52 @@ def test_a_digest_is_dated_by_the_reporter_s_clock(
     assert digest["Date"].datetime.timestamp() == at
 
 
+def test_a_reply_to_a_message_that_cannot_be_read_is_mailed_without_its_quote(
+    tmp_path: Path, emulator: FeishuEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stored message replied to is corrupt on disk: the reply still goes out; the
+    quote is asked of Feishu (which no longer has it) and left out."""
+    import dataclasses
+    import sqlite3
+
+    s = settings(tmp_path, emulator)
+    relay = Relay()
+    relay.refuse_next = 0
+    root = message(1, "数据库故障")
+    reply = dataclasses.replace(
+        message(2, "故障已修复"), root_id=root.message_id, parent_id=root.message_id
+    )
+    path = tmp_path / "state.db"
+
+    async def main() -> None:
+        state = State(path, daemon=True)
+        await state.write(partial(messages.ingest, msg=root, deliveries=(), now=time.time()))
+        db = sqlite3.connect(path)
+        db.execute("UPDATE messages SET body = '{not json' WHERE message_id = 'om_1'")
+        db.commit()
+        db.close()
+        api = FeishuApi(s.feishu)
+        worker = Outbox(s, state, api, NameResolver(s, state, api), lambda: None, transport=relay)
+        await state.write(
+            partial(messages.ingest, msg=reply, deliveries=(ONCALL,), now=time.time())
+        )
+        task = asyncio.create_task(worker.run())
+        await until(lambda: len(relay.sent) == 1)
+        worker.stop()
+        await task
+        await api.close()
+        state.close()
+
+    with caplog.at_level("ERROR", logger="feishu_mailbot.outbox"):
+        asyncio.run(main())
+    assert "the message replied to cannot be read" in caplog.text
+    mail = email.message_from_bytes(relay.sent[0], policy=email.policy.default)
+    body = mail.get_body(preferencelist=("plain",))
+    assert body is not None and "故障已修复" in body.get_content()
+    assert "\n> " not in body.get_content()
+    assert emulator.rest_calls["/open-apis/im/v1/messages/om_1"] == 1
+
+
 def test_ids_from_events_stay_one_path_segment(emulator: FeishuEmulator) -> None:
     """A key with '/', '?' or a control character must not change the endpoint asked."""
     tricky = "img/../../bot/v3/info?x=1\x7f"

@@ -26,7 +26,7 @@ from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.doorbell import Doorbell, rounds
 from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
 from feishu_mailbot.lookups import Lookups, Unreachable
-from feishu_mailbot.model import ActionRequest, Download, Message, Resource
+from feishu_mailbot.model import ActionRequest, Download, Message, Resource, StoredFormError
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.present import preview
 from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
@@ -389,7 +389,15 @@ class Outbox:
         )
         root = outbox.mail_id_for(earlier[0], row.recipients)
         subject = next((s for m, s in found if m == root), None)
-        replied = self._state.read(partial(messages.get, message_id=earlier[-1]))
+        try:
+            replied = self._state.read(partial(messages.get, message_id=earlier[-1]))
+        except StoredFormError as e:  # a quote is decoration: Feishu may still give it
+            log.error(
+                "the message replied to cannot be read, asking Feishu for it: %s",
+                e,
+                extra={"MESSAGE_ID": earlier[-1]},
+            )
+            replied = None
         if replied is not None:
             name = await self._names.name("user", replied.sender_open_id)
         else:  # older than the retention, or sent before the bot joined: ask Feishu

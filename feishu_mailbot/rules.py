@@ -59,15 +59,22 @@ def match(
     return found is not None
 
 
-def plan(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> tuple[Delivery, ...]:
+def plan(
+    rules: Sequence[Rule],
+    msg: Message,
+    slow: set[str] | None = None,
+    folded: str | None = None,
+) -> tuple[Delivery, ...]:
     """Group recipients by the exact set of matching rules that name them.
 
     Addresses are compared case-insensitively; the spelling of the first
     occurrence in config order is the one used.  Output is ordered by the
     groups' rule positions, so the same config and message always give the
-    same plan (the outbox relies on that for idempotent retries).
+    same plan (the outbox relies on that for idempotent retries). `folded` is
+    fold(msg.text) when the caller has it already (folding is the costly part).
     """
-    folded = fold(msg.text)
+    if folded is None:
+        folded = fold(msg.text)
     matched = [
         (i, rule)
         for i, rule in enumerate(rules)
@@ -102,12 +109,18 @@ def plan(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> t
     return tuple(deliveries)
 
 
-def batched(rules: Sequence[Rule], msg: Message, slow: set[str] | None = None) -> tuple[str, ...]:
+def batched(
+    rules: Sequence[Rule],
+    msg: Message,
+    slow: set[str] | None = None,
+    folded: str | None = None,
+) -> tuple[str, ...]:
     """The batched rules (`batch:`/`daily:`) the message is collected for, by name."""
     batching = [rule for rule in rules if rule.batch is not None]
     if not batching:
         return ()
-    folded = fold(msg.text)
+    if folded is None:
+        folded = fold(msg.text)
     return tuple(rule.name for rule in batching if match(rule, msg, folded, slow))
 
 

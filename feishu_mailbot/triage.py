@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from feishu_mailbot import reports, rules
 from feishu_mailbot.events import Event, Ignored
+from feishu_mailbot.fold import fold
 from feishu_mailbot.model import ActionRequest, Delivery, Message, Recall
 from feishu_mailbot.settings import ReportSettings, Settings
 
@@ -43,8 +44,9 @@ def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
     if isinstance(event, Recall):
         return event
     slow: set[str] = set()
-    deliveries = rules.plan(settings.rules, event, slow)
-    batches = rules.batched(settings.rules, event, slow)
+    folded = fold(event.text)  # once for both kinds of rule
+    deliveries = rules.plan(settings.rules, event, slow, folded)
+    batches = rules.batched(settings.rules, event, slow, folded)
     requests = report_requests(event, settings.daily_report, bot_open_id)
     return Accept(event, deliveries, requests, tuple(sorted(slow)), batches)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from feishu_mailbot import mail, mime, smtp
 from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.model import Download, Message, Resource
-from feishu_mailbot.settings import AttachmentSettings, Settings
+from feishu_mailbot.settings import AttachmentSettings, Settings, SmtpSettings
 from feishu_mailbot.state import State
 from feishu_mailbot.state.outbox import Prepared
 
@@ -76,6 +77,7 @@ async def digest_images(
     api: FeishuApi,
     settings: Settings,
     messages: Sequence[Message],
+    relay: RelaySize,
     progress: Callable[[], None] = lambda: None,
 ) -> dict[str, mail.Attachment]:
     """A digest's images within the attachment caps, by key; one that is not fetched, or
@@ -85,7 +87,7 @@ async def digest_images(
     wanted = [r for m in messages for r in m.resources if r.kind == "image"]
     if not wanted:
         return images
-    budget = Budget.of(settings.attachments, await _relay_size(settings))
+    budget = Budget.of(settings.attachments, await relay.get(settings.smtp))
     for msg in messages:
         for res in msg.resources:
             if res.kind != "image" or res.key in images:
@@ -112,10 +114,29 @@ async def digest_images(
     return images
 
 
-async def _relay_size(settings: Settings) -> int | None:
-    """The relay's SIZE, so that a digest it would refuse leaves images out instead."""
-    try:
-        return await asyncio.to_thread(smtp.relay_size, settings.smtp)
-    except smtp.DeliveryError as e:
-        log.warning("digest: the relay's size limit is unknown (%s); using the caps", e)
-        return None
+class RelaySize:
+    """The relay's SIZE for mail composed away from the outbox (digests), so that a
+    digest it would refuse leaves images out instead. Asked over a session of its own,
+    and kept for an hour: a 15-minute batch must not log in to the relay 96 times a day."""
+
+    KEEP_SECONDS = 3600.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._known: tuple[SmtpSettings, int | None, float] | None = None  # asked: of, SIZE, at
+
+    async def get(self, settings: SmtpSettings) -> int | None:
+        known = self._known
+        if (
+            known is not None
+            and known[0] == settings
+            and self._clock() - known[2] < self.KEEP_SECONDS
+        ):
+            return known[1]
+        try:
+            size = await asyncio.to_thread(smtp.relay_size, settings)
+        except smtp.DeliveryError as e:  # not kept: asked again for the next digest
+            log.warning("digest: the relay's size limit is unknown (%s); using the caps", e)
+            return None
+        self._known = (settings, size, self._clock())
+        return size

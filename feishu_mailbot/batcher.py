@@ -18,7 +18,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import batching, mail
-from feishu_mailbot.attachments import SPOOL_ABOVE, digest_images, store
+from feishu_mailbot.attachments import SPOOL_ABOVE, RelaySize, digest_images, store
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.lookups import Lookups
 from feishu_mailbot.model import Message, StoredFormError
@@ -55,6 +55,7 @@ class Batcher:
         self._api = api
         self._names = names
         self._lookups = Lookups(api, names, wall_clock)
+        self._relay = RelaySize()
         self._now = wall_clock
         self._progress: Callable[[], None] = lambda: None
 
@@ -144,7 +145,7 @@ class Batcher:
         # Unique per set of matches: after a clock jump back, a later digest may share `end`.
         mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"
         images = await digest_images(
-            self._api, self.settings, [m for m, _, _ in found], self._progress
+            self._api, self.settings, [m for m, _, _ in found], self._relay, self._progress
         )
         subject, composed = batching.compose(
             roundup,

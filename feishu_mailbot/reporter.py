@@ -22,7 +22,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import digest, mail, mime, reports
-from feishu_mailbot.attachments import SPOOL_ABOVE, digest_images, store
+from feishu_mailbot.attachments import SPOOL_ABOVE, RelaySize, digest_images, store
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import Message
 from feishu_mailbot.names import NameResolver
@@ -58,6 +58,7 @@ class Reporter:
         self._api = api
         self._names = names
         self._now = wall_clock
+        self._relay = RelaySize()
 
     @property
     def rs(self) -> ReportSettings:
@@ -138,7 +139,7 @@ class Reporter:
         return reports.Entry(msg, await self._names.name("user", msg.sender_open_id))
 
     async def _images(self, messages: Sequence[Message]) -> dict[str, mail.Attachment]:
-        return await digest_images(self._api, self.settings, messages)
+        return await digest_images(self._api, self.settings, messages, self._relay)
 
     async def immediate(self, msg: Message) -> bool:
         """`mode: immediate`: one report, mailed as a digest of its own; False if it was already."""

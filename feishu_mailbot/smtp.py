@@ -503,7 +503,7 @@ class SmtpTransport:
 
 def relay_size(settings: SmtpSettings) -> int | None:
     """The relay's SIZE over a session of its own, for a mail composed away from the
-    outbox (a digest, once a day); raises DeliveryError."""
+    outbox (a digest: attachments.RelaySize keeps it); raises DeliveryError."""
     with SmtpTransport(settings) as transport:
         return transport.size_limit()
 

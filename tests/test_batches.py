@@ -27,7 +27,7 @@ import pytest
 from feishu_mailbot import batching, config, triage
 from feishu_mailbot.batcher import Batcher
 from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.model import Message, Recall, Text
+from feishu_mailbot.model import Image, Message, Recall, Text
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.settings import Batch, Settings
@@ -535,3 +535,44 @@ def test_the_schedule_shows_progress_while_a_slow_digest_is_built(
     seen = asyncio.run(main())
     state.close()
     assert max(seen) > seen[0]  # moved on while the digest was still being built
+
+
+def test_digests_with_images_ask_the_relay_its_size_once_an_hour(
+    tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    """Each digest with images needs the relay's SIZE; a quarter-hourly batch must not
+    log in for it 96 times a day."""
+    from tests.test_digest import png
+
+    s = config.load(
+        str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=smtp.port,
+                         rules=HOURLY))
+    )  # fmt: skip
+    emulator.register_resource("img_shot", png(), "image/png")
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    now = [(at + timedelta(hours=1)).timestamp()]
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    api = FeishuApi(s.feishu)
+    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: now[0])
+
+    async def main() -> list[int]:
+        sent = []
+        for hour in range(3):
+            msg = dataclasses.replace(
+                message(hour, f"低优先级 截图 {hour}", at + timedelta(hours=hour)),
+                blocks=(Text(f"低优先级 截图 {hour}"), Image("img_shot")),
+            )
+            stamp = (at + timedelta(hours=hour)).timestamp()
+            await state.write(
+                partial(messages.ingest, msg=msg, deliveries=(), now=stamp, batches=["低优先级"])
+            )
+            now[0] = stamp + 3600
+            sent.append(await batcher.send_due())
+        await api.close()
+        return sent
+
+    assert asyncio.run(main()) == [1, 1, 1]
+    mails = [parse(raw) for _, raw in state.read(batch_mails)]
+    assert all(any(p.get_content_type() == "image/png" for p in m.walk()) for m in mails)
+    assert smtp.connections == 1  # asked once, kept for the hour
+    state.close()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from feishu_mailbot import mail, mime, smtp
 from feishu_mailbot.feishu import FeishuApi, FeishuError
@@ -71,6 +72,25 @@ async def store(state: State, mail_id: str, subject: str, mail: mime.Mail, large
         return Prepared(subject, raw=mail.render())
     name = await asyncio.to_thread(state.spool.write, mail_id, mail.write)
     return Prepared(subject, spool=name)
+
+
+async def queue_digest(
+    state: State,
+    mail_id: str,
+    subject: str,
+    composed: mime.Mail,
+    images: Mapping[str, mail.Attachment],
+    record: Callable[..., bool],
+) -> bool:
+    """A digest stored (a spool file when its images are large) and queued by
+    `record(tx, prepared=…)` in one write; False, with no file left behind, when
+    `record` declines (queued already, or a match gone meanwhile)."""
+    large = sum(len(image.data) for image in images.values()) > SPOOL_ABOVE
+    prepared = await store(state, mail_id, subject, composed, large)
+    queued = await state.write(partial(record, prepared=prepared))
+    if not queued and prepared.spool is not None:
+        await asyncio.to_thread(state.spool.remove, prepared.spool)
+    return queued
 
 
 async def digest_images(

@@ -18,7 +18,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import batching, mail
-from feishu_mailbot.attachments import SPOOL_ABOVE, RelaySize, digest_images, store
+from feishu_mailbot.attachments import RelaySize, digest_images, queue_digest
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.lookups import Lookups
 from feishu_mailbot.model import Message, StoredFormError
@@ -155,22 +155,15 @@ class Batcher:
             date=datetime.fromtimestamp(self._now(), end.tzinfo),
             images=images,
         )
-        large = sum(len(image.data) for image in images.values()) > SPOOL_ABOVE
-        prepared = await store(self._state, mail_id, subject, composed, large)
-        queued = await self._state.write(
-            partial(
-                batches.take,
-                rule=rule.name,
-                message_ids=waiting,
-                mail_id=mail_id,
-                recipients=rule.to,
-                prepared=prepared,
-                now=self._now(),
-            )
+        record = partial(
+            batches.take,
+            rule=rule.name,
+            message_ids=waiting,
+            mail_id=mail_id,
+            recipients=rule.to,
+            now=self._now(),
         )
-        if not queued:
-            if prepared.spool is not None:
-                self._state.spool.remove(prepared.spool)
+        if not await queue_digest(self._state, mail_id, subject, composed, images, record):
             log.info("batch digest of %s rebuilt at the next look: a match left", rule.name)
             return False
         log.info(

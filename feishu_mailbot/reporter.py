@@ -11,7 +11,6 @@ each ask it for a digest.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -22,7 +21,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import digest, mail, mime, reports
-from feishu_mailbot.attachments import SPOOL_ABOVE, RelaySize, digest_images, store
+from feishu_mailbot.attachments import RelaySize, digest_images, queue_digest
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import Message
 from feishu_mailbot.names import NameResolver
@@ -164,22 +163,15 @@ class Reporter:
         images: dict[str, mail.Attachment],
         message_ids: list[str],
     ) -> bool:
-        """Records the digest and queues its mail (a spool file if its images are large)."""
-        large = sum(len(image.data) for image in images.values()) > SPOOL_ABOVE
-        prepared = await store(self._state, mail_id, subject, composed, large)
-        queued = await self._state.write(
-            partial(
-                digests.queue,
-                mail_id=mail_id,
-                chat_id=self.rs.chat,
-                day=day,
-                kind=kind,
-                recipients=self.rs.recipients,
-                prepared=prepared,
-                message_ids=message_ids,
-                now=self._now(),
-            )
+        """Records the digest and queues its mail, once."""
+        record = partial(
+            digests.queue,
+            mail_id=mail_id,
+            chat_id=self.rs.chat,
+            day=day,
+            kind=kind,
+            recipients=self.rs.recipients,
+            message_ids=message_ids,
+            now=self._now(),
         )
-        if not queued and prepared.spool is not None:
-            await asyncio.to_thread(self._state.spool.remove, prepared.spool)
-        return queued
+        return await queue_digest(self._state, mail_id, subject, composed, images, record)

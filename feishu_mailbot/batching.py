@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from functools import partial
 
 from feishu_mailbot import digest, mime, present, style
 from feishu_mailbot.mail import (
@@ -22,6 +21,7 @@ from feishu_mailbot.mail import (
 )
 from feishu_mailbot.model import Message
 from feishu_mailbot.present import single_line
+from feishu_mailbot.reports import Entry
 from feishu_mailbot.settings import Batch
 
 SUBJECT_TAG = "[飞书汇总]"
@@ -53,12 +53,6 @@ def boundary(now: datetime, batch: Batch) -> datetime:
 def window_start(end: datetime, batch: Batch) -> datetime:
     """The boundary before `end`: where a digest due at `end` begins, when on time."""
     return _aware(end.replace(tzinfo=None) - _step(batch), end.tzinfo)
-
-
-@dataclass(frozen=True)
-class Entry:
-    message: Message
-    sender: str
 
 
 @dataclass(frozen=True)
@@ -121,8 +115,7 @@ def subject(r: Roundup) -> str:
 
 def _time(entry: Entry, r: Roundup) -> str:
     moment = datetime.fromtimestamp(entry.message.create_time_ms / 1000, r.end.tzinfo)
-    shown = moment.strftime("%H:%M" if moment.date() == r.end.date() else "%m-%d %H:%M")
-    return f"{shown} {single_line(entry.sender)}"
+    return f"{digest.time_label(moment, r.end.date())} {single_line(entry.sender_name)}"
 
 
 def render_text(r: Roundup) -> str:
@@ -172,7 +165,8 @@ def compose(
     headers = base_headers(subject=title, sender=sender, to=to, message_id=message_id, date=date)
     headers.append(mime.header("X-Feishu-Mailbot-Batch", sanitize_header(r.rule)))
     shown = (e.message for chat in r.chats for thread in chat.threads for e in thread)
-    render = partial(render_html, r, generated=date)
-    return title, digest.assemble(
-        headers, render_text(r), lambda ids: render(available=ids), shown, images
-    )
+
+    def html(available: set[str]) -> str:
+        return render_html(r, generated=date, available=available)
+
+    return title, digest.assemble(headers, render_text(r), html, shown, images)

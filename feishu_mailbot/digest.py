@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date as Date
 from datetime import datetime
-from functools import partial
 
 from . import mime, present, style, subjects
 from .mail import (
@@ -88,12 +87,14 @@ def _title(d: Digest) -> str:
     return "日报汇总 · 补充" if d.supplement else "日报汇总"
 
 
+def time_label(local: datetime, day: Date) -> str:
+    """HH:MM, with the date when the message is of another day than the digest's (a
+    report posted after midnight, counted for the day via cutoff; a batch's catch-up)."""
+    return local.strftime("%H:%M" if local.date() == day else "%m-%d %H:%M")
+
+
 def _time_label(msg: Message, d: Digest) -> str:
-    """HH:MM, with the date when the post was after midnight (counted for the day via cutoff)."""
-    local = local_time(msg.create_time_ms, d.timezone)
-    if local.date() != d.day:
-        return local.strftime("%m-%d %H:%M")
-    return local.strftime("%H:%M")
+    return time_label(local_time(msg.create_time_ms, d.timezone), d.day)
 
 
 def _section_name(section: Section) -> str:
@@ -342,8 +343,11 @@ def compose_digest(
 
     title = sanitize_header(rendered)
     shown = (e.message for section in d.sections for e in section.entries)
-    html = partial(render_html, d, title=title, generated=date)
-    mail = assemble(headers, render_text(d), lambda ids: html(available=ids), shown, images)
+
+    def html(available: set[str]) -> str:
+        return render_html(d, title=title, generated=date, available=available)
+
+    mail = assemble(headers, render_text(d), html, shown, images)
     return title, mail
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import partial
@@ -65,9 +65,16 @@ class Reporter:
         return self.settings.daily_report
 
     async def build(
-        self, day: date, *, force: bool = False, dry_run: bool = False, kind: str = "digest"
+        self,
+        day: date,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        kind: str = "digest",
+        progress: Callable[[], None] = lambda: None,
     ) -> Outcome:
-        """Build the day's digest (or supplement) and, unless dry_run, queue it once."""
+        """Build the day's digest (or supplement) and, unless dry_run, queue it once;
+        `progress` is called for each image fetched, for the worker's health."""
         rs = self.rs
         day_key = day.isoformat()
         records = self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day_key))
@@ -92,7 +99,7 @@ class Reporter:
             day, chat_name, entries, rs, supplement=kind == "supplement", earlier=earlier_entries
         )
         mail_id = f"digest/{rs.chat}/{day_key}/{len(records) + 1}"
-        images = await self._images(fresh)
+        images = await digest_images(self._api, self.settings, fresh, self._relay, progress)
         subject, composed = self._compose(model, mail_id, images)
         text = digest.render_text(model)
         outcome = Outcome(
@@ -137,9 +144,6 @@ class Reporter:
     async def _entry(self, msg: Message) -> reports.Entry:
         return reports.Entry(msg, await self._names.name("user", msg.sender_open_id))
 
-    async def _images(self, messages: Sequence[Message]) -> dict[str, mail.Attachment]:
-        return await digest_images(self._api, self.settings, messages, self._relay)
-
     async def immediate(self, msg: Message) -> bool:
         """`mode: immediate`: one report, mailed as a digest of its own; False if it was already."""
         rs = self.rs
@@ -147,7 +151,7 @@ class Reporter:
         chat_name = await self._names.name("chat", rs.chat)
         model = reports.build_digest(day, chat_name, [await self._entry(msg)], rs)
         mail_id = f"report/{msg.message_id}"
-        images = await self._images([msg])
+        images = await digest_images(self._api, self.settings, [msg], self._relay)
         subject, composed = self._compose(model, mail_id, images)
         return await self._queue(
             mail_id, "immediate", day.isoformat(), subject, composed, images, [msg.message_id]

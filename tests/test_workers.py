@@ -425,3 +425,53 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
     assert rows[0][2] is not None and "spool file" in rows[0][2] and "is gone" in rows[0][2]
     assert rows[1][:2] == ("forward", "cancelled")
     assert relay.sent == []
+
+
+def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """Each image fetched is progress: a digest of many slow images must not look like
+    a stalled worker (the watchdog would restart the daemon, and again)."""
+    import dataclasses
+
+    from feishu_mailbot.model import Image
+    from feishu_mailbot.workers.schedule import Schedule
+    from tests.test_digest import png
+
+    s = settings(
+        tmp_path,
+        emulator,
+        extra=REPORTS.replace("acknowledge: reaction", 'mode: scheduled\n  at: "18:00"'),
+    )
+    at = 1_764_583_200.0 + 3600  # 2025-12-01 19:00 in Asia/Shanghai: past the digest's time
+    state = State(tmp_path / "state.db", daemon=True)
+    for n in range(1, 5):
+        emulator.register_resource(f"img_{n}", png(), "image/png")
+        report = dataclasses.replace(
+            message(n, f"日报 第 {n} 份"),
+            msg_type="post",
+            blocks=(Text(f"日报 第 {n} 份"), Image(f"img_{n}")),
+        )
+        state.write_now(partial(messages.ingest, msg=report, deliveries=(), now=at - 3600))
+    emulator.set_slow(0.3)  # each image: 0.3 s
+
+    async def main() -> list[float]:
+        api = FeishuApi(s.feishu)
+        names = NameResolver(s, state, api, wall_clock=lambda: at)
+        reporter = Reporter(s, state, api, names, wall_clock=lambda: at)
+        schedule = Schedule(s, state, reporter, lambda: None, lambda: at)
+        task = asyncio.create_task(schedule.run())
+        while not emulator.resource_requests:
+            await asyncio.sleep(0.01)
+        seen = [schedule.last_progress]  # the first image asked for
+        while not state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01")):
+            seen.append(schedule.last_progress)
+            await asyncio.sleep(0.02)
+        schedule.stop()
+        await task
+        await api.close()
+        return seen
+
+    seen = asyncio.run(main())
+    state.close()
+    assert max(seen) > seen[0]  # moved on while the digest was still being built

@@ -175,7 +175,8 @@ class Actions:
     async def _supplement(self, action: Action) -> FollowUps:
         self._report_settings()
         day = date.fromisoformat(str(action.payload["day"]))
-        if (await self._reporter.build(day, kind="supplement")).queued:
+        progress = self._bell.progress
+        if (await self._reporter.build(day, kind="supplement", progress=progress)).queued:
             self._mail_queued()
         return ()
 
@@ -217,7 +218,7 @@ class Actions:
             )
             await self._api.reply_text(action.message_id, refusal)
             return ()
-        outcome = await self._reporter.build(day, force=force)
+        outcome = await self._reporter.build(day, force=force, progress=self._bell.progress)
         if outcome.queued:
             self._mail_queued()
         to = "、".join(outcome.recipients)

@@ -83,5 +83,5 @@ class Schedule:
         now = datetime.fromtimestamp(self._now(), ZoneInfo(rs.timezone))
         last = self._state.read(partial(digests.last_day, chat_id=rs.chat))
         for day in reports.due_days(date.fromisoformat(last) if last else None, now, rs):
-            if (await self._reporter.build(day)).queued:
+            if (await self._reporter.build(day, progress=self._bell.progress)).queued:
                 self._mail_queued()

@@ -6,6 +6,7 @@ file the test can read (and that the secret scan in conftest reads too).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 SMTP_USER = "bot"
@@ -77,6 +79,30 @@ def screenshot(html: str, name: str, scratch: Path, size: str = "760,860") -> by
     png = out.read_bytes()
     assert png.startswith(b"\x89PNG")
     return png
+
+
+class Worker(Protocol):
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
+    @property
+    def last_progress(self) -> float: ...
+
+
+async def progress_while(
+    worker: Worker, started: Callable[[], object], done: Callable[[], object]
+) -> list[float]:
+    """The worker's last_progress, sampled from when `started` holds until `done` does:
+    what the health verdict sees while the worker is busy (the worker is then stopped)."""
+    task = asyncio.create_task(worker.run())
+    while not started():
+        await asyncio.sleep(0.01)
+    seen = [worker.last_progress]
+    while not done():
+        seen.append(worker.last_progress)
+        await asyncio.sleep(0.02)
+    worker.stop()
+    await task
+    return seen
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:

@@ -34,7 +34,7 @@ from feishu_mailbot.settings import Batch, Settings
 from feishu_mailbot.state import State, Tx, messages
 from feishu_mailbot.workers.schedule import Schedule
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import Bot, write_config
+from tests.harness import Bot, progress_while, write_config
 from tests.smtp_server import SmtpServer
 from tests.test_daily_report import faketime_env
 
@@ -519,16 +519,10 @@ def test_the_schedule_shows_progress_while_a_slow_digest_is_built(
         batcher = Batcher(s, state, api, names, lambda: later)
         reporter = Reporter(s, state, api, names, wall_clock=lambda: later)
         schedule = Schedule(s, state, reporter, lambda: None, lambda: later, batcher)
-        task = asyncio.create_task(schedule.run())
-        first = "/open-apis/contact/v3/users/ou_member1"
-        while not emulator.rest_calls[first]:
-            await asyncio.sleep(0.01)
-        seen = [schedule.last_progress]  # the round is under way
-        while not state.read(batch_mails):
-            seen.append(schedule.last_progress)
-            await asyncio.sleep(0.02)
-        schedule.stop()
-        await task
+        first = "/open-apis/contact/v3/users/ou_member1"  # the round is under way
+        seen = await progress_while(
+            schedule, lambda: emulator.rest_calls[first], lambda: state.read(batch_mails)
+        )
         await api.close()
         return seen
 

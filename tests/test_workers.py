@@ -34,7 +34,7 @@ from feishu_mailbot.state.outbox import Prepared
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import write_config
+from tests.harness import progress_while, write_config
 
 ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
 
@@ -460,15 +460,10 @@ def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
         names = NameResolver(s, state, api, wall_clock=lambda: at)
         reporter = Reporter(s, state, api, names, wall_clock=lambda: at)
         schedule = Schedule(s, state, reporter, lambda: None, lambda: at)
-        task = asyncio.create_task(schedule.run())
-        while not emulator.resource_requests:
-            await asyncio.sleep(0.01)
-        seen = [schedule.last_progress]  # the first image asked for
-        while not state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01")):
-            seen.append(schedule.last_progress)
-            await asyncio.sleep(0.02)
-        schedule.stop()
-        await task
+        queued = partial(digests.for_day, chat_id="oc_team", day="2025-12-01")
+        seen = await progress_while(  # from the first image asked for
+            schedule, lambda: emulator.resource_requests, lambda: state.read(queued)
+        )
         await api.close()
         return seen
 

@@ -29,6 +29,7 @@ from feishu_mailbot.state import (
     outbox,
     quarantine,
 )
+from feishu_mailbot.state.lifecycle import REFUSALS, Moved
 
 
 def _open(settings: Settings) -> State | int:
@@ -144,12 +145,24 @@ def _show(settings: Settings, state: State, args: argparse.Namespace) -> int:
     if entry is None:
         print(f"no mail {args.id} in the outbox (see feishu-mailbot queue)", file=sys.stderr)
         return os.EX_DATAERR
-    raw = entry.raw
+    raw = state.read(partial(outbox.raw_of, row_id=args.id))
     if raw is None and entry.spool is not None:
-        spooled = state.spool.path(entry.spool)
-        raw = spooled.read_bytes() if spooled.exists() else None
+        try:
+            raw = state.spool.path(entry.spool).read_bytes()
+        except FileNotFoundError:  # sent (or dropped) while we looked
+            raw = None
     print(mailq.show(entry, raw, settings.timezone))
     return os.EX_OK
+
+
+def _refusals(moved: dict[int, Moved], verb: str) -> None:
+    """One line on stderr per mail asked for that the table leaves where it is."""
+    for row_id, m in moved.items():
+        if m.before is None:
+            print(f"mail {row_id}: not in the outbox (see feishu-mailbot queue)", file=sys.stderr)
+        elif not m.done:
+            why = REFUSALS.get(m.before, f"it is {m.before}")
+            print(f"mail {row_id}: not {verb}: {why}", file=sys.stderr)
 
 
 def _retry(settings: Settings, state: State, args: argparse.Namespace) -> int:
@@ -164,8 +177,10 @@ def _retry(settings: Settings, state: State, args: argparse.Namespace) -> int:
     if not args.ids and not args.all_failed:
         print("retry: name mail ids from `queue`, or --all-failed", file=sys.stderr)
         return os.EX_USAGE
-    ids = None if args.all_failed else [int(i) for i in args.ids]
-    n = state.write_now(partial(outbox.retry_now, row_ids=ids, now=time.time()))
+    ids = None if args.all_failed else args.ids
+    moved = state.write_now(partial(outbox.retry_now, row_ids=ids, now=time.time()))
+    _refusals(moved, "retried")
+    n = sum(m.done for m in moved.values())
     print(f"{n} mail due now; the running daemon sends it within seconds")
     return os.EX_OK if n or ids is None else os.EX_DATAERR
 
@@ -182,8 +197,17 @@ def _drop(settings: Settings, state: State, args: argparse.Namespace) -> int:
         n = state.write_now(partial(quarantine.drop, keys=args.quarantined))
         print(f"{n} quarantined events dropped")
         return os.EX_OK
-    n, files = state.write_now(partial(outbox.drop, row_ids=[int(i) for i in args.ids]))
+    moved, files = state.write_now(partial(outbox.drop, row_ids=args.ids))
     for name in files:
         state.spool.remove(name)
-    print(f"{n} mail dropped (only waiting or failed mail can be)")
+    _refusals(moved, "dropped")
+    for row_id, m in moved.items():
+        if m.after == "dropping":
+            print(
+                f"mail {row_id}: being sent right now: dropped unless the relay accepts "
+                "this attempt (see feishu-mailbot show)",
+                file=sys.stderr,
+            )
+    n = sum(m.done for m in moved.values())
+    print(f"{n} mail dropped")
     return os.EX_OK if n else os.EX_DATAERR

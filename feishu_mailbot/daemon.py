@@ -152,9 +152,12 @@ class Daemon:
             log.debug("duplicate recall event ignored", extra=fields)
             return
         log.info(
-            "message recalled: %d pending mail cancelled, %d recall notices queued",
+            "message recalled: %d pending mail cancelled, %d recall notices queued%s",
             outcome.cancelled,
             outcome.notices,
+            f", {outcome.sending} being sent (cancelled unless the relay accepts it)"
+            if outcome.sending
+            else "",
             extra=fields,
         )
         if outcome.notices:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,18 @@ def make_bot(tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer) -> Iter
         if bot.proc is not None and bot.proc.poll() is None:
             bot.kill()
         _logs.extend(tmp_path.glob("daemon-*.log"))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """state_dir on a 4 MB tmpfs of its own, so that filling it fills only it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -267,6 +267,8 @@ class FeishuEmulator:
         self._forward_children: dict[str, list[dict[str, Any]]] = {}
         self._message_errors: dict[str, tuple[int, str, int]] = {}
         self._resource_errors: dict[str, tuple[int, str, int]] = {}
+        self._resource_gates: dict[str, asyncio.Event] = {}  # hold_resource
+        self.resources_held = 0  # downloads waiting at a gate now
         self.resource_requests: list[tuple[str, str]] = []  # (message_id, file_key) asked for
         # Internal state, owned by the emulator loop.
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
@@ -728,6 +730,20 @@ class FeishuEmulator:
             self._resource_errors.pop(file_key, None)
         else:
             self._resource_errors[file_key] = (code, msg, status)
+
+    def hold_resource(self, file_key: str) -> None:
+        """Downloads of `file_key` wait, from now on, until release_resource: a test can
+        act while the daemon is in the middle of preparing a mail."""
+        self._resource_gates[file_key] = self._call(self._gate())
+
+    def release_resource(self, file_key: str) -> None:
+        gate = self._resource_gates.pop(file_key)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(gate.set)
+
+    @staticmethod
+    async def _gate() -> asyncio.Event:
+        return asyncio.Event()  # made on the emulator's loop, where it is awaited
 
     def push_recall(
         self, message_id: str, chat_id: str, *, event_id: str | None = None
@@ -1199,6 +1215,11 @@ class FeishuEmulator:
             return _error(234001, "Invalid request param.")
         key, message_id = request.match_info["file_key"], request.match_info["message_id"]
         self.resource_requests.append((message_id, key))
+        if (gate := self._resource_gates.get(key)) is not None:
+            self.resources_held += 1
+            self._notify()
+            await gate.wait()
+            self.resources_held -= 1
         if key in self._resource_errors:
             return self._failure(request, *self._resource_errors[key])
         if self._resources_unsupported(message_id):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -103,6 +104,16 @@ async def progress_while(
     worker.stop()
     await task
     return seen
+
+
+def fill(directory: Path) -> Path:
+    """Write until the file system says it is full; the file is what frees it again."""
+    filler = directory / "filler"
+    with open(filler, "wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:

@@ -15,6 +15,7 @@ import email
 import email.policy
 import functools
 import json
+import queue
 import re
 import shutil
 import socket
@@ -140,6 +141,16 @@ class _Handler:
             return "451 4.3.0 trickled"
         if owner._delay:
             await asyncio.sleep(owner._delay)  # yields: other connections keep being served
+        if owner._hold is not None:
+            gate = owner._hold
+            with owner._cond:
+                owner.holding += 1
+                owner._cond.notify_all()
+            answer = await asyncio.get_running_loop().run_in_executor(None, gate.get)
+            with owner._cond:
+                owner.holding -= 1
+            if not answer.startswith("250"):
+                return answer
         with owner._cond:
             if owner._fail_left > 0:
                 owner._fail_left -= 1
@@ -188,6 +199,8 @@ class SmtpServer:
         self._trickle = 0.0
         self._trickle_at = "DATA"
         self._refused_rcpts: set[str] = set()
+        self._hold: queue.Queue[str] | None = None  # hold_data
+        self.holding = 0  # DATA commands waiting at the hold now
         self._handler = _Handler(self)
         self._controller: _Controller | None = None
         self._server_tls: ssl.SSLContext | None = None
@@ -281,6 +294,23 @@ class SmtpServer:
         with self._cond:
             self._fail_left = n
             self._fail_code = code
+
+    def hold_data(self) -> None:
+        """From now on each DATA waits, its content read, until answer_data says what to
+        answer: a test can act while the daemon is in the middle of an SMTP attempt."""
+        self._hold = queue.Queue()
+
+    def wait_holding(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.holding > 0, timeout):
+                raise AssertionError(f"no DATA held within {timeout}s")
+
+    def answer_data(self, answer: str = "250 2.0.0 OK queued", *, release: bool = True) -> None:
+        """Answer one held DATA (a 250 keeps the mail); `release`: hold no more after it."""
+        assert self._hold is not None
+        self._hold.put(answer)
+        if release:
+            self._hold = None
 
     def delay_per_message(self, seconds: float) -> None:
         """Sleep before answering each DATA, like a slow relay; other sessions go on."""

@@ -8,20 +8,18 @@ own interpreter, so the supervision under test is the shipped one).
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sqlite3
-import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import REPO, Bot, NotifySocket, wait_until
+from tests.harness import REPO, Bot, NotifySocket, fill, wait_until
 from tests.smtp_server import SmtpServer
 from tests.test_lifecycle import WATCHDOG_USEC, last_feed_gap
 
@@ -267,28 +265,6 @@ def test_a_relay_that_trickles_holds_up_neither_acks_nor_the_mail(
     time.sleep(1.0)
     assert len(smtp.received) == 1
     assert bot.stop() == 0
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """state_dir on a 4 MB tmpfs of its own, so that filling it fills only it."""
-    state = tmp_path / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
-    try:
-        yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write until the file system says it is full; the file is what frees it again."""
-    filler = directory / "filler"
-    with open(filler, "wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
-    return filler
 
 
 def test_a_full_disk_loses_nothing_and_sends_everything_once(

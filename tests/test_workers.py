@@ -393,7 +393,7 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
         await state.write(partial(outbox.cancel_for_recall, message_id="om_1", now=now))
         composed = Prepared("subject", spool="f" * 24 + "-0123456789abcdef.eml")
         claimed = await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=composed))
-        assert not claimed
+        assert not claimed.done
         assert state.read(outbox.spooled) == set()  # the cancelled row names no file
         # A digest whose spool file is gone cannot be composed again here: failed, once.
         digest = Prepared("日报汇总", spool="0" * 24 + "-0123456789abcdef.eml")

@@ -8,6 +8,7 @@ from typing import Any
 
 from feishu_mailbot.model import ActionRequest
 from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.lifecycle import ACTIONS, move
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,20 @@ def next_due_at(tx: Tx) -> float | None:
     return None if row[0] is None else float(row[0])
 
 
-def finish(tx: Tx, action_id: int, error: str | None = None) -> None:
-    tx.execute(
-        "UPDATE actions SET status = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
-        ("failed" if error else "done", error, action_id),
-    )
+def finish(tx: Tx, action_id: int, error: str | None = None) -> bool:
+    """Done, or failed for good with `error`; False if it had finished already."""
+    event = "fail" if error else "done"
+    return move(
+        tx, ACTIONS, event, action_id, "attempts = attempts + 1, last_error = ?", (error,)
+    ).done
 
 
-def retry(tx: Tx, action_id: int, next_attempt_at: float, error: str) -> None:
-    tx.execute(
-        "UPDATE actions SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-        " WHERE id = ?",
-        (next_attempt_at, error, action_id),
-    )
+def retry(tx: Tx, action_id: int, next_attempt_at: float, error: str) -> bool:
+    return move(
+        tx,
+        ACTIONS,
+        "later",
+        action_id,
+        "attempts = attempts + 1, next_attempt_at = ?, last_error = ?",
+        (next_attempt_at, error),
+    ).done

@@ -19,7 +19,7 @@ DatabaseError = sqlite3.Error
 #: work. Any other error with a unit of work will repeat on every try.
 Unavailable = sqlite3.OperationalError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 WAL_LIMIT = 4 * 1024 * 1024
 VACUUM_AT_OPEN_MAX = 64 * 1024 * 1024  # a few seconds of VACUUM at most
 
@@ -30,7 +30,7 @@ CREATE TABLE quarantine (
     received_at REAL NOT NULL,
     reason      TEXT NOT NULL,
     payload     BLOB NOT NULL,
-    status      TEXT NOT NULL DEFAULT 'held'
+    status      TEXT NOT NULL DEFAULT 'held'  -- lifecycle.QUARANTINE
 );
 """
 
@@ -90,8 +90,7 @@ CREATE TABLE outbox (
     subject_template TEXT NOT NULL,
     confirm          INTEGER NOT NULL,
     notify_recall    INTEGER NOT NULL,
-    status           TEXT NOT NULL,
-    recalled         INTEGER NOT NULL DEFAULT 0,
+    status           TEXT NOT NULL,  -- lifecycle.OUTBOX
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  REAL NOT NULL,
     last_error       TEXT,
@@ -113,7 +112,7 @@ CREATE TABLE actions (
     kind            TEXT NOT NULL,
     message_id      TEXT NOT NULL,
     payload         TEXT NOT NULL,
-    status          TEXT NOT NULL DEFAULT 'pending',
+    status          TEXT NOT NULL DEFAULT 'pending',  -- lifecycle.ACTIONS
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,
@@ -167,6 +166,12 @@ UPDATE outbox SET raw = NULL WHERE status = 'sent';
 """,
     5: _HEARTBEAT,
     6: _BATCH_ITEMS,
+    # A recall that came while a mail was being sent is a state of its own (lifecycle.py),
+    # no longer a flag beside `sending` that a failed attempt could overlook.
+    7: """
+UPDATE outbox SET status = 'recalling' WHERE status = 'sending' AND recalled = 1;
+ALTER TABLE outbox DROP COLUMN recalled;
+""",
 }
 
 

@@ -38,6 +38,7 @@ class Ingest(Enum):
 class RecallOutcome:
     known: bool  # we had stored the message
     cancelled: int  # pending mails that will now never be sent
+    sending: int  # mails being sent: cancelled unless the relay accepts that attempt
     notices: int  # "recalled" follow-ups queued for mails already sent
 
 
@@ -127,9 +128,9 @@ def recall(tx: Tx, event: Recall, now: float) -> RecallOutcome | None:
         ).rowcount
         == 1
     )
-    cancelled, notices = outbox.cancel_for_recall(tx, event.message_id, now)
-    cancelled += batches_q.forget(tx, event.message_id)
-    return RecallOutcome(known=known, cancelled=cancelled, notices=notices)
+    mail = outbox.cancel_for_recall(tx, event.message_id, now)
+    cancelled = mail.cancelled + batches_q.forget(tx, event.message_id)
+    return RecallOutcome(known, cancelled, mail.sending, mail.notices)
 
 
 def get(tx: Tx, message_id: str) -> Message | None:

@@ -1,8 +1,9 @@
-"""The outbox: mail to send, each row pending → sending → sent (or cancelled / failed).
+"""The outbox: mail to send, each row's life the OUTBOX machine of lifecycle.py.
 
-A row found in `sending` at start-up was interrupted mid-delivery: it goes
+A row found being sent at start-up was interrupted mid-delivery: it goes
 back to pending and is re-sent with the same stored bytes and Message-ID, so
-a receiving server (or a human) sees one message, never two different ones.
+a receiving server (or a human) sees one message, never two different ones;
+one recalled or dropped meanwhile ends there instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.lifecycle import OUTBOX, SENDING, UNFINISHED, Moved, move, move_all
+
+_UNFINISHED = ",".join(f"'{s}'" for s in UNFINISHED)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ def thread_mails(
     rows = dict(
         tx.execute(
             f"SELECT mail_id, subject FROM outbox WHERE mail_id IN ({marks})"
-            " AND kind = 'forward' AND status IN ('pending', 'sending', 'sent')",
+            f" AND kind = 'forward' AND status IN ({_UNFINISHED}, 'sent')",
             wanted,
         ).fetchall()
     )
@@ -88,7 +92,7 @@ def queue_deliveries(tx: Tx, message_id: str, planned: str, received_at: float) 
         tx.execute(
             "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
             " subject_template, confirm, notify_recall, status, next_attempt_at,"
-            " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, 'pending', ?, ?)",
+            " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 mail_id_for(message_id, d["to"]),
                 message_id,
@@ -97,6 +101,7 @@ def queue_deliveries(tx: Tx, message_id: str, planned: str, received_at: float) 
                 d["subject"],
                 int(d["confirm"]),
                 int(d["notify_recall"]),
+                OUTBOX.initial,
                 received_at,
                 received_at,
             ),
@@ -119,12 +124,13 @@ def queue(
     tx.execute(
         "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
         " subject_template, confirm, notify_recall, status, next_attempt_at,"
-        " created_at, subject, raw, spool) VALUES (?, '', ?, ?, '[]', '', 0, 0, 'pending', ?,"
+        " created_at, subject, raw, spool) VALUES (?, '', ?, ?, '[]', '', 0, 0, ?, ?,"
         " ?, ?, ?, ?)",
         (
             mail_id,
             kind,
             json.dumps(list(recipients)),
+            OUTBOX.initial,
             now,
             now,
             prepared.subject,
@@ -134,18 +140,16 @@ def queue(
     )
 
 
-def cancel_for_recall(tx: Tx, message_id: str, now: float) -> tuple[int, int]:
-    """A message was recalled: (forwards cancelled, recall notices queued)."""
-    cancelled = tx.execute(
-        "UPDATE outbox SET status = 'cancelled', raw = NULL, spool = NULL"
-        " WHERE message_id = ? AND kind = 'forward' AND status IN ('pending', 'failed')",
-        (message_id,),
-    ).rowcount
-    tx.execute(
-        "UPDATE outbox SET recalled = 1"
-        " WHERE message_id = ? AND kind = 'forward' AND status IN ('sending', 'sent')",
-        (message_id,),
-    )
+@dataclass(frozen=True)
+class Recalled:
+    cancelled: int  # forwards that will now never be sent
+    sending: int  # forwards being sent: cancelled unless the relay accepts them
+    notices: int  # recall notices queued for forwards already sent
+
+
+def cancel_for_recall(tx: Tx, message_id: str, now: float) -> Recalled:
+    """A message was recalled: its forwards not sent yet end here, for good."""
+    moved = move_all(tx, OUTBOX, "recall", "message_id = ? AND kind = 'forward'", (message_id,))
     notices = 0
     for (mail_id,) in tx.execute(
         "SELECT mail_id FROM outbox WHERE message_id = ? AND kind = 'forward'"
@@ -153,7 +157,11 @@ def cancel_for_recall(tx: Tx, message_id: str, now: float) -> tuple[int, int]:
         (message_id,),
     ).fetchall():
         notices += _queue_recall_notice(tx, mail_id, now)
-    return cancelled, notices
+    return Recalled(
+        cancelled=sum(m.after == "cancelled" for m in moved),
+        sending=sum(m.after == "recalling" for m in moved),
+        notices=notices,
+    )
 
 
 def _queue_recall_notice(tx: Tx, mail_id: str, now: float) -> int:
@@ -162,14 +170,20 @@ def _queue_recall_notice(tx: Tx, mail_id: str, now: float) -> int:
         " subject_template, confirm, notify_recall, status, next_attempt_at, created_at,"
         " subject)"
         " SELECT mail_id || '#recall', message_id, 'recall', recipients, rules,"
-        " subject_template, 0, 0, 'pending', ?, ?, subject FROM outbox WHERE mail_id = ?",
-        (now, now, mail_id),
+        " subject_template, 0, 0, ?, ?, ?, subject FROM outbox"
+        " WHERE mail_id = ? AND notify_recall = 1",
+        (OUTBOX.initial, now, now, mail_id),
     ).rowcount
 
 
-def requeue_interrupted(tx: Tx) -> int:
-    """At start-up, mail caught mid-send goes back to pending (same bytes, same Message-ID)."""
-    return tx.execute("UPDATE outbox SET status = 'pending' WHERE status = 'sending'").rowcount
+def requeue_interrupted(tx: Tx, mail_ids: Sequence[str] | None = None) -> list[Moved]:
+    """Mail caught mid-send goes back to pending (same bytes, same Message-ID), or to its
+    end if it was recalled or dropped meanwhile: at start-up every such row (None), or
+    the ones named."""
+    marks = ",".join(f"'{s}'" for s in SENDING)
+    if mail_ids is None:
+        return move_all(tx, OUTBOX, "interrupted", f"status IN ({marks})")
+    return [m for i in mail_ids if (m := move(tx, OUTBOX, "interrupted", i)).done]
 
 
 def due(tx: Tx, now: float, limit: int = 50) -> list[OutboxRow]:
@@ -207,9 +221,9 @@ def next_due_at(tx: Tx) -> float | None:
 
 def pending_count(tx: Tx) -> int:
     """Mail not sent yet: in the outbox, or still planned in its message's row."""
-    queued = tx.execute(
-        "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')"
-    ).fetchone()[0]
+    queued = tx.execute(f"SELECT COUNT(*) FROM outbox WHERE status IN ({_UNFINISHED})").fetchone()[
+        0
+    ]
     return int(queued) + planned_count(tx)
 
 
@@ -224,39 +238,56 @@ def planned_count(tx: Tx) -> int:
     )
 
 
-def begin_send(tx: Tx, mail_id: str, prepared: Prepared | None = None) -> bool:
-    """pending → sending (storing the composed mail first, if new); False if recalled."""
-    if prepared is not None:  # not into a row recalled meanwhile: it would keep the file
-        tx.execute(
-            "UPDATE outbox SET subject = ?, raw = ?, spool = ? WHERE mail_id = ?"
-            " AND status = 'pending'",
-            (prepared.subject, prepared.raw, prepared.spool, mail_id),
-        )
-    return (
-        tx.execute(
-            "UPDATE outbox SET status = 'sending' WHERE mail_id = ? AND status = 'pending'",
-            (mail_id,),
-        ).rowcount
-        == 1
+def begin_send(tx: Tx, mail_id: str, prepared: Prepared | None = None) -> Moved:
+    """pending → sending, storing the composed mail with it if new; not done if the
+    mail was recalled or dropped meanwhile (`before` says which)."""
+    if prepared is None:
+        return move(tx, OUTBOX, "claim", mail_id)
+    return move(
+        tx,
+        OUTBOX,
+        "claim",
+        mail_id,
+        "subject = ?, raw = ?, spool = ?",
+        (prepared.subject, prepared.raw, prepared.spool),
     )
 
 
-def mark_sent(tx: Tx, mail_id: str, now: float) -> bool:
-    """Returns True if a recall arrived while sending and a follow-up was queued.
+@dataclass(frozen=True)
+class Sent:
+    moved: Moved
+    notice: bool  # recalled while it was being sent: a recall notice was queued
 
-    The mail's bytes go: a year of forwards must not keep a year of attachments.
-    """
-    tx.execute(
-        "UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL, raw = NULL,"
-        " spool = NULL, attempts = attempts + 1 WHERE mail_id = ?",
-        (now, mail_id),
+
+def mark_sent(tx: Tx, mail_id: str, now: float) -> Sent:
+    """The relay accepted it. Its bytes go: a year of forwards must not keep a year of
+    attachments."""
+    moved = move(
+        tx,
+        OUTBOX,
+        "accepted",
+        mail_id,
+        "sent_at = ?, last_error = NULL, attempts = attempts + 1",
+        (now,),
     )
-    row = tx.execute(
-        "SELECT recalled, notify_recall FROM outbox WHERE mail_id = ?", (mail_id,)
-    ).fetchone()
-    if row and row[0] and row[1]:
-        return _queue_recall_notice(tx, mail_id, now) == 1
-    return False
+    notice = moved.before == "recalling" and _queue_recall_notice(tx, mail_id, now) == 1
+    return Sent(moved, notice)
+
+
+def mark_retry(tx: Tx, mail_id: str, next_attempt_at: float, error: str) -> Moved:
+    """Due again at `next_attempt_at`; a mail recalled or dropped meanwhile ends instead."""
+    return move(
+        tx,
+        OUTBOX,
+        "later",
+        mail_id,
+        "attempts = attempts + 1, next_attempt_at = ?, last_error = ?",
+        (next_attempt_at, error),
+    )
+
+
+def mark_failed(tx: Tx, mail_id: str, error: str) -> Moved:
+    return move(tx, OUTBOX, "fail", mail_id, "attempts = attempts + 1, last_error = ?", (error,))
 
 
 def spooled(tx: Tx) -> set[str]:
@@ -266,12 +297,15 @@ def spooled(tx: Tx) -> set[str]:
 
 @dataclass(frozen=True)
 class QueueEntry:
-    """A mail as `feishu-mailbot queue` shows it; `id` is the row's short number."""
+    """A mail as `feishu-mailbot queue` shows it; `id` is the row's short number.
+
+    Without the mail's bytes: a queue of large mail is listed without reading them.
+    """
 
     id: int
     mail_id: str
     kind: str
-    status: str  # pending | retrying | sending | failed
+    status: str  # pending | retrying | sending | recalling | dropping | failed | …
     created_at: float
     attempts: int
     next_attempt_at: float
@@ -280,24 +314,38 @@ class QueueEntry:
     last_error: str | None
     message_id: str
     spool: str | None
-    raw: bytes | None
+    composed: bool
 
 
 _ENTRY = (
     "SELECT rowid, mail_id, kind, CASE WHEN status = 'pending' AND attempts > 0"
     " THEN 'retrying' ELSE status END, created_at, attempts, next_attempt_at, recipients,"
-    " subject, last_error, message_id, spool, raw FROM outbox"
+    " subject, last_error, message_id, spool, raw IS NOT NULL OR spool IS NOT NULL FROM outbox"
 )
 
 
 def _entry(r: Any) -> QueueEntry:
-    return QueueEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), *r[8:13])
+    return QueueEntry(
+        id=r[0],
+        mail_id=r[1],
+        kind=r[2],
+        status=r[3],
+        created_at=r[4],
+        attempts=r[5],
+        next_attempt_at=r[6],
+        recipients=tuple(json.loads(r[7])),
+        subject=r[8],
+        last_error=r[9],
+        message_id=r[10],
+        spool=r[11],
+        composed=bool(r[12]),
+    )
 
 
 def queued(tx: Tx, statuses: Sequence[str]) -> list[QueueEntry]:
-    """Mail in any of `statuses` (pending, retrying, sending, failed), oldest first."""
+    """Mail in any of `statuses` (pending, retrying, sending, …, failed), oldest first."""
     rows = tx.execute(
-        f"{_ENTRY} WHERE status IN ('pending', 'sending', 'failed') ORDER BY created_at"
+        f"{_ENTRY} WHERE status IN ({_UNFINISHED}, 'failed') ORDER BY created_at"
     ).fetchall()
     return [e for e in map(_entry, rows) if e.status in statuses]
 
@@ -307,23 +355,30 @@ def entry(tx: Tx, row_id: int) -> QueueEntry | None:
     return None if row is None else _entry(row)
 
 
+def raw_of(tx: Tx, row_id: int) -> bytes | None:
+    """The composed mail's bytes when a row holds them (not a spool file's)."""
+    row = tx.execute("SELECT raw FROM outbox WHERE rowid = ?", (row_id,)).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
+
+
 def counts(tx: Tx) -> dict[str, int]:
-    """How many mails are in each state; `pending` includes mail still planned."""
+    """How many mails are in each state; `pending` includes mail still planned, and
+    `sending` the mail recalled or dropped while being sent."""
     out = {"pending": planned_count(tx), "retrying": 0, "sending": 0, "failed": 0}
     for status, retrying, n in tx.execute(
         "SELECT status, attempts > 0, COUNT(*) FROM outbox"
-        " WHERE status IN ('pending', 'sending', 'failed') GROUP BY 1, 2"
+        f" WHERE status IN ({_UNFINISHED}, 'failed') GROUP BY 1, 2"
     ):
         key = "retrying" if status == "pending" and retrying else status
-        out[key] += n
+        out["sending" if key in SENDING else key] += n
     return out
 
 
 def oldest_waiting(tx: Tx) -> float | None:
     """When the oldest mail not yet sent was queued (planned mail counts from its message)."""
     row = tx.execute(
-        "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM outbox WHERE status IN"
-        " ('pending', 'sending') UNION ALL SELECT MIN(received_at) FROM messages"
+        f"SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM outbox WHERE status IN"
+        f" ({_UNFINISHED}) UNION ALL SELECT MIN(received_at) FROM messages"
         " WHERE planned > 0)"
     ).fetchone()
     return None if row[0] is None else float(row[0])
@@ -337,47 +392,48 @@ def next_retry(tx: Tx) -> tuple[float, str] | None:
     return None if row is None else (float(row[0]), str(row[1] or ""))
 
 
-def retry_now(tx: Tx, row_ids: Sequence[int] | None, now: float) -> int:
-    """Failed (or waiting) mail due at once with fresh attempts; None: every failed mail."""
-    params: tuple[int, ...] = ()
-    if row_ids is None:
-        where = "status = 'failed'"
-    else:
-        marks = ",".join("?" * len(row_ids))
-        where, params = f"rowid IN ({marks}) AND status IN ('pending', 'failed')", tuple(row_ids)
-    return tx.execute(
-        f"UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE {where}",
-        (now, *params),
-    ).rowcount
-
-
-def drop(tx: Tx, row_ids: Sequence[int]) -> tuple[int, list[str]]:
-    """Drops waiting or failed mail for good: how many, and the spool files to remove."""
+def _mail_ids(tx: Tx, row_ids: Sequence[int]) -> dict[int, str]:
     marks = ",".join("?" * len(row_ids))
-    where = f"rowid IN ({marks}) AND status IN ('pending', 'failed')"
-    files = [
-        r[0]
-        for r in tx.execute(
-            f"SELECT spool FROM outbox WHERE {where} AND spool IS NOT NULL", row_ids
+    return dict(
+        tx.execute(f"SELECT rowid, mail_id FROM outbox WHERE rowid IN ({marks})", tuple(row_ids))
+    )
+
+
+def retry_now(tx: Tx, row_ids: Sequence[int] | None, now: float) -> dict[int, Moved]:
+    """The operator's retry: due at once with fresh attempts, if the table allows it;
+    None: every failed mail. Per row id asked for (or moved), what was found and done."""
+    also, params = "attempts = 0, next_attempt_at = ?", (now,)
+    if row_ids is None:
+        ids = {
+            r[0]: r[1]
+            for r in tx.execute("SELECT rowid, mail_id FROM outbox WHERE status = 'failed'")
+        }
+    else:
+        ids = _mail_ids(tx, row_ids)
+    return {
+        row_id: move(tx, OUTBOX, "retry", ids[row_id], also, params)
+        if row_id in ids
+        else Moved(row_id, None, None)
+        for row_id in (ids if row_ids is None else row_ids)
+    }
+
+
+def drop(tx: Tx, row_ids: Sequence[int]) -> tuple[dict[int, Moved], list[str]]:
+    """The operator's drop: per row id what was found and done, and the spool files of
+    the mail dropped, for the caller to remove."""
+    ids = _mail_ids(tx, row_ids)
+    files = dict(
+        tx.execute(
+            f"SELECT rowid, spool FROM outbox WHERE rowid IN ({','.join('?' * len(row_ids))})"
+            " AND spool IS NOT NULL",
+            tuple(row_ids),
         )
-    ]
-    dropped = tx.execute(
-        f"UPDATE outbox SET status = 'dropped', raw = NULL, spool = NULL WHERE {where}", row_ids
-    ).rowcount
-    return dropped, files
-
-
-def mark_retry(tx: Tx, mail_id: str, next_attempt_at: float, error: str) -> None:
-    tx.execute(
-        "UPDATE outbox SET status = 'pending', attempts = attempts + 1,"
-        " next_attempt_at = ?, last_error = ? WHERE mail_id = ?",
-        (next_attempt_at, error, mail_id),
     )
-
-
-def mark_failed(tx: Tx, mail_id: str, error: str) -> None:
-    tx.execute(
-        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
-        " WHERE mail_id = ?",
-        (error, mail_id),
-    )
+    moved = {
+        row_id: move(tx, OUTBOX, "drop", ids[row_id])
+        if row_id in ids
+        else Moved(row_id, None, None)
+        for row_id in row_ids
+    }
+    dropped = [files[i] for i, m in moved.items() if m.after == "dropped" and i in files]
+    return moved, dropped

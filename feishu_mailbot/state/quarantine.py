@@ -11,17 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.lifecycle import QUARANTINE, move, move_all
 
 
 def hold(tx: Tx, key: str, reason: str, payload: bytes, now: float) -> bool:
     """Keep the event; False if it was held already (a re-push of the same event)."""
     cur = tx.execute(
-        "INSERT INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (key) DO UPDATE SET status = 'held', reason = excluded.reason"
-        " WHERE quarantine.status = 'retry'",  # a retry that failed again: held again
+        "INSERT OR IGNORE INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)",
         (key, now, reason, payload),
     )
-    return cur.rowcount == 1
+    if cur.rowcount == 1:
+        return True
+    # An operator's retry that failed again: held again, with today's reason.
+    return move(tx, QUARANTINE, "held_again", key, "reason = ?", (reason,)).done
 
 
 def held_count(tx: Tx) -> int:
@@ -50,28 +52,14 @@ def entries(tx: Tx, statuses: Sequence[str] = ("held", "retry")) -> list[Held]:
 def retry(tx: Tx, keys: Sequence[str] | None) -> int:
     """Asks the running daemon to take these events again (None: every held one)."""
     if keys is None:
-        return tx.execute("UPDATE quarantine SET status = 'retry' WHERE status = 'held'").rowcount
-    marks = ",".join("?" * len(keys))
-    return tx.execute(
-        f"UPDATE quarantine SET status = 'retry' WHERE status = 'held' AND key IN ({marks})",
-        tuple(keys),
-    ).rowcount
+        return len(move_all(tx, QUARANTINE, "retry", "1 = 1"))
+    return sum(move(tx, QUARANTINE, "retry", k).done for k in dict.fromkeys(keys))
 
 
 def drop(tx: Tx, keys: Sequence[str]) -> int:
-    marks = ",".join("?" * len(keys))
-    return tx.execute(
-        "UPDATE quarantine SET status = 'dropped', payload = x''"
-        f" WHERE status IN ('held', 'retry') AND key IN ({marks})",
-        tuple(keys),
-    ).rowcount
+    return sum(move(tx, QUARANTINE, "drop", k, "payload = x''").done for k in dict.fromkeys(keys))
 
 
 def settle(tx: Tx, key: str) -> bool:
     """After the daemon took a retried event: released, unless it was held again."""
-    return (
-        tx.execute(
-            "UPDATE quarantine SET status = 'released' WHERE key = ? AND status = 'retry'", (key,)
-        ).rowcount
-        == 1
-    )
+    return move(tx, QUARANTINE, "release", key).done

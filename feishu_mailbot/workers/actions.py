@@ -142,9 +142,9 @@ class Actions:
         now = self._now()
 
         def finish(tx: Tx) -> None:
-            actions.finish(tx, action.id, error)
-            for request in follow_ups:
-                actions.add(tx, request, action.message_id, now)
+            if actions.finish(tx, action.id, error):  # follow-ups once, whoever finished it
+                for request in follow_ups:
+                    actions.add(tx, request, action.message_id, now)
 
         await self._state.write(finish)
 

@@ -11,6 +11,7 @@ Message-ID. Everything it learns goes back into the state; the in-chat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot import mail
@@ -33,6 +34,7 @@ from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
 from feishu_mailbot.settings import Settings, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
+from feishu_mailbot.state.lifecycle import Moved
 from feishu_mailbot.state.outbox import OutboxRow, Prepared
 
 log = logging.getLogger("feishu_mailbot.outbox")
@@ -81,12 +83,21 @@ def _confirms(row: OutboxRow, delivered: list[str]) -> bool:
     return row.confirm and row.kind == "forward" and bool(delivered)
 
 
-def _sent(tx: Tx, row: OutboxRow, now: float, delivered: list[str]) -> bool:
-    """Record a sent mail (and the confirmation its rule asks for); True if a recall
-    notice was queued because the message was recalled while it was being sent."""
-    if _confirms(row, delivered):
+def _sent(tx: Tx, row: OutboxRow, now: float, delivered: list[str]) -> outbox.Sent:
+    """Record a sent mail, and the confirmation its rule asks for."""
+    sent = outbox.mark_sent(tx, row.mail_id, now)
+    if sent.moved.done and _confirms(row, delivered):
         actions.add(tx, ActionRequest("confirm", {"to": delivered}), row.message_id, now)
-    return outbox.mark_sent(tx, row.mail_id, now)
+    return sent
+
+
+def _why_not(moved: Moved) -> str:
+    """Why an attempt's outcome left a mail where it was, for the journal."""
+    if moved.before in ("cancelled", "recalling"):
+        return "its message was recalled"
+    if moved.before in ("dropped", "dropping"):
+        return "an operator dropped it"
+    return f"it is {moved.before or 'gone from the outbox'}"
 
 
 class Outbox:
@@ -125,6 +136,9 @@ class Outbox:
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
         self._bell = Doorbell()
         self._requeued = False  # mail caught mid-send by the last stop goes back first
+        # Outcomes of attempts that the state refused to record (a full disk): written
+        # first once it works again, so that no mail stays claimed while we run.
+        self._unrecorded: dict[str, Callable[[Tx], Any]] = {}
         self._with_files = asyncio.Semaphore(1)  # mail downloading and composing files
         self._relay_size: int | None = None  # the relay's EHLO SIZE, once asked
         self._relay_asked = False
@@ -153,6 +167,9 @@ class Outbox:
         for transport in self._transports:
             self._idle.put_nowait(transport)
         await rounds(self._bell, self._round, "outbox", log)
+        if self._unrecorded:  # one last try; else the next start requeues them
+            with contextlib.suppress(DatabaseError):
+                await self._record_unrecorded()
         for transport in self._transports:
             await asyncio.to_thread(transport.close)
         self._smtp_threads.shutdown(wait=False)
@@ -160,8 +177,16 @@ class Outbox:
     async def _round(self) -> float | None:
         """Send what is due; how long to wait before the next round (None: go on at once)."""
         if not self._requeued:
-            await self._state.write(outbox.requeue_interrupted)
+            for moved in await self._state.write(outbox.requeue_interrupted):
+                if moved.after != "pending":
+                    log.info(
+                        "mail interrupted while being sent is not sent again: %s",
+                        _why_not(moved),
+                        extra={"MAIL_ID": str(moved.key)},
+                    )
             self._requeued = True
+        if self._unrecorded:
+            await self._record_unrecorded()
         if self._now() - self._swept_at > SPOOL_GRACE_SECONDS:
             # Files of mail recalled while composed, or sent just before a crash.
             named = self._state.read(outbox.spooled)
@@ -193,6 +218,28 @@ class Outbox:
         next_at = self._state.read(outbox.next_due_at)
         timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
         return min(timeout, POLL_SECONDS)
+
+    async def _record_unrecorded(self) -> None:
+        unrecorded = self._unrecorded
+
+        def record(tx: Tx) -> None:
+            for work in unrecorded.values():
+                work(tx)
+
+        await self._state.write(record)
+        self._unrecorded = {}
+        log.info("outcomes of %d mail attempts recorded now that the state works", len(unrecorded))
+        self.wake()  # a recall notice may have been queued
+        self._actions_queued()  # and confirmations
+
+    async def _outcome(self, row: OutboxRow, work: Callable[[Tx], Any]) -> Any:
+        """Record what an attempt came to; if the state refuses, it is kept to be recorded
+        at the next round (so the mail does not stay claimed), and the round stops."""
+        try:
+            return await self._state.write(work)
+        except DatabaseError:
+            self._unrecorded[row.mail_id] = work
+            raise
 
     def work_due(self) -> bool:
         """Mail waiting to be sent now (the health verdict asks, once a second)."""
@@ -249,7 +296,8 @@ class Outbox:
             )
         else:
             claimed = await self._state.write(partial(outbox.begin_send, mail_id=row.mail_id))
-        if not claimed:  # recalled while we were preparing
+        if not claimed.done:  # recalled or dropped while we were preparing
+            log.info("mail %s not sent: %s", row.kind, _why_not(claimed), extra=fields)
             if prepared.spool is not None and prepared.spool != row.spool:
                 await asyncio.to_thread(self._state.spool.remove, prepared.spool)
             return
@@ -266,16 +314,17 @@ class Outbox:
         finally:
             self._idle.put_nowait(transport)
         delivered = [r for r in row.recipients if r not in refused]
-        queued_notice = await self._state.write(
-            partial(_sent, row=row, now=self._now(), delivered=delivered)
+        sent = await self._outcome(
+            row, partial(_sent, row=row, now=self._now(), delivered=delivered)
         )
         if prepared.spool is not None:
             await asyncio.to_thread(self._state.spool.remove, prepared.spool)
         log.info(
-            "mail %s sent to %s: %s",
+            "mail %s sent to %s: %s%s",
             row.kind,
             ", ".join(delivered),
             prepared.subject,
+            "" if sent.moved.before == "sending" else f" ({_why_not(sent.moved)} meanwhile)",
             extra={**fields, "RULE": ",".join(row.rules)},
         )
         for address, (code, text) in refused.items():
@@ -286,7 +335,7 @@ class Outbox:
                 text.decode("utf-8", "replace"),
                 extra=fields,
             )
-        if queued_notice:
+        if sent.notice:
             self.wake()
         if _confirms(row, delivered):
             self._actions_queued()
@@ -306,26 +355,43 @@ class Outbox:
         age = self._now() - row.created_at
         exhausted = unexpected and row.attempts + 1 >= UNEXPECTED_ATTEMPTS
         if permanent or exhausted or self.policy.expired(age, row.attempts + 1):
-            await self._state.write(partial(outbox.mark_failed, mail_id=row.mail_id, error=error))
-            log.error(
-                "mail %s failed for good after %d attempts: %s",
-                row.kind,
-                row.attempts + 1,
-                error,
-                extra=fields,
+            moved = await self._outcome(
+                row, partial(outbox.mark_failed, mail_id=row.mail_id, error=error)
             )
-            return
-        delay = backoff(row.attempts, self.policy)
-        retry_at = self._now() + delay
-        await self._state.write(
-            partial(outbox.mark_retry, mail_id=row.mail_id, next_attempt_at=retry_at, error=error)
-        )
-        log.warning(
-            "mail %s attempt %d failed, retrying in %.1fs: %s",
+            if moved.after == "failed":
+                log.error(
+                    "mail %s failed for good after %d attempts: %s",
+                    row.kind,
+                    row.attempts + 1,
+                    error,
+                    extra=fields,
+                )
+                return
+        else:
+            delay = backoff(row.attempts, self.policy)
+            retry_at = self._now() + delay
+            moved = await self._outcome(
+                row,
+                partial(
+                    outbox.mark_retry, mail_id=row.mail_id, next_attempt_at=retry_at, error=error
+                ),
+            )
+            if moved.after == "pending":
+                log.warning(
+                    "mail %s attempt %d failed, retrying in %.1fs: %s",
+                    row.kind,
+                    row.attempts + 1,
+                    delay,
+                    error,
+                    extra=fields,
+                )
+                return
+        log.info(
+            "mail %s attempt %d failed (%s) and is not tried again: %s",
             row.kind,
             row.attempts + 1,
-            delay,
             error,
+            _why_not(moved),
             extra=fields,
         )
 

@@ -23,6 +23,8 @@ from feishu_mailbot.state import (
     DatabaseError,
     State,
     StateError,
+    Tx,
+    batches,
     digests,
     heartbeat,
     messages,
@@ -178,9 +180,17 @@ def _retry(settings: Settings, state: State, args: argparse.Namespace) -> int:
         print("retry: name mail ids from `queue`, or --all-failed", file=sys.stderr)
         return os.EX_USAGE
     ids = None if args.all_failed else args.ids
-    moved = state.write_now(partial(outbox.retry_now, row_ids=ids, now=time.time()))
+
+    def retry(tx: Tx) -> tuple[dict[int, int], dict[int, Moved]]:
+        back = batches.give_back(tx, ids)  # never composed: composed anew, not resent
+        rest = None if ids is None else [i for i in ids if i not in back]
+        return back, outbox.retry_now(tx, rest, time.time()) if rest != [] else {}
+
+    back, moved = state.write_now(retry)
     _refusals(moved, "retried")
-    n = sum(m.done for m in moved.values())
+    for row_id, matches in back.items():
+        print(f"mail {row_id}: its {matches} matches go into a new batch digest at the next look")
+    n = sum(m.done for m in moved.values()) + len(back)
     print(f"{n} mail due now; the running daemon sends it within seconds")
     return os.EX_OK if n or ids is None else os.EX_DATAERR
 

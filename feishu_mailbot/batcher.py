@@ -19,12 +19,13 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot import batching, mail
 from feishu_mailbot.attachments import RelaySize, digest_images, queue_digest
-from feishu_mailbot.feishu import FeishuApi
+from feishu_mailbot.feishu import FeishuApi, FeishuError
 from feishu_mailbot.lookups import Lookups
 from feishu_mailbot.model import Message, StoredFormError
 from feishu_mailbot.names import NameResolver
+from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.settings import Rule, Settings
-from feishu_mailbot.state import State, batches, messages
+from feishu_mailbot.state import DatabaseError, State, batches, messages
 
 log = logging.getLogger("feishu_mailbot.batches")
 
@@ -58,6 +59,7 @@ class Batcher:
         self._relay = RelaySize()
         self._now = wall_clock
         self._progress: Callable[[], None] = lambda: None
+        self._raised: dict[str, int] = {}  # a digest's composition that raised: how often
 
     def rules(self) -> list[Rule]:
         return [r for r in self.settings.rules if r.batch is not None]
@@ -137,13 +139,56 @@ class Batcher:
         )
         if not waiting:
             return False
+        # Unique per set of matches: after a clock jump back, a later digest may share `end`.
+        mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"
+        try:
+            queued = await self._compose(rule, end, start, waiting, mail_id)
+        except (FeishuError, DatabaseError):
+            raise  # not the digest's: the next tick tries again
+        except Exception as e:  # a bug, or a value a library refuses: it will not get better
+            tries = self._raised[mail_id] = self._raised.get(mail_id, 0) + 1
+            if tries < UNEXPECTED_ATTEMPTS:
+                raise  # the schedule says so, and the next tick tries again
+            del self._raised[mail_id]
+            return await self._failed(rule, waiting, mail_id, f"{type(e).__name__}: {e}", tries)
+        self._raised.pop(mail_id, None)
+        return queued
+
+    async def _failed(
+        self, rule: Rule, waiting: list[str], mail_id: str, error: str, tries: int
+    ) -> bool:
+        """Recorded failed with its matches, like a mail: `queue --failed` shows it."""
+        if not await self._state.write(
+            partial(
+                batches.fail,
+                rule=rule.name,
+                message_ids=waiting,
+                mail_id=mail_id,
+                recipients=rule.to,
+                error=error,
+                now=self._now(),
+            )
+        ):
+            return False
+        log.error(
+            "batch digest of %s failed for good after %d attempts: %s; its %d matches "
+            "are in `feishu-mailbot queue --failed` (retry composes it again)",
+            rule.name,
+            tries,
+            error,
+            len(waiting),
+            extra={"MAIL_ID": mail_id, "RULE": rule.name},
+        )
+        return True
+
+    async def _compose(
+        self, rule: Rule, end: datetime, start: datetime | None, waiting: list[str], mail_id: str
+    ) -> bool:
         found = [f for f in [await self._entry(m, end) for m in waiting] if f is not None]
         if start is None:
             assert rule.batch is not None
             start = batching.window_start(end, rule.batch)
         roundup = batching.build(rule.name, start, end, found)
-        # Unique per set of matches: after a clock jump back, a later digest may share `end`.
-        mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"
         images = await digest_images(
             self._api, self.settings, [m for m, _, _ in found], self._relay, self._progress
         )

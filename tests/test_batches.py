@@ -13,6 +13,8 @@ import dataclasses
 import email
 import email.policy
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -30,11 +32,12 @@ from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.model import Image, Message, Recall, Text
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
+from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.settings import Batch, Settings
-from feishu_mailbot.state import State, Tx, messages
+from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.schedule import Schedule
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import Bot, progress_while, write_config
+from tests.harness import REPO, Bot, progress_while, write_config
 from tests.smtp_server import SmtpServer
 from tests.test_daily_report import faketime_env
 
@@ -569,4 +572,50 @@ def test_digests_with_images_ask_the_relay_its_size_once_an_hour(
     mails = [parse(raw) for _, raw in state.read(batch_mails)]
     assert all(any(p.get_content_type() == "image/png" for p in m.walk()) for m in mails)
     assert smtp.connections == 1  # asked once, kept for the hour
+    state.close()
+
+
+def test_a_digest_whose_composition_keeps_raising_fails_like_a_mail(
+    tmp_path: Path, emulator: FeishuEmulator
+) -> None:
+    """A match stamped in the year 33658 (Feishu sent a create_time no mail can carry):
+    the digest raises each tick, then is recorded failed with its matches, visible in
+    `queue --failed`; `retry` gives the matches back and the digest is composed anew."""
+    s = settings(tmp_path, emulator.base_url)
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    poison = dataclasses.replace(message(1, "低优先级 #1", at), create_time_ms=999999999999999)
+    for msg in (poison, message(2, "低优先级 #2", at)):
+        state.write_now(
+            partial(
+                messages.ingest, msg=msg, deliveries=(), now=at.timestamp(), batches=["低优先级"]
+            )
+        )
+    api = FeishuApi(s.feishu)
+    later = (at + timedelta(hours=1)).timestamp()
+    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    for _ in range(UNEXPECTED_ATTEMPTS - 1):
+        with pytest.raises(ValueError):  # the schedule logs it and tries at the next tick
+            asyncio.run(batcher.send_due())
+    asyncio.run(batcher.send_due())  # the last try: recorded failed, no longer raised
+    assert asyncio.run(batcher.send_due()) == 0  # and no longer tried at every tick
+    [failed] = state.read(partial(outbox.queued, statuses=("failed",)))
+    assert failed.kind == "batch" and "ValueError" in (failed.last_error or "")
+    assert state.read(outbox.counts)["failed"] == 1  # `status` says so
+    state.close()
+
+    config_path = str(tmp_path / "feishu-mailbot.yaml")
+    retried = subprocess.run(
+        [sys.executable, "-m", "feishu_mailbot", "--config", config_path, "retry", "--all-failed"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert retried.returncode == 0, retried.stderr
+    assert f"mail {failed.id}: its 2 matches go into a new batch digest" in retried.stdout
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+    assert state.read(partial(outbox.queued, statuses=("failed",))) == []
+    state.write_now(lambda tx: tx.execute("DELETE FROM batch_items WHERE message_id = 'om_1'"))
+    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    assert asyncio.run(batcher.send_due()) == 1  # without the poison, composed and queued
+    [(_, raw)] = state.read(batch_mails)
+    assert "低优先级 #2" in text_of(parse(raw))
     state.close()

@@ -84,6 +84,53 @@ def take(
     return True
 
 
+def fail(
+    tx: Tx,
+    *,
+    rule: str,
+    message_ids: Sequence[str],
+    mail_id: str,
+    recipients: Sequence[str],
+    error: str,
+    now: float,
+) -> bool:
+    """A digest that could not be composed, recorded failed with the matches it was to
+    carry: it shows in `queue --failed` and `status`, and its matches stop being tried
+    at every tick. False, with nothing written, as for `take`."""
+    subject = f"batch digest of {rule}: not composed"
+    placeholder = Prepared(subject)  # no bytes: `give_back` is how it is retried
+    if not take(
+        tx,
+        rule=rule,
+        message_ids=message_ids,
+        mail_id=mail_id,
+        recipients=recipients,
+        prepared=placeholder,
+        now=now,
+    ):
+        return False
+    return outbox.mark_failed(tx, mail_id, error).done
+
+
+def give_back(tx: Tx, row_ids: Sequence[int] | None) -> dict[int, int]:
+    """The operator's retry of failed batch digests that were never composed: their
+    matches wait again (the next tick composes them anew) and the failed rows go.
+    Per row id given back, how many matches; None: every such failed digest."""
+    rows = tx.execute(
+        "SELECT rowid, mail_id FROM outbox WHERE kind = 'batch' AND status = 'failed'"
+        " AND raw IS NULL AND spool IS NULL"
+    ).fetchall()
+    wanted = None if row_ids is None else set(row_ids)
+    back = {}
+    for row_id, mail_id in rows:
+        if wanted is None or row_id in wanted:
+            back[row_id] = tx.execute(
+                "UPDATE batch_items SET mail_id = NULL WHERE mail_id = ?", (mail_id,)
+            ).rowcount
+            tx.execute("DELETE FROM outbox WHERE mail_id = ?", (mail_id,))
+    return back
+
+
 def carried(tx: Tx, mail_id: str) -> list[str]:
     """The messages a digest carries."""
     rows = tx.execute(

@@ -122,7 +122,7 @@ def _import_env(env_path: str, secrets_dir: str | None) -> int:
     from feishu_mailbot import envfile
 
     try:
-        text = Path(env_path).read_text(encoding="utf-8")
+        text = Path(env_path).read_text(encoding="utf-8-sig")  # a BOM would hide the first key
     except OSError as e:
         print(f"{env_path}: cannot read it: {e.strerror or e}", file=sys.stderr)
         return os.EX_NOINPUT

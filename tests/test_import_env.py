@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot import cli, config
+from feishu_mailbot import cli, config, envfile
 
 ENV = """\
 FEISHU_APP_ID=cli_a5f3e2d1c0b9
@@ -42,3 +42,87 @@ def test_a_byte_order_mark_does_not_hide_the_first_key(
     assert code == 0, err
     assert load(tmp_path, out).feishu.app_id == "cli_a5f3e2d1c0b9"
     assert "FEISHU_APP_ID is missing" not in err and "not KEY=value" not in err
+
+
+# What python-dotenv's parser makes of each line (checked against its parse_stream).
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('A="pa\\"ss#word=1"', 'pa"ss#word=1'),  # \" and # inside double quotes
+        ('A="b\\\\c"', "b\\c"),
+        ('A="b\\nc"', "b\nc"),
+        ('A="\\a\\b\\f\\r\\t\\v\\q"', "\a\b\f\r\t\v\\q"),  # only these escapes; \q stays
+        ('A="ends\\\\"', "ends\\"),
+        ('A="b" # comment', "b"),
+        ('A="multi\nline"', "multi\nline"),  # a double-quoted value may span lines
+        ("A='a\\nb #c'", "a\\nb #c"),  # single quotes: literal but for \' and \\
+        ("A='b\\'c'", "b'c"),
+        ("A='b c '", "b c "),
+        ("A=b #c", "b"),  # unquoted: ` #` starts a comment
+        ("A=b\t#c", "b"),
+        ("A=b#c", "b#c"),
+        ("A= #c", "#c"),  # the blanks after = belong to the =
+        ("A=b  c ", "b  c"),
+        ('A=b\\"c', 'b\\"c'),  # no escapes outside double quotes
+        ("A=", ""),
+        ("export A=b", "b"),
+        ("'A'=b", "b"),
+        (" A = b ", "b"),
+        ("\ufeffA=b", "b"),
+    ],
+)
+def test_values_are_read_as_python_dotenv_reads_them(text: str, value: str) -> None:
+    values, problems = envfile.parse(text + "\n", "x.env")
+    assert (values, problems) == ({"A": value}, [])
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("A='it''s'", 1),  # text after the closing quote
+        ('A="b"junk', 1),
+        ("a: b", 1),
+        ("X=1\nBARE", 2),  # a key without =: python-dotenv sets nothing
+    ],
+)
+def test_lines_python_dotenv_rejects_are_problems(text: str, line: int) -> None:
+    values, problems = envfile.parse(text + "\n", "x.env")
+    assert "A" not in values and "BARE" not in values
+    assert len(problems) == 1 and problems[0].startswith(f"x.env:{line}: "), problems
+
+
+def test_a_quoted_secret_arrives_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = ENV.replace("Qm7rT2vX9pL4sK8w", '"pa\\"ss#word=1"')
+    text = text.replace("app-pass-42", "'it is #1 \\n'")
+    code, out, err, _ = run(tmp_path, capsys, text)
+    assert code == 0, err
+    s = load(tmp_path, out)
+    assert s.feishu.app_secret.reveal() == 'pa"ss#word=1'
+    assert s.smtp.password is not None and s.smtp.password.reveal() == "it is #1 \\n"
+
+
+def test_problems_name_the_line_and_key_never_the_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "FEISHU_APP_ID=cli_a5f3e2d1c0b9\n"
+        "Qm7rT2vX9pL4sK8w\n"  # 2: a secret pasted without its key
+        "SMTP_USER=team.bot@example.com\n"
+        'SMTP_PASSWORD="first-half\n'  # 4: a value on two lines
+        'second-half"\n'
+        'FEISHU_APP_SECRET="s3cr3t, never closed\n'  # 6
+        "tail-of-s3cr3t\n"  # 7: then read as a line of its own
+        "\x1b[2J=1\n"  # a key python-dotenv takes, that would clear the terminal
+    )
+    code, out, err, env = run(tmp_path, capsys, text)
+    assert code == 0, err
+    for secret in ("Qm7rT2vX9pL4sK8w", "s3cr3t", "first-half", "second-half"):
+        assert secret not in err, err
+    assert "Qm7rT2vX9pL4sK8w" not in out and "s3cr3t" not in out
+    assert f"{env}:2: " in err
+    assert f"{env}:6: FEISHU_APP_SECRET: " in err
+    assert f"{env}:7: " in err
+    assert f"{env}:4" not in err and f"{env}:5" not in err
+    assert "\x1b" not in err and "\x1b" not in out and "'\\x1b[2J': unknown key" in err
+    s = load(tmp_path, out.replace('"REPLACE_ME"', '"set-by-hand"'))
+    assert s.smtp.password is not None and s.smtp.password.reveal() == "first-half\nsecond-half"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,49 @@ def test_problems_name_the_line_and_key_never_the_value(
     assert "\x1b" not in err and "\x1b" not in out and "'\\x1b[2J': unknown key" in err
     s = load(tmp_path, out.replace('"REPLACE_ME"', '"set-by-hand"'))
     assert s.smtp.password is not None and s.smtp.password.reveal() == "first-half\nsecond-half"
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_planted_symlink_neither_redirects_a_secret_nor_changes_a_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dangling: bool
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    if not dangling:
+        elsewhere.write_text("keep me\n")
+        elsewhere.chmod(0o600)
+    (secrets / "app_secret").symlink_to(elsewhere)
+    code, out, err, _ = run(tmp_path, capsys, ENV, "--secrets-dir", str(secrets))
+    assert code == os.EX_CANTCREAT
+    if dangling:
+        assert not elsewhere.exists()
+    else:
+        assert elsewhere.read_text() == "keep me\n"
+        assert elsewhere.stat().st_mode & 0o777 == 0o600
+    assert (secrets / "app_secret").is_symlink()
+    assert not (secrets / "smtp_password").exists()  # all or nothing
+    assert out == ""  # no config that names files which were not written
+    assert f"{secrets / 'app_secret'}: " in err and "symbolic link" in err
+    assert "Qm7rT2vX9pL4sK8w" not in err and "app-pass-42" not in err
+
+
+def test_an_existing_secret_file_is_refused_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    live = secrets / "smtp_password"
+    live.write_text("the live one\n")
+    live.chmod(0o640)
+    code, out, err, _ = run(tmp_path, capsys, ENV, "--secrets-dir", str(secrets))
+    assert code == os.EX_CANTCREAT
+    assert live.read_text() == "the live one\n" and live.stat().st_mode & 0o777 == 0o640
+    assert not (secrets / "app_secret").exists()
+    assert out == ""
+    assert f"{live}: exists already" in err and "remove it" in err
+    code, out, err, _ = run(tmp_path, capsys, ENV, "--secrets-dir", str(tmp_path / "new"))
+    assert code == 0, err
+    for name in ("app_secret", "smtp_password"):
+        assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o640
+    assert load(tmp_path, out).feishu.app_secret.reveal() == "Qm7rT2vX9pL4sK8w"

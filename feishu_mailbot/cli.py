@@ -151,12 +151,16 @@ def _write_secrets(folder: str, secrets: dict[str, str]) -> int:
     mode. Owner, group and mode are set on the descriptor, not on a path.
     """
     try:
+        made = not os.path.isdir(folder)
         os.makedirs(folder, mode=0o750, exist_ok=True)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         print(f"{folder}: cannot keep secrets there: {e.strerror or e}", file=sys.stderr)
         return os.EX_CANTCREAT
     try:
+        if made:  # the daemon must get in: group feishu-mailbot, 0750 whatever the umask
+            _give_to_group(dir_fd)
+            os.fchmod(dir_fd, 0o750)
         return _write_secrets_at(folder, dir_fd, secrets)
     finally:
         os.close(dir_fd)

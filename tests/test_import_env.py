@@ -173,3 +173,17 @@ def test_an_existing_secret_file_is_refused_and_kept(
     for name in ("app_secret", "smtp_password"):
         assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o640
     assert load(tmp_path, out).feishu.app_secret.reveal() == "Qm7rT2vX9pL4sK8w"
+
+
+def test_a_secrets_dir_it_makes_lets_the_daemon_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = tmp_path / "etc" / "feishu-mailbot"
+    old = os.umask(0o077)  # root's umask on a hardened host
+    try:
+        code, _, err, _ = run(tmp_path, capsys, ENV, "--secrets-dir", str(secrets))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert secrets.stat().st_mode & 0o777 == 0o750
+    assert secrets.stat().st_gid == (secrets / "app_secret").stat().st_gid

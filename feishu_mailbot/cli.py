@@ -122,7 +122,7 @@ def _import_env(env_path: str, secrets_dir: str | None) -> int:
     from feishu_mailbot import envfile
 
     try:
-        text = Path(env_path).read_text(encoding="utf-8")
+        text = Path(env_path).read_text(encoding="utf-8-sig")  # a BOM would hide the first key
     except OSError as e:
         print(f"{env_path}: cannot read it: {e.strerror or e}", file=sys.stderr)
         return os.EX_NOINPUT
@@ -132,29 +132,105 @@ def _import_env(env_path: str, secrets_dir: str | None) -> int:
     values, problems = envfile.parse(text, env_path)
     folder = os.path.abspath(secrets_dir) if secrets_dir else None
     imported = envfile.convert(values, env_path, folder)
-    if folder is not None:
-        os.makedirs(folder, mode=0o750, exist_ok=True)
-        for name, secret in imported.secrets.items():
-            target = os.path.join(folder, name)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(secret + "\n")
-            os.chmod(target, 0o640)
-            _give_to_group(target)
-            print(f"wrote {target} (0640)", file=sys.stderr)
+    if folder is not None and imported.secrets:
+        written = _write_secrets(folder, imported.secrets)
+        if written != os.EX_OK:
+            return written
     sys.stdout.write(imported.yaml)
     for note in [*problems, *imported.notes]:
         print(f"note: {note}", file=sys.stderr)
     return os.EX_OK
 
 
-def _give_to_group(path: str) -> None:
-    """root:feishu-mailbot, as the package sets its config, when that group exists."""
-    import contextlib
+def _write_secrets(folder: str, secrets: dict[str, str]) -> int:
+    """Each secret into a new 0640 file in `folder`: all of them, or none and EX_CANTCREAT.
+
+    Never over an existing file, never through a symlink: the folder is usually
+    /etc/feishu-mailbot, where a running bot's secret may be already, and a link
+    planted there must neither send a secret elsewhere nor change another file's
+    mode. Owner, group and mode are set on the descriptor, not on a path.
+    """
+    try:
+        made = not os.path.isdir(folder)
+        os.makedirs(folder, mode=0o750, exist_ok=True)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        print(f"{folder}: cannot keep secrets there: {e.strerror or e}", file=sys.stderr)
+        return os.EX_CANTCREAT
+    try:
+        if made:  # the daemon must get in: group feishu-mailbot, 0750 whatever the umask
+            _give_to_group(dir_fd)
+            os.fchmod(dir_fd, 0o750)
+        return _write_secrets_at(folder, dir_fd, secrets)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_secrets_at(folder: str, dir_fd: int, secrets: dict[str, str]) -> int:
+    import stat
+
+    refused = []
+    for name in secrets:
+        try:
+            found = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        what = "is a symbolic link" if stat.S_ISLNK(found.st_mode) else "exists already"
+        refused.append(f"{os.path.join(folder, name)}: {what}")
+    if refused:
+        for problem in refused:
+            print(
+                f"{problem}; import-env writes secrets only to new files (expected no file "
+                "there: remove it if it is stale, or choose another --secrets-dir)",
+                file=sys.stderr,
+            )
+        print("nothing written, no config printed", file=sys.stderr)
+        return os.EX_CANTCREAT
+    created: list[str] = []
+    report = []
+    try:
+        for name, secret in secrets.items():
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+            created.append(name)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                group = _give_to_group(fd)
+                os.fchmod(fd, 0o640)
+                out.write(secret + "\n")
+                out.flush()
+                os.fsync(fd)
+            report.append(f"wrote {os.path.join(folder, name)} (0640, {group})")
+    except OSError as e:
+        import contextlib
+
+        for name in created:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+        where = os.path.join(folder, e.filename) if isinstance(e.filename, str) else folder
+        print(
+            f"{where}: cannot write the secret: {e.strerror or e}; nothing written, "
+            "no config printed",
+            file=sys.stderr,
+        )
+        return os.EX_CANTCREAT
+    for line in report:
+        print(line, file=sys.stderr)
+    return os.EX_OK
+
+
+def _give_to_group(fd: int) -> str:
+    """Group feishu-mailbot, as the package sets its config, when it exists; says which."""
     import grp
 
-    with contextlib.suppress(KeyError, PermissionError):
-        os.chown(path, 0, grp.getgrnam("feishu-mailbot").gr_gid)
+    try:
+        gid = grp.getgrnam("feishu-mailbot").gr_gid
+    except KeyError:
+        return "no group feishu-mailbot here: chgrp it so the daemon can read it"
+    try:
+        os.fchown(fd, -1, gid)
+    except PermissionError:
+        return "not allowed to chgrp it to feishu-mailbot: do so as root"
+    return "group feishu-mailbot"
 
 
 def _chats(settings: Settings) -> int:

@@ -180,6 +180,34 @@ def _email(n: _Node) -> str:
     return text
 
 
+# What YAML 1.1 makes of an unquoted word that a secret may well be.
+_READ_AS = {
+    "tag:yaml.org,2002:int": "a number",  # 0123456 is octal, 12:30:45 base 60, 1_000 is 1000
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "true or false",  # yes, no, on, off too
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+
+def _secret_text(n: _Node) -> str:
+    """A secret exactly as written, or an error: never the number YAML made of it.
+
+    str() of what YAML read would pass silently for a different secret (0123456
+    becomes 42798), and the login would then fail far from its cause. The error
+    says what YAML read, never the value.
+    """
+    if isinstance(n.node, yaml.ScalarNode) and n.node.tag != "tag:yaml.org,2002:str":
+        if n.node.tag == "tag:yaml.org,2002:null":
+            raise n.error("is empty (expected the secret, quoted)")
+        read_as = _READ_AS.get(n.node.tag, f"the YAML type {n.node.tag}")
+        name = n.key.rsplit(".", 1)[-1]
+        raise n.error(
+            f"YAML reads this unquoted value as {read_as}, not as the characters written "
+            f'(expected a string: quote it, e.g. {name}: "…")'
+        )
+    return _str(n)
+
+
 def _secret(
     section: dict[str, _Node], parent: _Node, key: str, *, required: bool, config_dir: Path
 ) -> Secret | None:
@@ -187,7 +215,7 @@ def _secret(
     if key in section and file_key in section:
         raise section[file_key].error(f"set either `{key}` or `{file_key}`, not both")
     if key in section:
-        return Secret(_str(section[key]))
+        return Secret(_secret_text(section[key]))
     if file_key in section:
         n = section[file_key]
         path = Path(_str(n))

@@ -8,6 +8,7 @@ which are YAML double-quoted scalars, so no value can change the structure.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ KNOWN = {
     "USE_TLS",
     *NOT_NEEDED,
 }
-_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
 
 
 @dataclass
@@ -41,29 +41,127 @@ class Imported:
     secrets: dict[str, str] = field(default_factory=dict)  # file name → secret, if asked
 
 
+# python-dotenv's grammar (its parser.py): the old bot read its .env with it, so a value
+# here means what it meant there. A double-quoted value may span lines and knows the
+# escapes \\ \' \" \a \b \f \n \r \t \v; a single-quoted one only \\ and \'; an
+# unquoted one ends at blanks before a `#`. Written from its rules, not imported: no
+# dependency for a one-off migration.
+_NEWLINE = re.compile(r"\r\n|\n|\r")
+_SPACE = re.compile(r"\s*")
+_BLANKS = re.compile(r"[^\S\r\n]*")
+_EXPORT = re.compile(r"(?:export[^\S\r\n]+)?")
+_QUOTED_KEY = re.compile(r"'([^']+)'")
+_KEY = re.compile(r"[^=#\s]+")
+_SINGLE = re.compile(r"'((?:\\'|[^'])*)'")
+_DOUBLE = re.compile(r'"((?:\\"|[^"])*)"')
+_UNQUOTED = re.compile(r"[^\r\n]*")
+_END = re.compile(r"[^\S\r\n]*(?:#[^\r\n]*)?(?:\r\n|\n|\r|$)")
+_REST = re.compile(r"[^\r\n]*(?:\r\n|\n|\r)?")
+_SINGLE_ESCAPES = re.compile(r"\\[\\']")
+_DOUBLE_ESCAPES = re.compile(r"\\[\\'\"abfnrtv]")
+_ESCAPED = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_EXPANDED = re.compile(r"\$\{[^}:]*(?::-[^}]*)?\}")  # what load_dotenv() would interpolate
+
+
+class _Unreadable(Exception):
+    """A statement python-dotenv would skip with a warning; carries where reading stopped."""
+
+    def __init__(self, key: str | None, at: int) -> None:
+        super().__init__()
+        self.key = key
+        self.at = at
+
+
+def _unescape(escapes: re.Pattern[str], value: str) -> str:
+    return escapes.sub(lambda m: _ESCAPED.get(m.group()[1], m.group()[1]), value)
+
+
+def _value(text: str, pos: int, key: str) -> tuple[str, int]:
+    """The value starting at `pos` and where it ends."""
+    quote = text[pos : pos + 1]
+    if quote in ("'", '"'):
+        found = (_SINGLE if quote == "'" else _DOUBLE).match(text, pos)
+        if found is None:
+            raise _Unreadable(key, pos)
+        escapes = _SINGLE_ESCAPES if quote == "'" else _DOUBLE_ESCAPES
+        return _unescape(escapes, found.group(1)), found.end()
+    found = _UNQUOTED.match(text, pos)
+    assert found is not None  # matches the empty string too
+    return re.sub(r"\s+#.*", "", found.group()).rstrip(), found.end()
+
+
+def _statement(text: str, pos: int) -> tuple[str | None, str | None, int]:
+    """(key, value, end) of the statement at `pos`: no key for a comment, no value without =."""
+    pos = _match(_EXPORT, text, pos, None)
+    if text.startswith("#", pos):
+        return None, None, _match(_END, text, pos, None)
+    quoted = text.startswith("'", pos)
+    found = (_QUOTED_KEY if quoted else _KEY).match(text, pos)
+    if found is None:
+        raise _Unreadable(None, pos)
+    key = found.group(1 if quoted else 0)
+    pos = _match(_BLANKS, text, found.end(), key)
+    value = None
+    if text.startswith("=", pos):
+        value, pos = _value(text, _match(_BLANKS, text, pos + 1, key), key)
+    return key, value, _match(_END, text, pos, key)
+
+
+def _match(pattern: re.Pattern[str], text: str, pos: int, key: str | None) -> int:
+    found = pattern.match(text, pos)
+    if found is None:
+        raise _Unreadable(key, pos)
+    return found.end()
+
+
 def parse(text: str, path: str) -> tuple[dict[str, str], list[str]]:
-    """dotenv syntax: KEY=value, quotes, `export`, # comments; problems name their line."""
+    """KEY=value as python-dotenv reads it; problems name the line, never its text.
+
+    A line that cannot be read may be a secret pasted in, or the rest of a value
+    whose quote was never closed, so only its number (and its key, if it is one of
+    ours) is shown.
+    """
+    text = text.removeprefix("\ufeff")
+    line_starts = [found.end() for found in _NEWLINE.finditer(text)]
     values: dict[str, str] = {}
     problems = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
+    pos = 0
+    while (pos := _match(_SPACE, text, pos, None)) < len(text):
+        where = f"{path}:{bisect.bisect_right(line_starts, pos) + 1}"
+        try:
+            key, value, pos = _statement(text, pos)
+        except _Unreadable as e:
+            pos = _match(_REST, text, e.at, None)
+            if e.key in KNOWN:
+                problems.append(
+                    f"{where}: {e.key}: cannot be read as KEY=value (an unclosed quote, "
+                    "or text after the closing one?), skipped; its value is not shown"
+                )
+            else:
+                problems.append(f"{where}: not KEY=value, skipped; the line is not shown")
             continue
-        found = _LINE.fullmatch(line)
-        if not found:
-            problems.append(f"{path}:{number}: not KEY=value, skipped: {line.strip()[:60]}")
+        if key is None:
             continue
-        key, value = found.groups()
-        value = value.strip()
-        if value[:1] in ("'", '"') and value[:1] in value[1:]:
-            value = value[1 : value.index(value[0], 1)]
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        if value is None:
+            named = f"{key}: " if key in KNOWN else ""
+            problems.append(f'{where}: {named}no "=" (expected KEY=value), skipped')
+            continue
         values[key] = value
+        if key in KNOWN and _EXPANDED.search(value):
+            problems.append(
+                f"{where}: {key}: has ${{…}}, which the old bot's python-dotenv replaced "
+                "from its environment; copied as written: check it"
+            )
     return values, problems
 
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _shown(key: str) -> str:
+    """A key as the terminal may show it: python-dotenv allows control characters in keys."""
+    return key if key.isprintable() else ascii(key)
 
 
 def _q(value: str) -> str:
@@ -168,7 +266,7 @@ def convert(values: dict[str, str], path: str, secrets_dir: str | None) -> Impor
     for key in dropped:
         out.append(f"# {key}: not carried over: {NOT_NEEDED[key]}")
         notes.append(f"{key} dropped: {NOT_NEEDED[key]}")
-    for key in unknown:
+    for key in map(_shown, unknown):
         out.append(f"# {key}: unknown to import-env, not carried over (value not shown)")
         notes.append(f"{key}: unknown key, not carried over; see feishu-mailbot.yaml(5)")
     return Imported("\n".join(out) + "\n", notes, secrets)

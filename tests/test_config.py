@@ -224,3 +224,46 @@ def test_retention(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError) as info:
         config.load(path)
     assert "retention.messages_days: 1 is out of range (expected 2…3650)" in str(info.value)
+
+
+SMTP_LOGIN = '  from: "Bot <bot@example.com>"\n  username: bot\n  password: pw\n'
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "reads_as"),
+    [
+        ("feishu.app_secret", "0123456", "a number"),  # YAML 1.1: octal, 42798
+        ("feishu.app_secret", "12:30:45", "a number"),  # YAML 1.1: base 60, 45045
+        ("feishu.app_secret", "1_000", "a number"),
+        ("feishu.app_secret", "6.02e+23", "a number"),
+        ("feishu.app_secret", "yes", "true or false"),
+        ("feishu.app_secret", "2024-05-01", "a date"),
+        ("smtp.password", "0123456", "a number"),
+        ("smtp.password", "12:30:45", "a number"),
+        ("smtp.password", "off", "true or false"),
+    ],
+)
+def test_a_secret_yaml_would_change_is_an_error_that_says_quote_it(
+    tmp_path: Path, key: str, written: str, reads_as: str
+) -> None:
+    text = GOOD.replace('  from: "Bot <bot@example.com>"\n', SMTP_LOGIN)
+    name = key.split(".")[1]
+    line = {"feishu.app_secret": 3, "smtp.password": 15}[key]
+    assert text.splitlines()[line - 1].startswith(f"  {name}: ")
+    path = write(tmp_path, text.replace(f"  {name}: ", f"  {name}: {written}  #", 1))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: {key}: "), message
+    assert f"as {reads_as}" in message and "quote it" in message, message
+    assert written not in message.removeprefix(path)  # a secret is never shown
+    result = run_cli("--config", path, "check-config")
+    assert (result.returncode, result.stderr) == (78, message + "\n")
+
+
+def test_a_quoted_secret_is_taken_as_written(tmp_path: Path) -> None:
+    text = GOOD.replace('  from: "Bot <bot@example.com>"\n', SMTP_LOGIN)
+    text = text.replace("app_secret: test-secret", 'app_secret: "0123456"')
+    s = config.load(write(tmp_path, text.replace("password: pw", "password: '12:30:45'")))
+    assert s.feishu.app_secret.reveal() == "0123456"
+    assert s.smtp.password is not None and s.smtp.password.reveal() == "12:30:45"

@@ -290,6 +290,36 @@ def test_status_can_write_the_node_exporter_file(make_bot: MakeBot, tmp_path: Pa
     assert bot.stop() == 0
 
 
+def test_prometheus_values_keep_every_digit(make_bot: MakeBot) -> None:
+    """`%g` printed a digest's time as 1.79611e+09 (an hour off) and sizes to 6 digits."""
+    bot = make_bot(rules=ONE_RULE).start()
+    assert bot.stop() == 0
+    path = bot.config.parent / "state" / "feishu-mailbot.db"
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            "INSERT INTO digests (mail_id, chat_id, day, kind, recipients, queued_at)"
+            " VALUES ('digest/oc_team/2026-12-01', 'oc_team', '2026-12-01', 'digest', '[]', ?)",
+            (1796112345.678,),
+        )
+        db.execute(  # a database of more than six digits of bytes
+            "INSERT INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+            ("ev_large", time.time(), "large", os.urandom(1_300_000)),
+        )
+    db.close()
+    out = cli(bot, "status", "--prometheus")
+    assert out.returncode == 0, out.stderr
+    values = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if line[:1] != "#")
+    assert values['feishu_mailbot_last_digest_timestamp_seconds{chat="oc_team"}'] == (
+        "1796112345.678"
+    )
+    size = values["feishu_mailbot_database_bytes"]
+    assert size.isdigit(), size  # every byte: the file, and the WAL the command itself wrote
+    assert 0 <= int(size) - path.stat().st_size < 65536, (size, path.stat().st_size)
+    assert values["feishu_mailbot_quarantined"] == "1"
+    assert values['feishu_mailbot_mail{state="pending"}'] == "0"
+
+
 def test_durations_read_alike_in_the_status_line_and_in_status() -> None:
     from feishu_mailbot.status import duration, today_began
 

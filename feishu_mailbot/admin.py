@@ -10,7 +10,9 @@ retry here goes out within a second or two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import secrets
 import sys
 import time
 from functools import partial
@@ -96,6 +98,32 @@ def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
     )
 
 
+def _write_atomically(target: Path, text: str) -> None:
+    """`target` becomes a complete 0644 file of `text`, or stays as it was.
+
+    A reader (node-exporter) sees the old file or the new one, never half. The
+    partial file has a name nobody can guess and is created with O_EXCL and
+    O_NOFOLLOW, so a link planted in the directory (this may run as root) cannot
+    send the write into another file; its mode is set on the descriptor, whatever
+    the umask. On any failure (a full disk) it is removed again. The rename
+    replaces `target` itself, never what a symlink there points to.
+    """
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, 0o600)
+    try:
+        with open(fd, "wb", closefd=True) as out:
+            os.fchmod(fd, 0o644)
+            out.write(text.encode("utf-8"))
+            out.flush()
+            os.fsync(fd)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
 def _status(settings: Settings, state: State, args: argparse.Namespace) -> int:
     snap = snapshot(settings, state, time.time())
     if args.prometheus:
@@ -108,13 +136,11 @@ def _status(settings: Settings, state: State, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return os.EX_OK
     target = Path(args.output)
-    partial_file = target.with_name(f".{target.name}.{os.getpid()}")
     try:
-        partial_file.write_text(text, encoding="utf-8")
-        partial_file.chmod(0o644)
-        partial_file.replace(target)  # a reader sees the old file or the new, never half
+        _write_atomically(target, text)
     except OSError as e:
-        print(f"{target}: cannot write it: {e.strerror or e}", file=sys.stderr)
+        unchanged = " (the file there is unchanged)" if target.exists() else ""
+        print(f"{target}: cannot write it: {e.strerror or e}{unchanged}", file=sys.stderr)
         return os.EX_CANTCREAT
     return os.EX_OK
 

@@ -235,6 +235,7 @@ def _give_to_group(fd: int) -> str:
 
 def _chats(settings: Settings) -> int:
     from feishu_mailbot.feishu import FeishuApi, FeishuError
+    from feishu_mailbot.present import terminal
 
     async def listing() -> list[tuple[str, str, int | None]]:
         api = FeishuApi(settings.feishu)
@@ -255,7 +256,8 @@ def _chats(settings: Settings) -> int:
     for chat_id, name, members in found:
         allowed = "yes" if settings.chat(chat_id) else "no"
         count = "?" if members is None else str(members)
-        print(f"{chat_id:<40}  {count:>7}  {allowed:<7}  {name}")
+        shown = terminal(chat_id, one_line=True)  # both come from Feishu, as chat members set them
+        print(f"{shown:<40}  {count:>7}  {allowed:<7}  {terminal(name, one_line=True)}")
     missing = [c.id for c in settings.chats if c.id not in {f[0] for f in found}]
     for chat_id in missing:
         print(f"note: {chat_id} is allowlisted but the bot is not in it", file=sys.stderr)
@@ -265,6 +267,7 @@ def _chats(settings: Settings) -> int:
 def _check_online(settings: Settings) -> int:
     from feishu_mailbot import smtp
     from feishu_mailbot.feishu import FeishuApi, FeishuError
+    from feishu_mailbot.present import terminal
 
     async def feishu_check() -> str:
         api = FeishuApi(settings.feishu)
@@ -279,7 +282,9 @@ def _check_online(settings: Settings) -> int:
         print(asyncio.run(feishu_check()))
     except FeishuError as e:
         ok = False
-        print(f"Feishu: FAILED at {e.what} from {settings.feishu.domain}: {e}", file=sys.stderr)
+        reason = terminal(str(e), one_line=True)  # the server's words
+        where = settings.feishu.domain
+        print(f"Feishu: FAILED at {e.what} from {where}: {reason}", file=sys.stderr)
         print(
             "  check feishu.app_id / feishu.app_secret (developer console → Credentials)",
             file=sys.stderr,
@@ -289,7 +294,7 @@ def _check_online(settings: Settings) -> int:
             print(f"SMTP: {step}")
     except smtp.CheckFailed as e:
         ok = False
-        print(f"SMTP: FAILED at {e.step}: {e.reason}", file=sys.stderr)
+        print(f"SMTP: FAILED at {e.step}: {terminal(e.reason, one_line=True)}", file=sys.stderr)
     if ok:
         print("online check passed; no mail was sent")
         print(
@@ -306,6 +311,7 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     from feishu_mailbot.daemon import db_path
     from feishu_mailbot.feishu import FeishuApi, FeishuError
     from feishu_mailbot.names import NameResolver
+    from feishu_mailbot.present import terminal
     from feishu_mailbot.reporter import Reporter
     from feishu_mailbot.reports import current_day, kept_days, window_refusal
     from feishu_mailbot.state import State
@@ -359,8 +365,8 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
                 "use --force to send it again"
             )
             return os.EX_OK
-        print(f"Subject: {outcome.subject}\nTo: {to}\n")
-        print(outcome.text)
+        print(f"Subject: {terminal(outcome.subject, one_line=True)}\nTo: {to}\n")
+        print(terminal(outcome.text))
         if not dry_run:
             print(f"queued for {to}; the running daemon sends it within seconds")
         return os.EX_OK
@@ -376,7 +382,8 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     import json
     from zoneinfo import ZoneInfo
 
-    from feishu_mailbot import events, mail, triage
+    from feishu_mailbot import events, mail, mailq, triage
+    from feishu_mailbot.present import terminal
 
     payload = {
         "schema": "2.0",
@@ -397,8 +404,8 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     outcome = triage.triage(events.parse_event(payload, zone=zone), settings, bot_open_id="")
     if not isinstance(outcome, triage.Accept):
         print(
-            f"chat {chat_id} is not in the `chats` allowlist: the message would be ignored "
-            "and not stored"
+            f"chat {terminal(chat_id, one_line=True)} is not in the `chats` allowlist: "
+            "the message would be ignored and not stored"
         )
         return os.EX_OK
     for request in outcome.requests:
@@ -425,7 +432,7 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
         )
         print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")
         print("-" * 72)
-        print(email.render().decode("ascii"))
+        print(mailq.readable(email.render()))
     return os.EX_OK
 
 

@@ -1,20 +1,21 @@
 """What `queue` and `show` print: one line a mail, like Postfix's mailq, and one mail.
 
-Pure: entries come from the state (outbox.QueueEntry, quarantine.Held).
+Pure: entries come from the state (outbox.QueueEntry, quarantine.Held). Subjects,
+bodies, names and relay replies are chat or remote content: they reach the
+terminal only through `present.terminal`.
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot.present import single_line
+from feishu_mailbot.present import terminal, terminal_json
 from feishu_mailbot.state.outbox import QueueEntry
 from feishu_mailbot.state.quarantine import Held
 
@@ -30,11 +31,11 @@ def lines(entries: Sequence[QueueEntry], zone: str) -> list[str]:
     for e in entries:
         out.append(
             f"{e.id:>6}  {e.status:<8}  {_when(e.created_at, zone):<16}  {e.attempts:>5}  "
-            + ", ".join(e.recipients)
+            + terminal(", ".join(e.recipients), one_line=True)
         )
-        out.append(f"{'':>42}{single_line(e.subject or '(not composed yet)')[:100]}")
+        out.append(f"{'':>42}{terminal(e.subject or '(not composed yet)', one_line=True)[:100]}")
         if e.last_error:
-            out.append(f"{'':>42}{single_line(e.last_error)[:200]}")
+            out.append(f"{'':>42}{terminal(e.last_error, one_line=True)[:200]}")
     return out
 
 
@@ -55,17 +56,16 @@ def as_json(entries: Sequence[QueueEntry]) -> str:
         }
         for e in entries
     ]
-    return json.dumps(rows, ensure_ascii=False, indent=2)
+    return terminal_json(rows)
 
 
 def held_lines(held: Sequence[Held], zone: str) -> list[str]:
     if not held:
         return ["no quarantined events"]
     out = [f"{'EVENT':<36}  {'STATE':<6}  {'RECEIVED':<16}  REASON"]
-    out += [
-        f"{h.key:<36}  {h.status:<6}  {_when(h.received_at, zone):<16}  {single_line(h.reason)}"
-        for h in held
-    ]
+    for h in held:
+        reason = terminal(h.reason, one_line=True)
+        out.append(f"{h.key:<36}  {h.status:<6}  {_when(h.received_at, zone):<16}  {reason}")
     return out
 
 
@@ -74,17 +74,26 @@ def show(entry: QueueEntry, raw: bytes | None, zone: str) -> str:
     head = [
         f"id {entry.id} ({entry.mail_id}), {entry.kind}, {entry.status}, "
         f"queued {_when(entry.created_at, zone)}, {entry.attempts} attempts",
-        f"to: {', '.join(entry.recipients)}",
+        f"to: {terminal(', '.join(entry.recipients), one_line=True)}",
     ]
     if entry.last_error:
-        head.append(f"last error: {single_line(entry.last_error)}")
+        head.append(f"last error: {terminal(entry.last_error, one_line=True)}")
     if raw is None:
         return "\n".join([*head, "(not composed yet: the outbox composes it when it is due)"])
+    return "\n".join([*head, "", readable(raw)])
+
+
+def readable(raw: bytes) -> str:
+    """A mail as its reader sees it: decoded headers, the plain text, the files' names.
+
+    `show` and `simulate` print it; the HTML part says the same, and MIME's
+    base64 would hide the text from the operator.
+    """
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
-    headers = [f"{k}: {v}" for k, v in parsed.items()]
+    headers = [f"{k}: {terminal(str(v), one_line=True)}" for k, v in parsed.items()]
     body = parsed.get_body(("plain",))
     text = body.get_content() if body is not None else "(no plain-text part)"
     files = [str(p.get_filename()) for p in parsed.iter_attachments() if p.get_filename()]
-    tail = [f"attachments: {', '.join(files)}"] if files else []
-    return "\n".join([*head, "", *headers, "", str(text).rstrip(), *tail])
+    tail = [f"attachments: {terminal(', '.join(files), one_line=True)}"] if files else []
+    return "\n".join([*headers, "", terminal(str(text).rstrip()), *tail])

@@ -10,6 +10,8 @@ must not have to know smtplib's exception zoo.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 
 # socket.getaddrinfo encodes host names with this codec. Imported lazily, it loads
@@ -100,14 +102,54 @@ def _os_reason(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _scrubber(settings: SmtpSettings) -> re.Pattern[str] | None:
-    """Guards messages against a server that echoes credentials back in its reply."""
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrubber(settings: SmtpSettings) -> Callable[[str], str]:
+    """Guards messages against a relay that echoes the credentials in its reply.
+
+    The password travels as base64 too: AUTH LOGIN sends base64(password) on
+    its own, AUTH PLAIN one blob base64(authzid NUL user NUL password), in which
+    the password's base64 depends on what precedes it; so the blob is masked
+    whole, as computed for the configured user (with no authzid, as smtplib
+    sends it, or the user again), and so is any base64 token that decodes to
+    something holding the password, or that holds the password's base64 as it
+    reads at any of the three alignments (a token cut short does not decode).
+    """
     secret = settings.password.reveal() if settings.password else ""
-    return re.compile(re.escape(secret)) if secret else None
+    if not secret:
+        return lambda text: text
+    raw, user = secret.encode("utf-8"), (settings.username or "").encode("utf-8")
+    literal = [
+        secret,
+        _b64(b"\0" + user + b"\0" + raw),
+        _b64(user + b"\0" + user + b"\0" + raw),
+        _b64(raw),
+    ]
+    literals = re.compile("|".join(map(re.escape, sorted(set(literal), key=len, reverse=True))))
+    cores = []
+    for shift in range(3):  # the password starting 0, 1 or 2 bytes into a 3-byte group
+        encoded = _b64(b"\0" * shift + raw)
+        first, end = (1 if shift else 0), (shift + len(raw)) // 3  # groups of password only
+        core = encoded[4 * first : 4 * end]
+        if len(core) >= 4:
+            cores.append(core)
 
+    def token(found: re.Match[str]) -> str:
+        text = found.group()
+        if any(core in text for core in cores):
+            return "***"
+        try:
+            decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            return text
+        return "***" if raw in decoded else text
 
-def _scrub(text: str, pattern: re.Pattern[str] | None) -> str:
-    return pattern.sub("***", text) if pattern else text
+    return lambda text: _BASE64_TOKEN.sub(token, literals.sub("***", text))
 
 
 def _open(
@@ -284,7 +326,7 @@ class SmtpTransport:
     def _apply(self, settings: SmtpSettings) -> None:
         self._settings = settings
         self._where = f"{settings.host}:{settings.port}"
-        self._scrub_pattern = _scrubber(settings)  # a new password must be scrubbed too
+        self._scrub = _scrubber(settings)  # a new password must be scrubbed too
 
     def _take_new_settings(self) -> None:
         """Under the lock: a reconfigured transport drops its old connection first."""
@@ -352,7 +394,7 @@ class SmtpTransport:
         if self._expired is not None:
             reason = f"the transaction took over its {self._expired:.0f} s deadline"
             permanent = False
-        text = _scrub(f"{self._where}: {what} failed: {reason}", self._scrub_pattern)
+        text = self._scrub(f"{self._where}: {what} failed: {reason}")
         return DeliveryError(text, permanent)
 
     def _opening(self, sock: socket.socket) -> None:
@@ -636,14 +678,14 @@ def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> 
     try:
         smtp = _open(settings, context, steps)
     except _StepFailed as exc:
-        raise CheckFailed(exc.step, _scrub(exc.reason, scrub)) from None
+        raise CheckFailed(exc.step, scrub(exc.reason)) from None
     try:
         try:
             code, resp = smtp.noop()
         except (OSError, smtplib.SMTPException) as exc:
             raise CheckFailed("NOOP", _os_reason(exc, settings.timeout)) from None
         if code != 250:
-            raise CheckFailed("NOOP", _scrub(f"rejected ({_reply(code, resp)})", scrub))
+            raise CheckFailed("NOOP", scrub(f"rejected ({_reply(code, resp)})"))
         steps.append("NOOP ok")
     finally:
         _quit(smtp)

@@ -7,12 +7,12 @@ an old record means the daemon is not running, or hung.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from feishu_mailbot.present import terminal, terminal_json
 from feishu_mailbot.state.heartbeat import Beat
 
 STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is not running (or hung)
@@ -65,13 +65,13 @@ def text(s: Snapshot) -> str:
     if s.beat is None:
         daemon = "daemon: never ran with this state directory"
     elif running(s):
-        daemon = f"daemon: running (pid {s.beat.pid}): {s.beat.line}"
+        daemon = f"daemon: running (pid {s.beat.pid}): {terminal(s.beat.line, one_line=True)}"
     elif s.beat.line == "stopped":
         daemon = f"daemon: stopped {duration(s.now - s.beat.at)} ago"
     else:
         daemon = (
             f"daemon: NOT RUNNING or hung: last heard {duration(s.now - s.beat.at)} ago "
-            f"({s.beat.line}); see systemctl status feishu-mailbot"
+            f"({terminal(s.beat.line, one_line=True)}); see systemctl status feishu-mailbot"
         )
     q = s.queue
     lines = [
@@ -84,9 +84,10 @@ def text(s: Snapshot) -> str:
         lines.append(f"oldest waiting mail: queued {duration(s.now - s.oldest_waiting_at)} ago")
     if s.next_retry is not None:
         at, error = s.next_retry
-        lines.append(f"next retry in {duration(at - s.now)}: {error}")
+        lines.append(f"next retry in {duration(at - s.now)}: {terminal(error, one_line=True)}")
     for d in s.digests:
-        lines.append(f"last {d.kind} for {d.chat_id}: {d.day}, {duration(s.now - d.queued_at)} ago")
+        chat = terminal(d.chat_id, one_line=True)
+        lines.append(f"last {d.kind} for {chat}: {d.day}, {duration(s.now - d.queued_at)} ago")
     if s.quarantined:
         lines.append(f"quarantined events: {s.quarantined} (feishu-mailbot queue --quarantined)")
     lines.append(f"database: {s.db_bytes / 1e6:.1f} MB")
@@ -113,11 +114,21 @@ def as_json(s: Snapshot) -> str:
         "quarantined": s.quarantined,
         "database_bytes": s.db_bytes,
     }
-    return json.dumps(data, ensure_ascii=False, indent=2)
+    return terminal_json(data)
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sample(value: float) -> str:
+    """A sample value with every digit: counts and bytes as integers, times as `repr`.
+
+    `%g` keeps six significant digits: a digest queued at 1796112345.678 came out as
+    1.79611e+09, an hour off, and a 1,314,816-byte database as 1.31482e+06. The text
+    format reads Go's float syntax, which `repr` (shortest round-trip) writes.
+    """
+    return str(value) if isinstance(value, int) else repr(float(value))
 
 
 def prometheus(s: Snapshot) -> str:
@@ -127,18 +138,18 @@ def prometheus(s: Snapshot) -> str:
     def metric(name: str, help_: str, samples: list[tuple[str, float]]) -> None:
         out.append(f"# HELP feishu_mailbot_{name} {help_}")
         out.append(f"# TYPE feishu_mailbot_{name} gauge")
-        out.extend(f"feishu_mailbot_{name}{labels} {value:g}" for labels, value in samples)
+        out.extend(f"feishu_mailbot_{name}{labels} {_sample(value)}" for labels, value in samples)
 
     up = running(s)
-    metric("up", "1 if the daemon recorded its status in the last 30 s.", [("", float(up))])
-    connected = float(bool(up and s.beat and s.beat.connected))
+    metric("up", "1 if the daemon recorded its status in the last 30 s.", [("", int(up))])
+    connected = int(bool(up and s.beat and s.beat.connected))
     metric("connected", "1 if the long connection to Feishu is up.", [("", connected)])
     metric("events_today", "Messages taken today (in the configured timezone).",
            [("", s.events_today)])  # fmt: skip
     metric(
         "mail",
         "Mail not yet sent, by state.",
-        [(f'{{state="{k}"}}', float(v)) for k, v in s.queue.items()],
+        [(f'{{state="{k}"}}', int(v)) for k, v in s.queue.items()],
     )
     age = 0.0 if s.oldest_waiting_at is None else s.now - s.oldest_waiting_at
     metric("oldest_waiting_seconds", "Age of the oldest mail not yet sent.", [("", age)])

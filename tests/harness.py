@@ -24,7 +24,13 @@ from typing import Protocol
 REPO = Path(__file__).resolve().parents[1]
 SMTP_USER = "bot"
 SMTP_PASSWORD = "smtp-pass-9f2c"
-TEST_SECRETS = ("test-secret", SMTP_PASSWORD)
+# The SMTP password as AUTH LOGIN and AUTH PLAIN put it on the wire, which a relay may echo.
+TEST_SECRETS = (
+    "test-secret",
+    SMTP_PASSWORD,
+    base64.b64encode(SMTP_PASSWORD.encode()).decode(),
+    base64.b64encode(f"\0{SMTP_USER}\0{SMTP_PASSWORD}".encode()).decode(),
+)
 SCREENSHOTS = REPO / "test-output"  # README pictures are copied from here into docs/
 
 

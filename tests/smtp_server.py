@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import contextlib
 import email
 import email.policy
@@ -32,7 +33,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 HOST = "127.0.0.1"
 
@@ -110,6 +111,10 @@ class _Handler:
         self._owner._saw_connection(server)
         return f"250 {server.hostname}"
 
+    async def handle_AUTH(self, server: SMTP, session: Any, envelope: Any, args: list[str]) -> Any:
+        session.auth_args = list(args)  # as the client sent them, for echo_auth
+        return MISSING  # aiosmtpd goes on with its own AUTH
+
     async def handle_MAIL(
         self, server: SMTP, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
@@ -179,12 +184,17 @@ class SmtpServer:
     starttls: offer STARTTLS with a self-signed cert (and then require it);
         `ssl_context_for_client` trusts that cert.
     tls: implicit TLS on connect (SMTP_SSL / port 465 style) with the same cert.
+    auth_mechanisms: offer only these (aiosmtpd offers LOGIN and PLAIN).
+    echo_auth: a careless relay: its 535 repeats what the client sent, the AUTH
+        line's base64 and, for LOGIN, the base64 password that answered 334.
     """
 
     require_auth: tuple[str, str] | None = None
     size_limit: int | None = None  # EHLO SIZE, bytes; aiosmtpd's default is 32 MiB
     starttls: bool = False
     tls: bool = False
+    auth_mechanisms: tuple[str, ...] | None = None
+    echo_auth: bool = False
     port: int = 0
     received: list[Received] = field(default_factory=list, init=False)
     ssl_context_for_client: ssl.SSLContext | None = field(default=None, init=False)
@@ -227,6 +237,9 @@ class SmtpServer:
             kwargs["auth_required"] = True
             # Without TLS on the wire aiosmtpd would hide AUTH entirely.
             kwargs["auth_require_tls"] = self.starttls
+            if self.auth_mechanisms is not None:
+                others = {"LOGIN", "PLAIN"} - set(self.auth_mechanisms)
+                kwargs["auth_exclude_mechanism"] = sorted(others)
         controller = _Controller(self, self._handler, self.port, **kwargs)
         controller.start()
         self.port = controller.port
@@ -379,7 +392,14 @@ class SmtpServer:
             and auth_data.login == user.encode()
             and auth_data.password == password.encode()
         )
-        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+        if ok or not self.echo_auth:
+            return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+        sent = list(getattr(session, "auth_args", [mechanism]))
+        if mechanism == "LOGIN" and isinstance(auth_data, LoginPassword):
+            sent.append(base64.b64encode(auth_data.password).decode("ascii"))
+        return AuthResult(
+            success=False, handled=False, message=f"535 5.7.8 rejected AUTH {' '.join(sent)}"
+        )
 
 
 def free_port() -> int:

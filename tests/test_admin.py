@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -288,6 +289,91 @@ def test_status_can_write_the_node_exporter_file(make_bot: MakeBot, tmp_path: Pa
     assert target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert bot.stop() == 0
+
+
+def test_status_output_cannot_be_sent_elsewhere_by_a_planted_link(
+    make_bot: MakeBot, tmp_path: Path
+) -> None:
+    """The partial file was `.NAME.PID`, opened following symlinks: a link planted under
+    the name the next run would use sent the metrics, as root, into any file."""
+    bot = make_bot(rules=ONE_RULE).start()
+    assert bot.stop() == 0
+    out_dir, elsewhere = tmp_path / "textfile", tmp_path / "elsewhere"
+    out_dir.mkdir()
+    elsewhere.mkdir()
+    victim = elsewhere / "victim"
+    victim.write_text("untouched\n")
+    target = out_dir / "feishu-mailbot.prom"
+    # exec keeps the shell's pid, so the link is where that run's partial file goes.
+    planted = subprocess.run(
+        ["sh", "-c", 'ln -s "$1" "$2.$$" && exec "$3" -m feishu_mailbot --config "$4" '
+         'status --prometheus --output "$5"', "sh", str(victim), str(out_dir / f".{target.name}"),
+         sys.executable, str(bot.config), str(target)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert planted.returncode == 0, planted.stderr
+    assert victim.read_text() == "untouched\n"
+    assert "# TYPE feishu_mailbot_up gauge" in target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o644 and not target.is_symlink()
+    [link] = [p for p in out_dir.iterdir() if p.name.startswith(".")]
+    assert link.is_symlink()  # not ours: left alone
+
+
+def test_status_output_on_a_full_disk_leaves_no_partial_file(
+    make_bot: MakeBot, tmp_path: Path
+) -> None:
+    bot = make_bot(rules=ONE_RULE).start()
+    assert bot.stop() == 0
+    small = tmp_path / "textfile"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        target = small / "feishu-mailbot.prom"
+        target.write_text("feishu_mailbot_up 1\n")
+        filler = small / "filler"
+        with open(filler, "wb", buffering=0) as fill, contextlib.suppress(OSError):
+            while True:
+                fill.write(b"\0" * 4096)
+        out = cli(bot, "status", "--prometheus", "--output", str(target))
+        assert out.returncode == 73, (out.returncode, out.stderr)  # EX_CANTCREAT
+        assert sorted(p.name for p in small.iterdir()) == ["feishu-mailbot.prom", "filler"]
+        assert out.stderr == f"{target}: cannot write it: No space left on device" + (
+            " (the file there is unchanged)\n"
+        )
+        assert target.read_text() == "feishu_mailbot_up 1\n"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_prometheus_values_keep_every_digit(make_bot: MakeBot) -> None:
+    """`%g` printed a digest's time as 1.79611e+09 (an hour off) and sizes to 6 digits."""
+    bot = make_bot(rules=ONE_RULE).start()
+    assert bot.stop() == 0
+    path = bot.config.parent / "state" / "feishu-mailbot.db"
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            "INSERT INTO digests (mail_id, chat_id, day, kind, recipients, queued_at)"
+            " VALUES ('digest/oc_team/2026-12-01', 'oc_team', '2026-12-01', 'digest', '[]', ?)",
+            (1796112345.678,),
+        )
+        db.execute(  # a database of more than six digits of bytes
+            "INSERT INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+            ("ev_large", time.time(), "large", os.urandom(1_300_000)),
+        )
+    db.close()
+    out = cli(bot, "status", "--prometheus")
+    assert out.returncode == 0, out.stderr
+    values = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if line[:1] != "#")
+    assert values['feishu_mailbot_last_digest_timestamp_seconds{chat="oc_team"}'] == (
+        "1796112345.678"
+    )
+    size = values["feishu_mailbot_database_bytes"]
+    assert size.isdigit(), size  # every byte: the file, and the WAL the command itself wrote
+    assert 0 <= int(size) - path.stat().st_size < 65536, (size, path.stat().st_size)
+    assert values["feishu_mailbot_quarantined"] == "1"
+    assert values['feishu_mailbot_mail{state="pending"}'] == "0"
 
 
 def test_durations_read_alike_in_the_status_line_and_in_status() -> None:

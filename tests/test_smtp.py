@@ -287,6 +287,34 @@ def test_check_untrusted_certificate(security: str) -> None:
     assert srv.messages == []
 
 
+def test_the_scrubber_masks_every_base64_form_of_the_password() -> None:
+    """What a relay might echo beyond what smtplib sends (tests/test_auth_echo.py has the
+    real relay): another client's authzid, a blob cut short, the password inside a
+    longer blob at each of the three alignments."""
+    from base64 import b64encode
+
+    from feishu_mailbot.smtp import _scrubber
+
+    scrub = _scrubber(make_settings(25, username="bot", password=PASSWORD))
+    secret = PASSWORD.encode()
+
+    def b64(data: bytes) -> str:
+        return b64encode(data).decode()
+
+    echoed = [
+        b64(b"admin\0bot\0" + secret),
+        b64(b"bot\0bot\0" + secret),
+        b64(b"\0bot\0" + secret)[:-4],  # no longer decodes
+        *(b64(b"x" * k + secret + b"tail") for k in range(3)),
+        *(b64(b"x" * k + secret + b"tail")[:-8] for k in range(3)),
+    ]
+    for form in echoed:
+        assert scrub(f"535 5.7.8 rejected {form}.") == "535 5.7.8 rejected ***.", form
+    plain = "535 5.7.8 Authentication credentials invalid (AUTH LOGIN Ym90)"
+    assert scrub(plain) == plain  # the user's base64 and the words stay
+    assert _scrubber(make_settings(25))(plain) == plain  # no password: nothing to hide
+
+
 # -- bounded transactions and large mail -----------------------------------------
 
 

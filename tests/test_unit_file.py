@@ -7,12 +7,14 @@ real systemd by the system test; here we check the file itself.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 UNIT = Path(__file__).resolve().parents[1] / "packaging" / "systemd" / "feishu-mailbot.service"
+METRICS_UNIT = UNIT.with_name("feishu-mailbot-metrics.service")
 ANALYZE = shutil.which("systemd-analyze") or "systemd-analyze"  # make setup installs systemd
 
 
@@ -64,3 +66,36 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_the_metrics_file_cannot_be_moved_elsewhere_by_a_planted_link(tmp_path: Path) -> None:
+    """The root-privileged steps that put the metrics into node-exporter's directory,
+    run as written in the unit, with that directory and the runtime one moved here.
+
+    Whoever can write that directory (its owner is not us) could plant links: one
+    at the final name pointing to a directory made `mv` move the file into it.
+    """
+    textfile, runtime, elsewhere = tmp_path / "textfile", tmp_path / "run", tmp_path / "else"
+    for d in (textfile, runtime, elsewhere):
+        d.mkdir()
+    victim = elsewhere / "victim"
+    victim.write_text("untouched\n")
+    (runtime / "feishu-mailbot.prom").write_text("feishu_mailbot_up 1\n")
+    (textfile / "feishu-mailbot.prom").symlink_to(elsewhere, target_is_directory=True)
+    (textfile / "feishu-mailbot.prom.tmp").symlink_to(victim)
+    steps = [
+        line.split("=", 1)[1].lstrip("+")
+        .replace("/var/lib/prometheus/node-exporter", str(textfile))
+        .replace("/run/feishu-mailbot-metrics", str(runtime))
+        for line in METRICS_UNIT.read_text().splitlines()
+        if line.startswith("ExecStartPost=")
+    ]  # fmt: skip
+    assert len(steps) == 2
+    for step in steps:
+        subprocess.run(shlex.split(step), check=True, capture_output=True, timeout=30)
+    final = textfile / "feishu-mailbot.prom"
+    assert not final.is_symlink() and final.read_text() == "feishu_mailbot_up 1\n"
+    assert final.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim"]
+    assert victim.read_text() == "untouched\n"
+    assert sorted(p.name for p in textfile.iterdir()) == ["feishu-mailbot.prom"]

@@ -505,6 +505,13 @@ def run(settings: Settings) -> int:
     except StateError as e:
         log.error("%s", e)
         return os.EX_CONFIG
+    if not daemon.state.spool.writable():
+        log.error(
+            "%s: not writable by this user, so mail over 256 KiB cannot be sent (an older "
+            "release's send-report, run as root, made it root's): run `feishu-mailbot status` "
+            "as root once, which gives it back, or chown -R the daemon's user: to it",
+            daemon.state.spool.directory,
+        )
     # The SDK schedules its tasks on the loop it made at import; we must run on that one.
     loop = daemon.connection.loop
     asyncio.set_event_loop(loop)

@@ -72,5 +72,6 @@ class NameResolver:
             self._memory[(kind, id_)] = (id_, now + RETRY_SECONDS)
             return id_
         self._memory[(kind, id_)] = (name, now + CACHE_SECONDS)
-        await self._state.write(partial(names.remember, kind=kind, id_=id_, name=name, now=now))
+        if not self._state.readonly:  # `send-report --dry-run` keeps it in memory only
+            await self._state.write(partial(names.remember, kind=kind, id_=id_, name=name, now=now))
         return name

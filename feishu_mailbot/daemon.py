@@ -34,7 +34,7 @@ from feishu_mailbot.feishu import (
     FeishuError,
     LongConnection,
 )
-from feishu_mailbot.model import Recall
+from feishu_mailbot.model import BODY_CAP, Recall
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.rules import RULE_TIMEOUT_MS
@@ -169,9 +169,18 @@ class Daemon:
                 now=now,
                 requests=accepted.requests,
                 batches=accepted.batches,
+                body=accepted.body,
             )
         )
         fields = _fields(accepted.message)
+        if accepted.cut_from and result is Ingest.NEW:
+            log.warning(
+                "message body of %d bytes is over the %d-byte cap: stored and mailed cut to it, "
+                "with a note",
+                accepted.cut_from,
+                BODY_CAP,
+                extra=fields,
+            )
         for name in set(accepted.slow_rules) - self._slow_rules:
             self._slow_rules.add(name)  # once per rule: the next message would say the same
             log.warning(

@@ -394,6 +394,25 @@ def test_a_rate_limited_name_makes_the_forward_wait(world: World) -> None:
     assert emulator.user_requests["ou_limited"] >= 2
 
 
+def test_an_oversized_text_is_acked_and_mailed_cut_with_a_note(world: World) -> None:
+    """发送消息 takes at most 150 KB of text (30 KB for a post or card), so an event whose
+    body is over the stored cap (256 KiB) is odd or hostile: it is acknowledged at once,
+    not quarantined, and mailed cut on a character boundary, with a note saying so."""
+    text = "开头：" + "数据𝄞😀" * 40_000 + "结尾：最后一句"  # ≈560 kB of UTF-8, 4-byte ones too
+    pushed = world.emulator.push_text("oc_team", "ou_alice", text, split=2)
+    ack = world.emulator.wait_ack(pushed)
+    assert ack.code == 200 and ack.ms < 1000, ack
+    mail, html = parts(world.mail_for(pushed["event"]["message"]["message_id"]))
+    assert "\ufffd" not in mail and "\ufffd" not in html
+    body = mail[mail.index("开头：") :]
+    assert "内容过长，已截断" in body and "truncated" in body and "结尾" not in body
+    assert "内容过长，已截断" in html
+    kept = body[: body.index("\n…（内容过长")]
+    assert text.startswith(kept) and 60_000 < len(kept) < len(text)
+    log = world.bot.current_log()
+    assert "over the 262144-byte cap" in log and "quarantined" not in log
+
+
 def test_a_forward_is_cut_at_the_caps(world: World) -> None:
     many = [
         {"sender": "ou_bob", "msg_type": "text", "content": {"text": f"第 {n} 条"}}

@@ -314,7 +314,7 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     from feishu_mailbot.present import terminal
     from feishu_mailbot.reporter import Reporter
     from feishu_mailbot.reports import current_day, kept_days, window_refusal
-    from feishu_mailbot.state import State
+    from feishu_mailbot.state import DatabaseError, State, StateError
 
     rs = settings.daily_report
     if rs is None:
@@ -343,10 +343,24 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
             file=sys.stderr,
         )
         return os.EX_USAGE
+    path = db_path(settings)
+    try:
+        present = path.exists()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        print(f"{path}: {reason}: run it as root or as the feishu-mailbot user", file=sys.stderr)
+        return os.EX_NOPERM
+    if not present:  # reports are there or nowhere; and root must not make the database
+        print(
+            f"{path}: no state database yet (the daemon makes it when it first runs)",
+            file=sys.stderr,
+        )
+        return os.EX_UNAVAILABLE
     logs.setup(settings.log_level)
 
     async def build() -> int:
-        state = State(db_path(settings))
+        # A dry run reads and writes nothing, not even the WAL a connection makes.
+        state = State(path, readonly=dry_run)
         api = FeishuApi(settings.feishu)
         try:
             names = NameResolver(settings, state, api)
@@ -376,6 +390,12 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     except FeishuError as e:
         print(f"Feishu: {e}", file=sys.stderr)
         return os.EX_UNAVAILABLE
+    except StateError as e:
+        print(str(e), file=sys.stderr)
+        return os.EX_UNAVAILABLE
+    except DatabaseError as e:  # busy, or a dry run that met the daemon starting: again
+        print(f"{path}: {e} (try again)", file=sys.stderr)
+        return os.EX_TEMPFAIL
 
 
 def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:

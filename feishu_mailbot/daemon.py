@@ -34,7 +34,7 @@ from feishu_mailbot.feishu import (
     FeishuError,
     LongConnection,
 )
-from feishu_mailbot.model import Recall
+from feishu_mailbot.model import BODY_CAP, Recall
 from feishu_mailbot.names import NameResolver
 from feishu_mailbot.reporter import Reporter
 from feishu_mailbot.rules import RULE_TIMEOUT_MS
@@ -172,9 +172,18 @@ class Daemon:
                 now=now,
                 requests=accepted.requests,
                 batches=accepted.batches,
+                body=accepted.body,
             )
         )
         fields = _fields(accepted.message)
+        if accepted.cut_from and result is Ingest.NEW:
+            log.warning(
+                "message body of %d bytes is over the %d-byte cap: stored and mailed cut to it, "
+                "with a note",
+                accepted.cut_from,
+                BODY_CAP,
+                extra=fields,
+            )
         for name in set(accepted.slow_rules) - self._slow_rules:
             self._slow_rules.add(name)  # once per rule: the next message would say the same
             log.warning(
@@ -508,6 +517,13 @@ def run(settings: Settings) -> int:
     except StateError as e:
         log.error("%s", e)
         return os.EX_CONFIG
+    if not daemon.state.spool.writable():
+        log.error(
+            "%s: not writable by this user, so mail over 256 KiB cannot be sent (an older "
+            "release's send-report, run as root, made it root's): run `feishu-mailbot status` "
+            "as root once, which gives it back, or chown -R the daemon's user: to it",
+            daemon.state.spool.directory,
+        )
     # The SDK schedules its tasks on the loop it made at import; we must run on that one.
     loop = daemon.connection.loop
     asyncio.set_event_loop(loop)

@@ -133,6 +133,21 @@ def refused(e: FeishuError) -> bool:
     return e.code is not None and e.code // 1000 in (230, 234)
 
 
+# 频控策略 (https://open.feishu.cn/document/server-docs/api-call-guide/frequency-control):
+# over an API's limit Feishu answers "HTTP/1.1 429 Too Many Requests" (400 for some older
+# APIs) with {"code": 99991400, "msg": "request trigger frequency limit"}, and the
+# x-ogw-ratelimit-reset header says in how many seconds the window opens again.
+RATE_LIMITED = 99991400
+
+
+def unanswered(e: FeishuError) -> bool:
+    """Whether the call got no answer about what it asked: no response at all, or the
+    rate limit. Asking again later may get one. For APIs outside im (a user's name),
+    whose codes refused() does not know: any other code there is Feishu's answer (a
+    missing scope, a user outside the app's range), and asking again gets the same."""
+    return e.code is None or e.code == RATE_LIMITED
+
+
 @dataclass
 class ConnectionState:
     """What the long connection has been doing; read by the health model and STATUS."""

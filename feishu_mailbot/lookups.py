@@ -3,7 +3,8 @@
 Like a name, what is looked up is decoration: a card whose name Feishu will
 not give shows its id, and a merged forward Feishu will not expand is mailed
 with a note saying so. Only a failure of the call itself (no answer, a rate
-limit) makes the mail wait and try again, as a failed download does.
+limit) makes the mail wait and try again, as a failed download does; so does
+one for a name the expanded forward shows (names.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import tzinfo
 from feishu_mailbot import expand
 from feishu_mailbot.feishu import FeishuApi, FeishuError, refused
 from feishu_mailbot.model import Forwarded, Message
-from feishu_mailbot.names import RETRY_SECONDS, NameResolver
+from feishu_mailbot.names import RETRY_SECONDS, NameResolver, NameUnavailable
 
 log = logging.getLogger("feishu_mailbot.lookups")
 
@@ -69,11 +70,13 @@ class Lookups:
             log.warning("merged forward not expanded: %s", e, extra={"MESSAGE_ID": msg.message_id})
             reason = f"飞书错误码 {e.code}" if e.code is not None else "无法连接飞书"
             return Forwarded(note=expand.NOT_EXPANDED.format(reason))
-        users = expand.user_ids(items)
-        looked_up = await asyncio.gather(*(self._names.name("user", u) for u in users))
-        return expand.conversation(
-            items, msg.message_id, dict(zip(users, looked_up, strict=True)), zone
-        )
+        try:  # only the senders it shows: 50 a level, whatever the forward holds
+            senders = await self._names.names(
+                "user", expand.user_ids(items, msg.message_id), final=final
+            )
+        except NameUnavailable as e:  # a rate limit: later, as for the forward itself
+            raise Unreachable(str(e)) from e
+        return expand.conversation(items, msg.message_id, senders, zone)
 
     async def replied(self, message_id: str, zone: tzinfo) -> tuple[str, Message | None]:
         """A message not in the state, as Feishu has it: (sender's name, message)."""

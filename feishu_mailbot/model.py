@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from typing import Any, Literal, cast
 
@@ -452,6 +452,97 @@ def message_to_json(m: Message) -> str:
     data["mentions"] = [{"key": x.key, "name": x.name, "open_id": x.open_id} for x in m.mentions]
     data["v"] = JSON_VERSION
     return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+# The most a message's stored body (its JSON, in UTF-8) may take. Feishu's own 发送消息
+# (https://open.feishu.cn/document/server-docs/im-v1/message/create, `content`: "文本消息
+# 请求体最大不能超过150KB；卡片及富文本消息请求体最大不能超过30KB", error 230025) bounds
+# what people can post; our JSON of it is that text plus a little per block (a bare link
+# is kept as its text and its href: twice), so 256 KiB takes any real message whole with
+# room to spare. A bigger body is odd or hostile: it would still be acked, but a
+# megabyte row makes the commit every ack waits for, and the mail, that much bigger.
+BODY_CAP = 256 * 1024
+CUT_NOTE = (
+    "…（内容过长，已截断：原消息约 {size} KB，此处只保留前 {cap} KB，完整内容请在飞书中查看）"
+    "(message too long: truncated from about {size} KB to its first {cap} KB; "
+    "see the rest in Feishu)"
+)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message as the state keeps it: the one given, or one cut to BODY_CAP."""
+
+    message: Message
+    body: str  # message_to_json(message)
+    cut_from: int = 0  # when cut: how many bytes its whole body would have taken
+
+
+def stored_form(m: Message, cap: int = BODY_CAP) -> Stored:
+    """The message and its JSON, cut to `cap` bytes if need be: its blocks are kept in
+    order while they fit, the block that does not is cut on a character boundary (a
+    card: its own blocks), and a note follows. Never refused: the mail goes out."""
+    body = message_to_json(m)
+    if len(body) <= cap // 4:  # no character takes more than 4 bytes in UTF-8
+        return Stored(m, body)
+    size = len(body.encode("utf-8"))
+    if size <= cap:
+        return Stored(m, body)
+    note = (Break(), Placeholder(CUT_NOTE.format(size=size // 1024, cap=cap // 1024)))
+    if _size(replace(m, blocks=note)) > cap // 2:
+        m = replace(m, mentions=())  # thousands of them: junk; the At blocks keep names
+    room = cap - _size(replace(m, blocks=note))
+    if room < cap // 2:
+        raise ValueError(f"the message's ids alone take over {cap // 2} bytes")
+    while True:  # escaping can add a few bytes to a cut text: then cut a little more
+        cut = replace(m, blocks=(*_fit(m.blocks, room), *note))
+        body = message_to_json(cut)
+        over = len(body.encode("utf-8")) - cap
+        if over <= 0:
+            return Stored(cut, body, size)
+        room -= over
+
+
+def _size(value: Message | Block) -> int:
+    if isinstance(value, Message):
+        return len(message_to_json(value).encode("utf-8"))
+    data = json.dumps(_block_to_json(value), ensure_ascii=False, separators=(",", ":"))
+    return len(data.encode("utf-8")) + 1  # and the comma after it
+
+
+def _fit(blocks: tuple[Block, ...], room: int) -> tuple[Block, ...]:
+    """The first blocks that fit in `room` bytes of JSON, the last one cut if it can be."""
+    kept: list[Block] = []
+    for block in blocks:
+        size = _size(block)
+        if size <= room:
+            kept.append(block)
+            room -= size
+            continue
+        cut = _cut(block, room)
+        if cut is not None:
+            kept.append(cut)
+        break
+    return tuple(kept)
+
+
+def _cut(block: Block, room: int) -> Block | None:
+    """`block` within `room` bytes of JSON, or None when nothing of it fits."""
+    if isinstance(block, Card):
+        inner = _fit(block.blocks, room - _size(replace(block, blocks=())))
+        return replace(block, blocks=inner) if inner else None
+    if not isinstance(block, Text | Code | Link | Placeholder | Title):
+        return None
+    # The longest prefix that fits, by characters (never a UTF-8 sequence cut in two):
+    # JSON escaping makes a character 1 to 6 bytes, so it is searched for, not computed.
+    low, high = 0, min(len(block.text), max(0, room - _size(replace(block, text=""))))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _size(replace(block, text=block.text[:middle])) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return replace(block, text=block.text[:low]) if low else None
 
 
 def message_from_json(s: str) -> Message:

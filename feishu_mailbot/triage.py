@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from feishu_mailbot import reports, rules
 from feishu_mailbot.events import Event, Ignored
 from feishu_mailbot.fold import fold
-from feishu_mailbot.model import ActionRequest, Delivery, Message, Recall
+from feishu_mailbot.model import ActionRequest, Delivery, Message, Recall, stored_form
 from feishu_mailbot.settings import ReportSettings, Settings
 
 
@@ -26,11 +26,13 @@ class Drop:
 
 @dataclass(frozen=True)
 class Accept:
-    message: Message
+    message: Message  # as stored: cut to model.BODY_CAP if it was over
     deliveries: tuple[Delivery, ...]
     requests: tuple[ActionRequest, ...]
     slow_rules: tuple[str, ...] = ()  # rules whose regex ran out of time: no match
     batches: tuple[str, ...] = ()  # batched rules that collect the message for a digest
+    body: str = ""  # the message's stored JSON, made once here ("": ingest makes it)
+    cut_from: int = 0  # bytes its body would have taken, when it was cut
 
 
 Outcome = Drop | Recall | Accept
@@ -43,12 +45,17 @@ def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
         return Drop("chat not in the allowlist, ignored")
     if isinstance(event, Recall):
         return event
+    # The rules see what is stored and mailed: a body over the cap is cut first.
+    stored = stored_form(event)
+    event = stored.message
     slow: set[str] = set()
     folded = fold(event.text)  # once for both kinds of rule
     deliveries = rules.plan(settings.rules, event, slow, folded)
     batches = rules.batched(settings.rules, event, slow, folded)
     requests = report_requests(event, settings.daily_report, bot_open_id)
-    return Accept(event, deliveries, requests, tuple(sorted(slow)), batches)
+    return Accept(
+        event, deliveries, requests, tuple(sorted(slow)), batches, stored.body, stored.cut_from
+    )
 
 
 def report_requests(

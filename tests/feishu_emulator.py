@@ -270,6 +270,13 @@ class FeishuEmulator:
         self._resource_gates: dict[str, asyncio.Event] = {}  # hold_resource
         self.resources_held = 0  # downloads waiting at a gate now
         self.resource_requests: list[tuple[str, str]] = []  # (message_id, file_key) asked for
+        # 获取单个用户信息: errors to answer, how long each answer takes, and how many
+        # were asked for at once at most (reset it to measure a stretch).
+        self._user_errors: dict[str, tuple[int, str, int]] = {}
+        self.user_delay = 0.0
+        self.user_requests: Counter[str] = Counter()  # open_id → requests
+        self.user_in_flight = 0
+        self.user_in_flight_max = 0
         # Internal state, owned by the emulator loop.
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self._expired_tokens: set[str] = set()
@@ -744,6 +751,20 @@ class FeishuEmulator:
     @staticmethod
     async def _gate() -> asyncio.Event:
         return asyncio.Event()  # made on the emulator's loop, where it is awaited
+
+    def fail_user(
+        self,
+        open_id: str,
+        code: int | None = 99991400,
+        msg: str = "request trigger frequency limit",
+        status: int = 429,
+    ) -> None:
+        """User info for `open_id` answers this error from now on, as fail_resource does
+        (the default: 频控策略's rate limit); None heals it."""
+        if code is None:
+            self._user_errors.pop(open_id, None)
+        else:
+            self._user_errors[open_id] = (code, msg, status)
 
     def push_recall(
         self, message_id: str, chat_id: str, *, event_id: str | None = None
@@ -1280,11 +1301,21 @@ class FeishuEmulator:
         if (err := self._auth_error(request)) is not None:
             return err
         open_id = request.match_info["open_id"]
-        name = self._users.get(open_id)
-        if name is None:
-            return _error(41050, "no user authority error")
-        user = {**self._user_ids(open_id), "name": name, "en_name": name}
-        return _json({"code": 0, "msg": "success", "data": {"user": user}})
+        self.user_requests[open_id] += 1
+        self.user_in_flight += 1
+        self.user_in_flight_max = max(self.user_in_flight_max, self.user_in_flight)
+        try:
+            if self.user_delay:
+                await asyncio.sleep(self.user_delay)
+            if open_id in self._user_errors:
+                return self._failure(request, *self._user_errors[open_id])
+            name = self._users.get(open_id)
+            if name is None:
+                return _error(41050, "no user authority error")
+            user = {**self._user_ids(open_id), "name": name, "en_name": name}
+            return _json({"code": 0, "msg": "success", "data": {"user": user}})
+        finally:
+            self.user_in_flight -= 1
 
     async def _h_chat(self, request: web.Request) -> web.Response:
         if (err := self._auth_error(request)) is not None:

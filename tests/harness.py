@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -180,11 +181,16 @@ def write_config(
 
 
 class Bot:
-    """One daemon process; `start()` can be called again after `stop()` (a restart)."""
+    """One daemon process; `start()` can be called again after `stop()` (a restart).
 
-    def __init__(self, config: Path, log_dir: Path) -> None:
+    `user`: run it as that (unprivileged) user with the unit's UMask=0077, as systemd
+    does, instead of as the test's root.
+    """
+
+    def __init__(self, config: Path, log_dir: Path, user: str | None = None) -> None:
         self.config = config
         self.log_dir = log_dir
+        self.user = user
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
@@ -195,12 +201,17 @@ class Bot:
     def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> Bot:
         self.runs += 1
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        account = pwd.getpwnam(self.user) if self.user else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "feishu_mailbot", "--config", str(self.config), "run"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            user=account.pw_uid if account else None,
+            group=account.pw_gid if account else None,
+            extra_groups=[] if account else None,
+            umask=0o077 if account else -1,
         )
         if wait_ready:
             self.wait_log("ready:", timeout=20)

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from feishu_mailbot import config
+from feishu_mailbot import config, expand, names
 from feishu_mailbot.feishu import FeishuApi
 from feishu_mailbot.lookups import Lookups
 from feishu_mailbot.model import Text
@@ -351,6 +351,66 @@ def test_a_rate_limit_makes_the_mail_wait_and_go_out_whole(world: World) -> None
     assert files == ["限流.pdf"]
     text, _ = parts(world.mail_for(forward_id))
     assert "线上 500 了，谁在看？" in text and "飞书错误码" not in text
+
+
+def test_a_forward_asks_only_the_names_it_shows_a_few_at_a_time(world: World) -> None:
+    """1,500 messages from 1,500 people: the mail shows 50, so 50 names are asked for
+    (not 1,500), never more than NAME_LOOKUPS at once."""
+    emulator = world.emulator
+    senders = [f"ou_many_{n}" for n in range(1500)]
+    for n, open_id in enumerate(senders):
+        emulator.register_user(open_id, f"同事{n}")
+    children = [
+        {"sender": open_id, "msg_type": "text", "content": {"text": f"第 {n} 条"}}
+        for n, open_id in enumerate(senders)
+    ]
+    emulator.user_delay = 0.02  # answers overlap, so concurrency shows
+    emulator.user_in_flight_max = 0
+    try:
+        pushed = emulator.push_forward("oc_team", "ou_alice", children)
+        text, _ = parts(world.mail_for(pushed["event"]["message"]["message_id"], timeout=60))
+    finally:
+        emulator.user_delay = 0.0
+    assert "> 同事0 · " in text and "> 同事49 · " in text and "同事50 " not in text
+    assert "另有 1450 条消息未显示" in text
+    asked = sum(emulator.user_requests[u] for u in senders)
+    assert asked <= expand.MAX_ITEMS + 2, f"{asked} user-info requests for 50 names shown"
+    assert 1 <= emulator.user_in_flight_max <= names.NAME_LOOKUPS
+
+
+def test_a_rate_limited_name_makes_the_forward_wait(world: World) -> None:
+    """频控策略's 429 / 99991400 on a name is about the call: the mail waits and is sent
+    with the name, not with an open_id for good."""
+    emulator = world.emulator
+    emulator.register_user("ou_limited", "限流者")
+    emulator.fail_user("ou_limited")
+    child = {"sender": "ou_limited", "msg_type": "text", "content": {"text": "我被限流了"}}
+    pushed = emulator.push_forward("oc_team", "ou_alice", [child])
+    forward_id = pushed["event"]["message"]["message_id"]
+    wait_until(lambda: emulator.user_requests["ou_limited"] >= 1, 15, "a user-info request")
+    emulator.fail_user("ou_limited", None)  # at least 0.6 s before its last attempt
+    text, _ = parts(world.mail_for(forward_id))
+    assert "> 限流者 · " in text and "ou_limited" not in text
+    assert emulator.user_requests["ou_limited"] >= 2
+
+
+def test_an_oversized_text_is_acked_and_mailed_cut_with_a_note(world: World) -> None:
+    """发送消息 takes at most 150 KB of text (30 KB for a post or card), so an event whose
+    body is over the stored cap (256 KiB) is odd or hostile: it is acknowledged at once,
+    not quarantined, and mailed cut on a character boundary, with a note saying so."""
+    text = "开头：" + "数据𝄞😀" * 40_000 + "结尾：最后一句"  # ≈560 kB of UTF-8, 4-byte ones too
+    pushed = world.emulator.push_text("oc_team", "ou_alice", text, split=2)
+    ack = world.emulator.wait_ack(pushed)
+    assert ack.code == 200 and ack.ms < 1000, ack
+    mail, html = parts(world.mail_for(pushed["event"]["message"]["message_id"]))
+    assert "\ufffd" not in mail and "\ufffd" not in html
+    body = mail[mail.index("开头：") :]
+    assert "内容过长，已截断" in body and "truncated" in body and "结尾" not in body
+    assert "内容过长，已截断" in html
+    kept = body[: body.index("\n…（内容过长")]
+    assert text.startswith(kept) and 60_000 < len(kept) < len(text)
+    log = world.bot.current_log()
+    assert "over the 262144-byte cap" in log and "quarantined" not in log
 
 
 def test_a_forward_is_cut_at_the_caps(world: World) -> None:

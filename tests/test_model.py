@@ -11,11 +11,15 @@ import pytest
 
 from feishu_mailbot import present
 from feishu_mailbot.model import (
+    Card,
     Message,
     Resource,
+    Stored,
     StoredFormError,
+    Text,
     message_from_json,
     message_to_json,
+    stored_form,
 )
 from feishu_mailbot.present import image_cid
 from tests.test_events import MENTIONS, POST, parse_message, receive
@@ -89,3 +93,21 @@ def test_nested_blocks_round_trip() -> None:
     assert again == m and again.text == m.text
     assert again.resources == (Resource("image", "img_a", ""),)
     assert "> 张三 · 2026-12-01 10:01" in m.text and ">   > 李四 · 2026-12-01 10:00" in m.text
+
+
+def test_a_body_over_the_cap_is_cut_to_it_never_refused() -> None:
+    """Whatever the blocks (text that escapes to more bytes than it has, a card), the
+    stored body fits the cap, reads back, keeps its beginning whole and says it was cut."""
+    nasty = '"\\\x01' * 40_000 + "😀" * 40_000  # each of the first three JSON-escapes longer
+    card = Card("卡片", "告警", (Text("第一段"), Text("长" * 200_000), Text("末段")), "red")
+    for blocks in ((Text("开头"), Text(nasty)), (card,), (Text("短"), card, Text("之后"))):
+        m = dataclasses.replace(parse_message(receive("text", {"text": "x"})), blocks=blocks)
+        stored = stored_form(m, cap=64 * 1024)
+        assert stored.cut_from > 64 * 1024
+        assert len(stored.body.encode("utf-8")) <= 64 * 1024
+        back = message_from_json(stored.body)
+        assert back == stored.message and "内容过长，已截断" in back.text
+        kept = back.text[: back.text.index("\n…（内容过长")]
+        assert m.text.startswith(kept) and len(kept) > 1000
+    small = parse_message(receive("post", POST, mentions=MENTIONS))
+    assert stored_form(small) == Stored(small, message_to_json(small))

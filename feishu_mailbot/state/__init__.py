@@ -26,8 +26,10 @@ from feishu_mailbot.state.db import (
     Tx,
     Unavailable,
     connect,
+    connect_readonly,
 )
 from feishu_mailbot.state.group_commit import GroupCommit
+from feishu_mailbot.state.owner import reclaim
 from feishu_mailbot.state.spool import Spool
 
 __all__ = ["DB_NAME", "DatabaseError", "Spool", "State", "StateError", "Tx", "Unavailable"]
@@ -41,15 +43,27 @@ class State:
 
     `daemon=True` is for the long-running process: SQLite's automatic WAL
     checkpoints are replaced by checkpoint.py's, off the event loop.
+    `readonly=True` reads an existing database and makes or changes nothing in its
+    directory (`send-report --dry-run`); writing raises DatabaseError.
+    Whatever an operator's command run as root creates in the state directory is
+    the directory owner's (owner.py), so the daemon can use it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, daemon: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, daemon: bool = False, readonly: bool = False
+    ) -> None:
         self.path = str(path)
-        self._db = connect(self.path, autocheckpoint=not daemon)
+        self.readonly = readonly
+        if readonly:
+            self._db = connect_readonly(self.path)
+        else:
+            self._db = connect(self.path, autocheckpoint=not daemon)
         self._checkpointer = Checkpointer(self.path) if daemon else None
         self.group = GroupCommit(self._db, self._checkpointer)
         # Mail too large for a row, beside the database (spool.py).
         self.spool = Spool(Path(self.path).parent / "spool")
+        if not readonly:
+            reclaim(self.spool.directory)  # root's, from a release before owner.py
 
     async def write(self, work: Callable[[Tx], T]) -> T:
         """`work` in the next group commit; returns once it is durable."""

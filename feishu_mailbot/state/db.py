@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
+
+from feishu_mailbot.state.owner import create_database
 
 #: What every query function of this package is handed: the open transaction.
 Tx = sqlite3.Connection
@@ -180,9 +183,14 @@ class StateError(Exception):
 
 
 def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
-    """Open (creating if need be) and migrate the database at `path`."""
+    """Open (creating if need be) and migrate the database at `path`.
+
+    A database root creates is the state directory's owner's (owner.py), and so
+    are the -wal and -shm files SQLite makes beside it.
+    """
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_database(Path(path))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Before WAL writes the header of a new file: freed pages can then be given back
         # to the file system bit by bit (State.release) instead of by a whole VACUUM.
@@ -207,6 +215,37 @@ def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
         # big one: that would outlast the unit's start timeout, and be retried for ever;
         # its freed pages are reused instead, so it stops growing at its present size.
         db.execute("VACUUM")
+    return db
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """The database at `path` to read, creating and changing nothing in its directory
+    (`send-report --dry-run`).
+
+    A read-only connection to a WAL database still makes the -wal and -shm files when
+    they are missing, and cannot remove them afterwards. They exist while the daemon
+    runs: then it is opened read-only, as a reader beside the daemon. When they do
+    not, nobody is writing and everything is in the database file itself, which is
+    then opened `immutable` (no locks, no -shm, no -wal). A daemon started in
+    between could make such a read fail ("malformed"); trying again reads it whole.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise StateError(f"{path}: no state database yet (the daemon makes it when it first runs)")
+    live = Path(path + "-wal").exists()
+    uri = f"file:{quote(str(file.resolve()))}?mode=ro" + ("" if live else "&immutable=1")
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as e:
+        raise StateError(f"{path}: cannot read the state database: {e}") from e
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise StateError(
+            f"{path}: database schema {version}, this program reads {SCHEMA_VERSION}; "
+            "start the daemon once (it upgrades the database), then try again"
+        )
+    db.execute("PRAGMA busy_timeout=5000")
     return db
 
 

@@ -20,7 +20,7 @@ from feishu_mailbot.model import (
     Message,
     Recall,
     message_from_json,
-    message_to_json,
+    stored_form,
 )
 from feishu_mailbot.state import actions, outbox
 from feishu_mailbot.state import batches as batches_q
@@ -73,8 +73,13 @@ def ingest(
     now: float,
     requests: Sequence[ActionRequest] = (),
     batches: Sequence[str] = (),
+    body: str = "",
 ) -> Ingest:
-    """Record one accepted message, the mail it asks for and its other work."""
+    """Record one accepted message, the mail it asks for and its other work.
+
+    `body` is the message's stored form when the caller made it already (triage
+    does); else it is made here. Either way it is cut to model.BODY_CAP.
+    """
     if not _mark_seen(tx, msg.event_id, now):
         return Ingest.DUPLICATE_EVENT
     cur = tx.execute(
@@ -87,7 +92,7 @@ def ingest(
             msg.chat_id,
             msg.sender_open_id,
             msg.create_time_ms,
-            message_to_json(msg),
+            body or stored_form(msg).body,
             now,
             _deliveries_to_json(deliveries) if deliveries else None,
             len(deliveries),

@@ -4,6 +4,8 @@ A 25 MB mail stored in its outbox row would be a 34 MB commit on the event
 loop, which every ack waits for; as a file it is written by a worker thread and
 the row only names it. A file is written under a temporary name, flushed to
 disk and renamed before any row names it, so a named file is always whole.
+The directory and its files belong to the state directory's owner even when
+root's `send-report` makes them (owner.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
+
+from feishu_mailbot.state.owner import create_file, make_dir
 
 SUFFIX = ".eml"
 
@@ -32,12 +36,12 @@ class Spool:
         Unique per write, not per mail: two digests built at once for the same day
         (the schedule and a chat command) must not share, or remove, one file.
         """
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        make_dir(self.directory, 0o700)
         digest = hashlib.sha256(mail_id.encode("utf-8")).hexdigest()[:24]
         name = f"{digest}-{secrets.token_hex(8)}{SUFFIX}"
         partial = self.directory / f".{name}.part"
         try:
-            with open(partial, "wb") as out:
+            with open(create_file(partial, 0o600), "wb") as out:
                 fill(out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -52,6 +56,11 @@ class Spool:
                 partial.unlink()
             raise
         return name
+
+    def writable(self) -> bool:
+        """Whether this process may make and remove files here (or make the directory)."""
+        target = self.directory if self.directory.exists() else self.directory.parent
+        return os.access(target, os.R_OK | os.W_OK | os.X_OK)
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -68,7 +77,9 @@ class Spool:
         `older_than` seconds old; how many."""
         removed = 0
         cutoff = time.time() - older_than
-        with contextlib.suppress(FileNotFoundError):
+        # Not ours to read (root's, see owner.py): the daemon said so at start, and the
+        # outbox must go on with the mail that needs no spool.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             for entry in self.directory.iterdir():
                 if entry.name in keep:
                     continue

@@ -13,6 +13,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from feishu_mailbot.present import terminal
+
 # Keys the long connection does not use: the old bot's webhook mode needed them.
 NOT_NEEDED = {
     "FEISHU_VERIFICATION_TOKEN": "verifies webhook callbacks; the long connection needs none",
@@ -159,11 +161,6 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _shown(key: str) -> str:
-    """A key as the terminal may show it: python-dotenv allows control characters in keys."""
-    return key if key.isprintable() else ascii(key)
-
-
 def _q(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -266,7 +263,7 @@ def convert(values: dict[str, str], path: str, secrets_dir: str | None) -> Impor
     for key in dropped:
         out.append(f"# {key}: not carried over: {NOT_NEEDED[key]}")
         notes.append(f"{key} dropped: {NOT_NEEDED[key]}")
-    for key in map(_shown, unknown):
+    for key in (terminal(k, one_line=True) for k in unknown):  # dotenv keys may hold controls
         out.append(f"# {key}: unknown to import-env, not carried over (value not shown)")
         notes.append(f"{key}: unknown key, not carried over; see feishu-mailbot.yaml(5)")
     return Imported("\n".join(out) + "\n", notes, secrets)

@@ -79,8 +79,19 @@ def show(entry: QueueEntry, raw: bytes | None, zone: str) -> str:
     if entry.last_error:
         head.append(f"last error: {terminal(entry.last_error, one_line=True)}")
     if raw is None:
-        return "\n".join([*head, "(not composed yet: the outbox composes it when it is due)"])
+        return "\n".join([*head, _without_bytes(entry)])
     return "\n".join([*head, "", readable(raw)])
+
+
+def _without_bytes(entry: QueueEntry) -> str:
+    subject = terminal(entry.subject or "", one_line=True)
+    if entry.status in ("sent", "cancelled", "dropped"):
+        return f"subject: {subject}\n({entry.status}: a finished mail keeps no text)"
+    if entry.composed:  # its spool file went while we looked
+        return f"subject: {subject}\n(its file is gone: sent or dropped meanwhile; see `queue`)"
+    if entry.kind == "batch" and entry.status == "failed":
+        return f"subject: {subject}\n(never composed: `retry` composes it again)"
+    return "(not composed yet: the outbox composes it when it is due)"
 
 
 def readable(raw: bytes) -> str:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from tests.feishu_emulator import FeishuEmulator
@@ -114,6 +115,99 @@ def test_drop_needs_yes_and_takes_only_waiting_or_failed_mail(
     assert cli(bot, "drop", str(mail_id), "--yes").returncode == 65  # already gone
     assert cli(bot, "show", "999").returncode == 65
     assert bot.stop() == 0
+
+
+def test_mail_ids_that_are_not_numbers_are_a_usage_error(make_bot: MakeBot) -> None:
+    bot = make_bot(rules=ONE_RULE)
+    bot.start().stop()
+    for args in (("retry", "abc"), ("drop", "abc", "--yes"), ("retry", "1", "x2")):
+        out = cli(bot, *args)
+        assert out.returncode == 64, (args, out.stderr)
+        assert "usage: feishu-mailbot" in out.stderr and "invalid int value" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def queued_mail(bot: Bot, count: int, size: int = 0, spooled: bool = False) -> list[int]:
+    """`count` digests queued in the bot's (stopped) state, `size` bytes each; their ids."""
+    from feishu_mailbot.state import State, outbox
+    from feishu_mailbot.state.outbox import Prepared
+
+    state = State(bot.config.parent / "state" / "feishu-mailbot.db")
+    body = b"Subject: big\r\n\r\n" + b"x" * size
+    for n in range(count):
+        mail_id = f"digest/{n}"
+        if spooled:
+            state.spool.directory.mkdir(exist_ok=True)
+            name = f"{n:024x}-0123456789abcdef.eml"
+            state.spool.path(name).write_bytes(body)
+            prepared = Prepared(f"big {n}", spool=name)
+        else:
+            prepared = Prepared(f"big {n}", raw=body)
+        state.write_now(
+            partial(
+                outbox.queue,
+                mail_id=mail_id,
+                kind="digest",
+                recipients=["boss@example.com"],
+                prepared=prepared,
+                now=time.time(),
+            )
+        )
+    ids = state.read(lambda tx: [r[0] for r in tx.execute("SELECT rowid FROM outbox")])
+    state.close()
+    return ids
+
+
+def test_queue_lists_large_mail_without_reading_it(make_bot: MakeBot) -> None:
+    """40 digests of 4 MB: `queue` reads their subjects, not their 160 MB."""
+    bot = make_bot(rules=ONE_RULE)
+    bot.start().stop()
+    queued_mail(bot, 40, size=4 * 1024 * 1024)
+    # The command runs under a parent of its own, which reports its child's peak RSS.
+    measure = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr);"
+        "sys.exit(r.returncode)"
+    )
+    command = [sys.executable, "-m", "feishu_mailbot", "--config", str(bot.config), "queue"]
+    for form in ([], ["--json"]):
+        out = subprocess.run(
+            [sys.executable, "-c", measure, *command, *form], capture_output=True, text=True,
+            timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert out.returncode == 0 and "big 39" in out.stdout, out.stderr
+        peak_mb = int(out.stderr.split()[-1]) / 1024
+        print(f"queue {form}: {peak_mb:.0f} MB at peak")
+        assert peak_mb < 100, f"queue {form} peaked at {peak_mb:.0f} MB"
+
+
+def test_show_survives_the_mail_file_vanishing_while_it_reads(
+    make_bot: MakeBot, tmp_path: Path
+) -> None:
+    """The daemon sends a spooled mail and removes its file just as `show` reads it."""
+    bot = make_bot(rules=ONE_RULE)
+    bot.start().stop()
+    [row_id] = queued_mail(bot, 1, size=300 * 1024, spooled=True)
+    site = tmp_path / "inject"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import pathlib\n"
+        "read = pathlib.Path.read_bytes\n"
+        "def vanishing(self):\n"
+        "    if self.suffix == '.eml':\n"
+        "        self.unlink()  # the daemon sent it and removed it, just now\n"
+        "    return read(self)\n"
+        "pathlib.Path.read_bytes = vanishing\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "feishu_mailbot", "--config", str(bot.config), "show", str(row_id)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "subject: big 0" in out.stdout and "its file is gone" in out.stdout
 
 
 def test_a_quarantined_event_is_listed_retried_and_dropped(

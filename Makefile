@@ -7,10 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Runtime modules, plus what the tests drive: systemd-analyze, debootstrap +
 # systemd-nspawn for the system test on a real systemd, libfaketime as the daemon's
-# controllable clock, and headless Chromium (with CJK fonts) to render the digest.
+# controllable clock, headless Chromium (with CJK fonts) to render the digest, and
+# tinyproxy as the real HTTP proxy between the bot and Feishu (tests/http_proxy.py).
 APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
 	python3-regex \
-	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk
+	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' packaging/debian/changelog)
@@ -18,12 +19,25 @@ ARCH := $(shell dpkg --print-architecture)
 DEB := dist/feishu-mailbot_$(VERSION)_$(ARCH).deb
 DEB_SOURCES := $(shell git ls-files feishu_mailbot packaging etc docs README.md 2>/dev/null)
 
-# Install the Debian packages in $(1) that are not installed yet.
+# invoke-rc.d and deb-systemd-invoke ask this file whether a postinst may start a service.
+POLICY_RC_D := /usr/sbin/policy-rc.d
+
+# Install the Debian packages in $(1) that are not installed yet. No postinst may start
+# its service (DESIGN §4: the tests start what they need, with configs of their own), so
+# the install runs under a policy-rc.d that denies every start (exit 101). It is created
+# only if there is none, and then removed again however apt-get ends; one that was there
+# already is left alone.
 define apt_ensure
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	    echo "installing: $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    echo "installing: $$missing"; \
+	    if [ ! -e $(POLICY_RC_D) ]; then \
+	        trap 'rm -f $(POLICY_RC_D)' EXIT; trap 'exit 130' INT TERM HUP; \
+	        printf '#!/bin/sh\n# apt_ensure (Makefile): no service starts while installing.\nexit 101\n' \
+	            >$(POLICY_RC_D) && chmod 755 $(POLICY_RC_D) || exit 1; \
+	    fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 endef
 

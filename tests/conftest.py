@@ -1,4 +1,5 @@
-"""Shared fixtures: the Feishu emulator, an SMTP server, and the daemon under test."""
+"""Shared fixtures: the Feishu emulator, an SMTP server, an HTTP proxy, and the daemon
+under test."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import SMTP_PASSWORD, SMTP_USER, TEST_SECRETS, Bot, write_config
+from tests.harness import (
+    PROXY_PASSWORD,
+    PROXY_USER,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    TEST_SECRETS,
+    Bot,
+    write_config,
+)
+from tests.http_proxy import Tinyproxy
 from tests.smtp_server import SmtpServer
 
 _logs: list[Path] = []
@@ -36,6 +46,26 @@ def smtp() -> Iterator[SmtpServer]:
         yield server
     finally:
         server.stop()
+
+
+def _proxy(auth: tuple[str, str] | None) -> Iterator[Tinyproxy]:
+    with Tinyproxy(auth=auth) as proxy:
+        yield proxy
+        # Its log holds each request line: a secret there was sent in a URL.
+        leaks = [s for s in TEST_SECRETS if s in proxy.log()]
+        assert not leaks, f"secret in a request line the proxy logged: {leaks}"
+
+
+@pytest.fixture
+def http_proxy() -> Iterator[Tinyproxy]:
+    """A real tinyproxy on loopback that tunnels CONNECT to any port, no credentials."""
+    yield from _proxy(None)
+
+
+@pytest.fixture
+def http_proxy_auth() -> Iterator[Tinyproxy]:
+    """The same proxy demanding Basic credentials: PROXY_USER and PROXY_PASSWORD."""
+    yield from _proxy((PROXY_USER, PROXY_PASSWORD))
 
 
 @pytest.fixture

@@ -25,12 +25,18 @@ from typing import Protocol
 REPO = Path(__file__).resolve().parents[1]
 SMTP_USER = "bot"
 SMTP_PASSWORD = "smtp-pass-9f2c"
-# The SMTP password as AUTH LOGIN and AUTH PLAIN put it on the wire, which a relay may echo.
+# The credentials the http_proxy_auth fixture's tinyproxy demands (Basic auth).
+PROXY_USER = "proxyuser"
+PROXY_PASSWORD = "proxy-pass-71c3"
+# The SMTP password as AUTH LOGIN and AUTH PLAIN put it on the wire, which a relay may echo;
+# the proxy password as a Proxy-Authorization header carries it.
 TEST_SECRETS = (
     "test-secret",
     SMTP_PASSWORD,
     base64.b64encode(SMTP_PASSWORD.encode()).decode(),
     base64.b64encode(f"\0{SMTP_USER}\0{SMTP_PASSWORD}".encode()).decode(),
+    PROXY_PASSWORD,
+    base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode(),
 )
 SCREENSHOTS = REPO / "test-output"  # README pictures are copied from here into docs/
 

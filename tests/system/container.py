@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 CACHE = Path("/var/cache/feishu-mailbot-tests")
@@ -44,13 +45,94 @@ ENV = {
 }
 
 
-def _mirror() -> str:
-    sources = Path("/etc/apt/sources.list.d/debian.sources")
-    if sources.exists():
-        found = re.search(r"^URIs:\s*(\S+/debian)\s*$", sources.read_text(), re.M)
-        if found:
-            return found.group(1)
-    return "http://deb.debian.org/debian"
+APT = Path("/etc/apt")
+# One apt source: its types (deb, deb-src), URIs, suites and components.
+Source = tuple[list[str], list[str], list[str], list[str]]
+# What debootstrap can fetch from; apt's cdrom: and mirror+ methods it cannot.
+_SCHEMES = ("http://", "https://", "file:/")
+
+
+def _one_line_sources(text: str) -> Iterator[Source]:
+    """(types, URIs, suites, components) of each line of a sources.list(5) one-line file:
+    `deb [options] URI suite [component…]`, comments and blank lines skipped."""
+    for raw in text.splitlines():
+        words = raw.split("#", 1)[0].split()
+        if len(words) < 3:
+            continue
+        kind, rest = words[0], words[1:]
+        if rest[0].startswith("["):  # [arch=amd64 signed-by=…], spaces allowed inside
+            while rest and not rest[0].endswith("]"):
+                rest = rest[1:]
+            rest = rest[1:]
+        if len(rest) >= 2:
+            yield [kind], [rest[0]], [rest[1]], rest[2:]
+
+
+def _deb822_sources(text: str) -> Iterator[Source]:
+    """(types, URIs, suites, components) of each stanza of a deb822 .sources file;
+    a stanza with `Enabled: no` is skipped, as apt skips it."""
+    stanzas: list[dict[str, str]] = [{}]
+    field = ""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if stanzas[-1]:
+                stanzas.append({})
+            continue
+        if line[0] in " \t":  # a continuation line (Signed-By may carry a whole key)
+            if field:
+                stanzas[-1][field] += " " + line.strip()
+            continue
+        name, _, value = line.partition(":")
+        field = name.strip().lower()
+        stanzas[-1][field] = value.strip()
+    for stanza in stanzas:
+        if stanza and stanza.get("enabled", "yes").lower() != "no":
+            types, uris, suites, components = (
+                stanza.get(key, "").split() for key in ("types", "uris", "suites", "components")
+            )
+            yield types, uris, suites, components
+
+
+def apt_mirror(
+    files: Iterable[tuple[str, str]], suite: str = SUITE, component: str = "main"
+) -> str | None:
+    """The URI of the first `deb` source for `suite` with `component`, from apt source
+    files given as (name, text) in apt's reading order: names ending in .sources are
+    deb822, others one-line. The mirror apt already uses is the one this machine can
+    reach, so debootstrap takes it rather than a host written into the tests."""
+    for name, text in files:
+        parse = _deb822_sources if name.endswith(".sources") else _one_line_sources
+        for types, uris, suites, components in parse(text):
+            if "deb" in types and suite in suites and component in components:
+                for uri in uris:
+                    if uri.startswith(_SCHEMES):
+                        return uri
+    return None
+
+
+def apt_source_files(root: Path = APT) -> list[tuple[str, str]]:
+    """sources.list, then sources.list.d/*.list and *.sources by name, as apt reads them."""
+    parts = sorted(
+        p for p in (root / "sources.list.d").glob("*") if p.suffix in (".list", ".sources")
+    )
+    paths = [root / "sources.list", *parts]
+    return [(str(path), path.read_text("utf-8", "replace")) for path in paths if path.is_file()]
+
+
+def debootstrap_mirror(root: Path = APT) -> str:
+    """The mirror apt uses for SUITE main, or an error that says where to declare one."""
+    mirror = apt_mirror(apt_source_files(root))
+    if mirror is None:
+        raise RuntimeError(
+            f"no Debian mirror for debootstrap: looked for a `deb` source of suite {SUITE!r} "
+            f"with component 'main' in {root}/sources.list and {root}/sources.list.d/*.list "
+            "(one-line format) and *.sources (deb822), and found none. Add one, e.g. "
+            f"`deb <your Debian mirror URL> {SUITE} main` to {root}/sources.list, and run "
+            "apt-get update."
+        )
+    return mirror
 
 
 def ensure_host_tools() -> None:
@@ -89,7 +171,7 @@ def cached_tree() -> Path:
             f"--include={','.join(PACKAGES)}",
             SUITE,
             str(tree),
-            _mirror(),
+            debootstrap_mirror(),
         ],
         check=True,
         stdout=subprocess.DEVNULL,

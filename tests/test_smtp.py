@@ -245,10 +245,19 @@ def test_check_success_sends_nothing() -> None:
     with SmtpServer(starttls=True, require_auth=("bot", PASSWORD)) as srv:
         settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
         steps = check(settings, srv.ssl_context_for_client)
-        assert steps[0] == f"connected to {HOST}:{srv.port}"
-        assert any(s.startswith("STARTTLS ok (TLSv1.") for s in steps)
-        assert "AUTH ok as bot" in steps
-        assert steps[-1] == "NOOP ok"
+        assert [s.split(":")[0] for s in steps] == [
+            "DNS ok",
+            "TCP ok",
+            "greeting ok",
+            "EHLO ok",
+            "STARTTLS ok",
+            "AUTH ok",
+            "NOOP ok",
+        ]
+        assert steps[1] == f"TCP ok: connected to {HOST}:{srv.port}"
+        assert steps[4].startswith("STARTTLS ok: TLSv1.")
+        assert "certificate issued by CN=feishu-mailbot test CA" in steps[4]
+        assert steps[5] == "AUTH ok: logged in as bot"
         time.sleep(0.05)
         assert srv.messages == []
         assert srv.connections == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 
 # socket.getaddrinfo encodes host names with this codec. Imported lazily, it loads
 # (with stringprep and its tables) in the first SMTP thread to connect, holding the
@@ -43,6 +44,7 @@ __all__ = [
     "fingerprint",
     "relay_size",
     "tls_context",
+    "walk",
 ]
 
 Refused = dict[str, tuple[int, bytes]]
@@ -64,12 +66,14 @@ class DeliveryError(Exception):
 
 
 class CheckFailed(Exception):
-    """The online check stopped at `step`; the CLI prints both to point at the fix."""
+    """The online check stopped at `step` (a hop's name); the CLI prints both to point
+    at the fix, and `advice` says what it usually means."""
 
-    def __init__(self, step: str, reason: str) -> None:
+    def __init__(self, step: str, reason: str, advice: str = "") -> None:
         super().__init__(f"{step}: {reason}")
         self.step = step
         self.reason = reason
+        self.advice = advice
 
 
 class _StepFailed(Exception):
@@ -935,28 +939,75 @@ def _data_from(smtp: smtplib.SMTP, path: Path) -> tuple[int, bytes]:
     return smtp.getreply()
 
 
-def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:
-    """`check-config --online`: proves the relay accepts us, without sending any mail.
+def walk(
+    settings: SmtpSettings, *, deadline: float = 30.0, ssl_context: ssl.SSLContext | None = None
+) -> list[Hop]:
+    """`doctor`'s SMTP path: one Hop per hop up to AUTH, then QUIT; never a mail.
 
-    Runs the same session setup as delivery (connect, EHLO, TLS, AUTH), then
-    NOOP and QUIT; returns the steps that succeeded for the CLI to print.
+    Walks the very session setup that delivery uses (_open: DNS, TCP, TLS,
+    greeting, EHLO, STARTTLS, AUTH), so what doctor proves is what the outbox
+    will meet, and stops at the first hop that fails, with its usual cause.
+    Each hop is bounded by smtp.timeout, the whole walk by `deadline` seconds.
+    Every detail has passed the password scrubber.
     """
     context = ssl_context if ssl_context is not None else tls_context(settings)
-    scrub = _scrubber(settings)
-    trail = _Trail(settings, scrub)
-    try:
-        smtp = _open(settings, context, trail)
-    except _StepFailed as exc:
-        raise CheckFailed(exc.step, scrub(exc.reason)) from None
-    steps = [f"{hop.name} ok: {hop.detail}" for hop in trail.hops]
+    until = time.monotonic() + deadline
+    trail = _Trail(settings, _scrubber(settings), until)
     try:
         try:
-            code, resp = smtp.noop()
-        except (OSError, smtplib.SMTPException) as exc:
-            raise CheckFailed("NOOP", _os_reason(exc, settings.timeout)) from None
-        if code != 250:
-            raise CheckFailed("NOOP", scrub(f"rejected ({_reply(code, resp)})"))
-        steps.append("NOOP ok")
+            smtp = _open(settings, context, trail)
+        except _StepFailed as exc:
+            ms, detail, cause = trail.ms(), exc.reason, exc.cause  # ms before any peek
+            if trail.expired == "walk":
+                detail, cause = f"no answer within the walk's {deadline:g} s deadline", "timeout"
+            elif trail.expired == "hop":
+                detail = f"timed out after {settings.timeout:g} s"
+                cause = "smtp-greeting" if trail.name == "greeting" else "timeout"
+            elif cause in ("smtp-tls-untrusted", "smtp-tls-cert"):
+                detail += f"; the certificate is issued by {_peek_issuer(settings, until)}"
+        except Exception as exc:  # doctor reports what it could not foresee, and goes on
+            ms, detail, cause = trail.ms(), f"{type(exc).__name__}: {exc}", "smtp"
+        else:
+            trail.begin("QUIT")  # not a hop of its own, but bounded like one
+            _quit(smtp)
+            return trail.hops
+        failed = Hop(SMTP, trail.name, False, ms, trail.scrub(detail), cause, trail.target)
+        return [*trail.hops, failed]
     finally:
+        trail.close()
+
+
+def _peek_issuer(settings: SmtpSettings, until: float) -> str:
+    """Who issued a certificate that failed verification: the question an operator
+    behind a TLS-inspecting firewall needs answered. The ssl module does not give a
+    failed certificate, so this is a second session that verifies nothing, used for
+    nothing but reading the certificate: no pin, no AUTH, no mail; then QUIT."""
+    look = dataclasses.replace(settings, username=None, password=None, tls_fingerprint=None)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    trail = _Trail(look, _scrubber(settings), until)
+    try:
+        try:
+            smtp = _open(look, context, trail)
+        except _StepFailed:
+            return "a CA that could not be read (a second handshake to read it failed)"
+        sock = smtp.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         _quit(smtp)
-    return steps
+        return _issuer(der or b"")
+    finally:
+        trail.close()
+
+
+def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:
+    """`check-config --online`: walk(), said as the CLI prints it; no mail is sent.
+
+    Returns what each hop found; raises CheckFailed at the first that failed,
+    with what it usually means in `advice`.
+    """
+    walked = walk(settings, ssl_context=ssl_context)
+    last = walked[-1]
+    if not last.ok:
+        raise CheckFailed(last.name, last.detail, last.advice())
+    return [f"{hop.name} ok: {hop.detail}" for hop in walked]

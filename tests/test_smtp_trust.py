@@ -7,6 +7,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import re
 import socket
 import ssl
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot import hops
+from feishu_mailbot import hops, smtp
 from feishu_mailbot.settings import PemBundle, Secret, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, SmtpTransport, walk
 from tests import certs
@@ -367,3 +368,11 @@ def test_what_a_relay_echoes_of_the_password_is_masked_in_the_hops() -> None:
     blob = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
     assert walked[-1].detail == "authentication rejected (535 5.7.8 rejected AUTH PLAIN ***)"
     assert not any(PASSWORD in hop.detail or blob in hop.detail for hop in walked)
+
+
+def test_every_cause_the_smtp_hops_give_is_explained() -> None:
+    """Hop.advice() looks the cause up in hops.CAUSES: a typo would raise in doctor."""
+    source = Path(smtp.__file__).read_text("utf-8")
+    given = set(re.findall(r'(?<!name=)"(smtp(?:-[a-z]+)*|timeout)"', source))  # not threads
+    assert {"smtp-pin", "smtp-tls-untrusted", "smtp-greeting", "timeout"} <= given
+    assert given <= set(hops.CAUSES), given - set(hops.CAUSES)

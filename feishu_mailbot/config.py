@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time
@@ -36,6 +37,7 @@ from feishu_mailbot.settings import (
     Chat,
     FeishuSettings,
     HealthSettings,
+    PemBundle,
     ReportSettings,
     RetentionSettings,
     RosterMember,
@@ -288,6 +290,8 @@ def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
             "retry_initial",
             "retry_max",
             "give_up_after",
+            "ca_file",
+            "tls_fingerprint",
         },
     )
     security_text = _str(m["security"]) if "security" in m else "starttls"
@@ -322,7 +326,64 @@ def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
         give_up_after=_number(m["give_up_after"], minimum=1, maximum=30 * 86400)
         if "give_up_after" in m
         else 2 * 24 * 3600.0,
+        ca_file=_pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None,
+        tls_fingerprint=_fingerprint(m["tls_fingerprint"]) if "tls_fingerprint" in m else None,
     )
+
+
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}|[0-9A-Fa-f]{64}")
+
+
+def _fingerprint(n: _Node) -> str:
+    """A SHA-256 certificate fingerprint as openssl, msmtp or a browser show it, kept
+    as AB:CD:… so that a mismatch prints both the same way."""
+    value = _scalar(n) if isinstance(n.node, yaml.ScalarNode) else None
+    text = str(value).strip() if isinstance(value, str) else ""
+    if not _HEX_PAIRS.fullmatch(text):
+        shown = f"{n.node.value!r}" if isinstance(n.node, yaml.ScalarNode) else "this"
+        raise n.error(
+            f"{shown} is not a SHA-256 fingerprint (expected the SHA-256 fingerprint of the "
+            "relay's certificate: 64 hex digits, in pairs separated by colons or not, as "
+            "`msmtp --serverinfo --tls --tls-certcheck=off` or `openssl x509 -noout "
+            "-fingerprint -sha256` print it; quote it)"
+        )
+    digits = text.replace(":", "").upper()
+    return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
+
+
+_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*?-----END CERTIFICATE-----"
+)
+
+
+def _pem_bundle(n: _Node, config_dir: Path) -> PemBundle:
+    """A `*ca_file`: read and parsed now, so a wrong file is a config error (exit 78)
+    rather than a TLS failure at the first connection, minutes later."""
+    path = Path(_str(n))
+    if not path.is_absolute():
+        path = config_dir / path
+    expected = "expected a PEM file of CA certificates, -----BEGIN CERTIFICATE----- blocks"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise n.error(f"cannot read {path}: {e.strerror} (expected a readable PEM file)") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise n.error(
+            f"{path} is not PEM text ({expected}; a binary DER certificate converts with "
+            "`openssl x509 -inform der -in DER-FILE -out PEM-FILE`)"
+        ) from e
+    # Only the certificates: bundles carry comments (in UTF-8 too), some a key as well.
+    pem = "".join(f"{block}\n" for block in _PEM_CERTIFICATE.findall(text))
+    if not pem:
+        raise n.error(f"{path} holds no certificate ({expected})")
+    try:
+        ssl.create_default_context().load_verify_locations(cadata=pem)
+    except ssl.SSLError:
+        # OpenSSL's words ("no start line: cadata …") would only confuse here.
+        raise n.error(f"{path} has a certificate block that does not decode ({expected})") from None
+    return PemBundle(path=str(path), pem=pem)
 
 
 def _rule(n: _Node, chat_ids: set[str]) -> Rule:

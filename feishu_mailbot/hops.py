@@ -60,14 +60,26 @@ CAUSES = {
     "every group message, not only @-mentions) and publish a new version",
     "chats": "the bot is not in an allowlisted chat: add it there (群设置 → 群机器人), or "
     "correct the id under chats: (feishu-mailbot chats lists where it is)",
+    "smtp-dns": "the relay's name does not resolve here: check smtp.host and the DNS "
+    "(/etc/resolv.conf); SMTP connects directly, never through feishu.proxy, so this "
+    "machine itself must resolve it",
+    "smtp-tcp": "a firewall drops or refuses the connection, or nothing listens there: "
+    "check smtp.host and smtp.port, and that outbound TCP to {target} is allowed (SMTP "
+    "connects directly, never through feishu.proxy; many networks block port 25)",
     "smtp-greeting": "the relay did not greet: the wrong port or security (465 is tls, 587 "
     "starttls), or a firewall in the way",
     "smtp-tls-untrusted": "the relay's certificate is issued by a CA this machine does not "
     "trust: put it (PEM) in smtp.ca_file, or pin the certificate with smtp.tls_fingerprint",
     "smtp-pin": "the relay's certificate is not the one smtp.tls_fingerprint names: the "
     "certificate was renewed (pin the new one) or someone is in between",
+    "smtp-tls-cert": "the relay's certificate does not fit (expired, not yet valid, or "
+    "made out to other names than smtp.host): set smtp.host to a name it holds, check "
+    "this machine's clock, or pin the certificate with smtp.tls_fingerprint",
     "smtp-tls": "the TLS handshake failed: the wrong port or security setting (465 is tls, "
     "587 starttls)",
+    "smtp-starttls": "the relay did not offer STARTTLS: the wrong port or security (465 is "
+    "tls), or a firewall that inspects SMTP and strips STARTTLS; the bot never falls back "
+    "to cleartext",
     "smtp-auth": "the relay refused the login: check smtp.username and the password "
     "(smtp.password or smtp.password_file)",
     "smtp": "the relay refused: see its reply",
@@ -102,6 +114,8 @@ class Hop:
         """The failure as one line for the journal and STATUS=."""
         where = f" to {self.target}" if self.target and self.target not in self.detail else ""
         advice = self.advice()
-        return f"{self.name}{where} {self.detail}" + (f": {advice}" if advice else "") + (
-            "; run feishu-mailbot doctor"
+        return (
+            f"{self.name}{where} {self.detail}"
+            + (f": {advice}" if advice else "")
+            + ("; run feishu-mailbot doctor")
         )

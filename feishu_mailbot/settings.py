@@ -53,6 +53,16 @@ Security = Literal["starttls", "tls", "none"]
 
 
 @dataclass(frozen=True)
+class PemBundle:
+    """CA certificates from a `*ca_file` key, read when the config is loaded: a file
+    that goes away or changes later cannot break (or silently widen) the trust of a
+    running daemon; a reload reads it again. `path` is for messages."""
+
+    path: str
+    pem: str
+
+
+@dataclass(frozen=True)
 class SmtpSettings:
     host: str
     port: int
@@ -64,6 +74,11 @@ class SmtpSettings:
     retry_initial: float = 5.0  # first retry delay; doubles per attempt, with jitter
     retry_max: float = 600.0
     give_up_after: float = 2 * 24 * 3600.0  # then the mail is marked failed and logged
+    # Trusted besides the system's store, as msmtp's tls_trust_file but added, not instead.
+    ca_file: PemBundle | None = None
+    # SHA-256 of the relay's certificate, AB:CD:… upper-case (msmtp's tls_fingerprint):
+    # when set, this certificate and no other, whoever signed it.
+    tls_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 
 # socket.getaddrinfo encodes host names with this codec. Imported lazily, it loads
 # (with stringprep and its tables) in the first SMTP thread to connect, holding the
 # GIL for milliseconds while the event loop has acks to send.
 import encodings.idna  # noqa: F401
+import hashlib
 import heapq
 import itertools
 import re
@@ -29,10 +31,21 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+from feishu_mailbot.hops import SMTP, Hop
 from feishu_mailbot.settings import SmtpSettings
 
-__all__ = ["CheckFailed", "DeliveryError", "SmtpTransport", "check", "relay_size"]
+__all__ = [
+    "CheckFailed",
+    "DeliveryError",
+    "SmtpTransport",
+    "check",
+    "fingerprint",
+    "relay_size",
+    "tls_context",
+    "walk",
+]
 
 Refused = dict[str, tuple[int, bytes]]
 
@@ -53,22 +66,28 @@ class DeliveryError(Exception):
 
 
 class CheckFailed(Exception):
-    """The online check stopped at `step`; the CLI prints both to point at the fix."""
+    """The online check stopped at `step` (a hop's name); the CLI prints both to point
+    at the fix, and `advice` says what it usually means."""
 
-    def __init__(self, step: str, reason: str) -> None:
+    def __init__(self, step: str, reason: str, advice: str = "") -> None:
         super().__init__(f"{step}: {reason}")
         self.step = step
         self.reason = reason
+        self.advice = advice
 
 
 class _StepFailed(Exception):
-    """Internal: session setup failed; carries the SMTP code so send() can classify it."""
+    """Internal: session setup failed; carries the SMTP code so send() can classify it,
+    and what it usually means so walk() can say it."""
 
-    def __init__(self, step: str, reason: str, code: int | None = None) -> None:
+    def __init__(
+        self, step: str, reason: str, code: int | None = None, *, cause: str = "smtp"
+    ) -> None:
         super().__init__(f"{step}: {reason}")
         self.step = step
         self.reason = reason
         self.code = code
+        self.cause = cause  # a key of hops.CAUSES, for walk()
 
 
 class _Stale(Exception):
@@ -152,111 +171,362 @@ def _scrubber(settings: SmtpSettings) -> Callable[[str], str]:
     return lambda text: _BASE64_TOKEN.sub(token, literals.sub("***", text))
 
 
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    """The trust of every SMTP session (delivery, check-config, doctor): decided here only.
+
+    The system's store, plus smtp.ca_file's certificates when set: added, not
+    instead, so a relay's private CA (or a TLS-inspecting firewall's) cannot
+    make the public ones fail, and a relay that moves to a public certificate
+    keeps working. With smtp.tls_fingerprint neither the chain nor the name is
+    verified, as with msmtp's tls_fingerprint: _open accepts that certificate
+    and no other, which is stricter than any CA. There is no way to verify nothing.
+    """
+    context = ssl.create_default_context()
+    if settings.ca_file is not None:
+        context.load_verify_locations(cadata=settings.ca_file.pem)
+    if settings.tls_fingerprint:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def fingerprint(der: bytes) -> str:
+    """A certificate's SHA-256 as msmtp and openssl print it (AB:CD:…), as config keeps pins."""
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+class _Trail:
+    """The hops a session setup has passed, each timed: walk() reports them, delivery
+    only needs the session (its transaction deadline bounds it).
+
+    With `until` (walk's deadline), the trail also keeps the clock: once the
+    socket exists it is shut down when a hop outlasts smtp.timeout or the walk
+    its deadline, since a relay that trickles a byte per timeout would never
+    trip a socket timeout.
+    """
+
+    def __init__(
+        self, settings: SmtpSettings, scrub: Callable[[str], str], until: float | None = None
+    ) -> None:
+        self.target = f"{settings.host}:{settings.port}"
+        self.timeout = settings.timeout
+        self.scrub = scrub
+        self.hops: list[Hop] = []
+        self.name = "DNS"  # the hop under way
+        self.expired = ""  # "hop" or "walk": the clock shut the socket down
+        self._until = until
+        self._mark = time.monotonic()
+        self._handle: socket.socket | None = None
+        self._token: int | None = None
+
+    def budget(self) -> float:
+        """How long the next blocking call may take."""
+        if self._until is None:
+            return self.timeout
+        return max(0.01, min(self.timeout, self._until - time.monotonic()))
+
+    def begin(self, name: str) -> None:
+        self.name, self._mark = name, time.monotonic()
+        self._arm()
+
+    def passed(self, detail: str) -> None:
+        self.hops.append(Hop(SMTP, self.name, True, self.ms(), self.scrub(detail), "", self.target))
+
+    def ms(self) -> float:
+        return (time.monotonic() - self._mark) * 1000
+
+    def watch(self, sock: socket.socket) -> None:
+        if self._until is not None:
+            self._handle = sock.dup()  # see SmtpTransport._handle
+            self._arm()
+
+    def close(self) -> None:
+        if self._token is not None:
+            _DEADLINES.disarm(self._token)
+            self._token = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _arm(self) -> None:
+        if self._until is None or self._handle is None:
+            return
+        if self._token is not None:
+            _DEADLINES.disarm(self._token)
+        left = self._until - time.monotonic()
+        which = "hop" if self.timeout < left else "walk"
+        self._token = _DEADLINES.arm(min(self.timeout, left), partial(self._expire, which))
+
+    def _expire(self, which: str) -> None:
+        self.expired = which
+        _shutdown(self._handle)
+
+
 def _open(
     settings: SmtpSettings,
     context: ssl.SSLContext,
-    steps: list[str],
+    trail: _Trail,
     opening: Callable[[socket.socket], None] = lambda sock: None,
 ) -> smtplib.SMTP:
-    """Brings a session up to "ready for MAIL FROM", shared by send() and check().
+    """Brings a session up to "ready for MAIL FROM", hop by hop: delivery, check and walk.
 
-    Kept as one function so the online check exercises exactly the code path
-    that delivery uses; a check that passes while delivery fails would be worse
-    than none. The TCP connection is made here rather than by smtplib so that
-    `opening` sees its socket before the TLS handshake and the greeting: a
-    deadline can then abort a relay that trickles either.
+    Kept as one function so the online check and `doctor` exercise exactly the
+    code path that delivery uses; a check that passes while delivery fails would
+    be worse than none. The TCP connection is made here rather than by smtplib
+    so that `opening` sees its socket before the TLS handshake and the greeting:
+    a deadline can then abort a relay that trickles either.
     """
-    where = f"{settings.host}:{settings.port}"
     timeout = settings.timeout
+    raw = _connect(settings, trail)
+    opening(raw)
+    trail.watch(raw)
     smtp = smtplib.SMTP(timeout=timeout)
     # What STARTTLS verifies the certificate against; smtplib records it only when
     # its constructor connects.
     smtp._host = settings.host  # type: ignore[attr-defined]
     try:
-        raw = socket.create_connection((settings.host, settings.port), timeout)
-    except OSError as exc:
-        raise _StepFailed("connect", _os_reason(exc, timeout)) from exc
-    opening(raw)
-    try:
         if settings.security == "tls":
+            trail.begin("TLS")
             try:
                 smtp.sock = context.wrap_socket(raw, server_hostname=settings.host)
-            except ssl.SSLError as exc:
-                raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
+            except (OSError, ssl.SSLError) as exc:
+                reason = _os_reason(exc, timeout)
+                raise _StepFailed("TLS handshake", reason, cause=_tls_cause(exc)) from exc
+            trail.passed(_secured(smtp.sock, settings))
         else:
             smtp.sock = raw
-        code, greeting = smtp.getreply()
+
+        trail.begin("greeting")
+        try:
+            code, greeting = smtp.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise _StepFailed("connect", _os_reason(exc, timeout), cause="smtp-greeting") from exc
         if code != 220:
             reason = f"greeting rejected ({_reply(code, greeting)})"
-            raise _StepFailed("connect", reason, code)
-    except (OSError, smtplib.SMTPException) as exc:
-        smtp.close()
-        raw.close()
-        raise _StepFailed("connect", _os_reason(exc, timeout)) from exc
-    except BaseException:
-        smtp.close()
-        raw.close()
-        raise
-    try:
-        steps.append(f"connected to {where}")
-        if settings.security == "tls" and isinstance(smtp.sock, ssl.SSLSocket):
-            steps.append(f"TLS ok ({smtp.sock.version()})")
+            raise _StepFailed("connect", reason, code, cause="smtp")
+        trail.passed(_reply(code, greeting)[:120])
 
+        trail.begin("EHLO")
         _ehlo(smtp, timeout)
-        steps.append("EHLO ok")
+        trail.passed(_offers(smtp))
 
         if settings.security == "starttls":
+            trail.begin("STARTTLS")
             # Checked here rather than left to smtplib so the message says what the
             # admin must change; the point is to never fall back to cleartext.
             if not smtp.has_extn("starttls"):
-                raise _StepFailed("STARTTLS", "server does not offer STARTTLS")
+                raise _StepFailed(
+                    "STARTTLS", "server does not offer STARTTLS", cause="smtp-starttls"
+                )
             try:
                 code, resp = smtp.starttls(context=context)
             except ssl.SSLError as exc:
-                raise _StepFailed("TLS handshake", _os_reason(exc, timeout)) from exc
+                reason = _os_reason(exc, timeout)
+                raise _StepFailed("TLS handshake", reason, cause=_tls_cause(exc)) from exc
             except (OSError, smtplib.SMTPException) as exc:
-                raise _StepFailed("STARTTLS", _os_reason(exc, timeout)) from exc
+                reason = _os_reason(exc, timeout)
+                raise _StepFailed("STARTTLS", reason, cause=_net_cause(exc)) from exc
             if code != 220:
                 # smtplib returns instead of raising here; without this check the
                 # session would carry on in cleartext.
-                raise _StepFailed("STARTTLS", f"server refused ({_reply(code, resp)})", code)
-            version = smtp.sock.version() if isinstance(smtp.sock, ssl.SSLSocket) else "?"
-            steps.append(f"STARTTLS ok ({version})")
+                reason = f"server refused ({_reply(code, resp)})"
+                raise _StepFailed("STARTTLS", reason, code, cause="smtp")
+            assert isinstance(smtp.sock, ssl.SSLSocket)
+            secured = _secured(smtp.sock, settings)  # before anything is said over it
             _ehlo(smtp, timeout)
+            trail.passed(secured)
 
         if settings.username:
-            password = settings.password.reveal() if settings.password else ""
-            try:
-                smtp.login(settings.username, password)
-            except smtplib.SMTPAuthenticationError as exc:
-                reason = f"authentication rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
-                raise _StepFailed("AUTH", reason, exc.smtp_code) from exc
-            except smtplib.SMTPNotSupportedError as exc:
-                hint = " before STARTTLS" if settings.security == "none" else ""
-                raise _StepFailed("AUTH", f"server does not offer AUTH{hint}") from exc
-            except smtplib.SMTPResponseException as exc:
-                reason = f"authentication failed ({_reply(exc.smtp_code, exc.smtp_error)})"
-                raise _StepFailed("AUTH", reason, exc.smtp_code) from exc
-            except smtplib.SMTPException as exc:
-                offered = smtp.esmtp_features.get("auth", "").strip() or "none"
-                reason = f"{exc} (server offers: {offered})"
-                raise _StepFailed("AUTH", reason) from exc
-            except OSError as exc:
-                raise _StepFailed("AUTH", _os_reason(exc, timeout)) from exc
-            steps.append(f"AUTH ok as {settings.username}")
+            trail.begin("AUTH")
+            _login(smtp, settings)
+            trail.passed(f"logged in as {settings.username}")
     except BaseException:
         smtp.close()
+        raw.close()
         raise
     return smtp
+
+
+def _connect(settings: SmtpSettings, trail: _Trail) -> socket.socket:
+    """DNS and TCP, each a hop; the name is looked up in a thread of its own because
+    getaddrinfo takes no timeout, and a resolver that does not answer must not hold
+    a worker (or doctor) longer than the hop may take."""
+    trail.begin("DNS")
+    found: list[list[tuple[Any, ...]] | BaseException] = []
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the waiting thread
+            found.append(exc)
+
+    thread = threading.Thread(target=look_up, name="smtp-dns", daemon=True)
+    thread.start()
+    wait = trail.budget()
+    thread.join(wait)
+    if not found:
+        reason = f"no answer from the resolver within {wait:g} s"
+        raise _StepFailed("connect", reason, cause="smtp-dns")
+    if isinstance(found[0], BaseException):
+        exc = found[0]
+        raise _StepFailed("connect", _os_reason(exc, wait), cause="smtp-dns") from exc
+    addresses = found[0]
+    shown = list(dict.fromkeys(str(a[4][0]) for a in addresses))
+    trail.passed(", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else ""))
+
+    trail.begin("TCP")
+    last: OSError = ConnectionError("no address")
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(trail.budget())
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.settimeout(settings.timeout)
+        where = f"[{address[0]}]" if family == socket.AF_INET6 else str(address[0])
+        trail.passed(f"connected to {where}:{address[1]}")
+        return sock
+    raise _StepFailed("connect", _os_reason(last, settings.timeout), cause="smtp-tcp") from last
+
+
+def _secured(sock: ssl.SSLSocket, settings: SmtpSettings) -> str:
+    """Checks the pin, if any, right after the handshake: before the greeting is
+    believed, and before AUTH or any mail travels. Returns what the hop found."""
+    der = sock.getpeercert(binary_form=True) or b""
+    presented, issuer = fingerprint(der), _issuer(der)
+    if settings.tls_fingerprint and presented != settings.tls_fingerprint:
+        raise _StepFailed(
+            "TLS handshake",
+            f"the certificate's SHA-256 fingerprint is {presented}, not "
+            f"{settings.tls_fingerprint} as smtp.tls_fingerprint pins (issued by {issuer})",
+            cause="smtp-pin",
+        )
+    pinned = ", as smtp.tls_fingerprint pins" if settings.tls_fingerprint else ""
+    return f"{sock.version()}, certificate issued by {issuer}{pinned}"
+
+
+def _login(smtp: smtplib.SMTP, settings: SmtpSettings) -> None:
+    timeout = settings.timeout
+    password = settings.password.reveal() if settings.password else ""
+    try:
+        smtp.login(settings.username or "", password)
+    except smtplib.SMTPAuthenticationError as exc:
+        reason = f"authentication rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
+        raise _StepFailed("AUTH", reason, exc.smtp_code, cause="smtp-auth") from exc
+    except smtplib.SMTPNotSupportedError as exc:
+        hint = " before STARTTLS" if settings.security == "none" else ""
+        raise _StepFailed("AUTH", f"server does not offer AUTH{hint}", cause="smtp") from exc
+    except smtplib.SMTPResponseException as exc:
+        reason = f"authentication failed ({_reply(exc.smtp_code, exc.smtp_error)})"
+        raise _StepFailed("AUTH", reason, exc.smtp_code, cause="smtp-auth") from exc
+    except smtplib.SMTPException as exc:
+        offered = smtp.esmtp_features.get("auth", "").strip() or "none"
+        reason = f"{exc} (server offers: {offered})"
+        raise _StepFailed("AUTH", reason, cause="smtp") from exc
+    except OSError as exc:
+        raise _StepFailed("AUTH", _os_reason(exc, timeout), cause=_net_cause(exc)) from exc
 
 
 def _ehlo(smtp: smtplib.SMTP, timeout: float) -> None:
     try:
         code, resp = smtp.ehlo()
     except (OSError, smtplib.SMTPException) as exc:
-        raise _StepFailed("EHLO", _os_reason(exc, timeout)) from exc
+        raise _StepFailed("EHLO", _os_reason(exc, timeout), cause=_net_cause(exc)) from exc
     if code != 250:
-        raise _StepFailed("EHLO", f"rejected ({_reply(code, resp)})", code)
+        raise _StepFailed("EHLO", f"rejected ({_reply(code, resp)})", code, cause="smtp")
+
+
+def _offers(smtp: smtplib.SMTP) -> str:
+    """What EHLO offered, for doctor: whether STARTTLS and AUTH are there is the point."""
+    shown = []
+    for name, value in smtp.esmtp_features.items():
+        value = " ".join(value.split()) if name in ("auth", "size") else ""
+        shown.append(f"{name.upper()} {value}".strip())
+    return "offers " + ", ".join(sorted(shown)) if shown else "offers no extensions"
+
+
+# The verify results that mean "signed by a CA not trusted here" (OpenSSL's X509_V_ERR_*).
+_UNTRUSTED = {2, 18, 19, 20, 21, 27}
+
+
+def _tls_cause(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "smtp-tls-untrusted" if exc.verify_code in _UNTRUSTED else "smtp-tls-cert"
+    return "timeout" if isinstance(exc, TimeoutError) else "smtp-tls"
+
+
+def _net_cause(exc: BaseException) -> str:
+    timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
+    return "timeout" if timed_out else "smtp"
+
+
+# The issuer's attributes doctor names, as RFC 4514 writes them.
+_NAME_ATTRIBUTES = {
+    "2.5.4.3": "CN",
+    "2.5.4.10": "O",
+    "2.5.4.11": "OU",
+    "2.5.4.6": "C",
+    "2.5.4.8": "ST",
+    "2.5.4.7": "L",
+    "0.9.2342.19200300.100.1.25": "DC",
+}
+
+
+def _der(data: bytes, at: int) -> tuple[int, int, int]:
+    """The DER element at `at`: its tag, and where its content starts and ends."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[at : at + count], "big")
+        at += count
+    if at + length > len(data):
+        raise ValueError("truncated")
+    return tag, at, at + length
+
+
+def _issuer(der: bytes) -> str:
+    """The issuer of a DER certificate, as "CN=…, O=…".
+
+    Parsed here because the ssl module decodes only a certificate it verified,
+    and the issuer of one that failed is what tells an operator whose CA (a
+    TLS-inspecting firewall's, say) is in the way.
+    """
+    try:
+        _, at, _ = _der(der, 0)  # Certificate
+        _, at, _ = _der(der, at)  # TBSCertificate
+        tag, _, end = _der(der, at)  # [0] version, or the serial number
+        if tag == 0xA0:
+            _, _, end = _der(der, end)  # the serial number
+        _, _, end = _der(der, end)  # the signature algorithm
+        _, at, stop = _der(der, end)  # the issuer's Name
+        parts = []
+        while at < stop:
+            _, inner, at = _der(der, at)  # one RelativeDistinguishedName (a SET)
+            _, inner, _ = _der(der, inner)  # its first AttributeTypeAndValue
+            _, oid_at, oid_end = _der(der, inner)
+            kind, value_at, value_end = _der(der, oid_end)
+            oid = _oid(der[oid_at:oid_end])
+            codec = {0x1E: "utf-16-be", 0x1C: "utf-32-be"}.get(kind, "utf-8")
+            value = der[value_at:value_end].decode(codec, "replace")
+            value = "".join(c if c.isprintable() else "?" for c in value)
+            parts.append(f"{_NAME_ATTRIBUTES.get(oid, oid)}={value}")
+    except (IndexError, ValueError):
+        return "an issuer that cannot be read"
+    return ", ".join(reversed(parts)) or "an empty issuer"
+
+
+def _oid(raw: bytes) -> str:
+    parts, value = [raw[0] // 40, raw[0] % 40], 0
+    for byte in raw[1:]:
+        value = value << 7 | byte & 0x7F
+        if not byte & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
 
 
 def _quit(smtp: smtplib.SMTP) -> None:
@@ -293,7 +563,7 @@ class SmtpTransport:
         *,
         probe_after: float = 10.0,
     ) -> None:
-        self._context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self._given_context = ssl_context  # tests; else the settings' own, made in _apply
         self._probe_after = probe_after
         self._apply(settings)
         self._next: SmtpSettings | None = None  # from reconfigure(), taken up under the lock
@@ -327,6 +597,8 @@ class SmtpTransport:
         self._settings = settings
         self._where = f"{settings.host}:{settings.port}"
         self._scrub = _scrubber(settings)  # a new password must be scrubbed too
+        # A reload may bring another ca_file or pin: the next session trusts by those.
+        self._context = self._given_context or tls_context(settings)
 
     def _take_new_settings(self) -> None:
         """Under the lock: a reconfigured transport drops its old connection first."""
@@ -425,7 +697,8 @@ class SmtpTransport:
             # Past the deadline nothing starts again: not a probe's reconnect, not a retry.
             raise self._error("connect", "", False)
         try:
-            smtp = _open(self._settings, self._context, [], self._opening)
+            trail = _Trail(self._settings, self._scrub)
+            smtp = _open(self._settings, self._context, trail, self._opening)
         except BaseException as exc:
             if self._handle is not None:
                 self._handle.close()
@@ -666,27 +939,75 @@ def _data_from(smtp: smtplib.SMTP, path: Path) -> tuple[int, bytes]:
     return smtp.getreply()
 
 
-def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:
-    """`check-config --online`: proves the relay accepts us, without sending any mail.
+def walk(
+    settings: SmtpSettings, *, deadline: float = 30.0, ssl_context: ssl.SSLContext | None = None
+) -> list[Hop]:
+    """`doctor`'s SMTP path: one Hop per hop up to AUTH, then QUIT; never a mail.
 
-    Runs the same session setup as delivery (connect, EHLO, TLS, AUTH), then
-    NOOP and QUIT; returns the steps that succeeded for the CLI to print.
+    Walks the very session setup that delivery uses (_open: DNS, TCP, TLS,
+    greeting, EHLO, STARTTLS, AUTH), so what doctor proves is what the outbox
+    will meet, and stops at the first hop that fails, with its usual cause.
+    Each hop is bounded by smtp.timeout, the whole walk by `deadline` seconds.
+    Every detail has passed the password scrubber.
     """
-    context = ssl_context if ssl_context is not None else ssl.create_default_context()
-    scrub = _scrubber(settings)
-    steps: list[str] = []
-    try:
-        smtp = _open(settings, context, steps)
-    except _StepFailed as exc:
-        raise CheckFailed(exc.step, scrub(exc.reason)) from None
+    context = ssl_context if ssl_context is not None else tls_context(settings)
+    until = time.monotonic() + deadline
+    trail = _Trail(settings, _scrubber(settings), until)
     try:
         try:
-            code, resp = smtp.noop()
-        except (OSError, smtplib.SMTPException) as exc:
-            raise CheckFailed("NOOP", _os_reason(exc, settings.timeout)) from None
-        if code != 250:
-            raise CheckFailed("NOOP", scrub(f"rejected ({_reply(code, resp)})"))
-        steps.append("NOOP ok")
+            smtp = _open(settings, context, trail)
+        except _StepFailed as exc:
+            ms, detail, cause = trail.ms(), exc.reason, exc.cause  # ms before any peek
+            if trail.expired == "walk":
+                detail, cause = f"no answer within the walk's {deadline:g} s deadline", "timeout"
+            elif trail.expired == "hop":
+                detail = f"timed out after {settings.timeout:g} s"
+                cause = "smtp-greeting" if trail.name == "greeting" else "timeout"
+            elif cause in ("smtp-tls-untrusted", "smtp-tls-cert"):
+                detail += f"; the certificate is issued by {_peek_issuer(settings, until)}"
+        except Exception as exc:  # doctor reports what it could not foresee, and goes on
+            ms, detail, cause = trail.ms(), f"{type(exc).__name__}: {exc}", "smtp"
+        else:
+            trail.begin("QUIT")  # not a hop of its own, but bounded like one
+            _quit(smtp)
+            return trail.hops
+        failed = Hop(SMTP, trail.name, False, ms, trail.scrub(detail), cause, trail.target)
+        return [*trail.hops, failed]
     finally:
+        trail.close()
+
+
+def _peek_issuer(settings: SmtpSettings, until: float) -> str:
+    """Who issued a certificate that failed verification: the question an operator
+    behind a TLS-inspecting firewall needs answered. The ssl module does not give a
+    failed certificate, so this is a second session that verifies nothing, used for
+    nothing but reading the certificate: no pin, no AUTH, no mail; then QUIT."""
+    look = dataclasses.replace(settings, username=None, password=None, tls_fingerprint=None)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    trail = _Trail(look, _scrubber(settings), until)
+    try:
+        try:
+            smtp = _open(look, context, trail)
+        except _StepFailed:
+            return "a CA that could not be read (a second handshake to read it failed)"
+        sock = smtp.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         _quit(smtp)
-    return steps
+        return _issuer(der or b"")
+    finally:
+        trail.close()
+
+
+def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:
+    """`check-config --online`: walk(), said as the CLI prints it; no mail is sent.
+
+    Returns what each hop found; raises CheckFailed at the first that failed,
+    with what it usually means in `advice`.
+    """
+    walked = walk(settings, ssl_context=ssl_context)
+    last = walked[-1]
+    if not last.ok:
+        raise CheckFailed(last.name, last.detail, last.advice())
+    return [f"{hop.name} ok: {hop.detail}" for hop in walked]

@@ -9,7 +9,6 @@ which a mock of smtplib would only restate.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
 import contextlib
 import email
@@ -18,12 +17,10 @@ import functools
 import json
 import queue
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +31,8 @@ from typing import Any, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+
+from tests import certs
 
 HOST = "127.0.0.1"
 
@@ -53,26 +52,6 @@ class Received:
         measure this process's GIL contention as the bot's ack and drain times."""
         parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
         return cast(EmailMessage, parsed)
-
-
-@functools.lru_cache(maxsize=1)
-def _self_signed_cert() -> tuple[str, str]:
-    """One throwaway cert per test process: openssl ships with Debian, generation is ~20 ms."""
-    directory = Path(tempfile.mkdtemp(prefix="smtp-test-cert-"))
-    atexit.register(shutil.rmtree, directory, True)
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-nodes", "-days", "2",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", str(key), "-out", str(cert),
-            "-subj", "/CN=localhost",
-            "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 class _Controller(Controller):
@@ -113,6 +92,8 @@ class _Handler:
 
     async def handle_AUTH(self, server: SMTP, session: Any, envelope: Any, args: list[str]) -> Any:
         session.auth_args = list(args)  # as the client sent them, for echo_auth
+        with self._owner._cond:
+            self._owner.auths.append(args[0].upper() if args else "")
         return MISSING  # aiosmtpd goes on with its own AUTH
 
     async def handle_MAIL(
@@ -181,9 +162,11 @@ class SmtpServer:
 
     require_auth: (user, password), offered as AUTH PLAIN/LOGIN and required
         before MAIL. Without starttls it is offered in cleartext (test only).
-    starttls: offer STARTTLS with a self-signed cert (and then require it);
-        `ssl_context_for_client` trusts that cert.
-    tls: implicit TLS on connect (SMTP_SSL / port 465 style) with the same cert.
+    starttls: offer STARTTLS (and then require it), presenting `leaf`.
+    tls: implicit TLS on connect (SMTP_SSL / port 465 style), presenting `leaf`.
+    leaf: the certificate, from tests/certs.py (default: 127.0.0.1 and localhost,
+        signed by the test CA, which no system store trusts);
+        `ssl_context_for_client` trusts the test CA only.
     auth_mechanisms: offer only these (aiosmtpd offers LOGIN and PLAIN).
     echo_auth: a careless relay: its 535 repeats what the client sent, the AUTH
         line's base64 and, for LOGIN, the base64 password that answered 334.
@@ -195,8 +178,10 @@ class SmtpServer:
     tls: bool = False
     auth_mechanisms: tuple[str, ...] | None = None
     echo_auth: bool = False
+    leaf: certs.Leaf | None = None
     port: int = 0
     received: list[Received] = field(default_factory=list, init=False)
+    auths: list[str] = field(default_factory=list, init=False)  # AUTH lines, as mechanisms
     ssl_context_for_client: ssl.SSLContext | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -215,10 +200,10 @@ class SmtpServer:
         self._controller: _Controller | None = None
         self._server_tls: ssl.SSLContext | None = None
         if self.starttls or self.tls:
-            cert, key = _self_signed_cert()
-            self._server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._server_tls.load_cert_chain(cert, key)
-            self.ssl_context_for_client = ssl.create_default_context(cafile=cert)
+            if self.leaf is None:
+                self.leaf = certs.leaf()
+            self._server_tls = certs.server_context(self.leaf)
+            self.ssl_context_for_client = ssl.create_default_context(cafile=certs.ca_file())
 
     # -- lifecycle -------------------------------------------------------------
 

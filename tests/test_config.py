@@ -226,6 +226,89 @@ def test_retention(tmp_path: Path) -> None:
     assert "retention.messages_days: 1 is out of range (expected 2…3650)" in str(info.value)
 
 
+PIN = (
+    "53:8B:A5:E0:38:C8:00:9C:AB:84:06:65:3B:6A:9E:03:"
+    "10:19:0E:4D:1F:8D:92:73:14:9E:02:38:18:01:21:BA"
+)
+
+
+@pytest.mark.parametrize("written", [PIN, PIN.lower(), PIN.replace(":", ""), f'"{PIN.lower()}"'])
+def test_smtp_tls_fingerprint_is_kept_in_one_form(tmp_path: Path, written: str) -> None:
+    pinned = f"  security: none\n  tls_fingerprint: {written}\n"
+    s = config.load(write(tmp_path, GOOD.replace("  security: none\n", pinned)))
+    assert s.smtp.tls_fingerprint == PIN  # as msmtp --serverinfo prints it
+    assert config.load(write(tmp_path, GOOD)).smtp.tls_fingerprint is None
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        PIN[:-3],  # one byte short
+        PIN.replace(":", "")[:40],  # a SHA-1 fingerprint
+        PIN.replace(":", "-"),
+        PIN.replace("53:8B", "538B"),  # colons in some places only
+        "SHA256:" + PIN,
+        PIN.replace("53", "G3"),
+        "yes",
+    ],
+)
+def test_a_bad_smtp_tls_fingerprint_is_a_config_error(tmp_path: Path, written: str) -> None:
+    path = write(tmp_path, GOOD.replace("  security: none\n", f"  tls_fingerprint: {written}\n"))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:12: smtp.tls_fingerprint: "), message
+    assert "(expected the SHA-256 fingerprint of the relay's certificate" in message, message
+    result = run_cli("--config", path, "check-config")
+    assert (result.returncode, result.stderr) == (78, message + "\n")
+
+
+def test_smtp_ca_file_is_read_at_load_relative_to_the_config(tmp_path: Path) -> None:
+    from tests import certs
+
+    pem = Path(certs.ca_file()).read_text()
+    (tmp_path / "relay-ca.pem").write_text("# Főtanúsítvány, the relay's CA\n" + pem)
+    text = GOOD.replace("  security: none\n", "  ca_file: relay-ca.pem\n")
+    s = config.load(write(tmp_path, text))
+    assert s.smtp.ca_file is not None
+    assert s.smtp.ca_file.path == str(tmp_path / "relay-ca.pem")
+    assert s.smtp.ca_file.pem == pem  # the certificates only
+    assert config.load(write(tmp_path, GOOD)).smtp.ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "cannot read {file}: No such file or directory (expected a readable PEM file)"),
+        ("", "{file} holds no certificate"),
+        ("not a certificate\n", "{file} holds no certificate"),
+        (b"0\x82\x01\x00\xff\xfe", "{file} is not PEM text"),
+        (
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "{file} has a certificate block that does not decode",
+        ),
+    ],
+    ids=["missing", "empty", "text", "der", "broken-pem"],
+)
+def test_an_unusable_smtp_ca_file_is_a_config_error_naming_key_and_file(
+    tmp_path: Path, content: str | bytes | None, words: str
+) -> None:
+    ca = tmp_path / "relay-ca.pem"
+    if isinstance(content, bytes):
+        ca.write_bytes(content)
+    elif content is not None:
+        ca.write_text(content)
+    path = write(tmp_path, GOOD.replace("  security: none\n", f"  ca_file: {ca}\n"))
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:12: smtp.ca_file: "), message
+    assert words.format(file=ca) in message, message
+    assert "(expected" in message, message
+    result = run_cli("--config", path, "check-config")
+    assert (result.returncode, result.stderr) == (78, message + "\n")
+
+
 SMTP_LOGIN = '  from: "Bot <bot@example.com>"\n  username: bot\n  password: pw\n'
 
 

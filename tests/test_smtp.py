@@ -245,10 +245,18 @@ def test_check_success_sends_nothing() -> None:
     with SmtpServer(starttls=True, require_auth=("bot", PASSWORD)) as srv:
         settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
         steps = check(settings, srv.ssl_context_for_client)
-        assert steps[0] == f"connected to {HOST}:{srv.port}"
-        assert any(s.startswith("STARTTLS ok (TLSv1.") for s in steps)
-        assert "AUTH ok as bot" in steps
-        assert steps[-1] == "NOOP ok"
+        assert [s.split(":")[0] for s in steps] == [
+            "DNS ok",
+            "TCP ok",
+            "greeting ok",
+            "EHLO ok",
+            "STARTTLS ok",
+            "AUTH ok",
+        ]
+        assert steps[1] == f"TCP ok: connected to {HOST}:{srv.port}"
+        assert steps[4].startswith("STARTTLS ok: TLSv1.")
+        assert "certificate issued by CN=feishu-mailbot test CA" in steps[4]
+        assert steps[5] == "AUTH ok: logged in as bot"
         time.sleep(0.05)
         assert srv.messages == []
         assert srv.connections == 1
@@ -257,7 +265,8 @@ def test_check_success_sends_nothing() -> None:
 def test_check_refused() -> None:
     with pytest.raises(CheckFailed) as info:
         check(make_settings(free_port()))
-    assert (info.value.step, info.value.reason) == ("connect", "connection refused")
+    assert (info.value.step, info.value.reason) == ("TCP", "connection refused")
+    assert "smtp.port" in info.value.advice
 
 
 def test_check_bad_auth_names_step_and_hides_password() -> None:
@@ -281,9 +290,11 @@ def test_check_starttls_not_offered(server: SmtpServer) -> None:
 def test_check_untrusted_certificate(security: str) -> None:
     srv = SmtpServer(starttls=security == "starttls", tls=security == "tls")
     with srv, pytest.raises(CheckFailed) as info:
-        check(make_settings(srv.port, security))  # system trust store: self-signed fails
-    assert info.value.step == "TLS handshake"
+        check(make_settings(srv.port, security))  # the system's store: the test CA fails
+    assert info.value.step == security.upper()
     assert info.value.reason.startswith("certificate verify failed: ")
+    assert "issued by CN=feishu-mailbot test CA" in info.value.reason
+    assert "smtp.ca_file" in info.value.advice
     assert srv.messages == []
 
 

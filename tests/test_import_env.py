@@ -124,7 +124,7 @@ def test_problems_name_the_line_and_key_never_the_value(
     assert f"{env}:6: FEISHU_APP_SECRET: " in err
     assert f"{env}:7: " in err
     assert f"{env}:4" not in err and f"{env}:5" not in err
-    assert "\x1b" not in err and "\x1b" not in out and "'\\x1b[2J': unknown key" in err
+    assert "\x1b" not in err and "\x1b" not in out and "\\x1b[2J: unknown key" in err
     s = load(tmp_path, out.replace('"REPLACE_ME"', '"set-by-hand"'))
     assert s.smtp.password is not None and s.smtp.password.reveal() == "first-half\nsecond-half"
 

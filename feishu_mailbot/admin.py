@@ -82,6 +82,23 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         state.close()
 
 
+def status_text(settings: Settings) -> str:
+    """What `status` prints, for the support report; why not, when the state cannot be read."""
+    path = Path(settings.state_dir) / DB_NAME
+    if not path.exists():
+        return f"{path}: no state database yet (the daemon makes it when it first runs)"
+    try:
+        state = State(path, readonly=True)
+    except (StateError, DatabaseError, OSError) as e:
+        return f"{path}: cannot read it: {e}"
+    try:
+        return status.text(snapshot(settings, state, time.time()))
+    except DatabaseError as e:
+        return f"{path}: cannot read it: {e}"
+    finally:
+        state.close()
+
+
 def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
     return status.Snapshot(
         now=now,
@@ -98,8 +115,8 @@ def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
     )
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    """`target` becomes a complete 0644 file of `text`, or stays as it was.
+def write_atomically(target: Path, text: str, mode: int = 0o644) -> None:
+    """`target` becomes a complete file of `text` with `mode`, or stays as it was.
 
     A reader (node-exporter) sees the old file or the new one, never half. The
     partial file has a name nobody can guess and is created with O_EXCL and
@@ -113,7 +130,7 @@ def _write_atomically(target: Path, text: str) -> None:
     fd = os.open(partial, flags, 0o600)
     try:
         with open(fd, "wb", closefd=True) as out:
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, mode)
             out.write(text.encode("utf-8"))
             out.flush()
             os.fsync(fd)
@@ -137,7 +154,7 @@ def _status(settings: Settings, state: State, args: argparse.Namespace) -> int:
         return os.EX_OK
     target = Path(args.output)
     try:
-        _write_atomically(target, text)
+        write_atomically(target, text)
     except OSError as e:
         unchanged = " (the file there is unchanged)" if target.exists() else ""
         print(f"{target}: cannot write it: {e.strerror or e}{unchanged}", file=sys.stderr)

@@ -33,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--online",
         action="store_true",
-        help="also obtain a Feishu tenant token and log in to SMTP (sends nothing)",
+        help="also walk every hop to Feishu and to the relay, as doctor does (sends nothing)",
+    )
+    doc = sub.add_parser(
+        "doctor", help="walk every hop to Feishu and to the relay and name the broken one"
+    )
+    doc.add_argument(
+        "--report", metavar="FILE", help="also write a support bundle (secrets replaced) to FILE"
     )
     rep = sub.add_parser("send-report", help="build the daily-report digest now and queue it")
     rep.add_argument("--date", metavar="YYYY-MM-DD", help="report day (default: the current one)")
@@ -103,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         if not args.online:
             return os.EX_OK
-        return _check_online(settings)
+        return _doctor(settings, None)
+    if args.command == "doctor":
+        return _doctor(settings, args.report)
     if args.command == "send-report":
         return _send_report(settings, args.date, args.dry_run, args.force)
     if args.command == "simulate":
@@ -264,44 +272,22 @@ def _chats(settings: Settings) -> int:
     return os.EX_OK
 
 
-def _check_online(settings: Settings) -> int:
-    from feishu_mailbot import smtp
-    from feishu_mailbot.feishu import FeishuApi, FeishuError
-    from feishu_mailbot.present import terminal
+def _doctor(settings: Settings, report_to: str | None) -> int:
+    from feishu_mailbot import doctor
 
-    async def feishu_check() -> str:
-        api = FeishuApi(settings.feishu)
-        try:
-            await api.tenant_token()
-        finally:
-            await api.close()
-        return f"Feishu: tenant access token obtained from {settings.feishu.domain}"
+    code, found = doctor.run(settings)
+    if report_to is None:
+        return code
+    from feishu_mailbot import admin, report, smtp
 
-    ok = True
+    text = report.build(settings, found, admin.status_text(settings), smtp.scrubber(settings.smtp))
     try:
-        print(asyncio.run(feishu_check()))
-    except FeishuError as e:
-        ok = False
-        reason = terminal(str(e), one_line=True)  # the server's words
-        where = settings.feishu.domain
-        print(f"Feishu: FAILED at {e.what} from {where}: {reason}", file=sys.stderr)
-        print(
-            "  check feishu.app_id / feishu.app_secret (developer console → Credentials)",
-            file=sys.stderr,
-        )
-    try:
-        for step in smtp.check(settings.smtp):
-            print(f"SMTP: {step}")
-    except smtp.CheckFailed as e:
-        ok = False
-        print(f"SMTP: FAILED at {e.step}: {terminal(e.reason, one_line=True)}", file=sys.stderr)
-    if ok:
-        print("online check passed; no mail was sent")
-        print(
-            "note: to receive every group message (not only @-mentions) the app needs the "
-            "im:message.group_msg scope and the event im.message.receive_v1 on a long connection"
-        )
-    return os.EX_OK if ok else os.EX_UNAVAILABLE
+        admin.write_atomically(Path(report_to), text, 0o600)
+    except OSError as e:
+        print(f"{report_to}: cannot write it: {e.strerror or e}", file=sys.stderr)
+        return os.EX_CANTCREAT
+    print(f"wrote {report_to} (0600): attach it to a support ticket; it holds no secret")
+    return code
 
 
 def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force: bool) -> int:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import regex
 import yaml
 
+from feishu_mailbot import proxy
 from feishu_mailbot.digest import validate_digest_subject
 from feishu_mailbot.rules import RULE_TIMEOUT_MS, validate_subject_template
 from feishu_mailbot.settings import (
@@ -246,7 +247,11 @@ _PLACEHOLDER_SECRETS = {"", "changeme", "your-app-secret"}
 
 
 def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
-    m = _mapping(n, {"app_id"}, {"app_secret", "app_secret_file", "domain"})
+    m = _mapping(
+        n,
+        {"app_id"},
+        {"app_secret", "app_secret_file", "domain", "proxy", "proxy_password_file", "ca_file"},
+    )
     app_id = _str(m["app_id"])
     if not re.fullmatch(r"cli_[0-9A-Za-z]+", app_id):
         raise m["app_id"].error(
@@ -260,7 +265,18 @@ def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
             "still the example placeholder (expected the App Secret from the developer console)"
         )
     domain = _url(m["domain"]) if "domain" in m else "https://open.feishu.cn"
-    return FeishuSettings(app_id=app_id, app_secret=secret, domain=domain)
+    password = _secret(m, n, "proxy_password", required=False, config_dir=config_dir)
+    proxy_url = None
+    if "proxy" in m:
+        proxy_url = _str(m["proxy"])
+        try:
+            proxy.parse(proxy_url, "feishu.proxy", password)
+        except proxy.ProxyError as e:
+            raise m["proxy"].error(str(e)) from None
+    elif password is not None:
+        raise m["proxy_password_file"].error("set without feishu.proxy (expected both or neither)")
+    ca_file = _pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None
+    return FeishuSettings(app_id, secret, domain, proxy_url, password, ca_file)
 
 
 def _chat(n: _Node) -> Chat:

@@ -398,10 +398,18 @@ class Daemon:
                 error = str(e)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
+            # Once per cause, not once per retry: a blocked WebSocket would say it every 15 s.
+            changed = error != self.connection.state.last_error
             self.connection.state.last_error = error
             self.connection.state.reconnect_attempts += 1
-            log.warning("cannot connect to Feishu (%s); retrying in %.0fs", error, delay)
-            self.notifier.status(f"connecting to Feishu, last error: {error}")
+            log.log(
+                logging.WARNING if changed else logging.DEBUG,
+                "cannot connect to Feishu: %s; retrying every %.0f s at most",
+                error,
+                RECONNECT_MAX,
+            )
+            if changed:
+                self.notifier.status(f"connecting to Feishu: {error}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RECONNECT_MAX)

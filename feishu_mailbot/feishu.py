@@ -25,26 +25,32 @@ than the SDK's generated clients, for the same import cost reason.
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import importlib.util
 import io
 import json
 import logging
+import os
 import random
 import re
+import socket
+import ssl
 import sys
 import time
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
-from feishu_mailbot import frames
+from feishu_mailbot import frames, hops, proxy
+from feishu_mailbot.hops import Hop
 from feishu_mailbot.model import Download
-from feishu_mailbot.settings import FeishuSettings
+from feishu_mailbot.proxy import Proxy
+from feishu_mailbot.settings import FeishuSettings, PemBundle
 
 log = logging.getLogger("feishu_mailbot.feishu")
 
@@ -116,6 +122,18 @@ class FeishuError(Exception):
         )
 
 
+class HopFailed(FeishuError):
+    """Connecting failed at a hop short of Feishu's answer (DNS, TCP, the proxy, TLS, the
+    WebSocket upgrade): the journal and STATUS= say which, in `hops`' words."""
+
+    def __init__(self, hop: Hop) -> None:
+        super().__init__(hop.name, hop.detail)
+        self.hop = hop
+
+    def __str__(self) -> str:
+        return self.hop.sentence()
+
+
 # Feishu's "the app lacks a permission (scope)" codes: an operator must add the scope
 # in the developer console and publish a new app version.
 SCOPE_ERRORS = {99991672, 99991679}
@@ -146,6 +164,187 @@ def unanswered(e: FeishuError) -> bool:
     whose codes refused() does not know: any other code there is Feishu's answer (a
     missing scope, a user outside the app's range), and asking again gets the same."""
     return e.code is None or e.code == RATE_LIMITED
+
+
+def tls_context(ca_file: PemBundle | None) -> ssl.SSLContext:
+    """The system's CAs, and `feishu.ca_file`'s too: a TLS-inspecting proxy's CA added,
+    never the public ones taken away (Feishu's own hosts may not be inspected)."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cadata=ca_file.pem)
+    return context
+
+
+class TunnelRefused(ConnectionError):
+    """The proxy answered CONNECT with something other than 200."""
+
+    def __init__(self, status: int, line: str) -> None:
+        super().__init__(f"proxy answered {line!r}")
+        self.status = status
+        self.line = line
+
+
+async def socket_to(host: str, port: int) -> socket.socket:
+    """A connected non-blocking socket: DNS, then TCP to the first address that takes it."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host}: no address")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error
+
+
+async def tunnel(sock: socket.socket, via: Proxy, target: str) -> None:
+    """HTTP CONNECT `target` through the proxy `sock` is connected to.
+
+    Ours rather than websockets' (15.0): that one refuses an `HTTP/1.0 200` answer,
+    which tinyproxy and other proxies give; any HTTP/1.x 200 opens a tunnel.
+    """
+    loop = asyncio.get_running_loop()
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    if via.user:
+        secret = via.password.reveal() if via.password else ""
+        token = base64.b64encode(f"{via.user}:{secret}".encode()).decode("ascii")
+        lines.append(f"Proxy-Authorization: Basic {token}")
+    await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+    head = b""
+    while b"\r\n\r\n" not in head:  # the server has nothing to say before we do
+        chunk = await loop.sock_recv(sock, 4096)
+        if not chunk:
+            raise ConnectionError(f"the proxy {via.address} closed the connection")
+        head += chunk
+        if len(head) > 16384:
+            raise ConnectionError(f"the proxy {via.address} answered no HTTP")
+    line = head.split(b"\r\n", 1)[0].decode("latin-1").strip()
+    parts = line.split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    if not (line.startswith("HTTP/1.") and status == 200):
+        raise TunnelRefused(status, line)
+
+
+def _target(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+    return f"{parts.hostname}:{port}"
+
+
+class Route:
+    """How this process reaches Feishu: the TLS trust and, per URL, the proxy (proxy.py).
+
+    Every connection to Feishu is made from here, so the endpoint request, REST, the
+    downloads and the WebSocket take the same way out.
+    """
+
+    def __init__(self, settings: FeishuSettings, env: Mapping[str, str] = os.environ) -> None:
+        self.settings = settings
+        self.tls = tls_context(settings.ca_file)
+        self._env = dict(env)
+
+    def proxy(self, url: str) -> Proxy | None:
+        return proxy.for_url(url, self.settings, self._env)
+
+    def http(self) -> httpx.AsyncClient:
+        """A client for the Feishu domain; trust_env off: the proxy was chosen here."""
+        via = self.proxy(self.settings.domain)
+        return httpx.AsyncClient(
+            base_url=self.settings.domain,
+            timeout=HTTP_TIMEOUT,
+            proxy=via.url() if via else None,
+            verify=self.tls,
+            trust_env=False,
+        )
+
+    async def websocket(self, url: str) -> Any:
+        """The long connection's WebSocket, through the proxy's tunnel if there is one;
+        raises HopFailed naming the hop that failed."""
+        import websockets
+
+        via = self.proxy(url)
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+        # No permessage-deflate: frames are small protobuf, and compressing them cost
+        # more CPU per event than anything but the commit. proxy=None: chosen here.
+        options: dict[str, Any] = {
+            "compression": None,
+            "proxy": None,
+            "open_timeout": CONNECT_TIMEOUT,
+        }
+        if parts.scheme == "wss":
+            options["ssl"] = self.tls
+        sock = None
+        try:
+            if via is not None:
+                sock = await asyncio.wait_for(socket_to(via.host, via.port), CONNECT_TIMEOUT)
+                await asyncio.wait_for(tunnel(sock, via, f"{host}:{port}"), CONNECT_TIMEOUT)
+                options["sock"] = sock
+                if parts.scheme == "wss":
+                    options["server_hostname"] = host
+            return await asyncio.wait_for(websockets.connect(url, **options), CONNECT_TIMEOUT + 1)
+        except (TimeoutError, OSError, websockets.exceptions.InvalidHandshake) as e:
+            if sock is not None:
+                sock.close()
+            raise HopFailed(self.failure("WebSocket upgrade", url, e, tunnelled=sock)) from e
+
+    def failure(
+        self, hop: str, url: str, error: BaseException, tunnelled: socket.socket | None = None
+    ) -> Hop:
+        """What an exception connecting to `url` says about which hop failed; `tunnelled`:
+        the proxy's socket, if one was made (a timeout before it is the proxy's)."""
+        via = self.proxy(url)
+        target = _target(url)
+        where = via.address if via else target
+        text = _describe(error)
+        if isinstance(error, TunnelRefused | httpx.ProxyError):
+            status = error.status if isinstance(error, TunnelRefused) else 0
+            auth = status in (401, 407) or " 407" in text or " 401" in text
+            cause = "proxy-auth" if auth else "proxy-refused"
+            detail = (
+                f"proxy {where} answered {error.line if isinstance(error, TunnelRefused) else text}"
+            )
+            return Hop(hops.FEISHU, "proxy CONNECT", False, 0, detail, cause, target)
+        if via is not None and tunnelled is None and isinstance(error, TimeoutError):
+            detail = f"proxy {where} did not answer within {CONNECT_TIMEOUT:g} s"
+            return Hop(hops.FEISHU, "proxy CONNECT", False, 0, detail, "tcp", where)
+        if _is_dns(error):
+            name = via.host if via else urlsplit(url).hostname or ""
+            return Hop(hops.FEISHU, "DNS", False, 0, f"{name}: {text}", "dns", where)
+        if _is_tls(error):
+            return Hop(hops.FEISHU, "TLS", False, 0, text, "tls-untrusted", target)
+        if isinstance(error, TimeoutError | httpx.TimeoutException) and hop == "WebSocket upgrade":
+            detail = f"to {target} timed out after {CONNECT_TIMEOUT:g} s"
+            return Hop(hops.FEISHU, hop, False, 0, detail, "websocket", target)
+        if isinstance(error, TimeoutError | httpx.TimeoutException):
+            return Hop(hops.FEISHU, "TCP", False, 0, f"{where} timed out", "timeout", where)
+        if isinstance(error, ConnectionError | httpx.ConnectError | OSError):
+            return Hop(hops.FEISHU, "TCP", False, 0, f"{where}: {text}", "tcp", where)
+        return Hop(
+            hops.FEISHU, hop, False, 0, text, "websocket" if "WebSocket" in hop else "", target
+        )
+
+
+def _is_dns(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) or "Name or service not known" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _is_tls(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass
@@ -181,6 +380,7 @@ class LongConnection:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.route = Route(settings)
         self.state = ConnectionState()
         self.ping_every = ping_every
         self._handle = handle
@@ -240,11 +440,13 @@ class LongConnection:
                 await self._client._connect()
                 return
             except Exception as e:
-                self.state.last_error = _describe(e)
-                log.warning(
+                error = _describe(e)
+                changed, self.state.last_error = error != self.state.last_error, error
+                log.log(  # once per cause, not once per retry
+                    logging.WARNING if changed else logging.DEBUG,
                     "reconnect attempt %d failed: %s",
                     self.state.reconnect_attempts,
-                    self.state.last_error,
+                    error,
                 )
             delay = min(delay * 2, RECONNECT_MAX)
 
@@ -284,24 +486,34 @@ class LongConnection:
         return max(times) if times else None
 
     async def fetch_endpoint(self) -> tuple[str, dict[str, Any] | None]:
-        url = self.settings.domain + "/callback/ws/endpoint"
-        body = {"AppID": self.settings.app_id, "AppSecret": self.settings.app_secret.reveal()}
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
-            try:
-                response = await http.post(url, json=body, headers={"locale": "en"})
-            except httpx.HTTPError as e:
-                raise FeishuError("long-connection endpoint", _describe(e)) from e
-        if response.status_code != 200:
-            raise FeishuError("long-connection endpoint", f"HTTP {response.status_code}")
+        return await endpoint(self.settings, self.route)
+
+
+async def endpoint(settings: FeishuSettings, route: Route) -> tuple[str, dict[str, Any] | None]:
+    """The long connection's URL and ClientConfig, from Feishu's endpoint."""
+    url = settings.domain + "/callback/ws/endpoint"
+    body = {"AppID": settings.app_id, "AppSecret": settings.app_secret.reveal()}
+    async with route.http() as http:
         try:
-            payload = response.json()
-        except ValueError as e:
-            raise FeishuError("long-connection endpoint", "response is not JSON") from e
-        code = payload.get("code")
-        if code != 0:
-            raise FeishuError("long-connection endpoint", str(payload.get("msg")), code)
-        data = payload.get("data") or {}
-        return str(data.get("URL")), data.get("ClientConfig")
+            response = await http.post(url, json=body, headers={"locale": "en"})
+        except httpx.HTTPError as e:
+            raise HopFailed(route.failure("endpoint", url, e)) from e
+    if response.status_code == 407:  # a plain-HTTP proxy that wants credentials
+        via = route.proxy(url)
+        detail = f"proxy {via.address if via else '?'} answered 407"
+        hop = Hop(hops.FEISHU, "proxy CONNECT", False, 0, detail, "proxy-auth", _target(url))
+        raise HopFailed(hop)
+    if response.status_code != 200:
+        raise FeishuError("long-connection endpoint", f"HTTP {response.status_code}")
+    try:
+        payload = response.json()
+    except ValueError as e:
+        raise FeishuError("long-connection endpoint", "response is not JSON") from e
+    code = payload.get("code")
+    if code != 0:
+        raise FeishuError("long-connection endpoint", str(payload.get("msg")), code)
+    data = payload.get("data") or {}
+    return str(data.get("URL")), data.get("ClientConfig")
 
 
 def _describe(error: BaseException) -> str:
@@ -328,14 +540,7 @@ def _make_client(ws: types.ModuleType, owner: LongConnection) -> Any:
                     self._configure(ws.ClientConfig(client_config))
                 conn_url = ws.build_connection_url(url, self._connection_host)
                 query = ws.parse_qs(ws.urlparse(conn_url).query)
-                conn = await asyncio.wait_for(
-                    # No permessage-deflate: frames are small protobuf, and compressing
-                    # them cost more CPU per event than anything but the commit.
-                    ws.websockets.connect(
-                        conn_url, compression=None, **ws._ws_connect_kwargs(None)
-                    ),
-                    CONNECT_TIMEOUT,
-                )
+                conn = await owner.route.websocket(conn_url)
                 self._conn, self._conn_url = conn, conn_url
                 self._conn_id = query[ws.DEVICE_ID][0]
                 self._service_id = query[ws.SERVICE_ID][0]
@@ -425,7 +630,7 @@ class FeishuApi:
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._http = httpx.AsyncClient(base_url=settings.domain, timeout=HTTP_TIMEOUT)
+        self._http = Route(settings).http()
         self._token: str | None = None
         self._token_expires = 0.0
         # what → Feishu's message, for calls refused for a missing scope (shown in STATUS).
@@ -597,10 +802,15 @@ class FeishuApi:
             out.append((chat_id, name, int(count) if count.isascii() and count.isdigit() else None))
         return out
 
+    async def bot_info(self) -> dict[str, Any]:
+        """获取机器人信息: the bot's open_id, name and activate_status (2: enabled)."""
+        payload = await self._json("GET", "/open-apis/bot/v3/info", "bot info")
+        bot = payload.get("bot")
+        return bot if isinstance(bot, dict) else {}
+
     async def bot_open_id(self) -> str:
         """The bot's own open_id, to recognise an @-mention of the bot in a message."""
-        payload = await self._json("GET", "/open-apis/bot/v3/info", "bot info")
-        open_id = (payload.get("bot") or {}).get("open_id")
+        open_id = (await self.bot_info()).get("open_id")
         if not isinstance(open_id, str) or not open_id:
             raise FeishuError("bot info", "no open_id in the response")
         return open_id

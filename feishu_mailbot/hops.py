@@ -38,7 +38,7 @@ CAUSES = {
     "company proxy only the proxy resolves outside names: set feishu.proxy",
     "tcp": "a firewall drops or refuses the connection, or nothing listens there: allow "
     "outbound TCP to {target}, or go through the company's proxy (feishu.proxy)",
-    "proxy-auth": "the proxy wants credentials, or other ones (HTTP 407): put the user in "
+    "proxy-auth": "the proxy wants credentials, or other ones (HTTP 407 or 401): put the user in "
     "feishu.proxy (http://user@host:port) and the password in feishu.proxy_password_file",
     "proxy-refused": "the proxy will not tunnel to {target}: ask its admin to allow "
     "CONNECT to the Feishu hosts on port 443 (open.feishu.cn and the long-connection host)",

@@ -37,10 +37,23 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class PemBundle:
+    """CA certificates from a `*ca_file` key, read when the config is loaded: a file
+    that goes away or changes later cannot break (or silently widen) the trust of a
+    running daemon; a reload reads it again. `path` is for messages."""
+
+    path: str
+    pem: str
+
+
+@dataclass(frozen=True)
 class FeishuSettings:
     app_id: str
     app_secret: Secret
     domain: str = "https://open.feishu.cn"
+    proxy: str | None = None  # feishu.proxy, checked by proxy.parse; see proxy.py
+    proxy_password: Secret | None = None  # from feishu.proxy_password_file
+    ca_file: PemBundle | None = None  # trusted for Feishu besides the system's CAs
 
 
 @dataclass(frozen=True)
@@ -50,16 +63,6 @@ class Chat:
 
 
 Security = Literal["starttls", "tls", "none"]
-
-
-@dataclass(frozen=True)
-class PemBundle:
-    """CA certificates from a `*ca_file` key, read when the config is loaded: a file
-    that goes away or changes later cannot break (or silently widen) the trust of a
-    running daemon; a reload reads it again. `path` is for messages."""
-
-    path: str
-    pem: str
 
 
 @dataclass(frozen=True)

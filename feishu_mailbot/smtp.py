@@ -33,14 +33,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from feishu_mailbot import x509
 from feishu_mailbot.hops import SMTP, Hop
 from feishu_mailbot.settings import SmtpSettings
 
 __all__ = [
-    "CheckFailed",
     "DeliveryError",
     "SmtpTransport",
-    "check",
     "fingerprint",
     "relay_size",
     "tls_context",
@@ -63,17 +62,6 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
-
-
-class CheckFailed(Exception):
-    """The online check stopped at `step` (a hop's name); the CLI prints both to point
-    at the fix, and `advice` says what it usually means."""
-
-    def __init__(self, step: str, reason: str, advice: str = "") -> None:
-        super().__init__(f"{step}: {reason}")
-        self.step = step
-        self.reason = reason
-        self.advice = advice
 
 
 class _StepFailed(Exception):
@@ -128,7 +116,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _scrubber(settings: SmtpSettings) -> Callable[[str], str]:
+def scrubber(settings: SmtpSettings) -> Callable[[str], str]:
     """Guards messages against a relay that echoes the credentials in its reply.
 
     The password travels as base64 too: AUTH LOGIN sends base64(password) on
@@ -396,7 +384,7 @@ def _secured(sock: ssl.SSLSocket, settings: SmtpSettings) -> str:
     """Checks the pin, if any, right after the handshake: before the greeting is
     believed, and before AUTH or any mail travels. Returns what the hop found."""
     der = sock.getpeercert(binary_form=True) or b""
-    presented, issuer = fingerprint(der), _issuer(der)
+    presented, issuer = fingerprint(der), x509.issuer_or_why(der)
     if settings.tls_fingerprint and presented != settings.tls_fingerprint:
         raise _StepFailed(
             "TLS handshake",
@@ -464,71 +452,6 @@ def _net_cause(exc: BaseException) -> str:
 
 
 # The issuer's attributes doctor names, as RFC 4514 writes them.
-_NAME_ATTRIBUTES = {
-    "2.5.4.3": "CN",
-    "2.5.4.10": "O",
-    "2.5.4.11": "OU",
-    "2.5.4.6": "C",
-    "2.5.4.8": "ST",
-    "2.5.4.7": "L",
-    "0.9.2342.19200300.100.1.25": "DC",
-}
-
-
-def _der(data: bytes, at: int) -> tuple[int, int, int]:
-    """The DER element at `at`: its tag, and where its content starts and ends."""
-    tag, length = data[at], data[at + 1]
-    at += 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[at : at + count], "big")
-        at += count
-    if at + length > len(data):
-        raise ValueError("truncated")
-    return tag, at, at + length
-
-
-def _issuer(der: bytes) -> str:
-    """The issuer of a DER certificate, as "CN=…, O=…".
-
-    Parsed here because the ssl module decodes only a certificate it verified,
-    and the issuer of one that failed is what tells an operator whose CA (a
-    TLS-inspecting firewall's, say) is in the way.
-    """
-    try:
-        _, at, _ = _der(der, 0)  # Certificate
-        _, at, _ = _der(der, at)  # TBSCertificate
-        tag, _, end = _der(der, at)  # [0] version, or the serial number
-        if tag == 0xA0:
-            _, _, end = _der(der, end)  # the serial number
-        _, _, end = _der(der, end)  # the signature algorithm
-        _, at, stop = _der(der, end)  # the issuer's Name
-        parts = []
-        while at < stop:
-            _, inner, at = _der(der, at)  # one RelativeDistinguishedName (a SET)
-            _, inner, _ = _der(der, inner)  # its first AttributeTypeAndValue
-            _, oid_at, oid_end = _der(der, inner)
-            kind, value_at, value_end = _der(der, oid_end)
-            oid = _oid(der[oid_at:oid_end])
-            codec = {0x1E: "utf-16-be", 0x1C: "utf-32-be"}.get(kind, "utf-8")
-            value = der[value_at:value_end].decode(codec, "replace")
-            value = "".join(c if c.isprintable() else "?" for c in value)
-            parts.append(f"{_NAME_ATTRIBUTES.get(oid, oid)}={value}")
-    except (IndexError, ValueError):
-        return "an issuer that cannot be read"
-    return ", ".join(reversed(parts)) or "an empty issuer"
-
-
-def _oid(raw: bytes) -> str:
-    parts, value = [raw[0] // 40, raw[0] % 40], 0
-    for byte in raw[1:]:
-        value = value << 7 | byte & 0x7F
-        if not byte & 0x80:
-            parts.append(value)
-            value = 0
-    return ".".join(map(str, parts))
-
-
 def _quit(smtp: smtplib.SMTP) -> None:
     """Polite QUIT, but a dying connection must never turn into an error on shutdown."""
     try:
@@ -596,7 +519,7 @@ class SmtpTransport:
     def _apply(self, settings: SmtpSettings) -> None:
         self._settings = settings
         self._where = f"{settings.host}:{settings.port}"
-        self._scrub = _scrubber(settings)  # a new password must be scrubbed too
+        self._scrub = scrubber(settings)  # a new password must be scrubbed too
         # A reload may bring another ca_file or pin: the next session trusts by those.
         self._context = self._given_context or tls_context(settings)
 
@@ -952,7 +875,7 @@ def walk(
     """
     context = ssl_context if ssl_context is not None else tls_context(settings)
     until = time.monotonic() + deadline
-    trail = _Trail(settings, _scrubber(settings), until)
+    trail = _Trail(settings, scrubber(settings), until)
     try:
         try:
             smtp = _open(settings, context, trail)
@@ -986,7 +909,7 @@ def _peek_issuer(settings: SmtpSettings, until: float) -> str:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    trail = _Trail(look, _scrubber(settings), until)
+    trail = _Trail(look, scrubber(settings), until)
     try:
         try:
             smtp = _open(look, context, trail)
@@ -995,19 +918,6 @@ def _peek_issuer(settings: SmtpSettings, until: float) -> str:
         sock = smtp.sock
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         _quit(smtp)
-        return _issuer(der or b"")
+        return x509.issuer_or_why(der or b"")
     finally:
         trail.close()
-
-
-def check(settings: SmtpSettings, ssl_context: ssl.SSLContext | None = None) -> list[str]:
-    """`check-config --online`: walk(), said as the CLI prints it; no mail is sent.
-
-    Returns what each hop found; raises CheckFailed at the first that failed,
-    with what it usually means in `advice`.
-    """
-    walked = walk(settings, ssl_context=ssl_context)
-    last = walked[-1]
-    if not last.ok:
-        raise CheckFailed(last.name, last.detail, last.advice())
-    return [f"{hop.name} ok: {hop.detail}" for hop in walked]

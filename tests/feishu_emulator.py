@@ -57,6 +57,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -219,8 +220,11 @@ class FeishuEmulator:
         tenant_key: str = "tenant_test",
         max_connections: int = 50,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.app_id = app_id
+        self.tls = tls  # serve https:// and wss:// with this server context
+        self.websocket_at: str | None = None  # host:port the endpoint sends clients to
         self.app_secret = app_secret
         self.tenant_key = tenant_key
         self.repush_after = repush_after
@@ -312,7 +316,7 @@ class FeishuEmulator:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> FeishuEmulator:
         if self._thread is not None:
@@ -409,7 +413,7 @@ class FeishuEmulator:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         sock.setblocking(False)
-        site = web.SockSite(self._runner, sock)
+        site = web.SockSite(self._runner, sock, ssl_context=self.tls)
         await site.start()
         self._site, self._listen_sock = site, sock
         self.port = int(sock.getsockname()[1])
@@ -1079,7 +1083,11 @@ class FeishuEmulator:
         self._device_ids.add(device_id)
         self.endpoint_count += 1
         self._notify()
-        url = f"ws://127.0.0.1:{self.port}/ws?device_id={device_id}&service_id={_SERVICE_ID}"
+        # 事件订阅 › 使用长连接接收事件: the endpoint answers the URL of the long connection,
+        # a host of its own in production; `websocket_at` sends clients elsewhere.
+        where = self.websocket_at or f"127.0.0.1:{self.port}"
+        scheme = "wss" if self.tls else "ws"
+        url = f"{scheme}://{where}/ws?device_id={device_id}&service_id={_SERVICE_ID}"
         return _json(
             {
                 "code": 0,

@@ -146,6 +146,7 @@ def write_config(
     chats: str = "  - id: oc_team\n    name: 研发群\n",
     rules: str | None = None,
     smtp_extra: str = "",
+    feishu_extra: str = "",
     extra: str = "",
 ) -> Path:
     if rules is None:
@@ -165,6 +166,7 @@ def write_config(
         "  app_id: cli_test\n"
         "  app_secret: test-secret\n"
         f"  domain: {feishu_url}\n"
+        f"{feishu_extra}"
         f"chats:\n{chats}"
         "smtp:\n"
         "  host: 127.0.0.1\n"
@@ -259,6 +261,24 @@ class Bot:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+class Blackhole:
+    """A TCP port that takes connections and never answers: the kernel completes the
+    handshake from its backlog and nothing reads. A firewall that lets the SYN through
+    and drops what follows, as the old bot's users met it for WebSocket."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.address = f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class NotifySocket:

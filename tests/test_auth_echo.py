@@ -77,9 +77,10 @@ def test_check_config_online_hides_what_the_relay_echoes(
     with echoing_relay(mechanism) as relay:
         config = write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=relay.port)
         out = run(config, "check-config", "--online")
-    assert out.returncode == 69, out.stderr
-    echoed = f"SMTP: FAILED at AUTH: authentication rejected (535 5.7.8 rejected AUTH {mechanism} "
-    assert echoed in out.stderr, out.stderr  # the relay did echo, and the line was kept
+    assert out.returncode == 69, out.stdout + out.stderr
+    echoed = f"authentication rejected (535 5.7.8 rejected AUTH {mechanism} "
+    assert "SMTP    AUTH               FAILED" in out.stdout, out.stdout
+    assert echoed in out.stdout, out.stdout  # the relay did echo, and the line was kept
     assert_no_password(out.stdout + out.stderr)
 
 

@@ -350,3 +350,62 @@ def test_a_quoted_secret_is_taken_as_written(tmp_path: Path) -> None:
     s = config.load(write(tmp_path, text.replace("password: pw", "password: '12:30:45'")))
     assert s.feishu.app_secret.reveal() == "0123456"
     assert s.smtp.password is not None and s.smtp.password.reveal() == "12:30:45"
+
+
+@pytest.mark.parametrize(
+    ("extra", "files", "key", "words"),
+    [
+        (
+            "  proxy: socks5://127.0.0.1:1080\n",
+            {},
+            "feishu.proxy",
+            "SOCKS proxies are not supported",
+        ),
+        ("  proxy: 127.0.0.1:3128\n", {}, "feishu.proxy", "expected http://host:port"),
+        ("  proxy: http://127.0.0.1\n", {}, "feishu.proxy", "expected http://host:port"),
+        (
+            "  proxy: http://u:pw-in-url@127.0.0.1:3128\n  proxy_password_file: pw\n",
+            {"pw": "pw-in-file"},
+            "feishu.proxy",
+            "both in the URL and in a file",
+        ),
+        (
+            "  proxy_password_file: pw\n",
+            {"pw": "x"},
+            "feishu.proxy_password_file",
+            "without feishu.proxy",
+        ),
+        ("  ca_file: missing.pem\n", {}, "feishu.ca_file", "cannot read"),
+        (
+            "  ca_file: junk.pem\n",
+            {"junk.pem": "not a certificate"},
+            "feishu.ca_file",
+            "holds no certificate",
+        ),
+    ],
+)
+def test_bad_network_settings_are_config_errors(
+    tmp_path: Path, extra: str, files: dict[str, str], key: str, words: str
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    text = GOOD.replace("  domain: http://127.0.0.1:9\n", "  domain: http://127.0.0.1:9\n" + extra)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, text))
+    message = str(info.value)
+    assert f": {key}: " in message and words in message, message
+    assert "pw-in-url" not in message and "pw-in-file" not in message
+
+
+def test_a_proxy_and_its_password_file(tmp_path: Path) -> None:
+    from feishu_mailbot import proxy
+
+    (tmp_path / "pw").write_text("s3cret:@/\n", encoding="utf-8")
+    extra = "  proxy: http://alice@proxy.corp.example:3128\n  proxy_password_file: pw\n"
+    text = GOOD.replace("  domain: http://127.0.0.1:9\n", "  domain: http://127.0.0.1:9\n" + extra)
+    s = config.load(write(tmp_path, text))
+    via = proxy.for_url("https://open.feishu.cn", s.feishu, {})
+    assert via is not None and via.address == "proxy.corp.example:3128"
+    assert via.shown() == "http://alice@proxy.corp.example:3128 (from feishu.proxy)"
+    assert via.url() == "http://alice:s3cret%3A%40%2F@proxy.corp.example:3128"
+    assert "s3cret" not in repr(s) and "s3cret" not in via.shown()

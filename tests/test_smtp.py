@@ -1,4 +1,4 @@
-"""SmtpTransport and check() against a real aiosmtpd server on loopback."""
+"""SmtpTransport and walk() (doctor's SMTP hops) against a real aiosmtpd server on loopback."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from feishu_mailbot.hops import Hop
 from feishu_mailbot.settings import Secret, SmtpSettings
-from feishu_mailbot.smtp import CheckFailed, DeliveryError, SmtpTransport, check
+from feishu_mailbot.smtp import DeliveryError, SmtpTransport, walk
 from tests.smtp_server import HOST, SmtpServer, free_port
 
 PASSWORD = "hunter2-Sekrit"
@@ -238,63 +239,61 @@ def test_close_if_idle(server: SmtpServer) -> None:
     assert server.connections == 2
 
 
-# -- check-config --online -----------------------------------------------------
+# -- doctor's SMTP path -------------------------------------------------------------
 
 
-def test_check_success_sends_nothing() -> None:
+def failed(hops: list[Hop]) -> Hop:
+    """The hop a walk stopped at: the last, and the only one that failed."""
+    assert [h.ok for h in hops] == [True] * (len(hops) - 1) + [False], hops
+    return hops[-1]
+
+
+def test_walk_success_sends_nothing() -> None:
     with SmtpServer(starttls=True, require_auth=("bot", PASSWORD)) as srv:
         settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
-        steps = check(settings, srv.ssl_context_for_client)
-        assert [s.split(":")[0] for s in steps] == [
-            "DNS ok",
-            "TCP ok",
-            "greeting ok",
-            "EHLO ok",
-            "STARTTLS ok",
-            "AUTH ok",
-        ]
-        assert steps[1] == f"TCP ok: connected to {HOST}:{srv.port}"
-        assert steps[4].startswith("STARTTLS ok: TLSv1.")
-        assert "certificate issued by CN=feishu-mailbot test CA" in steps[4]
-        assert steps[5] == "AUTH ok: logged in as bot"
+        hops = walk(settings, ssl_context=srv.ssl_context_for_client)
+        assert [h.name for h in hops if h.ok] == [
+            "DNS", "TCP", "greeting", "EHLO", "STARTTLS", "AUTH"
+        ]  # fmt: skip
+        assert hops[1].detail == f"connected to {HOST}:{srv.port}"
+        assert hops[4].detail.startswith("TLSv1.")
+        assert "certificate issued by CN=feishu-mailbot test CA" in hops[4].detail
+        assert hops[5].detail == "logged in as bot"
         time.sleep(0.05)
         assert srv.messages == []
         assert srv.connections == 1
 
 
-def test_check_refused() -> None:
-    with pytest.raises(CheckFailed) as info:
-        check(make_settings(free_port()))
-    assert (info.value.step, info.value.reason) == ("TCP", "connection refused")
-    assert "smtp.port" in info.value.advice
+def test_walk_refused() -> None:
+    hop = failed(walk(make_settings(free_port())))
+    assert (hop.name, hop.detail) == ("TCP", "connection refused")
+    assert "smtp.port" in hop.advice()
 
 
-def test_check_bad_auth_names_step_and_hides_password() -> None:
+def test_walk_bad_auth_names_the_hop_and_hides_the_password() -> None:
     with SmtpServer(starttls=True, require_auth=("bot", "right")) as srv:
         settings = make_settings(srv.port, "starttls", "bot", PASSWORD)
-        with pytest.raises(CheckFailed) as info:
-            check(settings, srv.ssl_context_for_client)
-        assert info.value.step == "AUTH"
-        assert info.value.reason.startswith("authentication rejected (535")
-        assert PASSWORD not in str(info.value)
+        hop = failed(walk(settings, ssl_context=srv.ssl_context_for_client))
+        assert hop.name == "AUTH"
+        assert hop.detail.startswith("authentication rejected (535")
+        assert PASSWORD not in hop.line() + hop.advice()
         assert srv.messages == []
 
 
-def test_check_starttls_not_offered(server: SmtpServer) -> None:
-    with pytest.raises(CheckFailed) as info:
-        check(make_settings(server.port, "starttls"))
-    assert (info.value.step, info.value.reason) == ("STARTTLS", "server does not offer STARTTLS")
+def test_walk_starttls_not_offered(server: SmtpServer) -> None:
+    hop = failed(walk(make_settings(server.port, "starttls")))
+    assert (hop.name, hop.detail) == ("STARTTLS", "server does not offer STARTTLS")
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-def test_check_untrusted_certificate(security: str) -> None:
+def test_walk_untrusted_certificate(security: str) -> None:
     srv = SmtpServer(starttls=security == "starttls", tls=security == "tls")
-    with srv, pytest.raises(CheckFailed) as info:
-        check(make_settings(srv.port, security))  # the system's store: the test CA fails
-    assert info.value.step == security.upper()
-    assert info.value.reason.startswith("certificate verify failed: ")
-    assert "issued by CN=feishu-mailbot test CA" in info.value.reason
-    assert "smtp.ca_file" in info.value.advice
+    with srv:
+        hop = failed(walk(make_settings(srv.port, security)))  # the system's store: no test CA
+    assert hop.name == security.upper()
+    assert hop.detail.startswith("certificate verify failed: ")
+    assert "issued by CN=feishu-mailbot test CA" in hop.detail
+    assert "smtp.ca_file" in hop.advice()
     assert srv.messages == []
 
 
@@ -304,9 +303,9 @@ def test_the_scrubber_masks_every_base64_form_of_the_password() -> None:
     longer blob at each of the three alignments."""
     from base64 import b64encode
 
-    from feishu_mailbot.smtp import _scrubber
+    from feishu_mailbot.smtp import scrubber
 
-    scrub = _scrubber(make_settings(25, username="bot", password=PASSWORD))
+    scrub = scrubber(make_settings(25, username="bot", password=PASSWORD))
     secret = PASSWORD.encode()
 
     def b64(data: bytes) -> str:
@@ -323,7 +322,7 @@ def test_the_scrubber_masks_every_base64_form_of_the_password() -> None:
         assert scrub(f"535 5.7.8 rejected {form}.") == "535 5.7.8 rejected ***.", form
     plain = "535 5.7.8 Authentication credentials invalid (AUTH LOGIN Ym90)"
     assert scrub(plain) == plain  # the user's base64 and the words stay
-    assert _scrubber(make_settings(25))(plain) == plain  # no password: nothing to hide
+    assert scrubber(make_settings(25))(plain) == plain  # no password: nothing to hide
 
 
 # -- bounded transactions and large mail -----------------------------------------

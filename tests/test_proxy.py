@@ -1,0 +1,55 @@
+"""Which proxy a connection to Feishu takes (proxy.py): the config, else the environment
+as curl reads it. Pure: no network."""
+
+from __future__ import annotations
+
+import pytest
+
+from feishu_mailbot import proxy
+from feishu_mailbot.settings import FeishuSettings, Secret
+
+FEISHU = FeishuSettings(app_id="cli_x", app_secret=Secret("s"))
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "expected"),
+    [
+        ("https://open.feishu.cn", {}, None),
+        ("https://open.feishu.cn", {"https_proxy": "http://p:3128"}, "p:3128"),
+        ("https://open.feishu.cn", {"HTTPS_PROXY": "http://P:8080"}, "p:8080"),
+        ("wss://msg-frontier.feishu.cn/ws", {"https_proxy": "http://p:3128"}, "p:3128"),
+        ("https://open.feishu.cn", {"http_proxy": "http://p:3128"}, None),
+        ("ws://127.0.0.1:9/ws", {"http_proxy": "http://p:3128"}, "p:3128"),
+        ("https://open.feishu.cn", {"https_proxy": "http://p:3128", "no_proxy": "feishu.cn"}, None),
+        ("https://open.feishu.cn", {"https_proxy": "http://p:1", "no_proxy": ".feishu.cn"}, None),
+        ("https://open.feishu.cn", {"https_proxy": "http://p:1", "NO_PROXY": "*"}, None),
+        ("https://notfeishu.cn", {"https_proxy": "http://p:1", "no_proxy": "feishu.cn"}, "p:1"),
+        ("https://10.1.2.3", {"https_proxy": "http://p:1", "no_proxy": "10.0.0.0/8"}, None),
+        ("https://11.1.2.3", {"https_proxy": "http://p:1", "no_proxy": "10.0.0.0/8"}, "p:1"),
+        ("https://a.cn:8443", {"https_proxy": "http://p:1", "no_proxy": "a.cn:443"}, "p:1"),
+        ("https://a.cn:443", {"https_proxy": "http://p:1", "no_proxy": "a.cn:443"}, None),
+        ("https://[::1]:443", {"https_proxy": "http://p:1", "no_proxy": "::1"}, None),
+    ],
+)
+def test_the_environment_as_curl_reads_it(
+    url: str, env: dict[str, str], expected: str | None
+) -> None:
+    via = proxy.for_url(url, FEISHU, env)
+    assert (via.address if via else None) == expected
+    if via is not None:
+        assert via.source in env
+
+
+def test_the_config_wins_over_the_environment() -> None:
+    settings = FeishuSettings("cli_x", Secret("s"), proxy="http://c:1", proxy_password=None)
+    via = proxy.for_url("https://open.feishu.cn", settings, {"https_proxy": "http://e:2"})
+    assert via is not None and via.address == "c:1" and via.source == "feishu.proxy"
+
+
+def test_a_password_never_shows() -> None:
+    via = proxy.parse("http://bob:hunter2@p.example:3128", "https_proxy")
+    assert via.shown() == "http://bob@p.example:3128 (from https_proxy)"
+    assert "hunter2" in via.url() and "hunter2" not in repr(via)
+    with pytest.raises(proxy.ProxyError) as info:
+        proxy.parse("https://bob:hunter2@p.example:3128", "feishu.proxy")
+    assert "hunter2" not in str(info.value)

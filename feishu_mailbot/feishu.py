@@ -324,24 +324,24 @@ class Route:
             return Hop(hops.FEISHU, "TCP", False, 0, f"{where} timed out", "timeout", where)
         if isinstance(error, ConnectionError | httpx.ConnectError | OSError):
             return Hop(hops.FEISHU, "TCP", False, 0, f"{where}: {text}", "tcp", where)
-        return Hop(
-            hops.FEISHU, hop, False, 0, text, "websocket" if "WebSocket" in hop else "", target
-        )
+        cause = "websocket" if hop == "WebSocket upgrade" else ""
+        return Hop(hops.FEISHU, hop, False, 0, text, cause, target)
 
 
 def _is_dns(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, socket.gaierror) or "Name or service not known" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return _caused_by(error, lambda e: isinstance(e, socket.gaierror), "Name or service not known")
 
 
 def _is_tls(error: BaseException) -> bool:
+    return _caused_by(error, lambda e: isinstance(e, ssl.SSLError), "CERTIFICATE_VERIFY_FAILED")
+
+
+def _caused_by(error: BaseException, kind: Callable[[BaseException], bool], words: str) -> bool:
+    """Whether `error` or what it was raised from is of `kind`, or says `words` (httpx
+    wraps the OSError or SSLError it met in an error of its own)."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+        if kind(seen) or words in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

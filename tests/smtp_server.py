@@ -387,6 +387,36 @@ class SmtpServer:
         )
 
 
+class Dribbler:
+    """A relay that greets one byte every `every` seconds, for ever: no socket timeout
+    trips, so only a deadline on the clock ends the wait."""
+
+    def __init__(self, every: float = 0.3) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self.port = int(self._listener.getsockname()[1])
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._dribble, daemon=True)
+        self._thread.start()
+
+    def _dribble(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self._listener.accept()
+            with conn:
+                while not self._stop.wait(self._every):
+                    conn.sendall(b"2")
+
+    def __enter__(self) -> Dribbler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(5)
+
+
 def free_port() -> int:
     """A port nobody listens on (for connection-refused tests)."""
     with socket.socket() as s:

@@ -18,7 +18,7 @@ import pytest
 from feishu_mailbot.hops import Hop
 from feishu_mailbot.settings import Secret, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, SmtpTransport, walk
-from tests.smtp_server import HOST, SmtpServer, free_port
+from tests.smtp_server import HOST, Dribbler, SmtpServer, free_port
 
 PASSWORD = "hunter2-Sekrit"
 SENDER = "bot@example.test"
@@ -383,28 +383,10 @@ def test_a_relay_that_trickles_is_given_up_at_the_deadline(server: SmtpServer) -
 
 def test_a_greeting_that_trickles_is_given_up_at_the_deadline() -> None:
     """Before the session exists: the deadline must reach a socket still connecting."""
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen()
-    stop = threading.Event()
-
-    def dribble() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            while not stop.wait(0.3):
-                with contextlib.suppress(OSError):
-                    conn.sendall(b"2")
-
-    thread = threading.Thread(target=dribble, daemon=True)
-    thread.start()
-    try:
-        settings = make_settings(listener.getsockname()[1], timeout=1.0)
+    with Dribbler() as relay:
+        settings = make_settings(relay.port, timeout=1.0)
         with SmtpTransport(settings) as transport, pytest.raises(DeliveryError) as caught:
             transport.send(make_mail(), SENDER, ["alice@example.test"])
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
     assert "connect failed: the transaction took over its 4 s deadline" in caught.value.message
     assert not caught.value.permanent
 

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from feishu_mailbot import hops, smtp
 from feishu_mailbot.settings import PemBundle, Secret, SmtpSettings
 from feishu_mailbot.smtp import DeliveryError, SmtpTransport, walk
 from tests import certs
-from tests.smtp_server import HOST, SmtpServer, free_port
+from tests.smtp_server import HOST, Dribbler, SmtpServer, free_port
 
 
 def test_the_test_ca_signs_leaves_a_client_verifies_and_no_system_store_trusts() -> None:
@@ -307,29 +305,11 @@ def test_a_greeting_that_trickles_is_bounded_by_the_hop_and_by_the_walk(
     timeout: float, deadline: float, words: str
 ) -> None:
     """A byte every 0.3 s trips no socket timeout; the clock of the walk cuts it off."""
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen()
-    stop = threading.Event()
-
-    def dribble() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            while not stop.wait(0.3):
-                with contextlib.suppress(OSError):
-                    conn.sendall(b"2")
-
-    thread = threading.Thread(target=dribble, daemon=True)
-    thread.start()
-    try:
+    with Dribbler() as relay:
         started = time.monotonic()
-        settings = settings_for(SmtpServer(port=listener.getsockname()[1]), timeout=timeout)
+        settings = settings_for(SmtpServer(port=relay.port), timeout=timeout)
         walked = walk(settings, deadline=deadline)
         took = time.monotonic() - started
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
     assert_walked(walked, ["DNS", "TCP", "greeting"], ok=False)
     assert words in walked[-1].detail, walked[-1]
     assert took < min(timeout, deadline) + 1.5, took

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from feishu_mailbot import frames, hops, smtp, x509
 from feishu_mailbot.feishu import (
+    CONNECT_TIMEOUT,
     CREDENTIAL_ERRORS,
     SCOPE_ERRORS,
     FeishuApi,
@@ -40,7 +41,10 @@ from feishu_mailbot.proxy import Proxy
 from feishu_mailbot.settings import Settings
 
 DEADLINE = 60.0  # the whole run, both paths
-HOP_TIMEOUT = 15.0  # one hop, at most
+# One hop, at most: longer than the edge's own timeouts (feishu.CONNECT_TIMEOUT for the
+# WebSocket), so that the edge's words ("timed out after 15 s", which the daemon says too)
+# are the ones printed; this only bounds what has no timeout of its own.
+HOP_TIMEOUT = CONNECT_TIMEOUT + 5
 PONG_WAIT = 10.0  # a pong within Feishu's ping interval, or this if that is longer
 SMTP_DEADLINE = 45.0
 

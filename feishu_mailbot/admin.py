@@ -33,7 +33,7 @@ from feishu_mailbot.state import (
     outbox,
     quarantine,
 )
-from feishu_mailbot.state.lifecycle import REFUSALS, Moved
+from feishu_mailbot.state.lifecycle import REFUSALS, SENDING, Moved
 
 
 def _open(settings: Settings) -> State | int:
@@ -172,7 +172,7 @@ def _queue(settings: Settings, state: State, args: argparse.Namespace) -> int:
         if args.failed
         else ("pending", "retrying")
         if args.pending
-        else ("pending", "retrying", "sending", "failed")
+        else ("pending", "retrying", *SENDING, "failed")
     )
     entries = state.read(partial(outbox.queued, statuses=wanted))
     planned = state.read(outbox.planned_count)

@@ -59,7 +59,9 @@ class Batcher:
         self._relay = RelaySize()
         self._now = wall_clock
         self._progress: Callable[[], None] = lambda: None
-        self._raised: dict[str, int] = {}  # a digest's composition that raised: how often
+        # How often composing a rule's digest from the same first match raised; keyed so
+        # that a digest built at `now` (a rule unbatched) counts across ticks too.
+        self._raised: dict[tuple[str, str], int] = {}
 
     def rules(self) -> list[Rule]:
         return [r for r in self.settings.rules if r.batch is not None]
@@ -146,12 +148,13 @@ class Batcher:
         except (FeishuError, DatabaseError):
             raise  # not the digest's: the next tick tries again
         except Exception as e:  # a bug, or a value a library refuses: it will not get better
-            tries = self._raised[mail_id] = self._raised.get(mail_id, 0) + 1
+            key = (rule.name, waiting[0])
+            tries = self._raised[key] = self._raised.get(key, 0) + 1
             if tries < UNEXPECTED_ATTEMPTS:
                 raise  # the schedule says so, and the next tick tries again
-            del self._raised[mail_id]
+            del self._raised[key]
             return await self._failed(rule, waiting, mail_id, f"{type(e).__name__}: {e}", tries)
-        self._raised.pop(mail_id, None)
+        self._raised.pop((rule.name, waiting[0]), None)
         return queued
 
     async def _failed(

@@ -17,7 +17,10 @@ from collections.abc import Awaitable, Callable
 
 from feishu_mailbot.state import DatabaseError
 
-STATE_RETRY_MAX = 30.0  # seconds between rounds while the state database refuses work
+# Seconds between rounds, at most, while the state database refuses work: a refused round
+# costs a transaction begun and rolled back, and mail must go within seconds of the space
+# coming back.
+STATE_RETRY_MAX = 5.0
 
 
 class Doorbell:

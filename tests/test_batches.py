@@ -580,12 +580,13 @@ def test_a_digest_whose_composition_keeps_raising_fails_like_a_mail(
 ) -> None:
     """A match stamped in the year 33658 (Feishu sent a create_time no mail can carry):
     the digest raises each tick, then is recorded failed with its matches, visible in
-    `queue --failed`; `retry` gives the matches back and the digest is composed anew."""
+    `queue --failed`; `retry` gives the matches back and the digest is composed anew,
+    without a match recalled while the failed digest held it."""
     s = settings(tmp_path, emulator.base_url)
     at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
     state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
     poison = dataclasses.replace(message(1, "低优先级 #1", at), create_time_ms=999999999999999)
-    for msg in (poison, message(2, "低优先级 #2", at)):
+    for msg in (poison, message(2, "低优先级 #2", at), message(3, "低优先级 #3 撤回", at)):
         state.write_now(
             partial(
                 messages.ingest, msg=msg, deliveries=(), now=at.timestamp(), batches=["低优先级"]
@@ -602,6 +603,8 @@ def test_a_digest_whose_composition_keeps_raising_fails_like_a_mail(
     [failed] = state.read(partial(outbox.queued, statuses=("failed",)))
     assert failed.kind == "batch" and "ValueError" in (failed.last_error or "")
     assert state.read(outbox.counts)["failed"] == 1  # `status` says so
+    recall = Recall("ev_r3", "om_3", "oc_team", 0)
+    state.write_now(partial(messages.recall, event=recall, now=later))
     state.close()
 
     config_path = str(tmp_path / "feishu-mailbot.yaml")
@@ -617,5 +620,5 @@ def test_a_digest_whose_composition_keeps_raising_fails_like_a_mail(
     batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
     assert asyncio.run(batcher.send_due()) == 1  # without the poison, composed and queued
     [(_, raw)] = state.read(batch_mails)
-    assert "低优先级 #2" in text_of(parse(raw))
+    assert "低优先级 #2" in text_of(parse(raw)) and "撤回" not in text_of(parse(raw))
     state.close()

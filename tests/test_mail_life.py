@@ -347,7 +347,7 @@ def _fast_tmp() -> str | None:
 
 
 MailLife.TestCase.settings = settings(
-    max_examples=1500,
+    max_examples=800,
     stateful_step_count=30,
     deadline=None,
     print_blob=True,

@@ -144,6 +144,52 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     check.close()
 
 
+def test_mail_an_older_release_put_back_after_a_recall_is_cancelled_by_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Schema 7 to 8: the rows the old unguarded UPDATEs left queued for a recalled
+    message end cancelled; the flag of a recall during an attempt becomes `recalling`."""
+    from feishu_mailbot.state.db import _MIGRATIONS
+
+    path = tmp_path / "db.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript((FIXTURES / "schema-v1.sql").read_text(encoding="utf-8"))
+    old.executescript("".join(_MIGRATIONS[v] for v in range(1, 7)))
+    old.execute("PRAGMA user_version=7")
+    rows = {  # mail: (status, recalled flag, message recalled in `recalls`)
+        "reset": ("pending", 0, True),  # cancelled, then mark_retry put it back
+        "flagged": ("failed", 1, False),  # recalled while sending, then a 5xx
+        "sending": ("sending", 1, False),
+        "plain": ("pending", 0, False),
+        "late": ("sent", 1, True),  # recalled after it was sent: its notice went
+    }
+    for mail, (status, flag, recalled) in rows.items():
+        old.execute(
+            "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
+            " subject_template, confirm, notify_recall, status, recalled, next_attempt_at,"
+            " created_at, raw) VALUES (?, ?, 'forward', '[]', '[]', '', 0, 0, ?, ?, 1, 1, ?)",
+            (mail, f"om_{mail}", status, flag, b"bytes"),
+        )
+        if recalled:
+            old.execute("INSERT INTO recalls VALUES (?, 1)", (f"om_{mail}",))
+    old.commit()
+    old.close()
+
+    State(path).close()
+    db = sqlite3.connect(path)
+    found = dict(db.execute("SELECT mail_id, status FROM outbox").fetchall())
+    kept = dict(db.execute("SELECT mail_id, raw IS NOT NULL FROM outbox").fetchall())
+    db.close()
+    assert found == {
+        "reset": "cancelled",
+        "flagged": "cancelled",
+        "sending": "recalling",
+        "plain": "pending",
+        "late": "sent",
+    }
+    assert not kept["reset"] and not kept["flagged"] and kept["plain"]
+
+
 def user_version(path: Path) -> int:
     db = sqlite3.connect(path)
     try:

@@ -124,9 +124,17 @@ def give_back(tx: Tx, row_ids: Sequence[int] | None) -> dict[int, int]:
     back = {}
     for row_id, mail_id in rows:
         if wanted is None or row_id in wanted:
+            # A match recalled while the digest held it (forget left it) goes now.
+            tx.execute(
+                "DELETE FROM batch_items WHERE mail_id = ? AND message_id IN"
+                " (SELECT message_id FROM recalls)",
+                (mail_id,),
+            )
             back[row_id] = tx.execute(
                 "UPDATE batch_items SET mail_id = NULL WHERE mail_id = ?", (mail_id,)
             ).rowcount
+            # Not a status change: a digest that never existed as mail is removed, and
+            # its matches are composed anew (lifecycle.py has no state for "unmade").
             tx.execute("DELETE FROM outbox WHERE mail_id = ?", (mail_id,))
     return back
 

@@ -171,8 +171,14 @@ UPDATE outbox SET raw = NULL WHERE status = 'sent';
     6: _BATCH_ITEMS,
     # A recall that came while a mail was being sent is a state of its own (lifecycle.py),
     # no longer a flag beside `sending` that a failed attempt could overlook.
+    # Forwards an older release put back in the queue after their message was recalled
+    # (a failed attempt overwrote `cancelled`, or reset a flagged row) end here, cancelled.
     7: """
 UPDATE outbox SET status = 'recalling' WHERE status = 'sending' AND recalled = 1;
+UPDATE outbox SET status = 'cancelled', raw = NULL, spool = NULL
+ WHERE kind = 'forward' AND status IN ('pending', 'failed')
+ AND (recalled = 1 OR message_id IN (SELECT message_id FROM recalls)
+      OR message_id IN (SELECT message_id FROM messages WHERE recalled = 1));
 ALTER TABLE outbox DROP COLUMN recalled;
 """,
 }

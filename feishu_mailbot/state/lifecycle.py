@@ -219,10 +219,3 @@ def move_all(
         ).fetchall()
     ]
     return [m for k in keys if (m := move(tx, machine, event, k, also, params)).done]
-
-
-def state_of(tx: Tx, machine: Machine, key: Any) -> str | None:
-    row = tx.execute(
-        f"SELECT status FROM {machine.table} WHERE {machine.key} = ?", (key,)
-    ).fetchone()
-    return None if row is None else str(row[0])

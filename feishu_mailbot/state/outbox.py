@@ -176,14 +176,11 @@ def _queue_recall_notice(tx: Tx, mail_id: str, now: float) -> int:
     ).rowcount
 
 
-def requeue_interrupted(tx: Tx, mail_ids: Sequence[str] | None = None) -> list[Moved]:
-    """Mail caught mid-send goes back to pending (same bytes, same Message-ID), or to its
-    end if it was recalled or dropped meanwhile: at start-up every such row (None), or
-    the ones named."""
+def requeue_interrupted(tx: Tx) -> list[Moved]:
+    """At start-up, mail caught mid-send goes back to pending (same bytes, same
+    Message-ID), or to its end if it was recalled or dropped meanwhile."""
     marks = ",".join(f"'{s}'" for s in SENDING)
-    if mail_ids is None:
-        return move_all(tx, OUTBOX, "interrupted", f"status IN ({marks})")
-    return [m for i in mail_ids if (m := move(tx, OUTBOX, "interrupted", i)).done]
+    return move_all(tx, OUTBOX, "interrupted", f"status IN ({marks})")
 
 
 def due(tx: Tx, now: float, limit: int = 50) -> list[OutboxRow]:

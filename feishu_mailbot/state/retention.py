@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.lifecycle import UNFINISHED
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Pruned:
     spool: tuple[str, ...]  # files of the mail deleted, for the caller to remove
 
 
+# A message stays while mail of it may still be sent, or retried once it failed.
+_KEPT = ", ".join(f"'{s}'" for s in (*UNFINISHED, "failed"))
+
 # (table, condition on its rows, the cutoff it compares with)
 _RULES = (
     ("events", "received_at < :events"),
@@ -38,7 +42,7 @@ _RULES = (
         "messages",
         "received_at < :messages AND planned = 0 AND NOT EXISTS (SELECT 1 FROM outbox o"
         " WHERE o.message_id = messages.message_id AND o.status IN"
-        " ('pending', 'sending', 'failed')) AND NOT EXISTS (SELECT 1 FROM batch_items b"
+        f" ({_KEPT})) AND NOT EXISTS (SELECT 1 FROM batch_items b"
         " WHERE b.message_id = messages.message_id AND b.mail_id IS NULL)",
     ),
     # A waiting match stays until its digest carries it (or its rule is removed).

@@ -266,17 +266,16 @@ def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
         )
     domain = _url(m["domain"]) if "domain" in m else "https://open.feishu.cn"
     password = _secret(m, n, "proxy_password", required=False, config_dir=config_dir)
-    proxy_url = None
+    via = None
     if "proxy" in m:
-        proxy_url = _str(m["proxy"])
         try:
-            proxy.parse(proxy_url, "feishu.proxy", password)
+            via = proxy.parse(_str(m["proxy"]), "feishu.proxy", password)
         except proxy.ProxyError as e:
             raise m["proxy"].error(str(e)) from None
     elif password is not None:
         raise m["proxy_password_file"].error("set without feishu.proxy (expected both or neither)")
     ca_file = _pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None
-    return FeishuSettings(app_id, secret, domain, proxy_url, password, ca_file)
+    return FeishuSettings(app_id, secret, domain, via, ca_file)
 
 
 def _chat(n: _Node) -> Chat:

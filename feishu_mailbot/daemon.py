@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import config, events, health, logs, status, triage
+from feishu_mailbot import config, events, health, logs, proxy, status, triage
 from feishu_mailbot.batcher import Batcher
 from feishu_mailbot.feishu import (
     CREDENTIAL_ERRORS,
@@ -33,6 +33,7 @@ from feishu_mailbot.feishu import (
     FeishuApi,
     FeishuError,
     LongConnection,
+    Route,
 )
 from feishu_mailbot.model import BODY_CAP, Recall
 from feishu_mailbot.names import NameResolver
@@ -75,7 +76,8 @@ class Daemon:
         self.settings = settings
         self.notifier = Notifier()
         self.state = State(db_path(settings), daemon=True)
-        self.api = FeishuApi(settings.feishu)
+        route = Route(settings.feishu)  # one TLS context and proxy choice for both
+        self.api = FeishuApi(settings.feishu, route=route)
         self.names = NameResolver(settings, self.state, self.api)
         self.reporter = Reporter(settings, self.state, self.api, self.names)
         self.outbox = Outbox(settings, self.state, self.api, self.names, self.wake_actions)
@@ -86,7 +88,7 @@ class Daemon:
         )
         self.housekeeper = Housekeeper(settings, self.state)
         self.connection = LongConnection(
-            settings.feishu, self.handle, ping_every=settings.health.stall_after / 3
+            settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )
         self._stop = asyncio.Event()
         self._exit_code = os.EX_OK
@@ -520,6 +522,9 @@ def run(settings: Settings) -> int:
     # SMTP sessions run in threads; with the default 5 ms GIL switch interval a busy
     # one could hold back the event loop (and so an ack) for that long each time.
     sys.setswitchinterval(0.0005)
+    for problem in proxy.environment_errors(os.environ):
+        log.error("%s; fix the unit's Environment= (its drop-in) or set feishu.proxy", problem)
+        return os.EX_CONFIG
     try:
         daemon = Daemon(settings)
     except StateError as e:

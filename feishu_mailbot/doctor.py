@@ -17,13 +17,14 @@ import contextlib
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from feishu_mailbot import frames, hops, smtp, x509
+from feishu_mailbot import frames, hops, proxy, smtp, x509
 from feishu_mailbot.feishu import (
     CONNECT_TIMEOUT,
     CREDENTIAL_ERRORS,
@@ -34,11 +35,11 @@ from feishu_mailbot.feishu import (
     Route,
     TunnelRefused,
     endpoint,
+    socket_to,
     tunnel,
 )
 from feishu_mailbot.hops import Hop
-from feishu_mailbot.proxy import Proxy
-from feishu_mailbot.settings import Settings
+from feishu_mailbot.settings import Proxy, Settings, address
 
 DEADLINE = 60.0  # the whole run, both paths
 # One hop, at most: longer than the edge's own timeouts (feishu.CONNECT_TIMEOUT for the
@@ -80,9 +81,12 @@ class _Walk:
         except TimeoutError:
             self._add(name, started, False, f"no answer within {limit:.0f} s", cause or "timeout")
             return False
-        except FeishuError as e:
-            failure = _feishu_cause(e)
-            self._add(name, started, False, str(e), failure or cause)
+        except FeishuError as e:  # Feishu answered, with a code: what the step is about
+            failure = _feishu_cause(e) or (cause if e.code is not None else "")
+            self._add(name, started, False, str(e), failure)
+            return False
+        except Exception as e:  # whatever else: the hop failed, the walk still ends in a line
+            self._add(name, started, False, f"{type(e).__name__}: {e}")
             return False
         self._add(name, started, True, detail)
         return True
@@ -102,9 +106,30 @@ def _feishu_cause(e: FeishuError) -> str:
     return ""
 
 
-def _hostport(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "", parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+async def _resolve(host: str, port: int) -> list[Any]:
+    """getaddrinfo in a daemon thread of its own: a resolver that never answers must not
+    hold the process past its deadline, as the loop's executor would at exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[Any]] = loop.create_future()
+
+    def settle(found: Any) -> None:
+        if done.done():  # the step gave up waiting
+            return
+        if isinstance(found, OSError):
+            done.set_exception(found)
+        else:
+            done.set_result(found)
+
+    def lookup() -> None:
+        try:
+            found: Any = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            found = e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, found)
+
+    threading.Thread(target=lookup, daemon=True, name="doctor-dns").start()
+    return await done
 
 
 class _Probe:
@@ -115,40 +140,39 @@ class _Probe:
         self.settings = settings
         self.route = route
         self.url = settings.feishu.domain
-        self.host, self.port = _hostport(self.url)
+        self.host, self.port = proxy.endpoint(self.url)
         self.via: Proxy | None = route.proxy(self.url)
         self.first = (self.via.host, self.via.port) if self.via else (self.host, self.port)
-        self.address: Any = None
+        self.addresses: list[Any] = []
         self.sock: socket.socket | None = None
 
     async def dns(self) -> str:
         host, port = self.first
         try:
-            found = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except socket.gaierror as e:
-            raise _Failed(f"{host}: {e.strerror}", "dns", host) from e
-        family, kind, proto, _, self.address = found[0]
-        self.sock = socket.socket(family, kind, proto)
-        self.sock.setblocking(False)
+            self.addresses = await _resolve(host, port)
+        except OSError as e:
+            raise _Failed(f"{host}: {e.strerror or e}", "dns", host) from e
+        shown = ", ".join(dict.fromkeys(str(a[4][0]) for a in self.addresses))
         note = " (Feishu's own name is resolved by the proxy)" if self.via else ""
-        return f"{host} → {self.address[0]}{note}"
+        return f"{host} → {shown}{note}"
 
     async def tcp(self) -> str:
-        assert self.sock is not None
-        target = f"{self.first[0]}:{self.first[1]}"
+        target = address(*self.first)
+        addresses = self.addresses
+
+        async def given(host: str, port: int) -> list[Any]:
+            return addresses
+
         try:
-            await asyncio.get_running_loop().sock_connect(self.sock, self.address)
+            self.sock = await socket_to(*self.first, resolve=given)
         except OSError as e:
             raise _Failed(f"{target}: {e.strerror or e}", "tcp", target) from e
-        return f"connected to {self.address[0]}:{self.first[1]}" + (
-            " (the proxy)" if self.via else ""
-        )
+        peer = self.sock.getpeername()
+        return f"connected to {address(peer[0], peer[1])}" + (" (the proxy)" if self.via else "")
 
     async def connect(self) -> str:
         assert self.via is not None and self.sock is not None
-        target = f"{self.host}:{self.port}"
+        target = address(self.host, self.port)
         try:
             await tunnel(self.sock, self.via, target)
         except TunnelRefused as e:
@@ -160,7 +184,7 @@ class _Probe:
 
     async def tls(self) -> str:
         assert self.sock is not None
-        target = f"{self.host}:{self.port}"
+        target = address(self.host, self.port)
         try:
             _, writer = await asyncio.open_connection(
                 sock=self.sock, ssl=self.route.tls, server_hostname=self.host
@@ -177,7 +201,7 @@ class _Probe:
         sslobj = writer.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj else None
         writer.close()
-        issuer = x509.issuer(der) if der else "?"
+        issuer = x509.issuer_or_why(der) if der else "?"
         return f"{sslobj.version() if sslobj else 'TLS'}, certificate issued by {issuer}"
 
     async def _issuer_unverified(self) -> str:
@@ -199,8 +223,8 @@ class _Probe:
             sslobj = writer.get_extra_info("ssl_object")
             der = sslobj.getpeercert(binary_form=True) if sslobj else None
             writer.close()
-            return x509.issuer(der) if der else "an unknown issuer"
-        except (OSError, _Failed, ValueError):
+            return x509.issuer_or_why(der) if der else "an unknown issuer"
+        except (OSError, _Failed):
             return "an issuer it could not read"
         finally:
             again.close()
@@ -213,16 +237,20 @@ class _Probe:
 
 async def feishu_hops(settings: Settings, ends_at: float) -> list[Hop]:
     walk = _Walk(hops.FEISHU, ends_at, [])
+    feishu = settings.feishu
+    if feishu.proxy is None and (wrong := proxy.environment_errors(os.environ)):
+        detail = "; ".join(wrong) + " (fix the variable, or set feishu.proxy)"
+        walk.hops.append(Hop(hops.FEISHU, "config", False, 0, detail))
+        return walk.hops
     route = Route(settings.feishu)
     probe = _Probe(settings, route)
-    feishu = settings.feishu
 
     async def config() -> str:
         via = probe.via.shown() if probe.via else "direct (no proxy)"
         ca = f", also trusting {feishu.ca_file.path}" if feishu.ca_file else ""
         return f"{settings.path}: app {feishu.app_id}, {feishu.domain}, {via}{ca}"
 
-    api = FeishuApi(feishu)
+    api = FeishuApi(feishu, route=route)
     try:
         steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
             ("config", config),
@@ -244,7 +272,7 @@ async def feishu_hops(settings: Settings, ends_at: float) -> list[Hop]:
         async def ask_endpoint() -> str:
             url, client_config = await endpoint(feishu, route)
             found.update(url=url, config=client_config or {})
-            host, port = _hostport(url)
+            host, port = proxy.endpoint(url)
             return f"long connection at {urlsplit(url).scheme}://{host}:{port}"
 
         if not await walk.step("endpoint", ask_endpoint, "endpoint"):
@@ -313,7 +341,7 @@ class _Socket:
 
     async def upgrade(self) -> str:
         self.conn = await self.route.websocket(self.url)  # HopFailed names what failed
-        host, port = _hostport(self.url)
+        host, port = proxy.endpoint(self.url)
         via = self.route.proxy(self.url)
         return f"{host}:{port} upgraded to WebSocket" + (f" through {via.address}" if via else "")
 
@@ -333,7 +361,7 @@ class _Socket:
             frame = frames.decode(data) if isinstance(data, bytes) else None
             if frame is not None and frame.method == 0 and frame.header("type") == "pong":
                 return f"pong in {(time.monotonic() - started) * 1000:.0f} ms"
-        host, port = _hostport(self.url)
+        host, port = proxy.endpoint(self.url)
         raise _Failed(f"no pong from {host}:{port} within {wait:.0f} s", "pong", f"{host}:{port}")
 
     async def close(self) -> None:

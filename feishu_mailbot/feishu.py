@@ -42,15 +42,14 @@ import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from feishu_mailbot import frames, hops, proxy
 from feishu_mailbot.hops import Hop
 from feishu_mailbot.model import Download
-from feishu_mailbot.proxy import Proxy
-from feishu_mailbot.settings import FeishuSettings, PemBundle
+from feishu_mailbot.settings import FeishuSettings, PemBundle, Proxy, address
 
 log = logging.getLogger("feishu_mailbot.feishu")
 
@@ -184,20 +183,29 @@ class TunnelRefused(ConnectionError):
         self.line = line
 
 
-async def socket_to(host: str, port: int) -> socket.socket:
-    """A connected non-blocking socket: DNS, then TCP to the first address that takes it."""
+async def socket_to(
+    host: str, port: int, resolve: Callable[[str, int], Awaitable[list[Any]]] | None = None
+) -> socket.socket:
+    """A connected non-blocking socket: DNS (`resolve`, or the loop's), then TCP to each
+    address in turn until one takes it, as httpx and websockets do."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if resolve is None:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    else:
+        infos = await resolve(host, port)
     error: OSError = OSError(f"{host}: no address")
-    for family, kind, proto, _, address in infos:
+    for family, kind, proto, _, peer in infos:
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, address)
+            await loop.sock_connect(sock, peer)
             return sock
         except OSError as e:
             sock.close()
             error = e
+        except BaseException:
+            sock.close()
+            raise
     raise error
 
 
@@ -230,16 +238,19 @@ async def tunnel(sock: socket.socket, via: Proxy, target: str) -> None:
 
 
 def _target(url: str) -> str:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
-    return f"{parts.hostname}:{port}"
+    return address(*proxy.endpoint(url))
+
+
+_AUTH_STATUS = re.compile(r"(?<!\d)(401|407)(?!\d)")
 
 
 class Route:
     """How this process reaches Feishu: the TLS trust and, per URL, the proxy (proxy.py).
 
     Every connection to Feishu is made from here, so the endpoint request, REST, the
-    downloads and the WebSocket take the same way out.
+    downloads and the WebSocket take the same way out. One per process: the daemon
+    hands the same Route to the long connection and to the REST client, so the system's
+    CAs are loaded once.
     """
 
     def __init__(self, settings: FeishuSettings, env: Mapping[str, str] = os.environ) -> None:
@@ -256,71 +267,73 @@ class Route:
         return httpx.AsyncClient(
             base_url=self.settings.domain,
             timeout=HTTP_TIMEOUT,
-            proxy=via.url() if via else None,
+            proxy=proxy.url_of(via) if via else None,
             verify=self.tls,
             trust_env=False,
         )
 
     async def websocket(self, url: str) -> Any:
-        """The long connection's WebSocket, through the proxy's tunnel if there is one;
-        raises HopFailed naming the hop that failed."""
+        """The long connection's WebSocket, through the proxy's tunnel if there is one,
+        within CONNECT_TIMEOUT; raises HopFailed naming the hop it was at."""
         import websockets
 
         via = self.proxy(url)
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+        host, port = proxy.endpoint(url)
         # No permessage-deflate: frames are small protobuf, and compressing them cost
         # more CPU per event than anything but the commit. proxy=None: chosen here.
-        options: dict[str, Any] = {
-            "compression": None,
-            "proxy": None,
-            "open_timeout": CONNECT_TIMEOUT,
-        }
-        if parts.scheme == "wss":
+        options: dict[str, Any] = {"compression": None, "proxy": None, "open_timeout": None}
+        if url.startswith("wss:"):
             options["ssl"] = self.tls
-        sock = None
-        try:
+            options["server_hostname"] = host
+        at = "TCP" if via else "WebSocket upgrade"  # the hop a failure belongs to
+        sock: socket.socket | None = None
+
+        async def connect() -> Any:
+            nonlocal at, sock
             if via is not None:
-                sock = await asyncio.wait_for(socket_to(via.host, via.port), CONNECT_TIMEOUT)
-                await asyncio.wait_for(tunnel(sock, via, f"{host}:{port}"), CONNECT_TIMEOUT)
+                sock = await socket_to(via.host, via.port)
+                at = "proxy CONNECT"
+                await tunnel(sock, via, address(host, port))
                 options["sock"] = sock
-                if parts.scheme == "wss":
-                    options["server_hostname"] = host
-            return await asyncio.wait_for(websockets.connect(url, **options), CONNECT_TIMEOUT + 1)
-        except (TimeoutError, OSError, websockets.exceptions.InvalidHandshake) as e:
+                at = "WebSocket upgrade"
+            return await websockets.connect(url, **options)
+
+        try:
+            return await asyncio.wait_for(connect(), CONNECT_TIMEOUT)
+        except BaseException as e:
             if sock is not None:
                 sock.close()
-            raise HopFailed(self.failure("WebSocket upgrade", url, e, tunnelled=sock)) from e
+            if isinstance(e, TimeoutError | OSError | websockets.exceptions.InvalidHandshake):
+                raise HopFailed(self.failure(at, url, e)) from e
+            raise
 
-    def failure(
-        self, hop: str, url: str, error: BaseException, tunnelled: socket.socket | None = None
-    ) -> Hop:
-        """What an exception connecting to `url` says about which hop failed; `tunnelled`:
-        the proxy's socket, if one was made (a timeout before it is the proxy's)."""
+    def failure(self, hop: str, url: str, error: BaseException) -> Hop:
+        """What an exception connecting to `url` says about which hop failed; `hop` is
+        where the caller was (TCP to the proxy, its CONNECT, the upgrade, a REST call)."""
         via = self.proxy(url)
         target = _target(url)
         where = via.address if via else target
         text = _describe(error)
         if isinstance(error, TunnelRefused | httpx.ProxyError):
-            status = error.status if isinstance(error, TunnelRefused) else 0
-            auth = status in (401, 407) or " 407" in text or " 401" in text
-            cause = "proxy-auth" if auth else "proxy-refused"
-            detail = (
-                f"proxy {where} answered {error.line if isinstance(error, TunnelRefused) else text}"
-            )
+            answer = error.line if isinstance(error, TunnelRefused) else text
+            cause = "proxy-auth" if _AUTH_STATUS.search(answer) else "proxy-refused"
+            detail = f"proxy {where} answered {answer}"
             return Hop(hops.FEISHU, "proxy CONNECT", False, 0, detail, cause, target)
-        if via is not None and tunnelled is None and isinstance(error, TimeoutError):
-            detail = f"proxy {where} did not answer within {CONNECT_TIMEOUT:g} s"
-            return Hop(hops.FEISHU, "proxy CONNECT", False, 0, detail, "tcp", where)
-        if _is_dns(error):
-            name = via.host if via else urlsplit(url).hostname or ""
-            return Hop(hops.FEISHU, "DNS", False, 0, f"{name}: {text}", "dns", where)
-        if _is_tls(error):
+        timed_out = isinstance(error, TimeoutError | httpx.TimeoutException)
+        if hop == "proxy CONNECT" and timed_out:
+            detail = f"proxy {where} did not answer CONNECT within {CONNECT_TIMEOUT:g} s"
+            return Hop(hops.FEISHU, hop, False, 0, detail, "proxy-refused", target)
+        if _caused_by(error, socket.gaierror, "Name or service not known"):
+            name = via.host if via else proxy.endpoint(url)[0]
+            return Hop(hops.FEISHU, "DNS", False, 0, f"{name}: {text}", "dns", name)
+        if _caused_by(error, ssl.SSLCertVerificationError, "CERTIFICATE_VERIFY_FAILED"):
             return Hop(hops.FEISHU, "TLS", False, 0, text, "tls-untrusted", target)
-        if isinstance(error, TimeoutError | httpx.TimeoutException) and hop == "WebSocket upgrade":
+        if _caused_by(error, ssl.SSLError, "[SSL"):
+            return Hop(hops.FEISHU, "TLS", False, 0, text, "tls", target)
+        if timed_out and hop == "WebSocket upgrade":
             detail = f"to {target} timed out after {CONNECT_TIMEOUT:g} s"
             return Hop(hops.FEISHU, hop, False, 0, detail, "websocket", target)
-        if isinstance(error, TimeoutError | httpx.TimeoutException):
+        if timed_out:
             return Hop(hops.FEISHU, "TCP", False, 0, f"{where} timed out", "timeout", where)
         if isinstance(error, ConnectionError | httpx.ConnectError | OSError):
             return Hop(hops.FEISHU, "TCP", False, 0, f"{where}: {text}", "tcp", where)
@@ -328,20 +341,12 @@ class Route:
         return Hop(hops.FEISHU, hop, False, 0, text, cause, target)
 
 
-def _is_dns(error: BaseException) -> bool:
-    return _caused_by(error, lambda e: isinstance(e, socket.gaierror), "Name or service not known")
-
-
-def _is_tls(error: BaseException) -> bool:
-    return _caused_by(error, lambda e: isinstance(e, ssl.SSLError), "CERTIFICATE_VERIFY_FAILED")
-
-
-def _caused_by(error: BaseException, kind: Callable[[BaseException], bool], words: str) -> bool:
-    """Whether `error` or what it was raised from is of `kind`, or says `words` (httpx
-    wraps the OSError or SSLError it met in an error of its own)."""
+def _caused_by(error: BaseException, kind: type[BaseException], words: str) -> bool:
+    """Whether `error` or what it was raised from is a `kind`, or says `words` (httpx
+    wraps the OSError or SSLError it met in an error of its own, keeping its text)."""
     seen: BaseException | None = error
     while seen is not None:
-        if kind(seen) or words in str(seen):
+        if isinstance(seen, kind) or words in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -378,9 +383,10 @@ class LongConnection:
         *,
         ping_every: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        route: Route | None = None,
     ) -> None:
         self.settings = settings
-        self.route = Route(settings)
+        self.route = route or Route(settings)
         self.state = ConnectionState()
         self.ping_every = ping_every
         self._handle = handle
@@ -626,11 +632,15 @@ class FeishuApi:
     """REST calls with a cached tenant token. All async, all with timeouts."""
 
     def __init__(
-        self, settings: FeishuSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: FeishuSettings,
+        clock: Callable[[], float] = time.monotonic,
+        route: Route | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._http = Route(settings).http()
+        self._route = route or Route(settings)
+        self._http = self._route.http()
         self._token: str | None = None
         self._token_expires = 0.0
         # what → Feishu's message, for calls refused for a missing scope (shown in STATUS).
@@ -675,8 +685,8 @@ class FeishuApi:
                 response = await self._http.request(
                     method, path, json=json_body, params=params, headers=headers
                 )
-            except httpx.HTTPError as e:
-                raise FeishuError(what, _describe(e)) from e
+            except httpx.HTTPError as e:  # no answer: which hop is in the way
+                raise HopFailed(self._route.failure(what, self.settings.domain, e)) from e
             try:
                 payload: dict[str, Any] = response.json()
             except ValueError as e:
@@ -756,7 +766,7 @@ class FeishuApi:
                         return await _download(response, content_type, limit)
                     body = await _head(response, ERROR_BODY_BYTES)
             except httpx.HTTPError as e:
-                raise FeishuError(what, _describe(e)) from e
+                raise HopFailed(self._route.failure(what, self.settings.domain, e)) from e
             try:
                 payload = json.loads(body)
             except ValueError:

@@ -20,47 +20,38 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from feishu_mailbot.settings import FeishuSettings, Secret
+from feishu_mailbot.settings import FeishuSettings, Proxy, Secret
 
 
 class ProxyError(ValueError):
     """A proxy URL that cannot be used; the message says what was expected."""
 
 
-@dataclass(frozen=True)
-class Proxy:
-    host: str
-    port: int
-    user: str | None = None
-    password: Secret | None = None
-    source: str = "feishu.proxy"  # where it came from: the config key or the variable
+def url_of(via: Proxy) -> str:
+    """The URL httpx is given, credentials included: never to be shown."""
+    if not via.user:
+        return f"http://{via.address}"
+    secret = via.password.reveal() if via.password else ""
+    login = quote(via.user, safe="") + (f":{quote(secret, safe='')}" if secret else "")
+    return f"http://{login}@{via.address}"
 
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
-    def shown(self) -> str:
-        """The proxy for a log line or `doctor`: its user, never its password."""
-        user = f"{self.user}@" if self.user else ""
-        return f"http://{user}{self.address} (from {self.source})"
-
-    def url(self) -> str:
-        """The URL httpx and websockets are given, credentials included."""
-        if not self.user:
-            return f"http://{self.address}"
-        secret = self.password.reveal() if self.password else ""
-        login = quote(self.user, safe="") + (f":{quote(secret, safe='')}" if secret else "")
-        return f"http://{login}@{self.address}"
+def endpoint(url: str) -> tuple[str, int]:
+    """The host and port a URL connects to, its scheme's port if it names none."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme in ("https", "wss") else 80)
 
 
 def parse(text: str, source: str, password: Secret | None = None) -> Proxy:
-    """`http://[user[:password]@]host:port`; `password` (from a file) fills a missing one."""
+    """`http://[user[:password]@]host:port`; `password` (from a file) fills a missing one.
+    Without a scheme, http:// is meant (curl and httpx read `proxy.corp:3128` so)."""
+    text = text.strip()
+    if "://" not in text:
+        text = "http://" + text
     try:
-        parts = urlsplit(text.strip())
+        parts = urlsplit(text)
         port = parts.port
     except ValueError as e:
         raise ProxyError(f"{_safe(text)!r} is not a proxy URL: {e}") from None
@@ -94,45 +85,54 @@ def _safe(text: str) -> str:
     return text if "@" not in text else "…@" + text.rsplit("@", 1)[1]
 
 
-def configured(settings: FeishuSettings) -> Proxy | None:
-    """`feishu.proxy`, checked already when the config was loaded."""
-    if settings.proxy is None:
-        return None
-    return parse(settings.proxy, "feishu.proxy", settings.proxy_password)
+#: The variables read, as curl reads them: the scheme's own, then all_proxy.
+SECURE = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+PLAIN = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def for_url(url: str, settings: FeishuSettings, env: Mapping[str, str]) -> Proxy | None:
     """The proxy a connection to `url` (https://, wss://, http://, ws://) goes through."""
     if settings.proxy is not None:
-        return configured(settings)
+        return settings.proxy
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    secure = parts.scheme in ("https", "wss")
-    names = ("https_proxy", "HTTPS_PROXY") if secure else ("http_proxy", "HTTP_PROXY")
+    host, port = endpoint(url)
+    names = SECURE if parts.scheme in ("https", "wss") else PLAIN
     found = next(((n, env[n]) for n in names if env.get(n, "").strip()), None)
-    if found is None or bypassed(host, parts.port, _no_proxy(env)):
+    if found is None or bypassed(host, port, _no_proxy(env)):
         return None
     name, value = found
     return parse(value, name)
+
+
+def environment_errors(env: Mapping[str, str]) -> list[str]:
+    """What is wrong with the proxy variables set, each naming its variable: checked at
+    start, so that a typo ends the daemon with exit 78 rather than at each connection."""
+    errors = []
+    for name in dict.fromkeys((*SECURE, *PLAIN)):
+        if env.get(name, "").strip():
+            try:
+                parse(env[name], name)
+            except ProxyError as e:
+                errors.append(f"{name}: {e}")
+    return errors
 
 
 def _no_proxy(env: Mapping[str, str]) -> str:
     return env.get("no_proxy") or env.get("NO_PROXY") or ""
 
 
-def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+def bypassed(host: str, port: int, no_proxy: str) -> bool:
     """Whether `no_proxy` (curl's rules: `*`, names and their subdomains, a leading dot
-    optional, `name:port`, IP addresses and CIDR ranges) sends `host` direct."""
+    optional, `name:port`, `[v6]:port`, IP addresses and CIDR ranges) sends `host` direct."""
     host = host.lower().strip("[]")
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if not entry:
             continue
         if entry == "*":
             return True
-        name, _, only_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if only_port and port is not None and only_port != str(port):
+        name, only_port = _split_port(entry)
+        if only_port is not None and only_port != port:
             continue
-        name = name.strip("[]")
         try:
             if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
                 return True
@@ -143,3 +143,15 @@ def bypassed(host: str, port: int | None, no_proxy: str) -> bool:
         if host == name or host.endswith("." + name):
             return True
     return False
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """`name:port`, `[v6]:port`, or a bare name or address (a bare IPv6 has no port)."""
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+        return name, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:
+        name, port = entry.split(":")
+        return name, int(port) if port.isdigit() else None
+    return entry, None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from feishu_mailbot import __version__, proxy
+from feishu_mailbot import __version__
 from feishu_mailbot.hops import Hop
 from feishu_mailbot.settings import Settings
 
@@ -72,11 +72,9 @@ def _url_without_password(url: str) -> str:
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret the running configuration holds, from the YAML or from files."""
     found = [settings.feishu.app_secret.reveal()]
-    if settings.feishu.proxy_password is not None:
-        found.append(settings.feishu.proxy_password.reveal())
-    configured = proxy.configured(settings.feishu)
-    if configured is not None and configured.password is not None:
-        found.append(configured.password.reveal())
+    via = settings.feishu.proxy
+    if via is not None and via.password is not None:
+        found.append(via.password.reveal())
     if settings.smtp.password is not None:
         found.append(settings.smtp.password.reveal())
     return [s for s in found if s]

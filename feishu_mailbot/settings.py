@@ -36,6 +36,32 @@ class Secret:
         return hash(self._value)
 
 
+def address(host: str, port: int) -> str:
+    """host:port, an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An HTTP CONNECT proxy (proxy.py chooses and parses it); its password a Secret, so
+    no repr of the settings shows it."""
+
+    host: str
+    port: int
+    user: str | None = None
+    password: Secret | None = None
+    source: str = "feishu.proxy"  # where it came from: the config key or the variable
+
+    @property
+    def address(self) -> str:
+        return address(self.host, self.port)
+
+    def shown(self) -> str:
+        """The proxy for a log line or `doctor`: its user, never its password."""
+        user = f"{self.user}@" if self.user else ""
+        return f"http://{user}{self.address} (from {self.source})"
+
+
 @dataclass(frozen=True)
 class PemBundle:
     """CA certificates from a `*ca_file` key, read when the config is loaded: a file
@@ -51,8 +77,7 @@ class FeishuSettings:
     app_id: str
     app_secret: Secret
     domain: str = "https://open.feishu.cn"
-    proxy: str | None = None  # feishu.proxy, checked by proxy.parse; see proxy.py
-    proxy_password: Secret | None = None  # from feishu.proxy_password_file
+    proxy: Proxy | None = None  # feishu.proxy (its password from proxy_password_file)
     ca_file: PemBundle | None = None  # trusted for Feishu besides the system's CAs
 
 

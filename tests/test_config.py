@@ -361,7 +361,7 @@ def test_a_quoted_secret_is_taken_as_written(tmp_path: Path) -> None:
             "feishu.proxy",
             "SOCKS proxies are not supported",
         ),
-        ("  proxy: 127.0.0.1:3128\n", {}, "feishu.proxy", "expected http://host:port"),
+        ("  proxy: https://127.0.0.1:3128\n", {}, "feishu.proxy", "expected http://host:port"),
         ("  proxy: http://127.0.0.1\n", {}, "feishu.proxy", "expected http://host:port"),
         (
             "  proxy: http://u:pw-in-url@127.0.0.1:3128\n  proxy_password_file: pw\n",
@@ -407,5 +407,5 @@ def test_a_proxy_and_its_password_file(tmp_path: Path) -> None:
     via = proxy.for_url("https://open.feishu.cn", s.feishu, {})
     assert via is not None and via.address == "proxy.corp.example:3128"
     assert via.shown() == "http://alice@proxy.corp.example:3128 (from feishu.proxy)"
-    assert via.url() == "http://alice:s3cret%3A%40%2F@proxy.corp.example:3128"
+    assert proxy.url_of(via) == "http://alice:s3cret%3A%40%2F@proxy.corp.example:3128"
     assert "s3cret" not in repr(s) and "s3cret" not in via.shown()

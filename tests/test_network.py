@@ -8,6 +8,7 @@ answers (harness.Blackhole), as the old bot's users met a firewall dropping WebS
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
@@ -255,3 +256,52 @@ def test_the_support_report_holds_no_secret(
                base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()]  # fmt: skip
     for value in (*plain, *encoded):
         assert value not in text, value
+
+
+def test_a_broken_proxy_variable_ends_the_daemon_with_78_and_doctor_names_it(
+    make_bot: MakeBot,
+) -> None:
+    bot = make_bot(rules=ONE_RULE)
+    bot.start(env={"https_proxy": "socks5://127.0.0.1:1080"}, wait_ready=False)
+    assert bot.proc is not None and bot.proc.wait(20) == 78
+    assert "https_proxy: SOCKS proxies are not supported" in bot.current_log()
+    assert "Traceback" not in bot.current_log()
+    out = run(bot.config, "doctor", env={"https_proxy": "socks5://127.0.0.1:1080"})
+    assert out.returncode == 69
+    assert "config             FAILED" in out.stdout and "https_proxy: SOCKS" in out.stdout
+
+
+def test_an_https_proxy_wanting_credentials_is_named_by_the_daemon(
+    tmp_path: Path, tls_emulator: FeishuEmulator, smtp: SmtpServer, http_proxy_auth: Tinyproxy
+) -> None:
+    """Over https:// httpx meets the 407 in its own CONNECT: the daemon says the proxy
+    wants credentials, not that the app secret is wrong."""
+    bot = proxied_bot(tmp_path, tls_emulator, smtp, f"  ca_file: {certs.ca_file()}\n")
+    bot.start(env={"https_proxy": http_proxy_auth.url}, wait_ready=False)
+    bot.wait_log("cannot connect to Feishu: proxy CONNECT", timeout=20)
+    log = bot.current_log()
+    assert "407" in log and "the proxy wants credentials" in log
+    assert "app_secret" not in log
+    bot.kill()
+
+
+def test_a_rest_call_that_gets_no_answer_names_the_hop(tmp_path: Path) -> None:
+    """Not 'check the app secret': a refused connection is the network's."""
+    from feishu_mailbot import config
+    from feishu_mailbot.feishu import FeishuApi, HopFailed
+    from tests.smtp_server import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = config.load(str(write_config(tmp_path, feishu_url=closed, smtp_port=9)))
+
+    async def ask() -> None:
+        api = FeishuApi(settings.feishu)
+        try:
+            await api.tenant_token()
+        finally:
+            await api.close()
+
+    with pytest.raises(HopFailed) as info:
+        asyncio.run(ask())
+    assert info.value.hop.name == "TCP" and info.value.hop.cause == "tcp"
+    assert "run feishu-mailbot doctor" in str(info.value)

@@ -29,6 +29,13 @@ FEISHU = FeishuSettings(app_id="cli_x", app_secret=Secret("s"))
         ("https://a.cn:8443", {"https_proxy": "http://p:1", "no_proxy": "a.cn:443"}, "p:1"),
         ("https://a.cn:443", {"https_proxy": "http://p:1", "no_proxy": "a.cn:443"}, None),
         ("https://[::1]:443", {"https_proxy": "http://p:1", "no_proxy": "::1"}, None),
+        ("https://[::1]", {"https_proxy": "http://p:1", "no_proxy": "[::1]:443"}, None),
+        ("https://[::1]", {"https_proxy": "http://p:1", "no_proxy": "[::1]:8443"}, "p:1"),
+        ("https://a.cn", {"https_proxy": "http://p:1", "no_proxy": "a.cn:443"}, None),
+        ("https://a.cn", {"https_proxy": "http://p:1", "no_proxy": "a.cn:8443"}, "p:1"),
+        ("https://open.feishu.cn", {"https_proxy": "proxy.corp:3128"}, "proxy.corp:3128"),
+        ("https://open.feishu.cn", {"ALL_PROXY": "http://all:9"}, "all:9"),
+        ("http://127.0.0.1:9", {"all_proxy": "http://all:9", "http_proxy": "http://h:8"}, "h:8"),
     ],
 )
 def test_the_environment_as_curl_reads_it(
@@ -41,7 +48,7 @@ def test_the_environment_as_curl_reads_it(
 
 
 def test_the_config_wins_over_the_environment() -> None:
-    settings = FeishuSettings("cli_x", Secret("s"), proxy="http://c:1", proxy_password=None)
+    settings = FeishuSettings("cli_x", Secret("s"), proxy=proxy.parse("http://c:1", "feishu.proxy"))
     via = proxy.for_url("https://open.feishu.cn", settings, {"https_proxy": "http://e:2"})
     assert via is not None and via.address == "c:1" and via.source == "feishu.proxy"
 
@@ -49,7 +56,16 @@ def test_the_config_wins_over_the_environment() -> None:
 def test_a_password_never_shows() -> None:
     via = proxy.parse("http://bob:hunter2@p.example:3128", "https_proxy")
     assert via.shown() == "http://bob@p.example:3128 (from https_proxy)"
-    assert "hunter2" in via.url() and "hunter2" not in repr(via)
+    assert "hunter2" in proxy.url_of(via) and "hunter2" not in repr(via)
+    settings = FeishuSettings("cli_x", Secret("s"), proxy=via)
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
     with pytest.raises(proxy.ProxyError) as info:
         proxy.parse("https://bob:hunter2@p.example:3128", "feishu.proxy")
     assert "hunter2" not in str(info.value)
+
+
+def test_a_broken_variable_is_named_before_anything_connects() -> None:
+    env = {"https_proxy": "socks5://s:1080", "http_proxy": "http://ok:1", "NO_PROXY": "x"}
+    [problem] = proxy.environment_errors(env)
+    assert problem.startswith("https_proxy: SOCKS proxies are not supported")
+    assert proxy.environment_errors({"HTTPS_PROXY": "proxy.corp:3128"}) == []

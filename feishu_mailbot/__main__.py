@@ -1,5 +1,5 @@
 import sys
 
-from feishu_mailbot.cli import main
+from feishu_mailbot.cli.main import main
 
 sys.exit(main())

@@ -308,7 +308,7 @@ def import_env(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_env_makes_a_config_that_means_what_the_old_one_did(tmp_path: Path) -> None:
-    from feishu_mailbot import config
+    from feishu_mailbot.config import load
 
     made = import_env(tmp_path)
     assert made.returncode == 0, made.stderr
@@ -320,7 +320,7 @@ def test_import_env_makes_a_config_that_means_what_the_old_one_did(tmp_path: Pat
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    s = config.load(str(path))
+    s = load.load(str(path))
     assert (s.feishu.app_id, s.feishu.app_secret.reveal()) == (
         "cli_a5f3e2d1c0b9",
         "Qm7rT2vX9pL4sK8w",
@@ -341,7 +341,7 @@ def test_import_env_makes_a_config_that_means_what_the_old_one_did(tmp_path: Pat
 
 
 def test_import_env_can_keep_the_secrets_in_files(tmp_path: Path) -> None:
-    from feishu_mailbot import config
+    from feishu_mailbot.config import load
 
     secrets = tmp_path / "secrets"
     made = import_env(tmp_path, "--secrets-dir", str(secrets))
@@ -351,7 +351,7 @@ def test_import_env_can_keep_the_secrets_in_files(tmp_path: Path) -> None:
         assert (secrets / name).stat().st_mode & 0o777 == 0o640
     path = tmp_path / "feishu-mailbot.yaml"
     path.write_text(made.stdout, "utf-8")
-    s = config.load(str(path))
+    s = load.load(str(path))
     assert s.feishu.app_secret.reveal() == "Qm7rT2vX9pL4sK8w"
     assert s.smtp.password is not None and s.smtp.password.reveal() == "app pass #1"
 
@@ -471,7 +471,7 @@ def test_prometheus_values_keep_every_digit(make_bot: MakeBot) -> None:
 
 
 def test_durations_read_alike_in_the_status_line_and_in_status() -> None:
-    from feishu_mailbot.status import duration, today_began
+    from feishu_mailbot.cli.status import duration, today_began
 
     assert [duration(s) for s in (-1, 42, 17 * 60, 3 * 3600 + 300, 60 * 3600)] == [
         "0s", "42s", "17m", "3h05m", "2.5d",

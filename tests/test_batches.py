@@ -1,6 +1,6 @@
 """Batched rules: matches collected into digests, each in exactly one, none after a recall.
 
-The boundaries and the mail are pure (batching.py); the simulated day runs the
+The boundaries and the mail are pure (batch.py); the simulated day runs the
 shipped Batcher and the real state with an injected clock, restarts in the
 middle and stays down for three hours; the last test is the real daemon under
 libfaketime across an hour boundary, killed and started again.
@@ -26,14 +26,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from feishu_mailbot import batching, config, triage
-from feishu_mailbot.batcher import Batcher
-from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.model import Image, Message, Recall, Text
-from feishu_mailbot.names import NameResolver
-from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS
-from feishu_mailbot.settings import Batch, Settings
+from feishu_mailbot.compose.batch import Batcher
+from feishu_mailbot.compose.daily_report import Reporter
+from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.config import load
+from feishu_mailbot.config.settings import Batch, Settings
+from feishu_mailbot.core import batch, triage
+from feishu_mailbot.core.model import Image, Message, Recall, Text
+from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.schedule import Schedule
 from tests.feishu_emulator import FeishuEmulator
@@ -58,7 +59,7 @@ HOURLY = """\
 
 
 @pytest.mark.parametrize(
-    ("now", "batch", "due"),
+    ("now", "every", "due"),
     [
         ("10:37", Batch(every=3600), "10:00"),
         ("11:00", Batch(every=3600), "11:00"),
@@ -69,36 +70,32 @@ HOURLY = """\
         ("23:00", Batch(at=day_time(18)), "18:00"),
     ],
 )
-def test_boundaries_are_counted_from_local_midnight(now: str, batch: Batch, due: str) -> None:
+def test_boundaries_are_counted_from_local_midnight(now: str, every: Batch, due: str) -> None:
     hour, minute = map(int, now.split(":"))
     moment = datetime(2026, 12, 1, hour, minute, 7, tzinfo=SH)
-    assert batching.boundary(moment, batch).strftime("%H:%M") == due
-    assert batching.boundary(moment, batch).tzinfo is SH
+    assert batch.boundary(moment, every).strftime("%H:%M") == due
+    assert batch.boundary(moment, every).tzinfo is SH
 
 
 def test_a_boundary_in_a_dst_gap_is_never_in_the_future() -> None:
     """Berlin skips 02:00-03:00 on 2026-03-29: `daily: "02:30"` is due once the gap is over."""
     berlin = ZoneInfo("Europe/Berlin")
-    batch = Batch(at=day_time(2, 30))
+    daily = Batch(at=day_time(2, 30))
     for hour, minute in ((3, 0), (3, 29), (3, 31), (12, 0)):
         now = datetime(2026, 3, 29, hour, minute, tzinfo=berlin)
-        assert batching.boundary(now, batch) <= now
-    assert batching.boundary(datetime(2026, 3, 29, 3, 0, tzinfo=berlin), batch).day == 28
-    assert batching.boundary(datetime(2026, 3, 29, 3, 31, tzinfo=berlin), batch).day == 29
-    hourly = batching.boundary(datetime(2026, 3, 29, 3, 10, tzinfo=berlin), Batch(every=3600))
+        assert batch.boundary(now, daily) <= now
+    assert batch.boundary(datetime(2026, 3, 29, 3, 0, tzinfo=berlin), daily).day == 28
+    assert batch.boundary(datetime(2026, 3, 29, 3, 31, tzinfo=berlin), daily).day == 29
+    hourly = batch.boundary(datetime(2026, 3, 29, 3, 10, tzinfo=berlin), Batch(every=3600))
     assert hourly == datetime(2026, 3, 29, 3, 0, tzinfo=berlin)
 
 
 def test_a_daily_boundary_before_its_time_is_yesterdays() -> None:
     moment = datetime(2026, 12, 1, 17, 59, tzinfo=SH)
-    assert batching.boundary(moment, Batch(at=day_time(18))) == datetime(
-        2026, 11, 30, 18, tzinfo=SH
-    )
+    assert batch.boundary(moment, Batch(at=day_time(18))) == datetime(2026, 11, 30, 18, tzinfo=SH)
     end = datetime(2026, 12, 1, 18, tzinfo=SH)
-    assert batching.window_start(end, Batch(at=day_time(18))) == datetime(
-        2026, 11, 30, 18, tzinfo=SH
-    )
-    assert batching.window_start(end, Batch(every=3600)) == datetime(2026, 12, 1, 17, tzinfo=SH)
+    assert batch.window_start(end, Batch(at=day_time(18))) == datetime(2026, 11, 30, 18, tzinfo=SH)
+    assert batch.window_start(end, Batch(every=3600)) == datetime(2026, 12, 1, 17, tzinfo=SH)
 
 
 @pytest.mark.parametrize(
@@ -119,8 +116,8 @@ def test_bad_batching_is_a_config_error_with_its_line(
 ) -> None:
     rules = "- name: low\n  keywords: [x]\n  to: [a@example.com]\n" + rule
     path = write_config(tmp_path, feishu_url="http://127.0.0.1:9", smtp_port=9, rules=rules)
-    with pytest.raises(config.ConfigError, match=problem) as raised:
-        config.load(str(path))
+    with pytest.raises(load.ConfigError, match=problem) as raised:
+        load.load(str(path))
     assert f"{path}:" in str(raised.value)
 
 
@@ -139,13 +136,13 @@ def test_the_digest_groups_by_chat_and_thread() -> None:
     other = message(2, "低优先级：日志多", at + timedelta(minutes=5), chat="oc_b")
     reply = message(3, "低优先级：已处理", at + timedelta(minutes=9), chat="oc_a", root=root)
     found = [(root, "张三", "研发群"), (other, "李四", "运维群"), (reply, "Bob", "研发群")]
-    r = batching.build("低优先级", at, at + timedelta(hours=1), found)
+    r = batch.build("低优先级", at, at + timedelta(hours=1), found)
     assert [(c.name, c.count) for c in r.chats] == [("研发群", 2), ("运维群", 1)]
     assert [len(t) for t in r.chats[0].threads] == [2]  # the reply joined its root
-    text = batching.render_text(r)
+    text = batch.render_text(r)
     assert "== 研发群 (2 条) ==" in text and "  ↳ 10:09 Bob" in text
-    assert batching.subject(r) == "[飞书汇总] 低优先级 · 2026-12-01 10:00–11:00 · 3 条"
-    html = batching.render_html(r, generated=at, available=set())
+    assert batch.subject(r) == "[飞书汇总] 低优先级 · 2026-12-01 10:00–11:00 · 3 条"
+    html = batch.render_html(r, generated=at, available=set())
     assert html.index("研发群") < html.index("已处理") < html.index("运维群")
 
 
@@ -153,7 +150,7 @@ def test_the_digest_groups_by_chat_and_thread() -> None:
 
 
 def settings(tmp_path: Path, url: str = "http://127.0.0.1:9") -> Settings:
-    return config.load(str(write_config(tmp_path, feishu_url=url, smtp_port=9, rules=HOURLY)))
+    return load.load(str(write_config(tmp_path, feishu_url=url, smtp_port=9, rules=HOURLY)))
 
 
 def message(
@@ -343,7 +340,7 @@ def test_waiting_matches_outlive_retention_until_carried_or_their_rule_goes(
 
     api = FeishuApi(s.feishu)
     batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
-    with caplog.at_level("WARNING", logger="feishu_mailbot.batches"):
+    with caplog.at_level("WARNING", logger="feishu_mailbot.compose.batch"):
         assert asyncio.run(batcher.send_due()) == 1  # the late digest carries both
     assert (
         "rule '旧规则' is gone: 1 matches that waited for its batch digest dropped" in caplog.text
@@ -356,7 +353,7 @@ def test_waiting_matches_outlive_retention_until_carried_or_their_rule_goes(
 def test_more_matches_than_a_digest_carries_go_out_in_several_at_once(
     tmp_path: Path, emulator: FeishuEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from feishu_mailbot import batcher as batcher_module
+    from feishu_mailbot.compose import batch as batcher_module
 
     monkeypatch.setattr(batcher_module, "PER_DIGEST", 2)
     s = settings(tmp_path, emulator.base_url)
@@ -450,7 +447,7 @@ def test_an_unreadable_match_is_left_out_and_the_digest_goes(
     api = FeishuApi(s.feishu)
     later = (at + timedelta(hours=1)).timestamp()
     batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
-    with caplog.at_level("ERROR", logger="feishu_mailbot.batches"):
+    with caplog.at_level("ERROR", logger="feishu_mailbot.compose.batch"):
         assert asyncio.run(batcher.send_due()) == 1
     assert "a batched match cannot be read, left out" in caplog.text
     [(_, raw)] = state.read(batch_mails)
@@ -541,7 +538,7 @@ def test_digests_with_images_ask_the_relay_its_size_once_an_hour(
     log in for it 96 times a day."""
     from tests.test_digest import png
 
-    s = config.load(
+    s = load.load(
         str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=smtp.port,
                          rules=HOURLY))
     )  # fmt: skip

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot import config
-from feishu_mailbot.settings import DAY, MB, AttachmentSettings, RetentionSettings
+from feishu_mailbot.config import load
+from feishu_mailbot.config.settings import DAY, MB, AttachmentSettings, RetentionSettings
 
 GOOD = """\
 feishu:
@@ -48,7 +48,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_good_config_parses(tmp_path: Path) -> None:
-    s = config.load(write(tmp_path, GOOD))
+    s = load.load(write(tmp_path, GOOD))
     assert s.feishu.app_id == "cli_test"
     assert s.feishu.app_secret.reveal() == "test-secret"
     assert "test-secret" not in repr(s)
@@ -64,7 +64,7 @@ def test_good_config_parses(tmp_path: Path) -> None:
 def test_secret_file(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("from-file\n")
     text = GOOD.replace("app_secret: test-secret", "app_secret_file: secret")
-    s = config.load(write(tmp_path, text))
+    s = load.load(write(tmp_path, text))
     assert s.feishu.app_secret.reveal() == "from-file"
 
 
@@ -99,8 +99,8 @@ def test_bad_configs_name_file_line_and_key(
 ) -> None:
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new))
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}:{line}: "), message
     if key:
@@ -109,8 +109,8 @@ def test_bad_configs_name_file_line_and_key(
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(config.ConfigError, match="no such file"):
-        config.load(str(tmp_path / "absent.yaml"))
+    with pytest.raises(load.ConfigError, match="no such file"):
+        load.load(str(tmp_path / "absent.yaml"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -154,13 +154,13 @@ REPORT = "daily_report:\n  chat: oc_team\n  recipients: [boss@example.com]\n"
 
 
 def test_one_time_zone_for_forwards_and_digests(tmp_path: Path) -> None:
-    default = config.load(write(tmp_path, GOOD))
+    default = load.load(write(tmp_path, GOOD))
     assert default.timezone == "Asia/Shanghai"
-    berlin = config.load(write(tmp_path, GOOD + "timezone: Europe/Berlin\n" + REPORT))
+    berlin = load.load(write(tmp_path, GOOD + "timezone: Europe/Berlin\n" + REPORT))
     assert berlin.timezone == "Europe/Berlin"
     assert berlin.daily_report is not None and berlin.daily_report.timezone == "Europe/Berlin"
     # A config from an earlier release, with the zone only under daily_report, still works.
-    legacy = config.load(write(tmp_path, GOOD + REPORT + "  timezone: Asia/Tokyo\n"))
+    legacy = load.load(write(tmp_path, GOOD + REPORT + "  timezone: Asia/Tokyo\n"))
     assert legacy.timezone == "Asia/Tokyo"
     assert legacy.daily_report is not None and legacy.daily_report.timezone == "Asia/Tokyo"
 
@@ -168,12 +168,12 @@ def test_one_time_zone_for_forwards_and_digests(tmp_path: Path) -> None:
 def test_two_different_time_zones_are_an_error(tmp_path: Path) -> None:
     text = GOOD + "timezone: Europe/Berlin\n" + REPORT + "  timezone: Asia/Tokyo\n"
     path = write(tmp_path, text)
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     assert str(info.value).startswith(f"{path}:{text.count(chr(10))}: daily_report.timezone: ")
     assert "differs from the top-level timezone 'Europe/Berlin'" in str(info.value)
-    with pytest.raises(config.ConfigError, match=r":\d+: timezone: unknown time zone"):
-        config.load(write(tmp_path, GOOD + "timezone: Mars/Olympus\n"))
+    with pytest.raises(load.ConfigError, match=r":\d+: timezone: unknown time zone"):
+        load.load(write(tmp_path, GOOD + "timezone: Mars/Olympus\n"))
 
 
 def test_simulate_shows_what_a_message_would_do(tmp_path: Path) -> None:
@@ -199,30 +199,30 @@ def test_check_config_warns_about_nested_quantifiers(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"warning: {path}: rules[1].regex: '^(a+)+$' repeats a group" in result.stderr
     assert "25 ms limit" in result.stderr
-    plain = config.load(write(tmp_path, GOOD))
-    assert config.warnings(plain) == []  # (?i)release\s+\d+ repeats nothing repeated
+    plain = load.load(write(tmp_path, GOOD))
+    assert load.warnings(plain) == []  # (?i)release\s+\d+ repeats nothing repeated
 
 
 def test_attachment_caps(tmp_path: Path) -> None:
-    assert config.load(write(tmp_path, GOOD)).attachments == AttachmentSettings()
-    s = config.load(write(tmp_path, GOOD + "attachments:\n  max_file_mb: 5\n  max_mail_mb: 7.5\n"))
+    assert load.load(write(tmp_path, GOOD)).attachments == AttachmentSettings()
+    s = load.load(write(tmp_path, GOOD + "attachments:\n  max_file_mb: 5\n  max_mail_mb: 7.5\n"))
     assert (s.attachments.max_file, s.attachments.max_mail) == (5 * MB, int(7.5 * MB))
     path = write(tmp_path, GOOD + "attachments:\n  max_file_mb: 150\n")
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     assert str(info.value) == (
         f"{path}:24: attachments.max_file_mb: 150 is out of range (expected 0…50)"
     )
 
 
 def test_retention(tmp_path: Path) -> None:
-    assert config.load(write(tmp_path, GOOD)).retention == RetentionSettings()
+    assert load.load(write(tmp_path, GOOD)).retention == RetentionSettings()
     text = GOOD + "retention:\n  events_days: 3\n  messages_days: 60\n  mail_days: 365\n"
-    r = config.load(write(tmp_path, text)).retention
+    r = load.load(write(tmp_path, text)).retention
     assert (r.events, r.messages, r.mail) == (3 * DAY, 60 * DAY, 365 * DAY)
     path = write(tmp_path, GOOD + "retention:\n  messages_days: 1\n")
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     assert "retention.messages_days: 1 is out of range (expected 2…3650)" in str(info.value)
 
 
@@ -235,9 +235,9 @@ PIN = (
 @pytest.mark.parametrize("written", [PIN, PIN.lower(), PIN.replace(":", ""), f'"{PIN.lower()}"'])
 def test_smtp_tls_fingerprint_is_kept_in_one_form(tmp_path: Path, written: str) -> None:
     pinned = f"  security: none\n  tls_fingerprint: {written}\n"
-    s = config.load(write(tmp_path, GOOD.replace("  security: none\n", pinned)))
+    s = load.load(write(tmp_path, GOOD.replace("  security: none\n", pinned)))
     assert s.smtp.tls_fingerprint == PIN  # as msmtp --serverinfo prints it
-    assert config.load(write(tmp_path, GOOD)).smtp.tls_fingerprint is None
+    assert load.load(write(tmp_path, GOOD)).smtp.tls_fingerprint is None
 
 
 @pytest.mark.parametrize(
@@ -254,8 +254,8 @@ def test_smtp_tls_fingerprint_is_kept_in_one_form(tmp_path: Path, written: str) 
 )
 def test_a_bad_smtp_tls_fingerprint_is_a_config_error(tmp_path: Path, written: str) -> None:
     path = write(tmp_path, GOOD.replace("  security: none\n", f"  tls_fingerprint: {written}\n"))
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}:12: smtp.tls_fingerprint: "), message
     assert "(expected the SHA-256 fingerprint of the relay's certificate" in message, message
@@ -269,11 +269,11 @@ def test_smtp_ca_file_is_read_at_load_relative_to_the_config(tmp_path: Path) -> 
     pem = Path(certs.ca_file()).read_text()
     (tmp_path / "relay-ca.pem").write_text("# Főtanúsítvány, the relay's CA\n" + pem)
     text = GOOD.replace("  security: none\n", "  ca_file: relay-ca.pem\n")
-    s = config.load(write(tmp_path, text))
+    s = load.load(write(tmp_path, text))
     assert s.smtp.ca_file is not None
     assert s.smtp.ca_file.path == str(tmp_path / "relay-ca.pem")
     assert s.smtp.ca_file.pem == pem  # the certificates only
-    assert config.load(write(tmp_path, GOOD)).smtp.ca_file is None
+    assert load.load(write(tmp_path, GOOD)).smtp.ca_file is None
 
 
 @pytest.mark.parametrize(
@@ -299,8 +299,8 @@ def test_an_unusable_smtp_ca_file_is_a_config_error_naming_key_and_file(
     elif content is not None:
         ca.write_text(content)
     path = write(tmp_path, GOOD.replace("  security: none\n", f"  ca_file: {ca}\n"))
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}:12: smtp.ca_file: "), message
     assert words.format(file=ca) in message, message
@@ -334,8 +334,8 @@ def test_a_secret_yaml_would_change_is_an_error_that_says_quote_it(
     line = {"feishu.app_secret": 3, "smtp.password": 15}[key]
     assert text.splitlines()[line - 1].startswith(f"  {name}: ")
     path = write(tmp_path, text.replace(f"  {name}: ", f"  {name}: {written}  #", 1))
-    with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+    with pytest.raises(load.ConfigError) as info:
+        load.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}:{line}: {key}: "), message
     assert f"as {reads_as}" in message and "quote it" in message, message
@@ -347,7 +347,7 @@ def test_a_secret_yaml_would_change_is_an_error_that_says_quote_it(
 def test_a_quoted_secret_is_taken_as_written(tmp_path: Path) -> None:
     text = GOOD.replace('  from: "Bot <bot@example.com>"\n', SMTP_LOGIN)
     text = text.replace("app_secret: test-secret", 'app_secret: "0123456"')
-    s = config.load(write(tmp_path, text.replace("password: pw", "password: '12:30:45'")))
+    s = load.load(write(tmp_path, text.replace("password: pw", "password: '12:30:45'")))
     assert s.feishu.app_secret.reveal() == "0123456"
     assert s.smtp.password is not None and s.smtp.password.reveal() == "12:30:45"
 
@@ -390,20 +390,20 @@ def test_bad_network_settings_are_config_errors(
     for name, content in files.items():
         (tmp_path / name).write_text(content, encoding="utf-8")
     text = GOOD.replace("  domain: http://127.0.0.1:9\n", "  domain: http://127.0.0.1:9\n" + extra)
-    with pytest.raises(config.ConfigError) as info:
-        config.load(write(tmp_path, text))
+    with pytest.raises(load.ConfigError) as info:
+        load.load(write(tmp_path, text))
     message = str(info.value)
     assert f": {key}: " in message and words in message, message
     assert "pw-in-url" not in message and "pw-in-file" not in message
 
 
 def test_a_proxy_and_its_password_file(tmp_path: Path) -> None:
-    from feishu_mailbot import proxy
+    from feishu_mailbot.config import proxy
 
     (tmp_path / "pw").write_text("s3cret:@/\n", encoding="utf-8")
     extra = "  proxy: http://alice@proxy.corp.example:3128\n  proxy_password_file: pw\n"
     text = GOOD.replace("  domain: http://127.0.0.1:9\n", "  domain: http://127.0.0.1:9\n" + extra)
-    s = config.load(write(tmp_path, text))
+    s = load.load(write(tmp_path, text))
     via = proxy.for_url("https://open.feishu.cn", s.feishu, {})
     assert via is not None and via.address == "proxy.corp.example:3128"
     assert via.shown() == "http://alice@proxy.corp.example:3128 (from feishu.proxy)"

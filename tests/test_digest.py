@@ -14,23 +14,23 @@ from email.message import EmailMessage
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot.digest import (
-    compose_digest,
-    render_digest_subject,
-    render_text,
-    validate_digest_subject,
-)
-from feishu_mailbot.events import parse_event
-from feishu_mailbot.mail import Attachment, make_message_id
-from feishu_mailbot.model import Message
-from feishu_mailbot.present import image_cid
-from feishu_mailbot.reports import (
+from feishu_mailbot.core.daily_report import (
     Digest,
     Entry,
     ReportSettings,
     RosterMember,
     build_digest,
 )
+from feishu_mailbot.core.model import Message
+from feishu_mailbot.feishu.events import parse_event
+from feishu_mailbot.mail.daily_report import (
+    compose_digest,
+    render_digest_subject,
+    render_text,
+    validate_digest_subject,
+)
+from feishu_mailbot.mail.forward import Attachment, make_message_id
+from feishu_mailbot.mail.html import image_cid
 
 SH = ZoneInfo("Asia/Shanghai")
 DAY = date(2026, 11, 23)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot import hops, report, x509
+from feishu_mailbot.cli import support
+from feishu_mailbot.core import hops, x509
 
 
 def self_signed(tmp_path: Path, subject: str) -> bytes:
@@ -61,9 +62,9 @@ def test_the_report_shows_the_configuration_without_its_secrets() -> None:
         "  - name: x\n"
         "    to: [a@example.com]\n"
     )
-    shown = report.redact_config(text)
+    shown = support.redact_config(text)
     assert "0123" not in shown and "hunter2" not in shown and "pa%40ss" not in shown
     assert "app_secret: <redacted>   # quoted, as check-config asks" in shown
     assert "proxy: http://alice:<redacted>@proxy.corp:3128" in shown
     assert "username: bot" in shown and "to: [a@example.com]" in shown
-    assert report.redact_config("feishu: [\n").startswith("(the configuration does not parse")
+    assert support.redact_config("feishu: [\n").startswith("(the configuration does not parse")

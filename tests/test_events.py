@@ -7,20 +7,15 @@ from typing import Any
 
 import pytest
 
-from feishu_mailbot import present
-from feishu_mailbot.events import EventError, Ignored, parse_event
-from feishu_mailbot.model import (
-    Mention,
-    Message,
-    Recall,
-    Resource,
-)
-from feishu_mailbot.present import image_cid, preview
+from feishu_mailbot.core.model import Mention, Message, Recall, Resource
+from feishu_mailbot.feishu.events import EventError, Ignored, parse_event
+from feishu_mailbot.mail import html as mail_html
+from feishu_mailbot.mail.html import image_cid, preview
 
 
 def html(m: Message) -> str:
     """The message's HTML as mail shows it, with every image downloaded."""
-    return present.html(m.blocks, {image_cid(r.key) for r in m.resources})
+    return mail_html.html(m.blocks, {image_cid(r.key) for r in m.resources})
 
 
 def receive(

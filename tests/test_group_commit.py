@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.model import Message, Text
+from feishu_mailbot.core.model import Message, Text
 from feishu_mailbot.state import State, Tx, messages
 from feishu_mailbot.state.messages import Ingest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from feishu_mailbot.health import Pulse, Snapshot, Verdict, assess
+from feishu_mailbot.core.health import Pulse, Snapshot, Verdict, assess
 
 T0 = 1000.0
 OK = Snapshot(

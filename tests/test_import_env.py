@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot import cli, config, envfile
+from feishu_mailbot.cli import import_env, main
+from feishu_mailbot.config.load import load as load_config
+from feishu_mailbot.config.settings import Settings
 
 ENV = """\
 FEISHU_APP_ID=cli_a5f3e2d1c0b9
@@ -25,15 +27,15 @@ def run(
     """The real subcommand on a real file; returns (exit code, stdout, stderr, .env path)."""
     env = tmp_path / ".env"
     env.write_bytes(text.encode("utf-8"))
-    code = cli.main(["import-env", str(env), *args])
+    code = main.main(["import-env", str(env), *args])
     out = capsys.readouterr()
     return code, out.out, out.err, env
 
 
-def load(tmp_path: Path, yaml_text: str) -> config.Settings:
+def load(tmp_path: Path, yaml_text: str) -> Settings:
     path = tmp_path / "feishu-mailbot.yaml"
     path.write_text(yaml_text, "utf-8")
-    return config.load(str(path))
+    return load_config(str(path))
 
 
 def test_a_byte_order_mark_does_not_hide_the_first_key(
@@ -73,7 +75,7 @@ def test_a_byte_order_mark_does_not_hide_the_first_key(
     ],
 )
 def test_values_are_read_as_python_dotenv_reads_them(text: str, value: str) -> None:
-    values, problems = envfile.parse(text + "\n", "x.env")
+    values, problems = import_env.parse(text + "\n", "x.env")
     assert (values, problems) == ({"A": value}, [])
 
 
@@ -87,7 +89,7 @@ def test_values_are_read_as_python_dotenv_reads_them(text: str, value: str) -> N
     ],
 )
 def test_lines_python_dotenv_rejects_are_problems(text: str, line: int) -> None:
-    values, problems = envfile.parse(text + "\n", "x.env")
+    values, problems = import_env.parse(text + "\n", "x.env")
     assert "A" not in values and "BARE" not in values
     assert len(problems) == 1 and problems[0].startswith(f"x.env:{line}: "), problems
 

@@ -142,7 +142,7 @@ def test_stall_when_the_event_loop_is_blocked(
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import time\n"
-        "from feishu_mailbot import rules\n"
+        "from feishu_mailbot.core import rules\n"
         "_match = rules.match\n"
         "def match(rule, msg, *args):\n"
         "    if 'block' in msg.text:\n"

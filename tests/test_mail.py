@@ -10,9 +10,12 @@ from email.message import EmailMessage
 
 import pytest
 
-from feishu_mailbot.attachments import BODY_ROOM, Budget
-from feishu_mailbot.events import parse_event
-from feishu_mailbot.mail import (
+from feishu_mailbot.compose.attachments import BODY_ROOM, Budget
+from feishu_mailbot.config.settings import MB, AttachmentSettings
+from feishu_mailbot.core.model import Download, Message
+from feishu_mailbot.core.rules import render_subject
+from feishu_mailbot.feishu.events import parse_event
+from feishu_mailbot.mail.forward import (
     TOO_LARGE,
     Attachment,
     Omitted,
@@ -22,10 +25,7 @@ from feishu_mailbot.mail import (
     omitted_lines,
     sanitize_header,
 )
-from feishu_mailbot.model import Download, Message
-from feishu_mailbot.present import image_cid
-from feishu_mailbot.rules import render_subject
-from feishu_mailbot.settings import MB, AttachmentSettings
+from feishu_mailbot.mail.html import image_cid
 
 CST = timezone(timedelta(hours=8))
 WHEN = datetime(2024, 5, 1, 9, 30, 5, tzinfo=CST)

@@ -34,7 +34,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from feishu_mailbot.model import Delivery, Message, Recall, Text
+from feishu_mailbot.core.model import Delivery, Message, Recall, Text
 from feishu_mailbot.state import State, Tx, Unavailable, messages, outbox
 from feishu_mailbot.state.lifecycle import OUTBOX, SENDING
 from feishu_mailbot.state.outbox import Prepared

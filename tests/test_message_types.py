@@ -20,11 +20,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from feishu_mailbot import config, expand, names
-from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.lookups import Lookups
-from feishu_mailbot.model import Text
-from feishu_mailbot.names import RETRY_SECONDS, NameResolver
+from feishu_mailbot.compose import names
+from feishu_mailbot.compose.lookups import Lookups
+from feishu_mailbot.compose.names import RETRY_SECONDS, NameResolver
+from feishu_mailbot.config import load
+from feishu_mailbot.core.model import Text
+from feishu_mailbot.feishu import expand
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.state import State
 from tests import conftest
 from tests.feishu_emulator import FeishuEmulator
@@ -498,7 +500,7 @@ def test_a_quote_feishu_could_not_give_is_asked_for_again_later(
 ) -> None:
     """Feishu unreachable: the replies meanwhile go without the quote for one call; once
     RETRY_SECONDS have passed it is asked again, and what it then gives is kept."""
-    s = config.load(str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9)))
+    s = load.load(str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9)))
     emulator.register_user("ou_carol", "李四")
     old = emulator.build_message_event("oc_team", "ou_carol", "text", {"text": "旧消息"})
     old_id = old["event"]["message"]["message_id"]
@@ -561,7 +563,7 @@ def test_readme_pictures_in_headless_chromium(world: World, tmp_path: Path) -> N
 
 def thread_page(mails: list[EmailMessage]) -> str:
     """The mails one under another, each under the headers a client threads them by."""
-    from feishu_mailbot.present import escape
+    from feishu_mailbot.mail.html import escape
 
     out = []
     for n, mail in enumerate(mails):
@@ -588,7 +590,7 @@ def test_the_case_table_covers_every_type_of_the_document() -> None:
         "hongbao", "share_calendar_event", "calendar", "general_calendar", "share_chat",
         "share_user", "system", "location", "video_chat", "todo", "vote", "merge_forward",
     }  # fmt: skip
-    from feishu_mailbot.events import CONTENT
+    from feishu_mailbot.feishu.events import CONTENT
 
     assert set(CONTENT) == documented
     assert {c.msg_type for c in CASES} | {"merge_forward"} == documented

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from feishu_mailbot import mime
+from feishu_mailbot.mail import mime
 
 TRICKY = [
     "",

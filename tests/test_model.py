@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from feishu_mailbot import present
-from feishu_mailbot.model import (
+from feishu_mailbot.core.model import (
     Card,
     Message,
     Resource,
@@ -21,7 +20,8 @@ from feishu_mailbot.model import (
     message_to_json,
     stored_form,
 )
-from feishu_mailbot.present import image_cid
+from feishu_mailbot.mail import html
+from feishu_mailbot.mail.html import image_cid
 from tests.test_events import MENTIONS, POST, parse_message, receive
 
 # Written by the release before blocks: the content it got, what it stored, how it rendered.
@@ -61,9 +61,9 @@ def test_a_version_1_row_reads_as_it_was_rendered(row: dict[str, Any]) -> None:
     assert m.title == row["title"]
     assert m.resources == tuple(Resource(*r) for r in row["resources"])
     every_image = {image_cid(r.key) for r in m.resources}
-    assert present.html(m.blocks, every_image) == row["html"]
+    assert html.html(m.blocks, every_image) == row["html"]
     if any(r.kind == "image" for r in m.resources):
-        assert "cid:" not in present.html(m.blocks) and "[图片未能下载]" in present.html(m.blocks)
+        assert "cid:" not in html.html(m.blocks) and "[图片未能下载]" in html.html(m.blocks)
     # Stored again, it is a version-2 row that reads back the same.
     assert message_from_json(message_to_json(m)) == m
 
@@ -76,12 +76,12 @@ def test_blocks_render_what_version_1_rendered(row: dict[str, Any]) -> None:
     m = parse_message(payload)
     assert m.text == row["text"]
     assert m.title == row["title"]
-    assert present.html(m.blocks, {image_cid(r.key) for r in m.resources}) == row["html"]
+    assert html.html(m.blocks, {image_cid(r.key) for r in m.resources}) == row["html"]
 
 
 def test_nested_blocks_round_trip() -> None:
     """Cards and expanded forwards hold blocks of their own; they store and read back."""
-    from feishu_mailbot.model import Card, Forwarded, Image, Quoted, Share, Text
+    from feishu_mailbot.core.model import Card, Forwarded, Image, Quoted, Share, Text
 
     inner = Forwarded((Quoted("李四", "2026-12-01 10:00", (Text("更早"),)),), more=2)
     blocks = (

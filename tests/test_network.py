@@ -287,12 +287,12 @@ def test_an_https_proxy_wanting_credentials_is_named_by_the_daemon(
 
 def test_a_rest_call_that_gets_no_answer_names_the_hop(tmp_path: Path) -> None:
     """Not 'check the app secret': a refused connection is the network's."""
-    from feishu_mailbot import config
-    from feishu_mailbot.feishu import FeishuApi, HopFailed
+    from feishu_mailbot.config import load
+    from feishu_mailbot.feishu.rest import FeishuApi, HopFailed
     from tests.smtp_server import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"
-    settings = config.load(str(write_config(tmp_path, feishu_url=closed, smtp_port=9)))
+    settings = load.load(str(write_config(tmp_path, feishu_url=closed, smtp_port=9)))
 
     async def ask() -> None:
         api = FeishuApi(settings.feishu)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from feishu_mailbot import proxy
-from feishu_mailbot.settings import FeishuSettings, Secret
+from feishu_mailbot.config import proxy
+from feishu_mailbot.config.settings import FeishuSettings, Secret
 
 FEISHU = FeishuSettings(app_id="cli_x", app_secret=Secret("s"))
 

@@ -8,8 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from feishu_mailbot.model import Break, Mention, Message, Text, Title
-from feishu_mailbot.reports import (
+from feishu_mailbot.core.daily_report import (
     RESEND_INTERVAL,
     RESENDS_PER_DAY,
     Entry,
@@ -28,6 +27,7 @@ from feishu_mailbot.reports import (
     scheduled_at,
     window_refusal,
 )
+from feishu_mailbot.core.model import Break, Mention, Message, Text, Title
 
 SH = ZoneInfo("Asia/Shanghai")
 CHAT = "oc_team"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import regex
 
-from feishu_mailbot.model import Delivery, Message, Text
-from feishu_mailbot.rules import match, plan, render_subject, validate_subject_template
-from feishu_mailbot.settings import Rule
+from feishu_mailbot.config.settings import Rule
+from feishu_mailbot.core.model import Delivery, Message, Text
+from feishu_mailbot.core.rules import match, plan, render_subject, validate_subject_template
 
 
 def msg(text: str, chat_id: str = "oc_a") -> Message:

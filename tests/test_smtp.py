@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from feishu_mailbot.hops import Hop
-from feishu_mailbot.settings import Secret, SmtpSettings
-from feishu_mailbot.smtp import DeliveryError, SmtpTransport, walk
+from feishu_mailbot.config.settings import Secret, SmtpSettings
+from feishu_mailbot.core.hops import Hop
+from feishu_mailbot.mail.smtp import DeliveryError, SmtpTransport, walk
 from tests.smtp_server import HOST, Dribbler, SmtpServer, free_port
 
 PASSWORD = "hunter2-Sekrit"
@@ -303,7 +303,7 @@ def test_the_scrubber_masks_every_base64_form_of_the_password() -> None:
     longer blob at each of the three alignments."""
     from base64 import b64encode
 
-    from feishu_mailbot.smtp import scrubber
+    from feishu_mailbot.mail.smtp import scrubber
 
     scrub = scrubber(make_settings(25, username="bot", password=PASSWORD))
     secret = PASSWORD.encode()

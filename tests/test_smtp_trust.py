@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot import hops, smtp
-from feishu_mailbot.settings import PemBundle, Secret, SmtpSettings
-from feishu_mailbot.smtp import DeliveryError, SmtpTransport, walk
+from feishu_mailbot.config.settings import PemBundle, Secret, SmtpSettings
+from feishu_mailbot.core import hops
+from feishu_mailbot.mail import smtp
+from feishu_mailbot.mail.smtp import DeliveryError, SmtpTransport, walk
 from tests import certs
 from tests.smtp_server import HOST, Dribbler, SmtpServer, free_port
 

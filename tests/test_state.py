@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.model import Delivery, Message, Recall, Text, message_to_json
+from feishu_mailbot.core.model import Delivery, Message, Recall, Text, message_to_json
 from feishu_mailbot.state import State, db, messages, outbox
 from feishu_mailbot.state.db import SCHEMA_VERSION
 from feishu_mailbot.state.messages import Ingest, RecallOutcome

@@ -6,9 +6,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from feishu_mailbot.events import Ignored, parse_event
-from feishu_mailbot.model import ActionRequest, Message, Recall
-from feishu_mailbot.settings import (
+from feishu_mailbot.config.settings import (
     Chat,
     FeishuSettings,
     ReportSettings,
@@ -17,7 +15,9 @@ from feishu_mailbot.settings import (
     Settings,
     SmtpSettings,
 )
-from feishu_mailbot.triage import Accept, Drop, triage
+from feishu_mailbot.core.model import ActionRequest, Message, Recall
+from feishu_mailbot.core.triage import Accept, Drop, triage
+from feishu_mailbot.feishu.events import Ignored, parse_event
 
 SETTINGS = Settings(
     path="test.yaml",

@@ -21,14 +21,14 @@ from typing import BinaryIO
 
 import pytest
 
-from feishu_mailbot import config
-from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.model import ActionRequest, Delivery, Download, Message, Text
-from feishu_mailbot.names import NameResolver
-from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.retry import RetryPolicy
-from feishu_mailbot.settings import FeishuSettings, Secret, Settings, SmtpSettings
-from feishu_mailbot.smtp import DeliveryError, Refused
+from feishu_mailbot.compose.daily_report import Reporter
+from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.config import load
+from feishu_mailbot.config.settings import FeishuSettings, Secret, Settings, SmtpSettings
+from feishu_mailbot.core.model import ActionRequest, Delivery, Download, Message, Text
+from feishu_mailbot.core.retry import RetryPolicy
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail.smtp import DeliveryError, Refused
 from feishu_mailbot.state import Spool, State, digests, messages, outbox
 from feishu_mailbot.state.outbox import Prepared
 from feishu_mailbot.workers.actions import Actions
@@ -88,7 +88,7 @@ def message(n: int, text: str, chat: str = "oc_team", when: int = 1_764_560_000_
 
 
 def settings(tmp_path: Path, emulator: FeishuEmulator, extra: str = "") -> Settings:
-    return config.load(
+    return load.load(
         str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9, extra=extra))
     )
 
@@ -246,7 +246,7 @@ def test_a_reply_to_a_message_that_cannot_be_read_is_mailed_without_its_quote(
         await api.close()
         state.close()
 
-    with caplog.at_level("ERROR", logger="feishu_mailbot.outbox"):
+    with caplog.at_level("ERROR", logger="feishu_mailbot.workers.outbox"):
         asyncio.run(main())
     assert "the message replied to cannot be read" in caplog.text
     mail = email.message_from_bytes(relay.sent[0], policy=email.policy.default)
@@ -434,7 +434,7 @@ def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
     a stalled worker (the watchdog would restart the daemon, and again)."""
     import dataclasses
 
-    from feishu_mailbot.model import Image
+    from feishu_mailbot.core.model import Image
     from feishu_mailbot.workers.schedule import Schedule
     from tests.test_digest import png
 

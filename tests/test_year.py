@@ -20,13 +20,14 @@ from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import config, reports
-from feishu_mailbot.feishu import FeishuApi
-from feishu_mailbot.model import ActionRequest, Delivery, Image, Message, Recall, Text
-from feishu_mailbot.names import NameResolver
-from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.settings import DAY, Settings
-from feishu_mailbot.smtp import DeliveryError, Refused
+from feishu_mailbot.compose.daily_report import Reporter
+from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.config import load
+from feishu_mailbot.config.settings import DAY, Settings
+from feishu_mailbot.core import daily_report
+from feishu_mailbot.core.model import ActionRequest, Delivery, Image, Message, Recall, Text
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail.smtp import DeliveryError, Refused
 from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.housekeeping import Housekeeper
@@ -131,7 +132,7 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
         emulator.register_user(f"ou_member{n}", f"成员{n}")
     emulator.register_resource("img_small", os.urandom(30_000), "image/png")
     emulator.register_resource("img_big", os.urandom(400_000), "image/png")
-    s: Settings = config.load(
+    s: Settings = load.load(
         str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9, extra=CONFIG))
     )
     now = [START]
@@ -153,7 +154,7 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
             now[0] = START + day * DAY
             await state.write(partial(ingest_day, day=day, at=now[0]))
             now[0] += 9 * 3600  # 18:00: the day's digest, as the schedule would
-            report_day = reports.current_day(now[0], reporter.rs)
+            report_day = daily_report.current_day(now[0], reporter.rs)
             assert (await reporter.build(report_day)).queued
             await settle(state, mail.wake)
             rounds = keeper.rounds
@@ -162,7 +163,7 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
             sizes[day] = (os.path.getsize(state.path), state.size())
 
         # The window, seen from the chat: a resend of a day inside it works, outside not.
-        today = reports.current_day(now[0], reporter.rs)
+        today = daily_report.current_day(now[0], reporter.rs)
         inside, outside = today.toordinal() - 5, today.toordinal() - 40
         for n, day_number in enumerate((inside, outside)):
             request = ActionRequest(

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from feishu_mailbot.model import ActionRequest
+from feishu_mailbot.core.model import ActionRequest
 from feishu_mailbot.state.db import Tx
 from feishu_mailbot.state.lifecycle import ACTIONS, move
 

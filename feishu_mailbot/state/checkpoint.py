@@ -27,7 +27,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger("feishu_mailbot.checkpoint")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 32  # commits between the thread's checkpoints
 RESTART_EVERY = 128  # commits between the loop's: the WAL stays under ≈4 MB

@@ -26,7 +26,7 @@ from typing import Any
 
 from feishu_mailbot.state.db import Tx
 
-log = logging.getLogger("feishu_mailbot.state")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

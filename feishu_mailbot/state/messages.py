@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from feishu_mailbot.model import (
+from feishu_mailbot.core.model import (
     ActionRequest,
     Delivery,
     Message,

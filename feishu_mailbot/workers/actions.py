@@ -19,17 +19,17 @@ from functools import partial
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import reports
-from feishu_mailbot.doorbell import Doorbell, rounds
-from feishu_mailbot.feishu import FeishuApi, FeishuError
-from feishu_mailbot.model import ActionRequest
-from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
-from feishu_mailbot.settings import ReportSettings, Settings
+from feishu_mailbot.compose.daily_report import Reporter
+from feishu_mailbot.config.settings import ReportSettings, Settings
+from feishu_mailbot.core import daily_report
+from feishu_mailbot.core.model import ActionRequest
+from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
+from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, digests, messages
 from feishu_mailbot.state.actions import Action
+from feishu_mailbot.workers.rounds import Doorbell, rounds
 
-log = logging.getLogger("feishu_mailbot.actions")
+log = logging.getLogger(__name__)
 
 # Woken by the daemon and the outbox when they queue actions; this is the fallback.
 POLL_SECONDS = 5.0
@@ -161,7 +161,7 @@ class Actions:
         rs = self._report_settings()
         day = str(action.payload["day"])
         digested = bool(self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day)))
-        return [ActionRequest(kind, {"day": day}) for kind in reports.follow_ups(rs, digested)]
+        return [ActionRequest(kind, {"day": day}) for kind in daily_report.follow_ups(rs, digested)]
 
     async def _acknowledge(self, action: Action) -> FollowUps:
         rs = self._report_settings()
@@ -191,7 +191,7 @@ class Actions:
         rs = self._report_settings()
         p = action.payload
         force = bool(p.get("force"))
-        if not reports.may_trigger(str(p["sender"]), rs, force):
+        if not daily_report.may_trigger(str(p["sender"]), rs, force):
             if force and not (rs.trigger_users or rs.roster):
                 text = (
                     "抱歉，重发日报需要管理员先在配置中设置 daily_report.trigger_users 或 roster。"
@@ -204,9 +204,9 @@ class Actions:
             await self._api.reply_text(action.message_id, f"无法发送日报汇总：{p['error']}")
             return ()
         day = date.fromisoformat(str(p["day"]))
-        today = reports.current_day(self._now(), rs)
-        kept = reports.kept_days(self.settings.retention.messages)
-        if too_old := reports.window_refusal(day, today, kept):
+        today = daily_report.current_day(self._now(), rs)
+        kept = daily_report.kept_days(self.settings.retention.messages)
+        if too_old := daily_report.window_refusal(day, today, kept):
             await self._api.reply_text(action.message_id, f"无法发送日报汇总：{too_old}")
             return ()
         if force and (refusal := self._resend_refusal(rs, day)):
@@ -240,7 +240,7 @@ class Actions:
     def _resend_refusal(self, rs: ReportSettings, day: date) -> str | None:
         records = self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day.isoformat()))
         sent_at = [r.queued_at for r in records if r.kind == "digest"]
-        return reports.resend_refusal(sent_at, self._now())
+        return daily_report.resend_refusal(sent_at, self._now())
 
     async def _confirm(self, action: Action) -> FollowUps:
         """A forward whose rule says `confirm: true` was sent: say so in the chat, once.

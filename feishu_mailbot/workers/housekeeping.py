@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from feishu_mailbot.doorbell import Doorbell, rounds
-from feishu_mailbot.settings import RetentionSettings, Settings
+from feishu_mailbot.config.settings import RetentionSettings, Settings
 from feishu_mailbot.state import State, retention
+from feishu_mailbot.workers.rounds import Doorbell, rounds
 
-log = logging.getLogger("feishu_mailbot.housekeeping")
+log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 600.0
 BATCH = 500  # rows a commit

@@ -22,22 +22,22 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import mail
-from feishu_mailbot.attachments import SPOOL_ABOVE, Budget, download, store
-from feishu_mailbot.doorbell import Doorbell, rounds
-from feishu_mailbot.feishu import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
-from feishu_mailbot.lookups import Lookups, Unreachable
-from feishu_mailbot.model import ActionRequest, Download, Message, Resource, StoredFormError
-from feishu_mailbot.names import NameResolver
-from feishu_mailbot.present import preview
-from feishu_mailbot.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
-from feishu_mailbot.settings import Settings, SmtpSettings
-from feishu_mailbot.smtp import DeliveryError, Refused, SmtpTransport
+from feishu_mailbot.compose.attachments import SPOOL_ABOVE, Budget, download, store
+from feishu_mailbot.compose.lookups import Lookups, Unreachable
+from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.config.settings import Settings, SmtpSettings
+from feishu_mailbot.core.model import ActionRequest, Download, Message, Resource, StoredFormError
+from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
+from feishu_mailbot.feishu.rest import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
+from feishu_mailbot.mail import forward
+from feishu_mailbot.mail.html import preview
+from feishu_mailbot.mail.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
 from feishu_mailbot.state.lifecycle import Moved
 from feishu_mailbot.state.outbox import OutboxRow, Prepared
+from feishu_mailbot.workers.rounds import Doorbell, rounds
 
-log = logging.getLogger("feishu_mailbot.outbox")
+log = logging.getLogger(__name__)
 
 SMTP_IDLE_SECONDS = 30.0
 # Parallel SMTP sessions: a relay's round trips, not our CPU, bound one session.
@@ -402,12 +402,12 @@ class Outbox:
         chat_name = await self._names.name("chat", msg.chat_id)
         sender_name = await self._names.name("user", msg.sender_open_id)
         zone = ZoneInfo(self.settings.timezone)
-        message_id = mail.make_message_id(row.mail_id)
+        message_id = forward.make_message_id(row.mail_id)
         if row.kind == "recall":
             original = row.subject or ""
-            notice = mail.compose_recall_notice(
+            notice = forward.compose_recall_notice(
                 original_subject=original,
-                original_message_id=mail.make_message_id(row.mail_id.removesuffix("#recall")),
+                original_message_id=forward.make_message_id(row.mail_id.removesuffix("#recall")),
                 sender=self.settings.smtp.sender,
                 to=row.recipients,
                 chat_name=chat_name,
@@ -415,14 +415,14 @@ class Outbox:
                 message_id=message_id,
                 date=datetime.fromtimestamp(self._now(), zone),
             )
-            return Prepared(mail.recall_subject(original), raw=notice)
+            return Prepared(forward.recall_subject(original), raw=notice)
         try:
             msg = await self._lookups.complete(msg, zone, final=row.attempts + 1 >= LOOKUP_ATTEMPTS)
         except Unreachable as e:
             raise PrepareError(f"cannot expand the merged forward: {e}", permanent=False) from e
         thread = await self._thread(msg, row, zone)
         compose = partial(
-            mail.forward,
+            forward.forward,
             msg,
             thread=thread,
             subject_template=row.subject_template,
@@ -443,13 +443,13 @@ class Outbox:
             large = sum(len(f.data) for f in files) > SPOOL_ABOVE
             return await store(self._state, row.mail_id, subject, forwarded, large)
 
-    async def _thread(self, msg: Message, row: OutboxRow, zone: ZoneInfo) -> mail.Thread:
+    async def _thread(self, msg: Message, row: OutboxRow, zone: ZoneInfo) -> forward.Thread:
         """A reply's place among the mails these recipients got of its thread."""
         earlier = [
             m for m in dict.fromkeys((msg.root_id, msg.parent_id)) if m and m != msg.message_id
         ]
         if not earlier:
-            return mail.Thread()
+            return forward.Thread()
         found = self._state.read(
             partial(outbox.thread_mails, message_ids=earlier, recipients=row.recipients)
         )
@@ -469,10 +469,12 @@ class Outbox:
         else:  # older than the retention, or sent before the bot joined: ask Feishu
             name, replied = await self._lookups.replied(earlier[-1], zone)
         quote = f"{name}: {preview(replied.text)}" if replied is not None else ""
-        references = tuple(mail.make_message_id(m) for m, _ in found)
-        return mail.Thread(references, subject if msg.root_id else None, quote)
+        references = tuple(forward.make_message_id(m) for m, _ in found)
+        return forward.Thread(references, subject if msg.root_id else None, quote)
 
-    async def _attachments(self, msg: Message) -> tuple[list[mail.Attachment], list[mail.Omitted]]:
+    async def _attachments(
+        self, msg: Message
+    ) -> tuple[list[forward.Attachment], list[forward.Omitted]]:
         budget = Budget.of(self.settings.attachments, await self._relay_limit())
         downloads: dict[Resource, Download] = {}
         omitted = []
@@ -494,11 +496,11 @@ class Outbox:
                     extra={"MESSAGE_ID": msg.message_id},
                 )
                 if res.kind != "image":  # a missing image shows in its place already
-                    omitted.append(mail.refusal(res))
+                    omitted.append(forward.refusal(res))
                 continue
             downloads[res] = got
             if got.data is None:
-                omitted.append(mail.omission(res, got, limit))
+                omitted.append(forward.omission(res, got, limit))
                 log.warning(
                     "%s %s left out of the mail: %s bytes, over the %d bytes it may have",
                     res.kind,
@@ -507,7 +509,7 @@ class Outbox:
                     limit,
                     extra={"MESSAGE_ID": msg.message_id},
                 )
-        return mail.attachments_of(downloads), omitted
+        return forward.attachments_of(downloads), omitted
 
     async def _relay_limit(self) -> int | None:
         """The relay's SIZE, asked once over an idle connection (which the mail then uses)."""

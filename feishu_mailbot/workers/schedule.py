@@ -1,7 +1,7 @@
 """The schedule worker: queues a day's digest once its scheduled minute has passed,
 and the digests of batched rules at their boundaries.
 
-`reports.due_days` and `batching.boundary` decide (pure, with catch-up after
+`daily_report.due_days` and `batching.boundary` decide (pure, with catch-up after
 downtime and clock jumps); a digest is recorded in the transaction that queues
 its mail, so each day, and each batched match, goes out once however often
 this looks.
@@ -16,15 +16,15 @@ from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot import reports
-from feishu_mailbot.batcher import Batcher
-from feishu_mailbot.doorbell import Doorbell
-from feishu_mailbot.feishu import FeishuError
-from feishu_mailbot.reporter import Reporter
-from feishu_mailbot.settings import Settings
+from feishu_mailbot.compose.batch import Batcher
+from feishu_mailbot.compose.daily_report import Reporter
+from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core import daily_report
+from feishu_mailbot.feishu.rest import FeishuError
 from feishu_mailbot.state import State, digests
+from feishu_mailbot.workers.rounds import Doorbell
 
-log = logging.getLogger("feishu_mailbot.schedule")
+log = logging.getLogger(__name__)
 
 TICK = 5.0  # how often the schedule is looked at
 
@@ -82,6 +82,6 @@ class Schedule:
             return
         now = datetime.fromtimestamp(self._now(), ZoneInfo(rs.timezone))
         last = self._state.read(partial(digests.last_day, chat_id=rs.chat))
-        for day in reports.due_days(date.fromisoformat(last) if last else None, now, rs):
+        for day in daily_report.due_days(date.fromisoformat(last) if last else None, now, rs):
             if (await self._reporter.build(day, progress=self._bell.progress)).queued:
                 self._mail_queued()

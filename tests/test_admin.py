@@ -471,7 +471,7 @@ def test_prometheus_values_keep_every_digit(make_bot: MakeBot) -> None:
 
 
 def test_durations_read_alike_in_the_status_line_and_in_status() -> None:
-    from feishu_mailbot.cli.status import duration, today_began
+    from feishu_mailbot.core.status import duration, today_began
 
     assert [duration(s) for s in (-1, 42, 17 * 60, 3 * 3600 + 300, 60 * 3600)] == [
         "0s", "42s", "17m", "3h05m", "2.5d",

@@ -35,6 +35,7 @@ from feishu_mailbot.core import batch, triage
 from feishu_mailbot.core.model import Image, Message, Recall, Text
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail import batch as batch_mail
 from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.schedule import Schedule
 from tests.feishu_emulator import FeishuEmulator
@@ -139,10 +140,10 @@ def test_the_digest_groups_by_chat_and_thread() -> None:
     r = batch.build("低优先级", at, at + timedelta(hours=1), found)
     assert [(c.name, c.count) for c in r.chats] == [("研发群", 2), ("运维群", 1)]
     assert [len(t) for t in r.chats[0].threads] == [2]  # the reply joined its root
-    text = batch.render_text(r)
+    text = batch_mail.render_text(r)
     assert "== 研发群 (2 条) ==" in text and "  ↳ 10:09 Bob" in text
-    assert batch.subject(r) == "[飞书汇总] 低优先级 · 2026-12-01 10:00–11:00 · 3 条"
-    html = batch.render_html(r, generated=at, available=set())
+    assert batch_mail.subject(r) == "[飞书汇总] 低优先级 · 2026-12-01 10:00–11:00 · 3 条"
+    html = batch_mail.render_html(r, generated=at, available=set())
     assert html.index("研发群") < html.index("已处理") < html.index("运维群")
 
 

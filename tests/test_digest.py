@@ -22,13 +22,9 @@ from feishu_mailbot.core.daily_report import (
     build_digest,
 )
 from feishu_mailbot.core.model import Message
+from feishu_mailbot.core.subjects import render_digest_subject, validate_digest_subject
 from feishu_mailbot.feishu.events import parse_event
-from feishu_mailbot.mail.daily_report import (
-    compose_digest,
-    render_digest_subject,
-    render_text,
-    validate_digest_subject,
-)
+from feishu_mailbot.mail.daily_report import compose_digest, render_text
 from feishu_mailbot.mail.forward import Attachment, make_message_id
 from feishu_mailbot.mail.html import image_cid
 
@@ -134,7 +130,7 @@ def sample_digest() -> Sample:
 
 
 def compose(d: Digest, images: dict[str, Attachment] | None = None) -> bytes:
-    _, composed = compose_digest(
+    composed = compose_digest(
         d,
         subject=SETTINGS.subject,
         sender="日报机器人 <bot@example.com>",
@@ -143,7 +139,7 @@ def compose(d: Digest, images: dict[str, Attachment] | None = None) -> bytes:
         date=SENT_AT,
         images=images or {},
     )
-    return composed.render()
+    return composed.mail.render()
 
 
 def reparse(raw: bytes) -> EmailMessage:

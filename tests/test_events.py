@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from feishu_mailbot.core.model import Mention, Message, Recall, Resource
-from feishu_mailbot.feishu.events import EventError, Ignored, parse_event
+from feishu_mailbot.core.model import Ignored, Mention, Message, Recall, Resource
+from feishu_mailbot.core.text import preview
+from feishu_mailbot.feishu.events import EventError, parse_event
 from feishu_mailbot.mail import html as mail_html
-from feishu_mailbot.mail.html import image_cid, preview
+from feishu_mailbot.mail.html import image_cid
 
 
 def html(m: Message) -> str:

@@ -13,7 +13,7 @@ import pytest
 from feishu_mailbot.compose.attachments import BODY_ROOM, Budget
 from feishu_mailbot.config.settings import MB, AttachmentSettings
 from feishu_mailbot.core.model import Download, Message
-from feishu_mailbot.core.rules import render_subject
+from feishu_mailbot.core.subjects import render_subject
 from feishu_mailbot.feishu.events import parse_event
 from feishu_mailbot.mail.forward import (
     TOO_LARGE,

@@ -7,7 +7,8 @@ import regex
 
 from feishu_mailbot.config.settings import Rule
 from feishu_mailbot.core.model import Delivery, Message, Text
-from feishu_mailbot.core.rules import match, plan, render_subject, validate_subject_template
+from feishu_mailbot.core.rules import match, plan
+from feishu_mailbot.core.subjects import render_subject, validate_subject_template
 
 
 def msg(text: str, chat_id: str = "oc_a") -> Message:

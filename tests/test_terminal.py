@@ -65,7 +65,7 @@ def escaped(out: bytes) -> str:
 
 
 def test_the_one_escaping_function() -> None:
-    from feishu_mailbot.mail.html import terminal, terminal_json
+    from feishu_mailbot.core.text import terminal, terminal_json
 
     layout = "张三：上线了 😀👩\u200d💻\n\t- 第二行\r\n第三行"
     assert terminal(layout) == layout.replace("\r\n", "\n")  # layout and text kept

@@ -15,9 +15,9 @@ from feishu_mailbot.config.settings import (
     Settings,
     SmtpSettings,
 )
-from feishu_mailbot.core.model import ActionRequest, Message, Recall
+from feishu_mailbot.core.model import ActionRequest, Ignored, Message, Recall
 from feishu_mailbot.core.triage import Accept, Drop, triage
-from feishu_mailbot.feishu.events import Ignored, parse_event
+from feishu_mailbot.feishu.events import parse_event
 
 SETTINGS = Settings(
     path="test.yaml",

@@ -27,14 +27,13 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot.app import logs
 from feishu_mailbot.app.systemd import Notifier, watchdog_interval
-from feishu_mailbot.cli import status
 from feishu_mailbot.compose.batch import Batcher
 from feishu_mailbot.compose.daily_report import Reporter
 from feishu_mailbot.compose.names import NameResolver
 from feishu_mailbot.config import load, proxy
 from feishu_mailbot.config.settings import Settings
-from feishu_mailbot.core import health, triage
-from feishu_mailbot.core.model import BODY_CAP, Recall
+from feishu_mailbot.core import health, status, triage
+from feishu_mailbot.core.model import BODY_CAP, Event, Ignored, Recall
 from feishu_mailbot.core.rules import RULE_TIMEOUT_MS
 from feishu_mailbot.feishu import events
 from feishu_mailbot.feishu.rest import (
@@ -504,9 +503,9 @@ class Daemon:
         )
 
 
-def _fields(event: events.Event) -> dict[str, str]:
+def _fields(event: Event) -> dict[str, str]:
     """The journal fields that name an event."""
-    if isinstance(event, events.Ignored):
+    if isinstance(event, Ignored):
         return {"EVENT_ID": event.event_id, **({"CHAT_ID": event.chat_id} if event.chat_id else {})}
     return {"EVENT_ID": event.event_id, "MESSAGE_ID": event.message_id, "CHAT_ID": event.chat_id}
 

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from feishu_mailbot.mail.html import terminal
+from feishu_mailbot.core.text import terminal
 
 # Keys the long connection does not use: the old bot's webhook mode needed them.
 NOT_NEEDED = {

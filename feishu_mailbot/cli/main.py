@@ -9,12 +9,23 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from importlib import import_module
 from pathlib import Path
 
 from feishu_mailbot import __version__
 from feishu_mailbot.app import logs
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import Settings
+
+#: The commands on the live state (cli/live.py): module and function, imported when
+#: used, so `status` (a timer runs it every minute) loads none of the daemon.
+ON_STATE = {
+    "status": ("feishu_mailbot.cli.status", "run_status"),
+    "queue": ("feishu_mailbot.cli.queue", "run_queue"),
+    "show": ("feishu_mailbot.cli.queue", "run_show"),
+    "retry": ("feishu_mailbot.cli.queue", "run_retry"),
+    "drop": ("feishu_mailbot.cli.queue", "run_drop"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,10 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate(settings, args.chat, args.sender, args.text)
     if args.command == "chats":
         return _chats(settings)
-    if args.command in ("status", "queue", "show", "retry", "drop"):
-        from feishu_mailbot.cli import admin
+    if args.command in ON_STATE:
+        from feishu_mailbot.cli import live
 
-        return admin.run(settings, args)
+        module, function = ON_STATE[args.command]
+        return live.run(settings, args, getattr(import_module(module), function))
     parser.error(f"unknown subcommand {args.command}")
     return os.EX_USAGE
 
@@ -244,8 +256,8 @@ def _give_to_group(fd: int) -> str:
 
 
 def _chats(settings: Settings) -> int:
+    from feishu_mailbot.core.text import terminal
     from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
-    from feishu_mailbot.mail.html import terminal
 
     async def listing() -> list[tuple[str, str, int | None]]:
         api = FeishuApi(settings.feishu)
@@ -280,12 +292,14 @@ def _doctor(settings: Settings, report_to: str | None) -> int:
     code, found = doctor.run(settings)
     if report_to is None:
         return code
-    from feishu_mailbot.cli import admin, support
+    from feishu_mailbot.cli import support
+    from feishu_mailbot.cli.output import write_atomically
+    from feishu_mailbot.cli.status import status_text
     from feishu_mailbot.mail import smtp
 
-    text = support.build(settings, found, admin.status_text(settings), smtp.scrubber(settings.smtp))
+    text = support.build(settings, found, status_text(settings), smtp.scrubber(settings.smtp))
     try:
-        admin.write_atomically(Path(report_to), text, 0o600)
+        write_atomically(Path(report_to), text, 0o600)
     except OSError as e:
         print(f"{report_to}: cannot write it: {e.strerror or e}", file=sys.stderr)
         return os.EX_CANTCREAT
@@ -301,8 +315,8 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     from feishu_mailbot.compose.daily_report import Reporter
     from feishu_mailbot.compose.names import NameResolver
     from feishu_mailbot.core.daily_report import current_day, kept_days, window_refusal
+    from feishu_mailbot.core.text import terminal
     from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
-    from feishu_mailbot.mail.html import terminal
     from feishu_mailbot.state import DatabaseError, State, StateError
 
     rs = settings.daily_report
@@ -393,9 +407,9 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
 
     from feishu_mailbot.cli import queue
     from feishu_mailbot.core import triage
+    from feishu_mailbot.core.text import terminal
     from feishu_mailbot.feishu import events
     from feishu_mailbot.mail import forward
-    from feishu_mailbot.mail.html import terminal
 
     payload = {
         "schema": "2.0",

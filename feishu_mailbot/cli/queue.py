@@ -1,21 +1,30 @@
-"""What `queue` and `show` print: one line a mail, like Postfix's mailq, and one mail.
+"""`queue`, `show`, `retry` and `drop`: the outbox as Postfix's mailq shows a queue.
 
-Pure: entries come from the state (outbox.QueueEntry, quarantine.Held). Subjects,
-bodies, names and relay replies are chat or remote content: they reach the
-terminal only through `present.terminal`.
+One line a mail, and one mail whole. Subjects, bodies, names and relay replies
+are chat or remote content: they reach the terminal only through
+`core.text.terminal`. `retry` and `drop` move a mail only as the table of a
+mail's life allows (state/lifecycle.py) and say why for each one it refuses.
 """
 
 from __future__ import annotations
 
+import argparse
 import email
 import email.policy
+import os
+import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from email.message import EmailMessage
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot.mail.html import terminal, terminal_json
+from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.text import terminal, terminal_json
+from feishu_mailbot.state import State, Tx, batches, outbox, quarantine
+from feishu_mailbot.state.lifecycle import REFUSALS, SENDING, Moved
 from feishu_mailbot.state.outbox import QueueEntry
 from feishu_mailbot.state.quarantine import Held
 
@@ -108,3 +117,107 @@ def readable(raw: bytes) -> str:
     files = [str(p.get_filename()) for p in parsed.iter_attachments() if p.get_filename()]
     tail = [f"attachments: {terminal(', '.join(files), one_line=True)}"] if files else []
     return "\n".join([*headers, "", terminal(str(text).rstrip()), *tail])
+
+
+def run_queue(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    if args.quarantined:
+        held = state.read(quarantine.entries)
+        print("\n".join(held_lines(held, settings.timezone)))
+        return os.EX_OK
+    wanted = (
+        ("failed",)
+        if args.failed
+        else ("pending", "retrying")
+        if args.pending
+        else ("pending", "retrying", *SENDING, "failed")
+    )
+    entries = state.read(partial(outbox.queued, statuses=wanted))
+    planned = state.read(outbox.planned_count)
+    if args.json:
+        print(as_json(entries))
+        return os.EX_OK
+    print("\n".join(lines(entries, settings.timezone)))
+    if planned and not args.failed:
+        print(f"and {planned} mail planned, entering the outbox as it is sent")
+    return os.EX_OK
+
+
+def run_show(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    entry = state.read(partial(outbox.entry, row_id=args.id))
+    if entry is None:
+        print(f"no mail {args.id} in the outbox (see feishu-mailbot queue)", file=sys.stderr)
+        return os.EX_DATAERR
+    raw = state.read(partial(outbox.raw_of, row_id=args.id))
+    if raw is None and entry.spool is not None:
+        try:
+            raw = state.spool.path(entry.spool).read_bytes()
+        except FileNotFoundError:  # sent (or dropped) while we looked
+            raw = None
+    print(show(entry, raw, settings.timezone))
+    return os.EX_OK
+
+
+def _refusals(moved: dict[int, Moved], verb: str) -> None:
+    """One line on stderr per mail asked for that the table leaves where it is."""
+    for row_id, m in moved.items():
+        if m.before is None:
+            print(f"mail {row_id}: not in the outbox (see feishu-mailbot queue)", file=sys.stderr)
+        elif not m.done:
+            why = REFUSALS.get(m.before, f"it is {m.before}")
+            print(f"mail {row_id}: not {verb}: {why}", file=sys.stderr)
+
+
+def run_retry(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    if args.quarantined is not None or args.all_quarantined:
+        keys = None if args.all_quarantined else args.quarantined
+        if keys == []:
+            print("retry --quarantined: name the events (or --all-quarantined)", file=sys.stderr)
+            return os.EX_USAGE
+        n = state.write_now(partial(quarantine.retry, keys=keys))
+        print(f"{n} quarantined events to be taken again by the running daemon")
+        return os.EX_OK
+    if not args.ids and not args.all_failed:
+        print("retry: name mail ids from `queue`, or --all-failed", file=sys.stderr)
+        return os.EX_USAGE
+    ids = None if args.all_failed else args.ids
+
+    def retry(tx: Tx) -> tuple[dict[int, int], dict[int, Moved]]:
+        back = batches.give_back(tx, ids)  # never composed: composed anew, not resent
+        rest = None if ids is None else [i for i in ids if i not in back]
+        return back, outbox.retry_now(tx, rest, time.time()) if rest != [] else {}
+
+    back, moved = state.write_now(retry)
+    _refusals(moved, "retried")
+    for row_id, matches in back.items():
+        print(f"mail {row_id}: its {matches} matches go into a new batch digest at the next look")
+    n = sum(m.done for m in moved.values()) + len(back)
+    print(f"{n} mail due now; the running daemon sends it within seconds")
+    return os.EX_OK if n or ids is None else os.EX_DATAERR
+
+
+def run_drop(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    if not args.ids and not args.quarantined:
+        print("drop: name mail ids from `queue`, or --quarantined EVENT...", file=sys.stderr)
+        return os.EX_USAGE
+    if not args.yes:
+        what = args.ids or args.quarantined
+        print(f"drop: would drop {', '.join(map(str, what))} for good; add --yes", file=sys.stderr)
+        return os.EX_USAGE
+    if args.quarantined:
+        n = state.write_now(partial(quarantine.drop, keys=args.quarantined))
+        print(f"{n} quarantined events dropped")
+        return os.EX_OK
+    moved, files = state.write_now(partial(outbox.drop, row_ids=args.ids))
+    for name in files:
+        state.spool.remove(name)
+    _refusals(moved, "dropped")
+    for row_id, m in moved.items():
+        if m.after == "dropping":
+            print(
+                f"mail {row_id}: being sent right now: dropped unless the relay accepts "
+                "this attempt (see feishu-mailbot show)",
+                file=sys.stderr,
+            )
+    n = sum(m.done for m in moved.values())
+    print(f"{n} mail dropped")
+    return os.EX_OK if n else os.EX_DATAERR

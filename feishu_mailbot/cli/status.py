@@ -1,163 +1,83 @@
-"""`feishu-mailbot status`: what an operator asks first, as text, JSON or Prometheus.
+"""`feishu-mailbot status`: the snapshot read from the live state, and where it goes.
 
-Pure: `Snapshot` is read from the state by the CLI; here it only becomes words.
-The daemon records its status line every few seconds (state/heartbeat.py), so
-an old record means the daemon is not running, or hung.
+The words are core/status.py's; the metrics timer writes the Prometheus form
+to a file node-exporter reads, through cli/output.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
+import argparse
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
 
-from feishu_mailbot.mail.html import terminal, terminal_json
-from feishu_mailbot.state.heartbeat import Beat
-
-STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is not running (or hung)
-
-
-@dataclass(frozen=True)
-class LastDigest:
-    chat_id: str
-    day: str
-    kind: str
-    queued_at: float
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    now: float
-    beat: Beat | None
-    events_today: int
-    queue: dict[str, int]  # pending, retrying, sending, failed
-    oldest_waiting_at: float | None
-    next_retry: tuple[float, str] | None  # (when, last error) of the soonest retry
-    digests: tuple[LastDigest, ...]
-    quarantined: int
-    db_bytes: int
+from feishu_mailbot.cli.output import write_atomically
+from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core import status
+from feishu_mailbot.state import (
+    DB_NAME,
+    DatabaseError,
+    State,
+    StateError,
+    digests,
+    heartbeat,
+    messages,
+    outbox,
+    quarantine,
+)
 
 
-def running(s: Snapshot) -> bool:
-    return s.beat is not None and s.beat.line != "stopped" and s.now - s.beat.at < STALE_AFTER
+def status_text(settings: Settings) -> str:
+    """What `status` prints, for the support report; why not, when the state cannot be read."""
+    path = Path(settings.state_dir) / DB_NAME
+    if not path.exists():
+        return f"{path}: no state database yet (the daemon makes it when it first runs)"
+    try:
+        state = State(path, readonly=True)
+    except (StateError, DatabaseError, OSError) as e:
+        return f"{path}: cannot read it: {e}"
+    try:
+        return status.text(snapshot(settings, state, time.time()))
+    except DatabaseError as e:
+        return f"{path}: cannot read it: {e}"
+    finally:
+        state.close()
 
 
-def today_began(now: float, timezone: str) -> float:
-    """Midnight in the team's zone: where "events today" start counting."""
-    local = datetime.fromtimestamp(now, ZoneInfo(timezone))
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
+    return status.Snapshot(
+        now=now,
+        beat=state.read(heartbeat.last),
+        events_today=state.read(
+            partial(messages.count_since, since=status.today_began(now, settings.timezone))
+        ),
+        queue=state.read(outbox.counts),
+        oldest_waiting_at=state.read(outbox.oldest_waiting),
+        next_retry=state.read(outbox.next_retry),
+        digests=tuple(status.LastDigest(*d) for d in state.read(digests.latest)),
+        quarantined=state.read(quarantine.held_count),
+        db_bytes=state.size(),
+    )
 
 
-def duration(seconds: float) -> str:
-    """`42s`, `17m`, `3h05m`, `2.5d`: for the STATUS= line and for `status`."""
-    seconds = max(0.0, seconds)
-    minutes = int(seconds // 60)
-    if minutes < 1:
-        return f"{int(seconds)}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours >= 48:
-        return f"{seconds / 86400:.1f}d"
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
-
-
-def text(s: Snapshot) -> str:
-    if s.beat is None:
-        daemon = "daemon: never ran with this state directory"
-    elif running(s):
-        daemon = f"daemon: running (pid {s.beat.pid}): {terminal(s.beat.line, one_line=True)}"
-    elif s.beat.line == "stopped":
-        daemon = f"daemon: stopped {duration(s.now - s.beat.at)} ago"
+def run_status(settings: Settings, state: State, args: argparse.Namespace) -> int:
+    snap = snapshot(settings, state, time.time())
+    if args.prometheus:
+        text = status.prometheus(snap)
+    elif args.json:
+        text = status.as_json(snap) + "\n"
     else:
-        daemon = (
-            f"daemon: NOT RUNNING or hung: last heard {duration(s.now - s.beat.at)} ago "
-            f"({terminal(s.beat.line, one_line=True)}); see systemctl status feishu-mailbot"
-        )
-    q = s.queue
-    lines = [
-        daemon,
-        f"events today: {s.events_today}",
-        f"mail: {q['pending']} pending, {q['retrying']} retrying, {q['sending']} sending, "
-        f"{q['failed']} failed" + (" (feishu-mailbot queue --failed)" if q["failed"] else ""),
-    ]
-    if s.oldest_waiting_at is not None:
-        lines.append(f"oldest waiting mail: queued {duration(s.now - s.oldest_waiting_at)} ago")
-    if s.next_retry is not None:
-        at, error = s.next_retry
-        lines.append(f"next retry in {duration(at - s.now)}: {terminal(error, one_line=True)}")
-    for d in s.digests:
-        chat = terminal(d.chat_id, one_line=True)
-        lines.append(f"last {d.kind} for {chat}: {d.day}, {duration(s.now - d.queued_at)} ago")
-    if s.quarantined:
-        lines.append(f"quarantined events: {s.quarantined} (feishu-mailbot queue --quarantined)")
-    lines.append(f"database: {s.db_bytes / 1e6:.1f} MB")
-    return "\n".join(lines)
-
-
-def as_json(s: Snapshot) -> str:
-    data: dict[str, Any] = {
-        "running": running(s),
-        "pid": s.beat.pid if s.beat else None,
-        "connected": bool(s.beat and s.beat.connected and running(s)),
-        "connected_since": s.beat.since if s.beat and s.beat.connected else None,
-        "status": s.beat.line if s.beat else None,
-        "heartbeat_age_s": round(s.now - s.beat.at, 1) if s.beat else None,
-        "events_today": s.events_today,
-        "mail": s.queue,
-        "oldest_waiting_age_s": (
-            None if s.oldest_waiting_at is None else round(s.now - s.oldest_waiting_at, 1)
-        ),
-        "next_retry": (
-            None if s.next_retry is None else {"at": s.next_retry[0], "last_error": s.next_retry[1]}
-        ),
-        "last_digests": [d.__dict__ for d in s.digests],
-        "quarantined": s.quarantined,
-        "database_bytes": s.db_bytes,
-    }
-    return terminal_json(data)
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _sample(value: float) -> str:
-    """A sample value with every digit: counts and bytes as integers, times as `repr`.
-
-    `%g` keeps six significant digits: a digest queued at 1796112345.678 came out as
-    1.79611e+09, an hour off, and a 1,314,816-byte database as 1.31482e+06. The text
-    format reads Go's float syntax, which `repr` (shortest round-trip) writes.
-    """
-    return str(value) if isinstance(value, int) else repr(float(value))
-
-
-def prometheus(s: Snapshot) -> str:
-    """The Prometheus text exposition format, for node-exporter's textfile collector."""
-    out: list[str] = []
-
-    def metric(name: str, help_: str, samples: list[tuple[str, float]]) -> None:
-        out.append(f"# HELP feishu_mailbot_{name} {help_}")
-        out.append(f"# TYPE feishu_mailbot_{name} gauge")
-        out.extend(f"feishu_mailbot_{name}{labels} {_sample(value)}" for labels, value in samples)
-
-    up = running(s)
-    metric("up", "1 if the daemon recorded its status in the last 30 s.", [("", int(up))])
-    connected = int(bool(up and s.beat and s.beat.connected))
-    metric("connected", "1 if the long connection to Feishu is up.", [("", connected)])
-    metric("events_today", "Messages taken today (in the configured timezone).",
-           [("", s.events_today)])  # fmt: skip
-    metric(
-        "mail",
-        "Mail not yet sent, by state.",
-        [(f'{{state="{k}"}}', int(v)) for k, v in s.queue.items()],
-    )
-    age = 0.0 if s.oldest_waiting_at is None else s.now - s.oldest_waiting_at
-    metric("oldest_waiting_seconds", "Age of the oldest mail not yet sent.", [("", age)])
-    metric(
-        "last_digest_timestamp_seconds",
-        "When the last digest of a report chat was queued.",
-        [(f'{{chat="{_label(d.chat_id)}"}}', d.queued_at) for d in s.digests],
-    )
-    metric("quarantined", "Events held in quarantine.", [("", s.quarantined)])
-    metric("database_bytes", "The state database and its WAL.", [("", s.db_bytes)])
-    return "\n".join(out) + "\n"
+        text = status.text(snap) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return os.EX_OK
+    target = Path(args.output)
+    try:
+        write_atomically(target, text)
+    except OSError as e:
+        unchanged = " (the file there is unchanged)" if target.exists() else ""
+        print(f"{target}: cannot write it: {e.strerror or e}{unchanged}", file=sys.stderr)
+        return os.EX_CANTCREAT
+    return os.EX_OK

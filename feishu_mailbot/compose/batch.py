@@ -26,6 +26,7 @@ from feishu_mailbot.core.model import Message, StoredFormError
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
 from feishu_mailbot.mail import forward
+from feishu_mailbot.mail.batch import compose as compose_mail
 from feishu_mailbot.state import DatabaseError, State, batches, messages
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class Batcher:
         images = await digest_images(
             self._api, self.settings, [m for m, _, _ in found], self._relay, self._progress
         )
-        subject, composed = batch.compose(
+        subject, composed = compose_mail(
             roundup,
             sender=self.settings.smtp.sender,
             to=rule.to,

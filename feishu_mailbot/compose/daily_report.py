@@ -26,8 +26,8 @@ from feishu_mailbot.config.settings import ReportSettings, Settings
 from feishu_mailbot.core import daily_report
 from feishu_mailbot.core.model import Message
 from feishu_mailbot.feishu.rest import FeishuApi
-from feishu_mailbot.mail import forward, mime
-from feishu_mailbot.mail.daily_report import compose_digest, render_text
+from feishu_mailbot.mail import forward
+from feishu_mailbot.mail.daily_report import Composed, compose_digest
 from feishu_mailbot.state import State, digests, messages
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,12 @@ class Reporter:
         )
         mail_id = f"digest/{rs.chat}/{day_key}/{len(records) + 1}"
         images = await digest_images(self._api, self.settings, fresh, self._relay, progress)
-        subject, composed = self._compose(model, mail_id, images)
-        text = render_text(model)
+        composed = self._compose(model, mail_id, images)
         outcome = Outcome(
             False,
             day,
-            text,
-            subject,
+            composed.text,
+            composed.subject,
             rs.recipients,
             submitted=model.submitted,
             expected=model.expected,
@@ -116,7 +115,7 @@ class Reporter:
         if dry_run or (kind == "supplement" and not fresh):
             return outcome
         queued = await self._queue(
-            mail_id, kind, day_key, subject, composed, images, [m.message_id for m in fresh]
+            mail_id, kind, day_key, composed, images, [m.message_id for m in fresh]
         )
         if queued:
             log.info(
@@ -124,14 +123,14 @@ class Reporter:
                 kind,
                 day_key,
                 ", ".join(rs.recipients),
-                subject,
+                composed.subject,
                 extra={"CHAT_ID": rs.chat, "MAIL_ID": mail_id},
             )
         return dataclasses.replace(outcome, queued=queued)
 
     def _compose(
         self, model: daily_report.Digest, mail_id: str, images: dict[str, forward.Attachment]
-    ) -> tuple[str, mime.Mail]:
+    ) -> Composed:
         rs = self.rs
         return compose_digest(
             model,
@@ -154,9 +153,9 @@ class Reporter:
         model = daily_report.build_digest(day, chat_name, [await self._entry(msg)], rs)
         mail_id = f"report/{msg.message_id}"
         images = await digest_images(self._api, self.settings, [msg], self._relay)
-        subject, composed = self._compose(model, mail_id, images)
+        composed = self._compose(model, mail_id, images)
         return await self._queue(
-            mail_id, "immediate", day.isoformat(), subject, composed, images, [msg.message_id]
+            mail_id, "immediate", day.isoformat(), composed, images, [msg.message_id]
         )
 
     async def _queue(
@@ -164,8 +163,7 @@ class Reporter:
         mail_id: str,
         kind: str,
         day: str,
-        subject: str,
-        composed: mime.Mail,
+        composed: Composed,
         images: dict[str, forward.Attachment],
         message_ids: list[str],
     ) -> bool:
@@ -180,4 +178,6 @@ class Reporter:
             message_ids=message_ids,
             now=self._now(),
         )
-        return await queue_digest(self._state, mail_id, subject, composed, images, record)
+        return await queue_digest(
+            self._state, mail_id, composed.subject, composed.mail, images, record
+        )

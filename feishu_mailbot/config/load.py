@@ -46,8 +46,8 @@ from feishu_mailbot.config.settings import (
     Settings,
     SmtpSettings,
 )
-from feishu_mailbot.core.rules import RULE_TIMEOUT_MS, validate_subject_template
-from feishu_mailbot.mail.daily_report import validate_digest_subject
+from feishu_mailbot.core.rules import RULE_TIMEOUT_MS
+from feishu_mailbot.core.subjects import validate_digest_subject, validate_subject_template
 
 DEFAULT_PATH = "/etc/feishu-mailbot.yaml"
 DEFAULT_TIMEZONE = "Asia/Shanghai"

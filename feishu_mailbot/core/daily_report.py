@@ -18,9 +18,8 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot.config.settings import ReportSettings, RosterMember
-from feishu_mailbot.core.model import Message
+from feishu_mailbot.core.model import ALL_MENTION_NAME, Message
 from feishu_mailbot.core.text import fold
-from feishu_mailbot.feishu.events import ALL_MENTION_NAME
 
 # --------------------------------------------------------------------------- matching
 

@@ -190,6 +190,7 @@ Block = (
 )
 SHARE_LABELS = {"chat": "群名片", "user": "个人名片"}
 FORWARD_LABEL = "[合并转发消息]"
+ALL_MENTION_NAME = "所有人"  # how Feishu names @all
 FORWARD_MORE = "（另有 {} 条消息未显示，请在飞书中查看）"
 
 
@@ -326,6 +327,20 @@ class Recall:
     message_id: str
     chat_id: str
     recall_time_ms: int
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """An event we acknowledge and do nothing with, and why (for the debug line)."""
+
+    event_id: str
+    event_type: str
+    reason: str
+    chat_id: str = ""  # set when it was ignored for its chat
+
+
+#: What the Feishu edge makes of an event's payload.
+Event = Message | Recall | Ignored
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from feishu_mailbot.config.settings import Rule
-from feishu_mailbot.core import subjects
 from feishu_mailbot.core.model import Delivery, Message
 from feishu_mailbot.core.text import fold
 
-SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
 # A regex runs on the ack path, so it is bounded: at most this long per rule and message,
 # on at most this much text. Past the limit the rule counts as not matching.
 RULE_TIMEOUT_MS = 25
@@ -124,41 +122,8 @@ def batched(
     return tuple(rule.name for rule in batching if match(rule, msg, folded, slow))
 
 
-# --------------------------------------------------------------------------- subjects
-
-
-def render_subject(
-    template: str,
-    *,
-    chat_name: str,
-    sender_name: str,
-    preview: str,
-    rule: str,
-    msg_type: str,
-    date: str,
-) -> str:
-    """Fill the template; chat users' values are flattened to one line (see subjects.py)."""
-    values = {
-        "chat_name": chat_name,
-        "sender_name": sender_name,
-        "preview": preview,
-        "rule": rule,
-        "msg_type": msg_type,
-        "date": date,
-    }
-    return subjects.fill(template, values)
-
-
-def validate_subject_template(template: str) -> str | None:
-    """An error description for config validation, or None if the template is usable."""
-    return subjects.problem(template, SUBJECT_FIELDS, {})
-
-
 __all__ = [
-    "SUBJECT_FIELDS",
     "Delivery",
     "match",
     "plan",
-    "render_subject",
-    "validate_subject_template",
 ]

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Collection, Mapping
+from datetime import date as Date
 
-from feishu_mailbot.mail.html import single_line
+from feishu_mailbot.core.text import single_line
 
 SUBJECT_MAX = 200
+#: What a rule's `subject:` may name, and a daily report's.
+SUBJECT_FIELDS = frozenset({"chat_name", "sender_name", "preview", "rule", "msg_type", "date"})
 _FORMATTER = string.Formatter()
 
 
@@ -77,3 +80,74 @@ def problem(template: str, fields: Collection[str], samples: Mapping[str, str | 
             except ValueError as exc:
                 return f"bad format {spec!r} in {{{field}}}: {exc}"
     return None
+
+
+# ------------------------------------------------------------------ a rule's forward
+
+
+def render_subject(
+    template: str,
+    *,
+    chat_name: str,
+    sender_name: str,
+    preview: str,
+    rule: str,
+    msg_type: str,
+    date: str,
+) -> str:
+    """Fill the template; chat users' values are flattened to one line."""
+    values = {
+        "chat_name": chat_name,
+        "sender_name": sender_name,
+        "preview": preview,
+        "rule": rule,
+        "msg_type": msg_type,
+        "date": date,
+    }
+    return fill(template, values)
+
+
+def validate_subject_template(template: str) -> str | None:
+    """An error description for config validation, or None if the template is usable."""
+    return problem(template, SUBJECT_FIELDS, {})
+
+
+# ------------------------------------------------------------------ a daily report's digest
+
+DIGEST_SUBJECT_FIELDS = frozenset({"date", "chat_name", "submitted", "expected", "missing"})
+SUPPLEMENT_TAG = "[补充]"
+
+
+def render_digest_subject(
+    template: str,
+    day: Date,
+    chat_name: str,
+    submitted: int,
+    expected: int,
+    *,
+    supplement: bool = False,
+) -> str:
+    """Fill the subject template (see subjects.py); a supplement is tagged at the front.
+
+    Counts are integers so ``{submitted:02d}`` works.
+    """
+    values: Mapping[str, str | int] = {
+        "date": day.isoformat(),
+        "chat_name": chat_name,
+        "submitted": submitted,
+        "expected": expected,
+        "missing": max(expected - submitted, 0),
+    }
+    return fill(template, values, prefix=f"{SUPPLEMENT_TAG} " if supplement else "")
+
+
+def validate_digest_subject(template: str) -> str | None:
+    """An error description for config validation, or None if the template is usable."""
+    samples: Mapping[str, str | int] = {
+        "date": "",
+        "chat_name": "",
+        "submitted": 0,
+        "expected": 0,
+        "missing": 0,
+    }
+    return problem(template, DIGEST_SUBJECT_FIELDS, samples)

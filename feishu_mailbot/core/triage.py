@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 from feishu_mailbot.config.settings import ReportSettings, Settings
 from feishu_mailbot.core import daily_report, rules
-from feishu_mailbot.core.model import ActionRequest, Delivery, Message, Recall, stored_form
+from feishu_mailbot.core.model import (
+    ActionRequest,
+    Delivery,
+    Event,
+    Ignored,
+    Message,
+    Recall,
+    stored_form,
+)
 from feishu_mailbot.core.text import fold
-from feishu_mailbot.feishu.events import Event, Ignored
 
 
 @dataclass(frozen=True)

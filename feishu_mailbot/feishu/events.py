@@ -24,6 +24,7 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot.core.model import (
+    ALL_MENTION_NAME,
     FORWARD_LABEL,
     STYLES,
     At,
@@ -32,7 +33,9 @@ from feishu_mailbot.core.model import (
     Card,
     Code,
     Divider,
+    Event,
     File,
+    Ignored,
     Image,
     Link,
     Mention,
@@ -48,23 +51,11 @@ from feishu_mailbot.core.model import (
 
 RECEIVE_EVENT = "im.message.receive_v1"
 RECALL_EVENT = "im.message.recalled_v1"
-ALL_MENTION_NAME = "所有人"
 DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")
-
-
-@dataclass(frozen=True)
-class Ignored:
-    event_id: str
-    event_type: str
-    reason: str
-    chat_id: str = ""  # set when it was ignored for its chat
 
 
 class EventError(ValueError):
     """A payload we cannot even identify; the caller logs it and acknowledges nothing."""
-
-
-Event = Message | Recall | Ignored
 
 
 # --------------------------------------------------------------------------- parsing

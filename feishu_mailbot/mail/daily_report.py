@@ -14,12 +14,14 @@ chat name here, report bodies by html.html.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date as Date
 from datetime import datetime
 
 from feishu_mailbot.core import subjects
 from feishu_mailbot.core.daily_report import Digest, Section, local_time
 from feishu_mailbot.core.model import Message
+from feishu_mailbot.core.text import single_line
 from feishu_mailbot.mail import html, mime, style
 from feishu_mailbot.mail.forward import (
     Attachment,
@@ -29,49 +31,9 @@ from feishu_mailbot.mail.forward import (
     inline_image,
     sanitize_header,
 )
-from feishu_mailbot.mail.html import escape, image_cid, single_line
+from feishu_mailbot.mail.html import escape, image_cid
 
-DIGEST_SUBJECT_FIELDS = frozenset({"date", "chat_name", "submitted", "expected", "missing"})
-SUPPLEMENT_TAG = "[补充]"
 WEEKDAYS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日")
-
-# --------------------------------------------------------------------------- subject
-
-
-def render_digest_subject(
-    template: str,
-    day: Date,
-    chat_name: str,
-    submitted: int,
-    expected: int,
-    *,
-    supplement: bool = False,
-) -> str:
-    """Fill the subject template (see subjects.py); a supplement is tagged at the front.
-
-    Counts are integers so ``{submitted:02d}`` works.
-    """
-    values: Mapping[str, str | int] = {
-        "date": day.isoformat(),
-        "chat_name": chat_name,
-        "submitted": submitted,
-        "expected": expected,
-        "missing": max(expected - submitted, 0),
-    }
-    return subjects.fill(template, values, prefix=f"{SUPPLEMENT_TAG} " if supplement else "")
-
-
-def validate_digest_subject(template: str) -> str | None:
-    """An error description for config validation, or None if the template is usable."""
-    samples: Mapping[str, str | int] = {
-        "date": "",
-        "chat_name": "",
-        "submitted": 0,
-        "expected": 0,
-        "missing": 0,
-    }
-    return subjects.problem(template, DIGEST_SUBJECT_FIELDS, samples)
-
 
 # --------------------------------------------------------------------------- shared bits
 
@@ -317,6 +279,16 @@ def assemble(
     return mime.Mail(tuple(headers), body)
 
 
+@dataclass(frozen=True)
+class Composed:
+    """A digest's mail, with the subject and text it was made of (the text is also
+    what `send-report --dry-run` prints: rendered once, here)."""
+
+    subject: str
+    text: str
+    mail: mime.Mail
+
+
 def compose_digest(
     d: Digest,
     *,
@@ -326,8 +298,8 @@ def compose_digest(
     message_id: str,
     date: datetime,
     images: Mapping[str, Attachment],
-) -> tuple[str, mime.Mail]:
-    """The digest as text + HTML with the reports' images inline: (subject, mail).
+) -> Composed:
+    """The digest as text + HTML with the reports' images inline.
 
     `subject` is the template (ReportSettings.subject), rendered here from the
     digest itself so the counts in the subject always agree with the body.
@@ -336,7 +308,7 @@ def compose_digest(
     any report are not attached.  `date` is when the digest is composed; the
     outbox should pass the stored one so a retry produces the same headers.
     """
-    rendered = render_digest_subject(
+    rendered = subjects.render_digest_subject(
         subject, d.day, d.chat_name, d.submitted, d.expected, supplement=d.supplement
     )
     headers = base_headers(subject=rendered, sender=sender, to=to, message_id=message_id, date=date)
@@ -348,16 +320,14 @@ def compose_digest(
     def html(available: set[str]) -> str:
         return render_html(d, title=title, generated=date, available=available)
 
-    mail = assemble(headers, render_text(d), html, shown, images)
-    return title, mail
+    text = render_text(d)
+    return Composed(title, text, assemble(headers, text, html, shown, images))
 
 
 __all__ = [
-    "DIGEST_SUBJECT_FIELDS",
+    "Composed",
     "assemble",
     "compose_digest",
-    "render_digest_subject",
     "render_html",
     "render_text",
-    "validate_digest_subject",
 ]

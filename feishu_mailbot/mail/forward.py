@@ -20,9 +20,10 @@ from datetime import datetime, tzinfo
 from email.utils import format_datetime, parseaddr
 
 from feishu_mailbot.core.model import FORWARD_LABEL, Download, Forwarded, Message, Resource, text_of
-from feishu_mailbot.core.rules import render_subject
+from feishu_mailbot.core.subjects import render_subject
+from feishu_mailbot.core.text import preview, single_line
 from feishu_mailbot.mail import mime, style
-from feishu_mailbot.mail.html import escape, html, image_cid, preview, single_line
+from feishu_mailbot.mail.html import escape, html, image_cid
 
 DEFAULT_DOMAIN = "feishu-mailbot"
 MAILER = "feishu-mailbot"

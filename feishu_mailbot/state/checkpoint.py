@@ -1,21 +1,16 @@
 """WAL checkpoints for the daemon's database: copied by a thread, finished on the loop.
 
 SQLite's automatic checkpoint runs inside whichever COMMIT takes the WAL past
-1000 pages: it copies every page changed since the last one into the database
-file (a few hundred scattered pages) and fsyncs it. That took 4-10 ms here,
-every ≈140 events at 500 events/s, with the event loop blocked and the events
-that arrived meanwhile queued in the socket behind it.
-
+1000 pages, with the event loop blocked for milliseconds (docs/design.md).
 So the daemon's connection runs with `wal_autocheckpoint=0` and a thread copies
 the WAL instead, in PASSIVE mode (it never blocks the writer), on a connection
 of its own, every CHECKPOINT_EVERY commits. That is not enough on its own: the
 WAL starts over from the top only at a BEGIN that finds every frame in it
 copied, and under load a commit nearly always lands while the thread copies
 (committing with `synchronous=FULL` keeps the writer busy about half the time),
-so the WAL grew by ≈20 MB/s with the thread alone. Every RESTART_EVERY commits
-the loop therefore copies the rest itself, between two transactions: the few
-commits since the thread's last pass, ≈1 ms with the database's fsync instead of
-the 4-10 ms of a whole checkpoint, and the next BEGIN starts the WAL over. Only
+so the WAL would grow without end with the thread alone. Every RESTART_EVERY
+commits the loop therefore copies the rest itself, between two transactions: the
+few commits since the thread's last pass, and the next BEGIN starts the WAL over. Only
 a few, though: after a burst or on a slow disk the thread may be far behind, and
 then the loop waits for it to catch up rather than copy megabytes itself.
 """

@@ -9,17 +9,8 @@ one failing event (answered 500, re-pushed by Feishu) does not undo its
 neighbours. While one batch commits, the next accumulates in the socket and in
 `_pending`, so the batch grows with the load by itself.
 
-The commit runs on the loop, blocking it for the fsync (≈0.5 ms here, p99
-≈1.3 ms). Two threaded designs were measured at 500 events/s and were no
-better: units and commit in a worker thread (its Python fought the loop's for
-the GIL; ack p50 ≈6 ms against ≈2 ms inline), and only the COMMIT in a thread
-(each hand-over waits for a GIL switch interval; p50 worse, p99 the same: the
-single SQLite writer, not the loop, is what events queue for). A third,
-`synchronous=NORMAL` with a thread fdatasyncing the WAL behind the commits
-(group commit that never blocks the loop), halved the events slower than 8 ms
-but not the p99, and twice in fifteen runs an ack took 100-200 ms. On a disk
-whose fsync takes tens of milliseconds the loop pauses that long per batch;
-acks wait for that fsync in any design, and the watchdog allows a minute.
+The commit runs on the loop, blocking it for the fsync: the designs that moved
+it to a thread were measured and were no better (docs/design.md).
 
 A batch is begun, filled and committed inside one loop callback, so the
 connection is never left inside a transaction between callbacks: reads on it

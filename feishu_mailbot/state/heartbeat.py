@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from feishu_mailbot.core.status import Beat
 from feishu_mailbot.state.db import Tx
 
-
-@dataclass(frozen=True)
-class Beat:
-    pid: int
-    at: float  # wall clock of the last record
-    connected: bool
-    since: float | None  # wall clock: connected (or trying to) since
-    line: str  # the STATUS= line systemd shows
+__all__ = ["Beat", "last", "record"]
 
 
 def record(tx: Tx, beat: Beat) -> None:

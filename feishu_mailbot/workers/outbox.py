@@ -28,9 +28,9 @@ from feishu_mailbot.compose.names import NameResolver
 from feishu_mailbot.config.settings import Settings, SmtpSettings
 from feishu_mailbot.core.model import ActionRequest, Download, Message, Resource, StoredFormError
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
+from feishu_mailbot.core.text import preview
 from feishu_mailbot.feishu.rest import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
 from feishu_mailbot.mail import forward
-from feishu_mailbot.mail.html import preview
 from feishu_mailbot.mail.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
 from feishu_mailbot.state.lifecycle import Moved

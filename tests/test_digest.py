@@ -24,8 +24,9 @@ from feishu_mailbot.core.daily_report import (
 from feishu_mailbot.core.model import Message
 from feishu_mailbot.core.subjects import render_digest_subject, validate_digest_subject
 from feishu_mailbot.feishu.events import parse_event
+from feishu_mailbot.mail.attachments import Attachment
 from feishu_mailbot.mail.daily_report import compose_digest, render_text
-from feishu_mailbot.mail.forward import Attachment, make_message_id
+from feishu_mailbot.mail.headers import make_message_id
 from feishu_mailbot.mail.html import image_cid
 
 SH = ZoneInfo("Asia/Shanghai")

@@ -15,17 +15,11 @@ from feishu_mailbot.config.settings import MB, AttachmentSettings
 from feishu_mailbot.core.model import Download, Message
 from feishu_mailbot.core.subjects import render_subject
 from feishu_mailbot.feishu.events import parse_event
-from feishu_mailbot.mail.forward import (
-    TOO_LARGE,
-    Attachment,
-    Omitted,
-    compose_recall_notice,
-    forward_mail,
-    make_message_id,
-    omitted_lines,
-    sanitize_header,
-)
+from feishu_mailbot.mail.attachments import TOO_LARGE, Attachment, Omitted, omitted_lines
+from feishu_mailbot.mail.forward import forward_mail
+from feishu_mailbot.mail.headers import make_message_id, sanitize_header
 from feishu_mailbot.mail.html import image_cid
+from feishu_mailbot.mail.recall import compose_recall_notice
 
 CST = timezone(timedelta(hours=8))
 WHEN = datetime(2024, 5, 1, 9, 30, 5, tzinfo=CST)

@@ -409,7 +409,7 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     from feishu_mailbot.core import triage
     from feishu_mailbot.core.text import terminal
     from feishu_mailbot.feishu import events
-    from feishu_mailbot.mail import forward
+    from feishu_mailbot.mail import forward, headers
 
     payload = {
         "schema": "2.0",
@@ -453,7 +453,7 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
             chat_name=chat_name,
             sender_name=sender,
             rule_names=d.rules,
-            message_id=forward.make_message_id("simulated/" + ",".join(d.recipients)),
+            message_id=headers.make_message_id("simulated/" + ",".join(d.recipients)),
             zone=ZoneInfo(settings.timezone),
         )
         print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")

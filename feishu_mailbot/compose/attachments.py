@@ -3,7 +3,7 @@
 A file counts against two caps (config `attachments`), and against the
 relay's EHLO SIZE, which measures the encoded mail: base64 makes 57 bytes
 of a file into a 78-byte line. A file over what is left is not downloaded
-past the cap and the mail names it instead (forward.Omitted), so a forward of a
+past the cap and the mail names it instead (attachments.Omitted), so a forward of a
 100 MB file still goes out, without the file, rather than failing whole.
 """
 
@@ -19,7 +19,7 @@ from functools import partial
 from feishu_mailbot.config.settings import AttachmentSettings, Settings, SmtpSettings
 from feishu_mailbot.core.model import Download, Message, Resource
 from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
-from feishu_mailbot.mail import forward, mime, smtp
+from feishu_mailbot.mail import attachments, mime, smtp
 from feishu_mailbot.state import State
 from feishu_mailbot.state.outbox import Prepared
 
@@ -79,7 +79,7 @@ async def queue_digest(
     mail_id: str,
     subject: str,
     composed: mime.Mail,
-    images: Mapping[str, forward.Attachment],
+    images: Mapping[str, attachments.Attachment],
     record: Callable[..., bool],
 ) -> bool:
     """A digest stored (a spool file when its images are large) and queued by
@@ -99,11 +99,11 @@ async def digest_images(
     messages: Sequence[Message],
     relay: RelaySize,
     progress: Callable[[], None] = lambda: None,
-) -> dict[str, forward.Attachment]:
+) -> dict[str, attachments.Attachment]:
     """A digest's images within the attachment caps, by key; one that is not fetched, or
     is too large, shows as "[图片未能下载]" rather than holding up the digest. `progress`
     is called for each, so that many slow downloads are not taken for a stalled worker."""
-    images: dict[str, forward.Attachment] = {}
+    images: dict[str, attachments.Attachment] = {}
     wanted = [r for m in messages for r in m.resources if r.kind == "image"]
     if not wanted:
         return images
@@ -130,7 +130,7 @@ async def digest_images(
                     extra={"MESSAGE_ID": msg.message_id},
                 )
                 continue
-            [images[res.key]] = forward.attachments_of({res: got})
+            [images[res.key]] = attachments.attachments_of({res: got})
     return images
 
 

@@ -25,7 +25,7 @@ from feishu_mailbot.core import batch
 from feishu_mailbot.core.model import Message, StoredFormError
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
-from feishu_mailbot.mail import forward
+from feishu_mailbot.mail import headers
 from feishu_mailbot.mail.batch import compose as compose_mail
 from feishu_mailbot.state import DatabaseError, State, batches, messages
 
@@ -201,7 +201,7 @@ class Batcher:
             roundup,
             sender=self.settings.smtp.sender,
             to=rule.to,
-            message_id=forward.make_message_id(mail_id),
+            message_id=headers.make_message_id(mail_id),
             date=datetime.fromtimestamp(self._now(), end.tzinfo),
             images=images,
         )

@@ -26,7 +26,7 @@ from feishu_mailbot.config.settings import ReportSettings, Settings
 from feishu_mailbot.core import daily_report
 from feishu_mailbot.core.model import Message
 from feishu_mailbot.feishu.rest import FeishuApi
-from feishu_mailbot.mail import forward
+from feishu_mailbot.mail import attachments, headers
 from feishu_mailbot.mail.daily_report import Composed, compose_digest
 from feishu_mailbot.state import State, digests, messages
 
@@ -129,7 +129,7 @@ class Reporter:
         return dataclasses.replace(outcome, queued=queued)
 
     def _compose(
-        self, model: daily_report.Digest, mail_id: str, images: dict[str, forward.Attachment]
+        self, model: daily_report.Digest, mail_id: str, images: dict[str, attachments.Attachment]
     ) -> Composed:
         rs = self.rs
         return compose_digest(
@@ -137,7 +137,7 @@ class Reporter:
             subject=rs.subject,
             sender=self.settings.smtp.sender,
             to=rs.recipients,
-            message_id=forward.make_message_id(mail_id),
+            message_id=headers.make_message_id(mail_id),
             date=datetime.fromtimestamp(self._now(), ZoneInfo(rs.timezone)),
             images=images,
         )
@@ -164,7 +164,7 @@ class Reporter:
         kind: str,
         day: str,
         composed: Composed,
-        images: dict[str, forward.Attachment],
+        images: dict[str, attachments.Attachment],
         message_ids: list[str],
     ) -> bool:
         """Records the digest and queues its mail, once."""

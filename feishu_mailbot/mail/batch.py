@@ -13,7 +13,8 @@ from feishu_mailbot.core.batch import Roundup
 from feishu_mailbot.core.daily_report import Entry
 from feishu_mailbot.core.text import single_line
 from feishu_mailbot.mail import daily_report, html, mime, style
-from feishu_mailbot.mail.forward import Attachment, base_headers, sanitize_header
+from feishu_mailbot.mail.attachments import Attachment
+from feishu_mailbot.mail.headers import base_headers, sanitize_header
 
 SUBJECT_TAG = "[飞书汇总]"
 

@@ -23,14 +23,8 @@ from feishu_mailbot.core.daily_report import Digest, Section, local_time
 from feishu_mailbot.core.model import Message
 from feishu_mailbot.core.text import single_line
 from feishu_mailbot.mail import html, mime, style
-from feishu_mailbot.mail.forward import (
-    Attachment,
-    base_headers,
-    format_when,
-    html_with_images,
-    inline_image,
-    sanitize_header,
-)
+from feishu_mailbot.mail.attachments import Attachment, html_with_images, inline_image
+from feishu_mailbot.mail.headers import base_headers, format_when, sanitize_header
 from feishu_mailbot.mail.html import escape, image_cid
 
 WEEKDAYS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日")

@@ -192,3 +192,15 @@ def html(blocks: Sequence[Block], available: Collection[str] = ()) -> str:
     if open_paragraph:
         out.append(f"<div>{''.join(paragraph) or '<br>'}</div>")
     return "\n".join(out)
+
+
+def document(meta: str, content: str, footer: str) -> str:
+    """A forward's or a notice's page: a meta line, the content, a footer."""
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
+        f'<body style="{style.BODY}">\n'
+        f'<div style="{style.META}">{meta}</div>\n'
+        f'<div style="{style.CONTENT}">{content}</div>\n'
+        f'<div style="{style.FOOTER}">{footer}</div>\n'
+        "</body></html>\n"
+    )

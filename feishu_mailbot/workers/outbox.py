@@ -30,7 +30,7 @@ from feishu_mailbot.core.model import ActionRequest, Download, Message, Resource
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
 from feishu_mailbot.core.text import preview
 from feishu_mailbot.feishu.rest import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
-from feishu_mailbot.mail import forward
+from feishu_mailbot.mail import attachments, forward, headers, recall
 from feishu_mailbot.mail.smtp import DeliveryError, Refused, SmtpTransport
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
 from feishu_mailbot.state.lifecycle import Moved
@@ -402,12 +402,12 @@ class Outbox:
         chat_name = await self._names.name("chat", msg.chat_id)
         sender_name = await self._names.name("user", msg.sender_open_id)
         zone = ZoneInfo(self.settings.timezone)
-        message_id = forward.make_message_id(row.mail_id)
+        message_id = headers.make_message_id(row.mail_id)
         if row.kind == "recall":
             original = row.subject or ""
-            notice = forward.compose_recall_notice(
+            notice = recall.compose_recall_notice(
                 original_subject=original,
-                original_message_id=forward.make_message_id(row.mail_id.removesuffix("#recall")),
+                original_message_id=headers.make_message_id(row.mail_id.removesuffix("#recall")),
                 sender=self.settings.smtp.sender,
                 to=row.recipients,
                 chat_name=chat_name,
@@ -415,7 +415,7 @@ class Outbox:
                 message_id=message_id,
                 date=datetime.fromtimestamp(self._now(), zone),
             )
-            return Prepared(forward.recall_subject(original), raw=notice)
+            return Prepared(recall.recall_subject(original), raw=notice)
         try:
             msg = await self._lookups.complete(msg, zone, final=row.attempts + 1 >= LOOKUP_ATTEMPTS)
         except Unreachable as e:
@@ -469,12 +469,12 @@ class Outbox:
         else:  # older than the retention, or sent before the bot joined: ask Feishu
             name, replied = await self._lookups.replied(earlier[-1], zone)
         quote = f"{name}: {preview(replied.text)}" if replied is not None else ""
-        references = tuple(forward.make_message_id(m) for m, _ in found)
+        references = tuple(headers.make_message_id(m) for m, _ in found)
         return forward.Thread(references, subject if msg.root_id else None, quote)
 
     async def _attachments(
         self, msg: Message
-    ) -> tuple[list[forward.Attachment], list[forward.Omitted]]:
+    ) -> tuple[list[attachments.Attachment], list[attachments.Omitted]]:
         budget = Budget.of(self.settings.attachments, await self._relay_limit())
         downloads: dict[Resource, Download] = {}
         omitted = []
@@ -496,11 +496,11 @@ class Outbox:
                     extra={"MESSAGE_ID": msg.message_id},
                 )
                 if res.kind != "image":  # a missing image shows in its place already
-                    omitted.append(forward.refusal(res))
+                    omitted.append(attachments.refusal(res))
                 continue
             downloads[res] = got
             if got.data is None:
-                omitted.append(forward.omission(res, got, limit))
+                omitted.append(attachments.omission(res, got, limit))
                 log.warning(
                     "%s %s left out of the mail: %s bytes, over the %d bytes it may have",
                     res.kind,
@@ -509,7 +509,7 @@ class Outbox:
                     limit,
                     extra={"MESSAGE_ID": msg.message_id},
                 )
-        return forward.attachments_of(downloads), omitted
+        return attachments.attachments_of(downloads), omitted
 
     async def _relay_limit(self) -> int | None:
         """The relay's SIZE, asked once over an idle connection (which the mail then uses)."""

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from feishu_mailbot.config.settings import SmtpSettings
 from feishu_mailbot.core import x509
@@ -463,6 +463,22 @@ def _quit(smtp: smtplib.SMTP) -> None:
 
 
 _EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class Transport(Protocol):
+    """A delivery backend: one session to a relay, driven from one thread at a time.
+
+    `send` takes the mail's bytes or a spool file of them, raises DeliveryError
+    (permanent or not) and returns the recipients the relay refused;
+    `size_limit` is the largest mail the relay takes. SmtpTransport is the one
+    we ship.
+    """
+
+    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused: ...
+    def size_limit(self) -> int | None: ...
+    def close_if_idle(self, idle_seconds: float) -> bool: ...
+    def close(self) -> None: ...
+    def reconfigure(self, settings: SmtpSettings) -> None: ...
 
 
 class SmtpTransport:

@@ -1,11 +1,11 @@
-"""The outbox worker: turns outbox rows into delivered mail.
+"""The outbox worker: delivers the outbox's mail, each through the table of a mail's life.
 
-Runs on the event loop and never waits on the network there: Feishu REST
-calls are async and each SMTP session runs in a thread. A mail is composed
-once (names resolved, attachments fetched) and its bytes stored before the
-first SMTP attempt, so every retry sends byte-identical mail with the same
-Message-ID. Everything it learns goes back into the state; the in-chat
-"forwarded" confirmation is queued there for the action worker.
+Runs on the event loop and never waits on the network there: each SMTP session
+runs in a thread. A mail is composed once by its composer (compose/forward.py;
+digests arrive composed) and its bytes stored before the first SMTP attempt, so
+every retry sends byte-identical mail with the same Message-ID. Everything it
+learns goes back into the state; the in-chat "forwarded" confirmation is queued
+there for the action worker.
 """
 
 from __future__ import annotations
@@ -14,25 +14,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
-from zoneinfo import ZoneInfo
+from typing import Any
 
-from feishu_mailbot.compose.attachments import SPOOL_ABOVE, Budget, download, store
-from feishu_mailbot.compose.lookups import Lookups, Unreachable
+from feishu_mailbot.compose.forward import ForwardComposer, PrepareError
 from feishu_mailbot.compose.names import NameResolver
 from feishu_mailbot.config.settings import Settings, SmtpSettings
-from feishu_mailbot.core.model import ActionRequest, Download, Message, Resource, StoredFormError
+from feishu_mailbot.core.model import ActionRequest
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
-from feishu_mailbot.core.text import preview
-from feishu_mailbot.feishu.rest import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
-from feishu_mailbot.mail import attachments, forward, headers, recall
-from feishu_mailbot.mail.smtp import DeliveryError, Refused, SmtpTransport
-from feishu_mailbot.state import DatabaseError, State, Tx, actions, messages, outbox
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail.smtp import DeliveryError, SmtpTransport, Transport
+from feishu_mailbot.state import DatabaseError, State, Tx, actions, outbox
 from feishu_mailbot.state.lifecycle import Moved
 from feishu_mailbot.state.outbox import OutboxRow, Prepared
 from feishu_mailbot.workers.rounds import Doorbell, rounds
@@ -48,35 +43,24 @@ POLL_SECONDS = 1.0
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
-# Attempts during which a merged forward that Feishu cannot be reached for waits; after
-# them it is mailed with a note instead of its conversation.
-LOOKUP_ATTEMPTS = 3
 # A spool file no row names is removed once this old, looked for at start and this
 # often; a younger one may be a `send-report` in another process, between writing its
 # file and committing its row.
 SPOOL_GRACE_SECONDS = 3600.0
 
 
-class Transport(Protocol):
-    """A delivery backend: one session to a relay, driven from one thread at a time.
-
-    `send` takes the mail's bytes or a spool file of them, raises DeliveryError
-    (permanent or not) and returns the recipients the relay refused;
-    `size_limit` is the largest mail the relay takes. SmtpTransport is the one
-    we ship.
-    """
-
-    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused: ...
-    def size_limit(self) -> int | None: ...
-    def close_if_idle(self, idle_seconds: float) -> bool: ...
-    def close(self) -> None: ...
-    def reconfigure(self, settings: SmtpSettings) -> None: ...
-
-
-class PrepareError(Exception):
-    def __init__(self, message: str, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+#: Builds the composer the outbox asks for each mail's bytes (compose/forward.py).
+ComposerFactory = Callable[
+    [
+        Settings,
+        State,
+        FeishuApi,
+        NameResolver,
+        Callable[[], Awaitable[int | None]],
+        Callable[[], float],
+    ],
+    ForwardComposer,
+]
 
 
 def _confirms(row: OutboxRow, delivered: list[str]) -> bool:
@@ -119,13 +103,12 @@ class Outbox:
         actions_queued: Callable[[], None],
         wall_clock: Callable[[], float] = time.time,
         transport: Callable[[SmtpSettings], Transport] = SmtpTransport,
+        composer: ComposerFactory = ForwardComposer,
     ) -> None:
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
         self._state = state
-        self._api = api
-        self._names = names
-        self._lookups = Lookups(api, names, wall_clock)
+        self._composer = composer(settings, state, api, names, self._relay_limit, wall_clock)
         # The action worker polls the state anyway; this only saves it the wait.
         self._actions_queued = actions_queued
         self._now = wall_clock
@@ -139,7 +122,6 @@ class Outbox:
         # Outcomes of attempts that the state refused to record (a full disk): written
         # first once it works again, so that no mail stays claimed while we run.
         self._unrecorded: dict[str, Callable[[Tx], Any]] = {}
-        self._with_files = asyncio.Semaphore(1)  # mail downloading and composing files
         self._relay_size: int | None = None  # the relay's EHLO SIZE, once asked
         self._relay_asked = False
         self._swept_at = 0.0
@@ -154,6 +136,7 @@ class Outbox:
             self.policy = RetryPolicy.from_settings(settings)
             self._relay_asked = False  # maybe another relay, with another SIZE
         self.settings = settings
+        self._composer.settings = settings
 
     def wake(self) -> None:
         self._bell.ring()
@@ -287,7 +270,7 @@ class Outbox:
             prepared = Prepared(row.subject or "", row.raw, row.spool)
         if prepared is None:
             try:
-                prepared = await self._prepare(row)
+                prepared = await self._composer.prepare(row)
             except PrepareError as e:
                 await self._failed_attempt(row, str(e), e.permanent, fields)
                 return
@@ -394,122 +377,6 @@ class Outbox:
             _why_not(moved),
             extra=fields,
         )
-
-    async def _prepare(self, row: OutboxRow) -> Prepared:
-        msg = self._state.read(partial(messages.get, message_id=row.message_id))
-        if msg is None:
-            raise PrepareError(f"message {row.message_id} is not in the state", permanent=True)
-        chat_name = await self._names.name("chat", msg.chat_id)
-        sender_name = await self._names.name("user", msg.sender_open_id)
-        zone = ZoneInfo(self.settings.timezone)
-        message_id = headers.make_message_id(row.mail_id)
-        if row.kind == "recall":
-            original = row.subject or ""
-            notice = recall.compose_recall_notice(
-                original_subject=original,
-                original_message_id=headers.make_message_id(row.mail_id.removesuffix("#recall")),
-                sender=self.settings.smtp.sender,
-                to=row.recipients,
-                chat_name=chat_name,
-                sender_name=sender_name,
-                message_id=message_id,
-                date=datetime.fromtimestamp(self._now(), zone),
-            )
-            return Prepared(recall.recall_subject(original), raw=notice)
-        try:
-            msg = await self._lookups.complete(msg, zone, final=row.attempts + 1 >= LOOKUP_ATTEMPTS)
-        except Unreachable as e:
-            raise PrepareError(f"cannot expand the merged forward: {e}", permanent=False) from e
-        thread = await self._thread(msg, row, zone)
-        compose = partial(
-            forward.forward,
-            msg,
-            thread=thread,
-            subject_template=row.subject_template,
-            sender=self.settings.smtp.sender,
-            to=row.recipients,
-            chat_name=chat_name,
-            sender_name=sender_name,
-            rule_names=row.rules,
-            message_id=message_id,
-            zone=zone,
-        )
-        if not msg.resources:
-            subject, forwarded = compose()
-            return Prepared(subject, raw=forwarded.render())
-        async with self._with_files:
-            files, omitted = await self._attachments(msg)
-            subject, forwarded = compose(attachments=files, omitted=omitted)
-            large = sum(len(f.data) for f in files) > SPOOL_ABOVE
-            return await store(self._state, row.mail_id, subject, forwarded, large)
-
-    async def _thread(self, msg: Message, row: OutboxRow, zone: ZoneInfo) -> forward.Thread:
-        """A reply's place among the mails these recipients got of its thread."""
-        earlier = [
-            m for m in dict.fromkeys((msg.root_id, msg.parent_id)) if m and m != msg.message_id
-        ]
-        if not earlier:
-            return forward.Thread()
-        found = self._state.read(
-            partial(outbox.thread_mails, message_ids=earlier, recipients=row.recipients)
-        )
-        root = outbox.mail_id_for(earlier[0], row.recipients)
-        subject = next((s for m, s in found if m == root), None)
-        try:
-            replied = self._state.read(partial(messages.get, message_id=earlier[-1]))
-        except StoredFormError as e:  # a quote is decoration: Feishu may still give it
-            log.error(
-                "the message replied to cannot be read, asking Feishu for it: %s",
-                e,
-                extra={"MESSAGE_ID": earlier[-1]},
-            )
-            replied = None
-        if replied is not None:
-            name = await self._names.name("user", replied.sender_open_id)
-        else:  # older than the retention, or sent before the bot joined: ask Feishu
-            name, replied = await self._lookups.replied(earlier[-1], zone)
-        quote = f"{name}: {preview(replied.text)}" if replied is not None else ""
-        references = tuple(headers.make_message_id(m) for m, _ in found)
-        return forward.Thread(references, subject if msg.root_id else None, quote)
-
-    async def _attachments(
-        self, msg: Message
-    ) -> tuple[list[attachments.Attachment], list[attachments.Omitted]]:
-        budget = Budget.of(self.settings.attachments, await self._relay_limit())
-        downloads: dict[Resource, Download] = {}
-        omitted = []
-        for res in msg.resources:
-            limit = budget.limit
-            try:
-                got = await download(self._api, msg.message_id, res, budget)
-            except FeishuError as e:
-                if not refused(e):  # no answer, a rate limit, not us: the mail waits
-                    permanent = e.code in CREDENTIAL_ERRORS
-                    raise PrepareError(f"cannot fetch {res.kind} {res.key}: {e}", permanent) from e
-                # Feishu refuses this one (234043: "暂不支持获取合并转发消息中的子消息、卡片
-                # 消息中的资源文件"): the mail goes without it, and says so.
-                log.warning(
-                    "%s %s not given by Feishu, the mail goes without it: %s",
-                    res.kind,
-                    res.key,
-                    e,
-                    extra={"MESSAGE_ID": msg.message_id},
-                )
-                if res.kind != "image":  # a missing image shows in its place already
-                    omitted.append(attachments.refusal(res))
-                continue
-            downloads[res] = got
-            if got.data is None:
-                omitted.append(attachments.omission(res, got, limit))
-                log.warning(
-                    "%s %s left out of the mail: %s bytes, over the %d bytes it may have",
-                    res.kind,
-                    res.key,
-                    got.size if got.size is not None else "more than that",
-                    limit,
-                    extra={"MESSAGE_ID": msg.message_id},
-                )
-        return attachments.attachments_of(downloads), omitted
 
     async def _relay_limit(self) -> int | None:
         """The relay's SIZE, asked once over an idle connection (which the mail then uses)."""

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from feishu_mailbot.feishu import frames
-from feishu_mailbot.feishu.rest import load_ws_client
+from feishu_mailbot.feishu.connection import load_ws_client
 
 load_ws_client()  # puts lark_oapi.ws (and its vendored protobuf) in place
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame as SdkFrame  # noqa: E402

@@ -288,7 +288,8 @@ def test_an_https_proxy_wanting_credentials_is_named_by_the_daemon(
 def test_a_rest_call_that_gets_no_answer_names_the_hop(tmp_path: Path) -> None:
     """Not 'check the app secret': a refused connection is the network's."""
     from feishu_mailbot.config import load
-    from feishu_mailbot.feishu.rest import FeishuApi, HopFailed
+    from feishu_mailbot.feishu.errors import HopFailed
+    from feishu_mailbot.feishu.rest import FeishuApi
     from tests.smtp_server import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"

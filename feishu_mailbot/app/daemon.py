@@ -36,14 +36,10 @@ from feishu_mailbot.core import health, status, triage
 from feishu_mailbot.core.model import BODY_CAP, Event, Ignored, Recall
 from feishu_mailbot.core.rules import RULE_TIMEOUT_MS
 from feishu_mailbot.feishu import events
-from feishu_mailbot.feishu.rest import (
-    CREDENTIAL_ERRORS,
-    RECONNECT_MAX,
-    FeishuApi,
-    FeishuError,
-    LongConnection,
-    Route,
-)
+from feishu_mailbot.feishu.connection import RECONNECT_MAX, LongConnection
+from feishu_mailbot.feishu.errors import CREDENTIAL_ERRORS, FeishuError
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.feishu.route import Route
 from feishu_mailbot.state import (
     DB_NAME,
     DatabaseError,

@@ -29,19 +29,10 @@ from feishu_mailbot.config.settings import Proxy, Settings, address
 from feishu_mailbot.core import hops, x509
 from feishu_mailbot.core.hops import Hop
 from feishu_mailbot.feishu import frames
-from feishu_mailbot.feishu.rest import (
-    CONNECT_TIMEOUT,
-    CREDENTIAL_ERRORS,
-    SCOPE_ERRORS,
-    FeishuApi,
-    FeishuError,
-    HopFailed,
-    Route,
-    TunnelRefused,
-    endpoint,
-    socket_to,
-    tunnel,
-)
+from feishu_mailbot.feishu.connection import endpoint
+from feishu_mailbot.feishu.errors import CREDENTIAL_ERRORS, SCOPE_ERRORS, FeishuError, HopFailed
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.feishu.route import CONNECT_TIMEOUT, Route, TunnelRefused, socket_to, tunnel
 from feishu_mailbot.mail import smtp
 
 DEADLINE = 60.0  # the whole run, both paths

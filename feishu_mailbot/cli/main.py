@@ -257,7 +257,8 @@ def _give_to_group(fd: int) -> str:
 
 def _chats(settings: Settings) -> int:
     from feishu_mailbot.core.text import terminal
-    from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
+    from feishu_mailbot.feishu.errors import FeishuError
+    from feishu_mailbot.feishu.rest import FeishuApi
 
     async def listing() -> list[tuple[str, str, int | None]]:
         api = FeishuApi(settings.feishu)
@@ -316,7 +317,8 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     from feishu_mailbot.compose.names import NameResolver
     from feishu_mailbot.core.daily_report import current_day, kept_days, window_refusal
     from feishu_mailbot.core.text import terminal
-    from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
+    from feishu_mailbot.feishu.errors import FeishuError
+    from feishu_mailbot.feishu.rest import FeishuApi
     from feishu_mailbot.state import DatabaseError, State, StateError
 
     rs = settings.daily_report

@@ -18,7 +18,8 @@ from functools import partial
 
 from feishu_mailbot.config.settings import AttachmentSettings, Settings, SmtpSettings
 from feishu_mailbot.core.model import Download, Message, Resource
-from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
+from feishu_mailbot.feishu.errors import FeishuError
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import attachments, mime, smtp
 from feishu_mailbot.state import State
 from feishu_mailbot.state.outbox import Prepared

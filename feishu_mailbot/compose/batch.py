@@ -24,7 +24,8 @@ from feishu_mailbot.config.settings import Rule, Settings
 from feishu_mailbot.core import batch
 from feishu_mailbot.core.model import Message, StoredFormError
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
-from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
+from feishu_mailbot.feishu.errors import FeishuError
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import headers
 from feishu_mailbot.mail.batch import compose as compose_mail
 from feishu_mailbot.state import DatabaseError, State, batches, messages

@@ -22,7 +22,8 @@ from feishu_mailbot.compose.names import NameResolver
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core.model import Download, Message, Resource, StoredFormError
 from feishu_mailbot.core.text import preview
-from feishu_mailbot.feishu.rest import CREDENTIAL_ERRORS, FeishuApi, FeishuError, refused
+from feishu_mailbot.feishu.errors import CREDENTIAL_ERRORS, FeishuError, refused
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import forward, headers, recall
 from feishu_mailbot.mail.attachments import Attachment, Omitted, attachments_of, omission, refusal
 from feishu_mailbot.state import State, messages, outbox

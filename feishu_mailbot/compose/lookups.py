@@ -19,7 +19,8 @@ from datetime import tzinfo
 from feishu_mailbot.compose.names import RETRY_SECONDS, NameResolver, NameUnavailable
 from feishu_mailbot.core.model import Forwarded, Message
 from feishu_mailbot.feishu import expand
-from feishu_mailbot.feishu.rest import FeishuApi, FeishuError, refused
+from feishu_mailbot.feishu.errors import FeishuError, refused
+from feishu_mailbot.feishu.rest import FeishuApi
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from functools import partial
 from typing import Literal
 
 from feishu_mailbot.config.settings import Settings
-from feishu_mailbot.feishu.rest import FeishuApi, FeishuError, unanswered
+from feishu_mailbot.feishu.errors import FeishuError, unanswered
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.state import State, names
 
 log = logging.getLogger(__name__)

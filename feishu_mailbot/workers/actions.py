@@ -24,7 +24,8 @@ from feishu_mailbot.config.settings import ReportSettings, Settings
 from feishu_mailbot.core import daily_report
 from feishu_mailbot.core.model import ActionRequest
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
-from feishu_mailbot.feishu.rest import FeishuApi, FeishuError
+from feishu_mailbot.feishu.errors import FeishuError
+from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, digests, messages
 from feishu_mailbot.state.actions import Action
 from feishu_mailbot.workers.rounds import Doorbell, rounds

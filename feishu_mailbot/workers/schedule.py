@@ -20,7 +20,7 @@ from feishu_mailbot.compose.batch import Batcher
 from feishu_mailbot.compose.daily_report import Reporter
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import daily_report
-from feishu_mailbot.feishu.rest import FeishuError
+from feishu_mailbot.feishu.errors import FeishuError
 from feishu_mailbot.state import State, digests
 from feishu_mailbot.workers.rounds import Doorbell
 

@@ -29,6 +29,7 @@ import pytest
 from feishu_mailbot.compose.batch import Batcher
 from feishu_mailbot.compose.daily_report import Reporter
 from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import Batch, Settings
 from feishu_mailbot.core import batch, triage
@@ -195,7 +196,7 @@ def test_a_simulated_day_of_an_hourly_batch(tmp_path: Path, emulator: FeishuEmul
     def start() -> tuple[State, Batcher]:
         state = State(path, daemon=True)
         api = FeishuApi(s.feishu)
-        return state, Batcher(s, state, api, NameResolver(s, state, api, wall_clock=clock), clock)
+        return state, Batcher(Sources.of(s, state, api, clock))
 
     async def main() -> None:
         state, batcher = start()
@@ -340,7 +341,7 @@ def test_waiting_matches_outlive_retention_until_carried_or_their_rule_goes(
     assert state.read(partial(messages.get, message_id="om_1")) is not None
 
     api = FeishuApi(s.feishu)
-    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    batcher = Batcher(Sources.of(s, state, api, lambda: later))
     with caplog.at_level("WARNING", logger="feishu_mailbot.compose.batch"):
         assert asyncio.run(batcher.send_due()) == 1  # the late digest carries both
     assert (
@@ -372,7 +373,7 @@ def test_more_matches_than_a_digest_carries_go_out_in_several_at_once(
         )
     api = FeishuApi(s.feishu)
     later = (at + timedelta(hours=1)).timestamp()
-    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    batcher = Batcher(Sources.of(s, state, api, lambda: later))
     assert asyncio.run(batcher.send_due()) == 3
     assert sorted(len(v) for v in state.read(carried).values()) == [1] * 5
     subjects = [str(parse(raw)["Subject"]) for _, raw in state.read(batch_mails)]
@@ -400,7 +401,7 @@ def test_a_rule_unbatched_sends_what_waited_and_a_clock_set_back_delays_nothing(
     api = FeishuApi(s.feishu)
     names = NameResolver(s, state, api)
     later = (at + timedelta(hours=1)).timestamp()
-    assert asyncio.run(Batcher(s, state, api, names, lambda: later).send_due()) == 1
+    assert asyncio.run(Batcher(Sources(s, state, api, names, lambda: later)).send_due()) == 1
     assert sorted(state.read(carried)) == ["om_1", "om_2"]  # the one from "next week" too
 
     state.write_now(
@@ -415,7 +416,7 @@ def test_a_rule_unbatched_sends_what_waited_and_a_clock_set_back_delays_nothing(
     unbatched = dataclasses.replace(
         s, rules=tuple(dataclasses.replace(r, batch=None) for r in s.rules)
     )
-    batcher = Batcher(unbatched, state, api, names, lambda: later + 60)
+    batcher = Batcher(Sources(unbatched, state, api, names, lambda: later + 60))
     assert asyncio.run(batcher.send_due()) == 1  # at once, not at a boundary
     assert sorted(state.read(carried)) == ["om_1", "om_2", "om_3"]
     state.close()
@@ -447,7 +448,7 @@ def test_an_unreadable_match_is_left_out_and_the_digest_goes(
     db.close()
     api = FeishuApi(s.feishu)
     later = (at + timedelta(hours=1)).timestamp()
-    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    batcher = Batcher(Sources.of(s, state, api, lambda: later))
     with caplog.at_level("ERROR", logger="feishu_mailbot.compose.batch"):
         assert asyncio.run(batcher.send_due()) == 1
     assert "a batched match cannot be read, left out" in caplog.text
@@ -480,7 +481,7 @@ def test_what_an_unbatched_rule_left_waiting_is_looked_for_at_every_tick(
             )
         )
     api = FeishuApi(s.feishu)
-    batcher = Batcher(unbatched, state, api, NameResolver(s, state, api), lambda: now[0])
+    batcher = Batcher(Sources.of(unbatched, state, api, lambda: now[0]))
 
     async def main() -> tuple[int, int]:
         first = await batcher.send_due()
@@ -517,8 +518,8 @@ def test_the_schedule_shows_progress_while_a_slow_digest_is_built(
     async def main() -> list[float]:
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api, wall_clock=lambda: later)
-        batcher = Batcher(s, state, api, names, lambda: later)
-        reporter = Reporter(s, state, api, names, wall_clock=lambda: later)
+        batcher = Batcher(Sources(s, state, api, names, lambda: later))
+        reporter = Reporter(Sources(s, state, api, names, lambda: later))
         schedule = Schedule(s, state, reporter, lambda: None, lambda: later, batcher)
         first = "/open-apis/contact/v3/users/ou_member1"  # the round is under way
         seen = await progress_while(
@@ -548,7 +549,7 @@ def test_digests_with_images_ask_the_relay_its_size_once_an_hour(
     now = [(at + timedelta(hours=1)).timestamp()]
     state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
     api = FeishuApi(s.feishu)
-    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: now[0])
+    batcher = Batcher(Sources.of(s, state, api, lambda: now[0]))
 
     async def main() -> list[int]:
         sent = []
@@ -592,7 +593,7 @@ def test_a_digest_whose_composition_keeps_raising_fails_like_a_mail(
         )
     api = FeishuApi(s.feishu)
     later = (at + timedelta(hours=1)).timestamp()
-    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    batcher = Batcher(Sources.of(s, state, api, lambda: later))
     for _ in range(UNEXPECTED_ATTEMPTS - 1):
         with pytest.raises(ValueError):  # the schedule logs it and tries at the next tick
             asyncio.run(batcher.send_due())
@@ -615,7 +616,7 @@ def test_a_digest_whose_composition_keeps_raising_fails_like_a_mail(
     state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
     assert state.read(partial(outbox.queued, statuses=("failed",))) == []
     state.write_now(lambda tx: tx.execute("DELETE FROM batch_items WHERE message_id = 'om_1'"))
-    batcher = Batcher(s, state, api, NameResolver(s, state, api), lambda: later)
+    batcher = Batcher(Sources.of(s, state, api, lambda: later))
     assert asyncio.run(batcher.send_due()) == 1  # without the poison, composed and queued
     [(_, raw)] = state.read(batch_mails)
     assert "低优先级 #2" in text_of(parse(raw)) and "撤回" not in text_of(parse(raw))

@@ -16,7 +16,7 @@ from feishu_mailbot.core.model import Download, Message
 from feishu_mailbot.core.subjects import render_subject
 from feishu_mailbot.feishu.events import parse_event
 from feishu_mailbot.mail.attachments import TOO_LARGE, Attachment, Omitted, omitted_lines
-from feishu_mailbot.mail.forward import forward_mail
+from feishu_mailbot.mail.forward import Envelope, forward_mail
 from feishu_mailbot.mail.headers import make_message_id, sanitize_header
 from feishu_mailbot.mail.html import image_cid
 from feishu_mailbot.mail.recall import compose_recall_notice
@@ -71,13 +71,15 @@ def forward(
     m = post_message()
     return forward_mail(
         m,
+        Envelope(
+            "飞书机器人 <bot@example.com>",
+            ["a@example.com", "b@example.com"],
+            chat_name,
+            "张三\nX-Evil: 1",
+            ["oncall", "archive"],
+            make_message_id("outbox:1"),
+        ),
         subject=subject or "[研发群] 张三: 上线通知",
-        sender="飞书机器人 <bot@example.com>",
-        to=["a@example.com", "b@example.com"],
-        chat_name=chat_name,
-        sender_name="张三\nX-Evil: 1",
-        rule_names=["oncall", "archive"],
-        message_id=make_message_id("outbox:1"),
         date=WHEN,
         attachments=attachments,
         omitted=omitted,
@@ -221,25 +223,22 @@ def test_addresses_from_config_must_be_clean() -> None:
     with pytest.raises(ValueError):
         forward_mail(
             m,
+            Envelope(
+                "bot@example.com",
+                ["a@example.com\r\nBcc: x@evil.example"],
+                "c",
+                "s",
+                [],
+                make_message_id("x"),
+            ),
             subject="s",
-            sender="bot@example.com",
-            to=["a@example.com\r\nBcc: x@evil.example"],
-            chat_name="c",
-            sender_name="s",
-            rule_names=[],
-            message_id=make_message_id("x"),
             date=WHEN,
         )
     with pytest.raises(ValueError):
         forward_mail(
             m,
+            Envelope("bot@example.com", [], "c", "s", [], make_message_id("x")),
             subject="s",
-            sender="bot@example.com",
-            to=[],
-            chat_name="c",
-            sender_name="s",
-            rule_names=[],
-            message_id=make_message_id("x"),
             date=WHEN,
         )
 

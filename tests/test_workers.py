@@ -23,6 +23,7 @@ import pytest
 
 from feishu_mailbot.compose.daily_report import Reporter
 from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import FeishuSettings, Secret, Settings, SmtpSettings
 from feishu_mailbot.core.model import ActionRequest, Delivery, Download, Message, Text
@@ -110,7 +111,7 @@ def test_the_outbox_retries_through_any_delivery_backend(
         state = State(tmp_path / "state.db", daemon=True)
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api)
-        worker = Outbox(s, state, api, names, lambda: None, transport=relay)
+        worker = Outbox(Sources(s, state, api, names), lambda: None, transport=relay)
         await state.write(
             partial(
                 messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()
@@ -151,7 +152,7 @@ def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
         state = State(tmp_path / "state.db", daemon=True)
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api)
-        reporter = Reporter(s, state, api, names)
+        reporter = Reporter(Sources(s, state, api, names))
         worker = Actions(s, state, api, reporter, lambda: queued.append("wake"))
         task = asyncio.create_task(worker.run())
         report = ActionRequest("report", {"day": "2025-12-01"})
@@ -195,7 +196,7 @@ def test_a_digest_is_dated_by_the_reporter_s_clock(
         state = State(tmp_path / "state.db", daemon=True)
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api, wall_clock=lambda: at)
-        reporter = Reporter(s, state, api, names, wall_clock=lambda: at)
+        reporter = Reporter(Sources(s, state, api, names, lambda: at))
         report = message(1, "日报 第一份")
         await state.write(partial(messages.ingest, msg=report, deliveries=(), now=at))
         assert (await reporter.build(date(2025, 12, 1))).queued
@@ -235,7 +236,7 @@ def test_a_reply_to_a_message_that_cannot_be_read_is_mailed_without_its_quote(
         db.commit()
         db.close()
         api = FeishuApi(s.feishu)
-        worker = Outbox(s, state, api, NameResolver(s, state, api), lambda: None, transport=relay)
+        worker = Outbox(Sources.of(s, state, api), lambda: None, transport=relay)
         await state.write(
             partial(messages.ingest, msg=reply, deliveries=(ONCALL,), now=time.time())
         )
@@ -290,7 +291,7 @@ def test_a_clock_set_forward_does_not_fail_queued_mail(
         state = State(tmp_path / "state.db", daemon=True)
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api)
-        worker = Outbox(s, state, api, names, lambda: None, lambda: jumped, DeadRelay())
+        worker = Outbox(Sources(s, state, api, names, lambda: jumped), lambda: None, DeadRelay())
         await state.write(
             partial(messages.ingest, msg=message(1, "故障"), deliveries=(ONCALL,), now=time.time())
         )
@@ -329,7 +330,7 @@ def test_a_spool_file_that_is_gone_is_composed_again(
         state = State(tmp_path / "state.db", daemon=True)
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api)
-        worker = Outbox(s, state, api, names, lambda: None, transport=relay)
+        worker = Outbox(Sources(s, state, api, names), lambda: None, transport=relay)
         await state.write(
             partial(
                 messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()
@@ -408,7 +409,7 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
             )
         )
         api = FeishuApi(s.feishu)
-        worker = Outbox(s, state, api, NameResolver(s, state, api), lambda: None, transport=relay)
+        worker = Outbox(Sources.of(s, state, api), lambda: None, transport=relay)
         task = asyncio.create_task(worker.run())
         await until(lambda: state.read(outbox.pending_count) == 0)
         worker.stop()
@@ -458,7 +459,7 @@ def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
     async def main() -> list[float]:
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api, wall_clock=lambda: at)
-        reporter = Reporter(s, state, api, names, wall_clock=lambda: at)
+        reporter = Reporter(Sources(s, state, api, names, lambda: at))
         schedule = Schedule(s, state, reporter, lambda: None, lambda: at)
         queued = partial(digests.for_day, chat_id="oc_team", day="2025-12-01")
         seen = await progress_while(  # from the first image asked for

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot.compose.daily_report import Reporter
 from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import DAY, Settings
 from feishu_mailbot.core import daily_report
@@ -144,8 +145,8 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
         state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
         api = FeishuApi(s.feishu)
         names = NameResolver(s, state, api, wall_clock=clock)
-        reporter = Reporter(s, state, api, names, wall_clock=clock)
-        mail = Outbox(s, state, api, names, lambda: None, wall_clock=clock, transport=relay)
+        reporter = Reporter(Sources(s, state, api, names, clock))
+        mail = Outbox(Sources(s, state, api, names, clock), lambda: None, transport=relay)
         actions = Actions(s, state, api, reporter, mail.wake, wall_clock=clock)
         keeper = Housekeeper(s, state, wall_clock=clock)
         tasks = [asyncio.create_task(w.run()) for w in (mail, actions, keeper)]

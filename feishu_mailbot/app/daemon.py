@@ -29,7 +29,7 @@ from feishu_mailbot.app import logs
 from feishu_mailbot.app.systemd import Notifier, watchdog_interval
 from feishu_mailbot.compose.batch import Batcher
 from feishu_mailbot.compose.daily_report import Reporter
-from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load, proxy
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import health, status, triage
@@ -77,11 +77,12 @@ class Daemon:
         self.state = State(db_path(settings), daemon=True)
         route = Route(settings.feishu)  # one TLS context and proxy choice for both
         self.api = FeishuApi(settings.feishu, route=route)
-        self.names = NameResolver(settings, self.state, self.api)
-        self.reporter = Reporter(settings, self.state, self.api, self.names)
-        self.outbox = Outbox(settings, self.state, self.api, self.names, self.wake_actions)
+        self.sources = Sources.of(settings, self.state, self.api)
+        self.names = self.sources.names
+        self.reporter = Reporter(self.sources)
+        self.outbox = Outbox(self.sources, self.wake_actions)
         self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
-        self.batcher = Batcher(settings, self.state, self.api, self.names)
+        self.batcher = Batcher(self.sources)
         self.schedule = Schedule(
             settings, self.state, self.reporter, self.outbox.wake, batcher=self.batcher
         )
@@ -451,9 +452,8 @@ class Daemon:
         else:
             if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
-            self.settings = new
-            parts = (self.names, self.reporter, self.batcher, self.schedule, self.housekeeper)
-            for part in parts:
+            self.settings = self.sources.settings = new  # the reporter's and batcher's too
+            for part in (self.names, self.schedule, self.housekeeper):
                 part.settings = new
             self.outbox.reconfigure(new)
             self.actions.reconfigure(new)

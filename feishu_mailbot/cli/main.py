@@ -315,6 +315,7 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
     from feishu_mailbot.app.daemon import db_path
     from feishu_mailbot.compose.daily_report import Reporter
     from feishu_mailbot.compose.names import NameResolver
+    from feishu_mailbot.compose.sources import Sources
     from feishu_mailbot.core.daily_report import current_day, kept_days, window_refusal
     from feishu_mailbot.core.text import terminal
     from feishu_mailbot.feishu.errors import FeishuError
@@ -369,7 +370,7 @@ def _send_report(settings: Settings, day_text: str | None, dry_run: bool, force:
         api = FeishuApi(settings.feishu)
         try:
             names = NameResolver(settings, state, api)
-            outcome = await Reporter(settings, state, api, names).build(
+            outcome = await Reporter(Sources(settings, state, api, names)).build(
                 day, force=force, dry_run=dry_run
             )
         finally:
@@ -447,17 +448,13 @@ def _simulate(settings: Settings, chat_id: str, sender: str, text: str) -> int:
     chat = settings.chat(chat_id)
     chat_name = (chat.name if chat else None) or chat_id
     for d in outcome.deliveries:
-        _, email = forward.forward(
-            outcome.message,
-            subject_template=d.subject_template,
-            sender=settings.smtp.sender,
-            to=d.recipients,
-            chat_name=chat_name,
-            sender_name=sender,
-            rule_names=d.rules,
-            message_id=headers.make_message_id("simulated/" + ",".join(d.recipients)),
-            zone=ZoneInfo(settings.timezone),
+        msg, date = outcome.message, forward.sent_at(outcome.message, ZoneInfo(settings.timezone))
+        mail_id = headers.make_message_id("simulated/" + ",".join(d.recipients))
+        env = forward.Envelope(
+            settings.smtp.sender, d.recipients, chat_name, sender, d.rules, mail_id
         )
+        subject = forward.subject_of(msg, d.subject_template, env, date=date)
+        email = forward.forward_mail(msg, env, subject=subject, date=date)
         print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")
         print("-" * 72)
         print(queue.readable(email.render()))

@@ -11,24 +11,22 @@ asks it at every tick.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot.compose.attachments import RelaySize, digest_images, queue_digest
+from feishu_mailbot.compose.attachments import digest_images, queue_digest
 from feishu_mailbot.compose.lookups import Lookups
-from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config.settings import Rule, Settings
 from feishu_mailbot.core import batch
 from feishu_mailbot.core.model import Message, StoredFormError
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.feishu.errors import FeishuError
-from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import headers
 from feishu_mailbot.mail.batch import compose as compose_mail
-from feishu_mailbot.state import DatabaseError, State, batches, messages
+from feishu_mailbot.state import DatabaseError, batches, messages
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +44,17 @@ Found = tuple[Message, str, str]  # a match, its sender's name, its chat's name
 
 
 class Batcher:
-    def __init__(
-        self,
-        settings: Settings,
-        state: State,
-        api: FeishuApi,
-        names: NameResolver,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self._state = state
-        self._api = api
-        self._names = names
-        self._lookups = Lookups(api, names, wall_clock)
-        self._relay = RelaySize()
-        self._now = wall_clock
+    def __init__(self, sources: Sources) -> None:
+        self.src = sources
+        self._lookups = Lookups(sources.api, sources.names, sources.now)
         self._progress: Callable[[], None] = lambda: None
         # How often composing a rule's digest from the same first match raised; keyed so
         # that a digest built at `now` (a rule unbatched) counts across ticks too.
         self._raised: dict[tuple[str, str], int] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return self.src.settings
 
     def rules(self) -> list[Rule]:
         return [r for r in self.settings.rules if r.batch is not None]
@@ -76,7 +66,7 @@ class Batcher:
         taken for a stalled worker.
         """
         self._progress = progress
-        now = datetime.fromtimestamp(self._now(), ZoneInfo(self.settings.timezone))
+        now = datetime.fromtimestamp(self.src.now(), ZoneInfo(self.settings.timezone))
         queued = await self._orphans(now)
         for rule in self.rules():
             assert rule.batch is not None
@@ -91,13 +81,13 @@ class Batcher:
         names = {r.name for r in self.rules()}
         queued = 0
         configured = {r.name: r for r in self.settings.rules}
-        for name in sorted(self._state.read(batches.rules_waiting) - names):
+        for name in sorted(self.src.state.read(batches.rules_waiting) - names):
             rule = configured.get(name)
             if rule is not None:  # `batch:` was taken off: its last digest, at once
                 while await self.build(rule, now, start=now):
                     queued += 1
                 continue
-            count = await self._state.write(partial(batches.abandon, rule=name))
+            count = await self.src.state.write(partial(batches.abandon, rule=name))
             log.warning(
                 "rule %r is gone: %d matches that waited for its batch digest dropped",
                 name,
@@ -114,7 +104,7 @@ class Batcher:
         self._progress()
         fields = {"MESSAGE_ID": message_id}
         try:
-            msg = self._state.read(partial(messages.get, message_id=message_id))
+            msg = self.src.state.read(partial(messages.get, message_id=message_id))
         except StoredFormError as e:
             log.error("a batched match cannot be read, left out: %s", e, extra=fields)
             return None
@@ -124,8 +114,8 @@ class Batcher:
             msg = await self._lookups.complete(msg, end.tzinfo or ZoneInfo("UTC"), final=True)
         except Exception as e:  # a bug in one message's lookups: show it as stored
             log.error("a batched match shown as stored, its lookups failed: %s", e, extra=fields)
-        sender = await self._names.name("user", msg.sender_open_id)
-        return msg, sender, await self._names.name("chat", msg.chat_id)
+        sender = await self.src.names.name("user", msg.sender_open_id)
+        return msg, sender, await self.src.names.name("chat", msg.chat_id)
 
     async def build(self, rule: Rule, end: datetime, start: datetime | None = None) -> bool:
         """A digest of the rule's matches received before `end`; False if none was queued.
@@ -133,13 +123,13 @@ class Batcher:
         `start` is where the span it shows begins: the boundary before `end` unless
         given (and the earliest match's time when that is earlier).
         """
-        waiting = self._state.read(
+        waiting = self.src.state.read(
             partial(
                 batches.waiting,
                 rule=rule.name,
                 before=end.timestamp(),
                 limit=PER_DIGEST,
-                after=self._now() + AHEAD,
+                after=self.src.now() + AHEAD,
             )
         )
         if not waiting:
@@ -164,7 +154,7 @@ class Batcher:
         self, rule: Rule, waiting: list[str], mail_id: str, error: str, tries: int
     ) -> bool:
         """Recorded failed with its matches, like a mail: `queue --failed` shows it."""
-        if not await self._state.write(
+        if not await self.src.state.write(
             partial(
                 batches.fail,
                 rule=rule.name,
@@ -172,7 +162,7 @@ class Batcher:
                 mail_id=mail_id,
                 recipients=rule.to,
                 error=error,
-                now=self._now(),
+                now=self.src.now(),
             )
         ):
             return False
@@ -196,14 +186,14 @@ class Batcher:
             start = batch.window_start(end, rule.batch)
         roundup = batch.build(rule.name, start, end, found)
         images = await digest_images(
-            self._api, self.settings, [m for m, _, _ in found], self._relay, self._progress
+            self.src.api, self.settings, [m for m, _, _ in found], self.src.relay, self._progress
         )
         subject, composed = compose_mail(
             roundup,
             sender=self.settings.smtp.sender,
             to=rule.to,
             message_id=headers.make_message_id(mail_id),
-            date=datetime.fromtimestamp(self._now(), end.tzinfo),
+            date=datetime.fromtimestamp(self.src.now(), end.tzinfo),
             images=images,
         )
         record = partial(
@@ -212,9 +202,9 @@ class Batcher:
             message_ids=waiting,
             mail_id=mail_id,
             recipients=rule.to,
-            now=self._now(),
+            now=self.src.now(),
         )
-        if not await queue_digest(self._state, mail_id, subject, composed, images, record):
+        if not await queue_digest(self.src.state, mail_id, subject, composed, images, record):
             log.info("batch digest of %s rebuilt at the next look: a match left", rule.name)
             return False
         log.info(

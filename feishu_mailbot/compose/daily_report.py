@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from feishu_mailbot.compose.attachments import RelaySize, digest_images, queue_digest
-from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.attachments import digest_images, queue_digest
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config.settings import ReportSettings, Settings
 from feishu_mailbot.core import daily_report
 from feishu_mailbot.core.model import Message
-from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import attachments, headers
 from feishu_mailbot.mail.daily_report import Composed, compose_digest
-from feishu_mailbot.state import State, digests, messages
+from feishu_mailbot.state import digests, messages
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +44,12 @@ class Outcome:
 
 
 class Reporter:
-    def __init__(
-        self,
-        settings: Settings,
-        state: State,
-        api: FeishuApi,
-        names: NameResolver,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self._state = state
-        self._api = api
-        self._names = names
-        self._now = wall_clock
-        self._relay = RelaySize()
+    def __init__(self, sources: Sources) -> None:
+        self.src = sources
+
+    @property
+    def settings(self) -> Settings:
+        return self.src.settings
 
     @property
     def rs(self) -> ReportSettings:
@@ -79,29 +69,29 @@ class Reporter:
         `progress` is called for each image fetched, for the worker's health."""
         rs = self.rs
         day_key = day.isoformat()
-        records = self._state.read(partial(digests.for_day, chat_id=rs.chat, day=day_key))
+        records = self.src.state.read(partial(digests.for_day, chat_id=rs.chat, day=day_key))
         first = next((r for r in records if r.kind == "digest"), None)
         if kind == "digest" and first is not None and not force:
             return Outcome(False, day, "", "", first.recipients, already_at=first.queued_at)
         start, end = daily_report.day_bounds_ms(day, rs)
-        stored = self._state.read(
+        stored = self.src.state.read(
             partial(messages.between, chat_id=rs.chat, start_ms=start, end_ms=end)
         )
         day_reports = [m for m in stored if daily_report.is_report(m, rs)]
-        included = self._state.read(partial(digests.included, chat_id=rs.chat, day=day_key))
+        included = self.src.state.read(partial(digests.included, chat_id=rs.chat, day=day_key))
         if kind == "supplement":
             fresh = [m for m in day_reports if m.message_id not in included]
             earlier = [m for m in day_reports if m.message_id in included]
         else:
             fresh, earlier = day_reports, []
-        chat_name = await self._names.name("chat", rs.chat)
+        chat_name = await self.src.names.name("chat", rs.chat)
         entries = [await self._entry(m) for m in fresh]
         earlier_entries = [await self._entry(m) for m in earlier]
         model = daily_report.build_digest(
             day, chat_name, entries, rs, supplement=kind == "supplement", earlier=earlier_entries
         )
         mail_id = f"digest/{rs.chat}/{day_key}/{len(records) + 1}"
-        images = await digest_images(self._api, self.settings, fresh, self._relay, progress)
+        images = await digest_images(self.src.api, self.settings, fresh, self.src.relay, progress)
         composed = self._compose(model, mail_id, images)
         outcome = Outcome(
             False,
@@ -138,21 +128,21 @@ class Reporter:
             sender=self.settings.smtp.sender,
             to=rs.recipients,
             message_id=headers.make_message_id(mail_id),
-            date=datetime.fromtimestamp(self._now(), ZoneInfo(rs.timezone)),
+            date=datetime.fromtimestamp(self.src.now(), ZoneInfo(rs.timezone)),
             images=images,
         )
 
     async def _entry(self, msg: Message) -> daily_report.Entry:
-        return daily_report.Entry(msg, await self._names.name("user", msg.sender_open_id))
+        return daily_report.Entry(msg, await self.src.names.name("user", msg.sender_open_id))
 
     async def immediate(self, msg: Message) -> bool:
         """`mode: immediate`: one report, mailed as a digest of its own; False if it was already."""
         rs = self.rs
         day = daily_report.report_day(msg.create_time_ms, rs)
-        chat_name = await self._names.name("chat", rs.chat)
+        chat_name = await self.src.names.name("chat", rs.chat)
         model = daily_report.build_digest(day, chat_name, [await self._entry(msg)], rs)
         mail_id = f"report/{msg.message_id}"
-        images = await digest_images(self._api, self.settings, [msg], self._relay)
+        images = await digest_images(self.src.api, self.settings, [msg], self.src.relay)
         composed = self._compose(model, mail_id, images)
         return await self._queue(
             mail_id, "immediate", day.isoformat(), composed, images, [msg.message_id]
@@ -176,8 +166,8 @@ class Reporter:
             kind=kind,
             recipients=self.rs.recipients,
             message_ids=message_ids,
-            now=self._now(),
+            now=self.src.now(),
         )
         return await queue_digest(
-            self._state, mail_id, composed.subject, composed.mail, images, record
+            self.src.state, mail_id, composed.subject, composed.mail, images, record
         )

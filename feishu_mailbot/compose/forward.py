@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -18,15 +17,14 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot.compose.attachments import SPOOL_ABOVE, Budget, download, store
 from feishu_mailbot.compose.lookups import Lookups, Unreachable
-from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core.model import Download, Message, Resource, StoredFormError
 from feishu_mailbot.core.text import preview
 from feishu_mailbot.feishu.errors import CREDENTIAL_ERRORS, FeishuError, refused
-from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import forward, headers, recall
 from feishu_mailbot.mail.attachments import Attachment, Omitted, attachments_of, omission, refusal
-from feishu_mailbot.state import State, messages, outbox
+from feishu_mailbot.state import messages, outbox
 from feishu_mailbot.state.outbox import OutboxRow, Prepared
 
 log = logging.getLogger(__name__)
@@ -46,31 +44,23 @@ class ForwardComposer:
     """Composes the outbox's forwards and recall notices. `relay_limit` is the relay's
     SIZE (the outbox asks it over one of its own connections)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        state: State,
-        api: FeishuApi,
-        names: NameResolver,
-        relay_limit: Callable[[], Awaitable[int | None]],
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self._state = state
-        self._api = api
-        self._names = names
-        self._lookups = Lookups(api, names, wall_clock)
+    def __init__(self, sources: Sources, relay_limit: Callable[[], Awaitable[int | None]]) -> None:
+        self.src = sources
+        self._lookups = Lookups(sources.api, sources.names, sources.now)
         self._relay_limit = relay_limit
-        self._now = wall_clock
         self._with_files = asyncio.Semaphore(1)  # mail downloading and composing files
+
+    @property
+    def settings(self) -> Settings:
+        return self.src.settings
 
     async def prepare(self, row: OutboxRow) -> Prepared:
         """The mail's subject and bytes (kept in a spool file when large); raises PrepareError."""
-        msg = self._state.read(partial(messages.get, message_id=row.message_id))
+        msg = self.src.state.read(partial(messages.get, message_id=row.message_id))
         if msg is None:
             raise PrepareError(f"message {row.message_id} is not in the state", permanent=True)
-        chat_name = await self._names.name("chat", msg.chat_id)
-        sender_name = await self._names.name("user", msg.sender_open_id)
+        chat_name = await self.src.names.name("chat", msg.chat_id)
+        sender_name = await self.src.names.name("user", msg.sender_open_id)
         zone = ZoneInfo(self.settings.timezone)
         message_id = headers.make_message_id(row.mail_id)
         if row.kind == "recall":
@@ -83,7 +73,7 @@ class ForwardComposer:
                 chat_name=chat_name,
                 sender_name=sender_name,
                 message_id=message_id,
-                date=datetime.fromtimestamp(self._now(), zone),
+                date=datetime.fromtimestamp(self.src.now(), zone),
             )
             return Prepared(recall.recall_subject(original), raw=notice)
         try:
@@ -91,27 +81,19 @@ class ForwardComposer:
         except Unreachable as e:
             raise PrepareError(f"cannot expand the merged forward: {e}", permanent=False) from e
         thread = await self._thread(msg, row, zone)
-        compose = partial(
-            forward.forward,
-            msg,
-            thread=thread,
-            subject_template=row.subject_template,
-            sender=self.settings.smtp.sender,
-            to=row.recipients,
-            chat_name=chat_name,
-            sender_name=sender_name,
-            rule_names=row.rules,
-            message_id=message_id,
-            zone=zone,
+        date = forward.sent_at(msg, zone)
+        env = forward.Envelope(
+            self.settings.smtp.sender, row.recipients, chat_name, sender_name, row.rules, message_id
         )
+        subject = forward.subject_of(msg, row.subject_template, env, date=date, thread=thread)
+        compose = partial(forward.forward_mail, msg, env, subject=subject, date=date, thread=thread)
         if not msg.resources:
-            subject, forwarded = compose()
-            return Prepared(subject, raw=forwarded.render())
+            return Prepared(subject, raw=compose().render())
         async with self._with_files:
             files, omitted = await self._attachments(msg)
-            subject, forwarded = compose(attachments=files, omitted=omitted)
+            forwarded = compose(attachments=files, omitted=omitted)
             large = sum(len(f.data) for f in files) > SPOOL_ABOVE
-            return await store(self._state, row.mail_id, subject, forwarded, large)
+            return await store(self.src.state, row.mail_id, subject, forwarded, large)
 
     async def _thread(self, msg: Message, row: OutboxRow, zone: ZoneInfo) -> forward.Thread:
         """A reply's place among the mails these recipients got of its thread."""
@@ -120,13 +102,13 @@ class ForwardComposer:
         ]
         if not earlier:
             return forward.Thread()
-        found = self._state.read(
+        found = self.src.state.read(
             partial(outbox.thread_mails, message_ids=earlier, recipients=row.recipients)
         )
         root = outbox.mail_id_for(earlier[0], row.recipients)
         subject = next((s for m, s in found if m == root), None)
         try:
-            replied = self._state.read(partial(messages.get, message_id=earlier[-1]))
+            replied = self.src.state.read(partial(messages.get, message_id=earlier[-1]))
         except StoredFormError as e:  # a quote is decoration: Feishu may still give it
             log.error(
                 "the message replied to cannot be read, asking Feishu for it: %s",
@@ -135,7 +117,7 @@ class ForwardComposer:
             )
             replied = None
         if replied is not None:
-            name = await self._names.name("user", replied.sender_open_id)
+            name = await self.src.names.name("user", replied.sender_open_id)
         else:  # older than the retention, or sent before the bot joined: ask Feishu
             name, replied = await self._lookups.replied(earlier[-1], zone)
         quote = f"{name}: {preview(replied.text)}" if replied is not None else ""
@@ -149,7 +131,7 @@ class ForwardComposer:
         for res in msg.resources:
             limit = budget.limit
             try:
-                got = await download(self._api, msg.message_id, res, budget)
+                got = await download(self.src.api, msg.message_id, res, budget)
             except FeishuError as e:
                 if not refused(e):  # no answer, a rate limit, not us: the mail waits
                     permanent = e.code in CREDENTIAL_ERRORS

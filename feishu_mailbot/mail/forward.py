@@ -62,62 +62,47 @@ def _headline(msg: Message) -> str:
     return msg.text
 
 
-def forward(
-    msg: Message,
-    *,
-    subject_template: str,
-    sender: str,
-    to: Sequence[str],
-    chat_name: str,
-    sender_name: str,
-    rule_names: Sequence[str],
-    message_id: str,
-    zone: tzinfo,
-    attachments: Sequence[Attachment] = (),
-    omitted: Sequence[Omitted] = (),
-    thread: Thread = Thread(),
-) -> tuple[str, mime.Mail]:
-    """A chat message forwarded by rules: (subject, mail), times shown in `zone`."""
-    date = datetime.fromtimestamp(msg.create_time_ms / 1000, zone)
-    subject = render_subject(
-        subject_template,
-        chat_name=chat_name,
-        sender_name=sender_name,
+def sent_at(msg: Message, zone: tzinfo) -> datetime:
+    """The message's time in the team's zone: its forward's Date and the time it shows."""
+    return datetime.fromtimestamp(msg.create_time_ms / 1000, zone)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who a forward is from and to, and the names it shows for the chat, the sender and
+    the rules that sent it."""
+
+    sender: str
+    to: Sequence[str]
+    chat_name: str
+    sender_name: str
+    rule_names: Sequence[str]
+    message_id: str
+
+
+def subject_of(
+    msg: Message, template: str, env: Envelope, *, date: datetime, thread: Thread = Thread()
+) -> str:
+    """The rule's subject template filled; a reply in a thread takes the thread's subject."""
+    if thread.subject:
+        root = sanitize_header(thread.subject)
+        return root if root.lower().startswith("re:") else f"Re: {root}"
+    return render_subject(
+        template,
+        chat_name=env.chat_name,
+        sender_name=env.sender_name,
         preview=preview(_headline(msg)),
-        rule=rule_names[0] if rule_names else "",
+        rule=env.rule_names[0] if env.rule_names else "",
         msg_type=msg.msg_type,
         date=date.strftime("%Y-%m-%d %H:%M"),
     )
-    if thread.subject:
-        root = sanitize_header(thread.subject)
-        subject = root if root.lower().startswith("re:") else f"Re: {root}"
-    forwarded = forward_mail(
-        msg,
-        subject=subject,
-        sender=sender,
-        to=to,
-        chat_name=chat_name,
-        sender_name=sender_name,
-        rule_names=rule_names,
-        message_id=message_id,
-        date=date,
-        attachments=attachments,
-        omitted=omitted,
-        thread=thread,
-    )
-    return subject, forwarded
 
 
 def forward_mail(
     msg: Message,
+    env: Envelope,
     *,
     subject: str,
-    sender: str,
-    to: Sequence[str],
-    chat_name: str,
-    sender_name: str,
-    rule_names: Sequence[str],
-    message_id: str,
     date: datetime,
     attachments: Sequence[Attachment] = (),
     omitted: Sequence[Omitted] = (),
@@ -132,22 +117,24 @@ def forward_mail(
     gives the same headers (only MIME boundaries, which are random to stay
     unguessable by chat users, differ).
     """
-    headers = base_headers(subject=subject, sender=sender, to=to, message_id=message_id, date=date)
+    headers = base_headers(
+        subject=subject, sender=env.sender, to=env.to, message_id=env.message_id, date=date
+    )
     headers.append(mime.header("X-Feishu-Message-Id", sanitize_header(msg.message_id)))
     headers.append(mime.header("X-Feishu-Chat-Id", sanitize_header(msg.chat_id)))
-    if rule_names:
+    if env.rule_names:
         headers.append(
-            mime.header("X-Feishu-Mailbot-Rules", sanitize_header(", ".join(rule_names)))
+            mime.header("X-Feishu-Mailbot-Rules", sanitize_header(", ".join(env.rule_names)))
         )
     if thread.references:
         ids = [checked_message_id(r, "references") for r in thread.references]
         headers.append(f"In-Reply-To: {ids[-1]}")
         headers.append(mime.header("References", " ".join(ids)))
 
-    chat = single_line(chat_name) or msg.chat_id
-    who = single_line(sender_name) or msg.sender_open_id or "未知发送者"
+    chat = single_line(env.chat_name) or msg.chat_id
+    who = single_line(env.sender_name) or msg.sender_open_id or "未知发送者"
     when = format_when(date)
-    rules_text = ", ".join(single_line(r) for r in rule_names)
+    rules_text = ", ".join(single_line(r) for r in env.rule_names)
     footer = "由 feishu-mailbot 转发" + (f" · 规则: {rules_text}" if rules_text else "")
 
     too_large = omitted_lines(omitted)

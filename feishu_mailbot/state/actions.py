@@ -8,7 +8,7 @@ from typing import Any
 
 from feishu_mailbot.core.model import ActionRequest
 from feishu_mailbot.state.db import Tx
-from feishu_mailbot.state.lifecycle import ACTIONS, move
+from feishu_mailbot.state.lifecycle import ACTIONS, attempt_failed, attempt_later
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,8 @@ def next_due_at(tx: Tx) -> float | None:
 
 def finish(tx: Tx, action_id: int, error: str | None = None) -> bool:
     """Done, or failed for good with `error`; False if it had finished already."""
-    event = "fail" if error else "done"
-    return move(
-        tx, ACTIONS, event, action_id, "attempts = attempts + 1, last_error = ?", (error,)
-    ).done
+    return attempt_failed(tx, ACTIONS, "fail" if error else "done", action_id, error).done
 
 
 def retry(tx: Tx, action_id: int, next_attempt_at: float, error: str) -> bool:
-    return move(
-        tx,
-        ACTIONS,
-        "later",
-        action_id,
-        "attempts = attempts + 1, next_attempt_at = ?, last_error = ?",
-        (next_attempt_at, error),
-    ).done
+    return attempt_later(tx, ACTIONS, action_id, next_attempt_at, error).done

@@ -199,6 +199,17 @@ def move(
     return Moved(key, before, after)
 
 
+def attempt_later(tx: Tx, machine: Machine, key: Any, next_attempt_at: float, error: str) -> Moved:
+    """The attempt failed for now: due again at `next_attempt_at` (if the row still waits)."""
+    also = "attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+    return move(tx, machine, "later", key, also, (next_attempt_at, error))
+
+
+def attempt_failed(tx: Tx, machine: Machine, event: str, key: Any, error: str | None) -> Moved:
+    """The attempt ended (`event`: done or fail), with `error` kept when it failed."""
+    return move(tx, machine, event, key, "attempts = attempts + 1, last_error = ?", (error,))
+
+
 def move_all(
     tx: Tx,
     machine: Machine,

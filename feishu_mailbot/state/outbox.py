@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from feishu_mailbot.state.db import Tx
-from feishu_mailbot.state.lifecycle import OUTBOX, SENDING, UNFINISHED, Moved, move, move_all
+from feishu_mailbot.state.lifecycle import (
+    OUTBOX,
+    SENDING,
+    UNFINISHED,
+    Moved,
+    attempt_failed,
+    attempt_later,
+    move,
+    move_all,
+)
 
 _UNFINISHED = ",".join(f"'{s}'" for s in UNFINISHED)
 
@@ -273,18 +282,11 @@ def mark_sent(tx: Tx, mail_id: str, now: float) -> Sent:
 
 def mark_retry(tx: Tx, mail_id: str, next_attempt_at: float, error: str) -> Moved:
     """Due again at `next_attempt_at`; a mail recalled or dropped meanwhile ends instead."""
-    return move(
-        tx,
-        OUTBOX,
-        "later",
-        mail_id,
-        "attempts = attempts + 1, next_attempt_at = ?, last_error = ?",
-        (next_attempt_at, error),
-    )
+    return attempt_later(tx, OUTBOX, mail_id, next_attempt_at, error)
 
 
 def mark_failed(tx: Tx, mail_id: str, error: str) -> Moved:
-    return move(tx, OUTBOX, "fail", mail_id, "attempts = attempts + 1, last_error = ?", (error,))
+    return attempt_failed(tx, OUTBOX, "fail", mail_id, error)
 
 
 def spooled(tx: Tx) -> set[str]:

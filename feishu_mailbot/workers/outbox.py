@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -21,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from feishu_mailbot.compose.forward import ForwardComposer, PrepareError
-from feishu_mailbot.compose.names import NameResolver
+from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config.settings import Settings, SmtpSettings
 from feishu_mailbot.core.model import ActionRequest
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS, RetryPolicy, backoff
-from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail.smtp import DeliveryError, SmtpTransport, Transport
-from feishu_mailbot.state import DatabaseError, State, Tx, actions, outbox
+from feishu_mailbot.state import DatabaseError, Tx, actions, outbox
 from feishu_mailbot.state.lifecycle import Moved
 from feishu_mailbot.state.outbox import OutboxRow, Prepared
 from feishu_mailbot.workers.rounds import Doorbell, rounds
@@ -50,17 +48,7 @@ SPOOL_GRACE_SECONDS = 3600.0
 
 
 #: Builds the composer the outbox asks for each mail's bytes (compose/forward.py).
-ComposerFactory = Callable[
-    [
-        Settings,
-        State,
-        FeishuApi,
-        NameResolver,
-        Callable[[], Awaitable[int | None]],
-        Callable[[], float],
-    ],
-    ForwardComposer,
-]
+ComposerFactory = Callable[[Sources, Callable[[], Awaitable[int | None]]], ForwardComposer]
 
 
 def _confirms(row: OutboxRow, delivered: list[str]) -> bool:
@@ -96,19 +84,16 @@ class Outbox:
 
     def __init__(
         self,
-        settings: Settings,
-        state: State,
-        api: FeishuApi,
-        names: NameResolver,
+        sources: Sources,
         actions_queued: Callable[[], None],
-        wall_clock: Callable[[], float] = time.time,
         transport: Callable[[SmtpSettings], Transport] = SmtpTransport,
         composer: ComposerFactory = ForwardComposer,
     ) -> None:
-        self.settings = settings
+        settings = self.settings = sources.settings
+        wall_clock = sources.now
         self.policy = RetryPolicy.from_settings(settings)
-        self._state = state
-        self._composer = composer(settings, state, api, names, self._relay_limit, wall_clock)
+        self._state = sources.state
+        self._composer = composer(sources, self._relay_limit)
         # The action worker polls the state anyway; this only saves it the wait.
         self._actions_queued = actions_queued
         self._now = wall_clock
@@ -136,7 +121,7 @@ class Outbox:
             self.policy = RetryPolicy.from_settings(settings)
             self._relay_asked = False  # maybe another relay, with another SIZE
         self.settings = settings
-        self._composer.settings = settings
+        self._composer.src.settings = settings
 
     def wake(self) -> None:
         self._bell.ring()

@@ -68,8 +68,8 @@ test: setup lint deb
 # the whole test process, emulator and daemons under libfaketime, at hours a run would
 # otherwise meet only by chance: 00:30 Shanghai (a new date, still yesterday's report
 # day) and 09:30 (the batch test fakes 10:59 the same day, ahead of Feishu's clock).
-HOUR_TESTS := tests/test_daily_report.py tests/test_batches.py tests/test_reports.py \
-	tests/test_digest.py
+HOUR_TESTS := tests/compose/test_daily_report.py tests/compose/test_batch.py tests/core/test_daily_report.py \
+	tests/mail/test_daily_report.py
 FAKETIME_LIB := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 test-hours: setup
 	@for utc in 16:30 01:30; do echo "pytest at $$utc UTC (libfaketime): $(HOUR_TESTS)"; \

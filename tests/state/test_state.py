@@ -10,30 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.core.model import Delivery, Message, Recall, Text, message_to_json
+from feishu_mailbot.core.model import Delivery, Message, Recall, message_to_json
 from feishu_mailbot.state import State, db, messages, outbox
 from feishu_mailbot.state.db import SCHEMA_VERSION
 from feishu_mailbot.state.messages import Ingest, RecallOutcome
 from feishu_mailbot.state.outbox import OutboxRow, mail_id_for
+from tests.kit import message
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 OPS = Delivery(("ops@example.com",), ("urgent",), "[{chat}] {preview}", False, True)
 BOSS = Delivery(("boss@example.com", "cto@example.com"), ("all",), "{preview}", True, False)
 RECALL_1 = Recall(event_id="ev_r1", message_id="om_1", chat_id="oc_team", recall_time_ms=0)
-
-
-def message(n: int, text: str = "故障: 数据库") -> Message:
-    return Message(
-        event_id=f"ev_{n}",
-        message_id=f"om_{n}",
-        chat_id="oc_team",
-        chat_type="group",
-        sender_open_id="ou_alice",
-        sender_type="user",
-        msg_type="text",
-        create_time_ms=1_700_000_000_000 + n,
-        blocks=(Text(text),),
-    )
 
 
 class Store:

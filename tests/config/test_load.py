@@ -114,7 +114,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.run(
         [sys.executable, "-m", "feishu_mailbot", *args],
         capture_output=True,
@@ -134,7 +134,7 @@ def test_daemon_refuses_bad_config_with_exit_78(tmp_path: Path) -> None:
 
 
 def test_shipped_example_config_asks_for_credentials() -> None:
-    example = Path(__file__).resolve().parents[1] / "etc" / "feishu-mailbot.yaml"
+    example = Path(__file__).resolve().parents[2] / "etc" / "feishu-mailbot.yaml"
     result = run_cli("--config", str(example), "check-config")
     assert result.returncode == 78
     assert "feishu.app_secret: still the example placeholder" in result.stderr

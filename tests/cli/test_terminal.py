@@ -18,11 +18,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.cli.test_live import failed_mail, queue_ids
+from tests.compose.test_daily_report import bot_with_reports, report_config
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, wait_until, write_config
 from tests.smtp_server import SmtpServer
-from tests.test_admin import failed_mail, queue_ids
-from tests.test_daily_report import bot_with_reports, report_config
 
 MakeBot = Callable[..., Bot]
 

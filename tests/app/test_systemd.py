@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parents[1] / "packaging" / "systemd" / "feishu-mailbot.service"
+UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "feishu-mailbot.service"
 METRICS_UNIT = UNIT.with_name("feishu-mailbot-metrics.service")
 ANALYZE = shutil.which("systemd-analyze") or "systemd-analyze"  # make setup installs systemd
 

@@ -39,10 +39,10 @@ from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import batch as batch_mail
 from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.schedule import Schedule
+from tests.compose.test_daily_report import faketime_env
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, progress_while, write_config
 from tests.smtp_server import SmtpServer
-from tests.test_daily_report import faketime_env
 
 MakeBot = Callable[..., Bot]
 SH = ZoneInfo("Asia/Shanghai")
@@ -538,7 +538,7 @@ def test_digests_with_images_ask_the_relay_its_size_once_an_hour(
 ) -> None:
     """Each digest with images needs the relay's SIZE; a quarter-hourly batch must not
     log in for it 96 times a day."""
-    from tests.test_digest import png
+    from tests.mail.test_daily_report import png
 
     s = load.load(
         str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=smtp.port,

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.cli.test_live import cli, queue_ids
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, fill, wait_until
 from tests.smtp_server import SmtpServer
-from tests.test_admin import cli, queue_ids
 
 MakeBot = Callable[..., Bot]
 ONE_RULE = "- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com]\n"

@@ -34,10 +34,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from feishu_mailbot.core.model import Delivery, Message, Recall, Text
+from feishu_mailbot.core.model import Delivery, Recall
 from feishu_mailbot.state import State, Tx, Unavailable, messages, outbox
 from feishu_mailbot.state.lifecycle import OUTBOX, SENDING
 from feishu_mailbot.state.outbox import Prepared
+from tests.kit import message
 
 TO = ("oncall@example.com",)
 # A write the database refuses: one in five, so that most attempts get somewhere.
@@ -50,20 +51,6 @@ class Attempt:
 
     mail_id: str
     claimed_at: int | None = None  # when its claim was written (MailLife._seq); None: preparing
-
-
-def _message(n: int) -> Message:
-    return Message(
-        event_id=f"ev_{n}",
-        message_id=f"om_{n}",
-        chat_id="oc_team",
-        chat_type="group",
-        sender_open_id="ou_alice",
-        sender_type="user",
-        msg_type="text",
-        create_time_ms=1_764_560_000_000 + n,
-        blocks=(Text(f"故障 {n}"),),
-    )
 
 
 class MailLife(RuleBasedStateMachine):
@@ -153,7 +140,7 @@ class MailLife(RuleBasedStateMachine):
     @rule(notify=st.booleans())
     def accept(self, notify: bool) -> None:
         self.messages += 1
-        msg = _message(self.messages)
+        msg = message(self.messages, f"故障 {self.messages}")
         delivery = Delivery(TO, ("oncall",), "{preview}", False, notify)
         self._write(partial(messages.ingest, msg=msg, deliveries=(delivery,), now=self.step))
         self.notify[outbox.mail_id_for(msg.message_id, TO)] = notify

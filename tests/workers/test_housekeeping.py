@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from functools import partial
@@ -35,7 +34,8 @@ from feishu_mailbot.workers.housekeeping import Housekeeper
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import write_config
-from tests.test_workers import Relay as KeepingRelay
+from tests.kit import until
+from tests.workers.test_workers import Relay as KeepingRelay
 
 START = datetime(2026, 1, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 DAYS = 365
@@ -113,17 +113,10 @@ def ingest_day(tx: Tx, day: int, at: float) -> None:
         messages.recall(tx, Recall(f"ev_r_{day}_{n}", f"om_{day}_{n}", "oc_team", 0), at)
 
 
-async def until(predicate: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 async def settle(state: State, *wake: Callable[[], None]) -> None:
     for ring in wake:
         ring()
-    await until(lambda: state.read(outbox.pending_count) == 0)
+    await until(lambda: state.read(outbox.pending_count) == 0, 30)
 
 
 def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
@@ -160,7 +153,7 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
             await settle(state, mail.wake)
             rounds = keeper.rounds
             keeper.wake()
-            await until(lambda: keeper.rounds > rounds)  # noqa: B023
+            await until(lambda: keeper.rounds > rounds, 30)  # noqa: B023
             sizes[day] = (os.path.getsize(state.path), state.size())
 
         # The window, seen from the chat: a resend of a day inside it works, outside not.
@@ -185,7 +178,7 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
                 )
             )
         actions.wake()
-        await until(lambda: len(emulator.sent_messages) == 2)
+        await until(lambda: len(emulator.sent_messages) == 2, 30)
         await settle(state, mail.wake)
 
         def facts(tx: object) -> dict[str, object]:

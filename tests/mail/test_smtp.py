@@ -298,7 +298,7 @@ def test_walk_untrusted_certificate(security: str) -> None:
 
 
 def test_the_scrubber_masks_every_base64_form_of_the_password() -> None:
-    """What a relay might echo beyond what smtplib sends (tests/test_auth_echo.py has the
+    """What a relay might echo beyond what smtplib sends (tests/app/test_logs.py has the
     real relay): another client's authzid, a blob cut short, the password inside a
     longer blob at each of the three alignments."""
     from base64 import b64encode

@@ -268,7 +268,7 @@ def test_catch_up_when_stopped_across_the_scheduled_minute(
 
 def test_digest_screenshot_in_headless_chromium(tmp_path: Path) -> None:
     """Renders the sample digest as a manager's mail client would show it (README image)."""
-    from tests.test_digest import compose, reparse, sample_digest
+    from tests.mail.test_daily_report import compose, reparse, sample_digest
 
     sample = sample_digest()
     message = reparse(compose(sample.digest, dict(sample.images)))

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.app.test_health import WATCHDOG_USEC, last_feed_gap
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, NotifySocket, fill, wait_until
 from tests.smtp_server import SmtpServer
-from tests.test_lifecycle import WATCHDOG_USEC, last_feed_gap
 
 MakeBot = Callable[..., Bot]
 ONE_RULE = "- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com]\n"

@@ -7,23 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.core.model import Message, Text
 from feishu_mailbot.state import State, Tx, messages
 from feishu_mailbot.state.messages import Ingest
-
-
-def message(event_id: str) -> Message:
-    return Message(
-        event_id=event_id,
-        message_id=f"om_{event_id}",
-        chat_id="oc_team",
-        chat_type="group",
-        sender_open_id="ou_alice",
-        sender_type="user",
-        msg_type="text",
-        create_time_ms=0,
-        blocks=(Text("hi"),),
-    )
+from tests.kit import message
 
 
 def seen(tx: Tx, event_id: str) -> bool:

@@ -22,10 +22,10 @@ from feishu_mailbot.core.model import (
 )
 from feishu_mailbot.mail import html
 from feishu_mailbot.mail.html import image_cid
-from tests.test_events import MENTIONS, POST, parse_message, receive
+from tests.feishu.test_events import MENTIONS, POST, parse_message, receive
 
 # Written by the release before blocks: the content it got, what it stored, how it rendered.
-V1 = json.loads((Path(__file__).parent / "fixtures" / "messages-v1.json").read_text("utf-8"))
+V1 = json.loads((Path(__file__).parents[1] / "fixtures" / "messages-v1.json").read_text("utf-8"))
 ROW_IDS = [f"{json.loads(r['stored'])['msg_type']}-{i}" for i, r in enumerate(V1)]
 
 

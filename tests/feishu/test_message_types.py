@@ -40,8 +40,8 @@ from tests.harness import (
     wait_until,
     write_config,
 )
+from tests.mail.test_daily_report import png
 from tests.smtp_server import SmtpServer
-from tests.test_digest import png
 
 EVERYTHING = "- name: all\n  regex: '(?s).'\n  to: [all@example.com]\n"
 T0 = "1764558000000"  # 2025-12-01 11:00 in Asia/Shanghai

@@ -26,7 +26,7 @@ from feishu_mailbot.compose.names import NameResolver
 from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import FeishuSettings, Secret, Settings, SmtpSettings
-from feishu_mailbot.core.model import ActionRequest, Delivery, Download, Message, Text
+from feishu_mailbot.core.model import ActionRequest, Delivery, Download, Text
 from feishu_mailbot.core.retry import RetryPolicy
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail.smtp import DeliveryError, Refused
@@ -36,6 +36,7 @@ from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import progress_while, write_config
+from tests.kit import message, until
 
 ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
 
@@ -74,31 +75,10 @@ class Relay:
         pass
 
 
-def message(n: int, text: str, chat: str = "oc_team", when: int = 1_764_560_000_000) -> Message:
-    return Message(
-        event_id=f"ev_{n}",
-        message_id=f"om_{n}",
-        chat_id=chat,
-        chat_type="group",
-        sender_open_id="ou_alice",
-        sender_type="user",
-        msg_type="text",
-        create_time_ms=when + n,
-        blocks=(Text(text),),
-    )
-
-
 def settings(tmp_path: Path, emulator: FeishuEmulator, extra: str = "") -> Settings:
     return load.load(
         str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9, extra=extra))
     )
-
-
-async def until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not callable(predicate) or not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def test_the_outbox_retries_through_any_delivery_backend(
@@ -437,7 +417,7 @@ def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
 
     from feishu_mailbot.core.model import Image
     from feishu_mailbot.workers.schedule import Schedule
-    from tests.test_digest import png
+    from tests.mail.test_daily_report import png
 
     s = settings(
         tmp_path,

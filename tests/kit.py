@@ -1,16 +1,25 @@
-"""What in-process tests build their worlds from: one message factory, one `until`.
+"""What in-process tests build their worlds from: a rig, a relay, messages, `until`.
 
-The daemon-process tests drive `tests/harness.py`; these are for tests that run a
-worker or the state on their own event loop.
+In the spirit of h11's ConnectionPair: `rig` is a worker's whole world on the test's
+event loop (a real State on a temp file, the emulator's REST through the config, names,
+a clock the test may fake), `MemoryRelay` a delivery backend that keeps what it is
+given, so a worker test is a few lines. The daemon-process tests use tests/harness.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+from feishu_mailbot.compose.sources import Sources
+from feishu_mailbot.config.settings import Settings, SmtpSettings
 from feishu_mailbot.core.model import Block, Message, Text
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail.smtp import DeliveryError, Refused
+from feishu_mailbot.state import State
 
 WHEN = 1_764_560_000_000  # 2025-12-01 03:33:20 UTC, in ms: when numbered messages are sent
 
@@ -50,3 +59,52 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.005)
+
+
+@asynccontextmanager
+async def rig(
+    settings: Settings, db: Path, now: Callable[[], float] = time.time
+) -> AsyncIterator[Sources]:
+    """The state at `db` (opened as the daemon opens it), Feishu's REST client and a name
+    resolver, on the clock `now`; closed again after the block."""
+    state = State(db, daemon=True)
+    api = FeishuApi(settings.feishu)
+    try:
+        yield Sources.of(settings, state, api, now)
+    finally:
+        await api.close()
+        state.close()
+
+
+class MemoryRelay:
+    """A delivery backend that refuses the first mail it is given, then keeps them.
+
+    Called with the SMTP settings, as the outbox makes its sessions, it hands out
+    itself, so every session's mail lands in one list.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.refuse_next = 1
+
+    def __call__(self, settings: SmtpSettings) -> MemoryRelay:
+        return self
+
+    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
+        if self.refuse_next:
+            self.refuse_next -= 1
+            raise DeliveryError("451 try again later", permanent=False)
+        self.sent.append(raw.read_bytes() if isinstance(raw, Path) else raw)
+        return {}
+
+    def size_limit(self) -> int | None:
+        return None
+
+    def close_if_idle(self, idle_seconds: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def reconfigure(self, settings: SmtpSettings) -> None:
+        pass

@@ -34,8 +34,7 @@ from feishu_mailbot.workers.housekeeping import Housekeeper
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import write_config
-from tests.kit import until
-from tests.workers.test_workers import Relay as KeepingRelay
+from tests.kit import MemoryRelay, until
 
 START = datetime(2026, 1, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 DAYS = 365
@@ -60,7 +59,7 @@ ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}
 BOUNCE = Delivery(("bounce@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
 
 
-class Relay(KeepingRelay):
+class Relay(MemoryRelay):
     """Counts what it is given (a year of mail would not fit in memory); refuses
     bounce@example.com for good."""
 

@@ -25,7 +25,7 @@ from feishu_mailbot.compose.daily_report import Reporter
 from feishu_mailbot.compose.names import NameResolver
 from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load
-from feishu_mailbot.config.settings import FeishuSettings, Secret, Settings, SmtpSettings
+from feishu_mailbot.config.settings import FeishuSettings, Secret, Settings
 from feishu_mailbot.core.model import ActionRequest, Delivery, Download, Text
 from feishu_mailbot.core.retry import RetryPolicy
 from feishu_mailbot.feishu.rest import FeishuApi
@@ -36,43 +36,9 @@ from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import progress_while, write_config
-from tests.kit import message, until
+from tests.kit import MemoryRelay, message, rig, until
 
 ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
-
-
-class Relay:
-    """A delivery backend that refuses the first mail it is given, then keeps them.
-
-    Called with the SMTP settings, as the outbox makes its sessions, it hands out
-    itself, so every session's mail lands in one list.
-    """
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.refuse_next = 1
-
-    def __call__(self, settings: SmtpSettings) -> Relay:
-        return self
-
-    def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
-        if self.refuse_next:
-            self.refuse_next -= 1
-            raise DeliveryError("451 try again later", permanent=False)
-        self.sent.append(raw.read_bytes() if isinstance(raw, Path) else raw)
-        return {}
-
-    def size_limit(self) -> int | None:
-        return None
-
-    def close_if_idle(self, idle_seconds: float) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def reconfigure(self, settings: SmtpSettings) -> None:
-        pass
 
 
 def settings(tmp_path: Path, emulator: FeishuEmulator, extra: str = "") -> Settings:
@@ -85,27 +51,29 @@ def test_the_outbox_retries_through_any_delivery_backend(
     tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
     s = settings(tmp_path, emulator)
-    relay = Relay()
+    relay = MemoryRelay()
 
     async def main() -> None:
-        state = State(tmp_path / "state.db", daemon=True)
-        api = FeishuApi(s.feishu)
-        names = NameResolver(s, state, api)
-        worker = Outbox(Sources(s, state, api, names), lambda: None, transport=relay)
-        await state.write(
-            partial(
-                messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()
+        async with rig(s, tmp_path / "state.db") as src:
+            state = src.state
+            worker = Outbox(src, lambda: None, transport=relay)
+            await state.write(
+                partial(
+                    messages.ingest,
+                    msg=message(1, "数据库故障"),
+                    deliveries=(ONCALL,),
+                    now=time.time(),
+                )
             )
-        )
-        task = asyncio.create_task(worker.run())
-        await until(lambda: len(relay.sent) == 1)
-        worker.stop()
-        await task
-        assert state.read(outbox.pending_count) == 0
-        [row] = state.read(lambda tx: tx.execute("SELECT status, attempts FROM outbox").fetchall())
-        assert tuple(row) == ("sent", 2)  # refused once, then sent
-        await api.close()
-        state.close()
+            task = asyncio.create_task(worker.run())
+            await until(lambda: len(relay.sent) == 1)
+            worker.stop()
+            await task
+            assert state.read(outbox.pending_count) == 0
+            [row] = state.read(
+                lambda tx: tx.execute("SELECT status, attempts FROM outbox").fetchall()
+            )
+            assert tuple(row) == ("sent", 2)  # refused once, then sent
 
     asyncio.run(main())
     mail = email.message_from_bytes(relay.sent[0], policy=email.policy.default)
@@ -129,34 +97,31 @@ def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
     queued: list[str] = []
 
     async def main() -> list[str]:
-        state = State(tmp_path / "state.db", daemon=True)
-        api = FeishuApi(s.feishu)
-        names = NameResolver(s, state, api)
-        reporter = Reporter(Sources(s, state, api, names))
-        worker = Actions(s, state, api, reporter, lambda: queued.append("wake"))
-        task = asyncio.create_task(worker.run())
-        report = ActionRequest("report", {"day": "2025-12-01"})
-        first, second = message(1, "日报 第一份"), message(2, "日报 第二份")
-        await state.write(
-            partial(messages.ingest, msg=first, deliveries=(), now=1.0, requests=(report,))
-        )
-        worker.wake()
-        await until(lambda: len(emulator.reactions) == 1)
-        assert state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01")) == []
-        assert queued == []  # no digest yet: nothing to supplement
-        assert (await reporter.build(date(2025, 12, 1))).queued  # the day's digest
-        worker.wake()
-        await state.write(
-            partial(messages.ingest, msg=second, deliveries=(), now=2.0, requests=(report,))
-        )
-        worker.wake()
-        await until(lambda: len(emulator.reactions) == 2)
-        records = state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01"))
-        included = state.read(partial(digests.included, chat_id="oc_team", day="2025-12-01"))
-        worker.stop()
-        await task
-        await api.close()
-        state.close()
+        async with rig(s, tmp_path / "state.db") as src:
+            state, api = src.state, src.api
+            reporter = Reporter(src)
+            worker = Actions(s, state, api, reporter, lambda: queued.append("wake"))
+            task = asyncio.create_task(worker.run())
+            report = ActionRequest("report", {"day": "2025-12-01"})
+            first, second = message(1, "日报 第一份"), message(2, "日报 第二份")
+            await state.write(
+                partial(messages.ingest, msg=first, deliveries=(), now=1.0, requests=(report,))
+            )
+            worker.wake()
+            await until(lambda: len(emulator.reactions) == 1)
+            assert state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01")) == []
+            assert queued == []  # no digest yet: nothing to supplement
+            assert (await reporter.build(date(2025, 12, 1))).queued  # the day's digest
+            worker.wake()
+            await state.write(
+                partial(messages.ingest, msg=second, deliveries=(), now=2.0, requests=(report,))
+            )
+            worker.wake()
+            await until(lambda: len(emulator.reactions) == 2)
+            records = state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01"))
+            included = state.read(partial(digests.included, chat_id="oc_team", day="2025-12-01"))
+            worker.stop()
+            await task
         assert included == {"om_1", "om_2"}
         return [r.kind for r in records]
 
@@ -173,18 +138,15 @@ def test_a_digest_is_dated_by_the_reporter_s_clock(
     at = 1_764_583_200.0  # 2025-12-01 18:00 in Asia/Shanghai
 
     async def main() -> bytes:
-        state = State(tmp_path / "state.db", daemon=True)
-        api = FeishuApi(s.feishu)
-        names = NameResolver(s, state, api, wall_clock=lambda: at)
-        reporter = Reporter(Sources(s, state, api, names, lambda: at))
-        report = message(1, "日报 第一份")
-        await state.write(partial(messages.ingest, msg=report, deliveries=(), now=at))
-        assert (await reporter.build(date(2025, 12, 1))).queued
-        [(raw,)] = state.read(
-            lambda tx: tx.execute("SELECT raw FROM outbox WHERE kind = 'digest'").fetchall()
-        )
-        await api.close()
-        state.close()
+        async with rig(s, tmp_path / "state.db", lambda: at) as src:
+            state = src.state
+            reporter = Reporter(src)
+            report = message(1, "日报 第一份")
+            await state.write(partial(messages.ingest, msg=report, deliveries=(), now=at))
+            assert (await reporter.build(date(2025, 12, 1))).queued
+            [(raw,)] = state.read(
+                lambda tx: tx.execute("SELECT raw FROM outbox WHERE kind = 'digest'").fetchall()
+            )
         return bytes(raw)
 
     digest = email.message_from_bytes(asyncio.run(main()), policy=email.policy.default)
@@ -200,7 +162,7 @@ def test_a_reply_to_a_message_that_cannot_be_read_is_mailed_without_its_quote(
     import sqlite3
 
     s = settings(tmp_path, emulator)
-    relay = Relay()
+    relay = MemoryRelay()
     relay.refuse_next = 0
     root = message(1, "数据库故障")
     reply = dataclasses.replace(
@@ -254,7 +216,7 @@ def test_ids_from_events_stay_one_path_segment(emulator: FeishuEmulator) -> None
     assert emulator.rest_calls["/open-apis/bot/v3/info"] == 0
 
 
-class DeadRelay(Relay):
+class DeadRelay(MemoryRelay):
     """Refuses every mail, as a relay that is down does."""
 
     def send(self, raw: bytes | Path, sender: str, recipients: Sequence[str]) -> Refused:
@@ -268,21 +230,24 @@ def test_a_clock_set_forward_does_not_fail_queued_mail(
     jumped = time.time() + 3 * 24 * 3600  # past give_up_after (2 days) for a fresh mail
 
     async def main() -> tuple[str, int]:
-        state = State(tmp_path / "state.db", daemon=True)
-        api = FeishuApi(s.feishu)
-        names = NameResolver(s, state, api)
-        worker = Outbox(Sources(s, state, api, names, lambda: jumped), lambda: None, DeadRelay())
-        await state.write(
-            partial(messages.ingest, msg=message(1, "故障"), deliveries=(ONCALL,), now=time.time())
-        )
-        task = asyncio.create_task(worker.run())
-        read = "SELECT status, attempts FROM outbox"
-        await until(lambda: state.read(lambda tx: tx.execute(read).fetchone() or (0, 0))[1] >= 1)
-        worker.stop()
-        await task
-        [(status, attempts)] = state.read(lambda tx: tx.execute(read).fetchall())
-        await api.close()
-        state.close()
+        async with rig(s, tmp_path / "state.db") as src:
+            state, api, names = src.state, src.api, src.names
+            worker = Outbox(
+                Sources(s, state, api, names, lambda: jumped), lambda: None, DeadRelay()
+            )
+            await state.write(
+                partial(
+                    messages.ingest, msg=message(1, "故障"), deliveries=(ONCALL,), now=time.time()
+                )
+            )
+            task = asyncio.create_task(worker.run())
+            read = "SELECT status, attempts FROM outbox"
+            await until(
+                lambda: state.read(lambda tx: tx.execute(read).fetchone() or (0, 0))[1] >= 1
+            )
+            worker.stop()
+            await task
+            [(status, attempts)] = state.read(lambda tx: tx.execute(read).fetchall())
         return status, attempts
 
     # Old by the wall clock, but tried once: it waits for the relay, it is not given up.
@@ -303,30 +268,32 @@ def test_a_spool_file_that_is_gone_is_composed_again(
     """An operator's cleanup (or a lost disk block) must not cost the mail: the row is
     composed again, with the same Message-ID."""
     s = settings(tmp_path, emulator)
-    relay = Relay()
+    relay = MemoryRelay()
     relay.refuse_next = 0
 
     async def main() -> None:
-        state = State(tmp_path / "state.db", daemon=True)
-        api = FeishuApi(s.feishu)
-        names = NameResolver(s, state, api)
-        worker = Outbox(Sources(s, state, api, names), lambda: None, transport=relay)
-        await state.write(
-            partial(
-                messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=time.time()
+        async with rig(s, tmp_path / "state.db") as src:
+            state = src.state
+            worker = Outbox(src, lambda: None, transport=relay)
+            await state.write(
+                partial(
+                    messages.ingest,
+                    msg=message(1, "数据库故障"),
+                    deliveries=(ONCALL,),
+                    now=time.time(),
+                )
             )
-        )
-        await state.write(partial(outbox.queue_planned, limit=10))
-        [mail_id] = state.read(lambda tx: [r[0] for r in tx.execute("SELECT mail_id FROM outbox")])
-        stale = Prepared("old subject", spool="0" * 40 + ".eml")  # named, but not there
-        await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=stale))
-        await state.write(outbox.requeue_interrupted)
-        task = asyncio.create_task(worker.run())
-        await until(lambda: len(relay.sent) == 1)
-        worker.stop()
-        await task
-        await api.close()
-        state.close()
+            await state.write(partial(outbox.queue_planned, limit=10))
+            [mail_id] = state.read(
+                lambda tx: [r[0] for r in tx.execute("SELECT mail_id FROM outbox")]
+            )
+            stale = Prepared("old subject", spool="0" * 40 + ".eml")  # named, but not there
+            await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=stale))
+            await state.write(outbox.requeue_interrupted)
+            task = asyncio.create_task(worker.run())
+            await until(lambda: len(relay.sent) == 1)
+            worker.stop()
+            await task
 
     asyncio.run(main())
     mail = email.message_from_bytes(relay.sent[0], policy=email.policy.default)
@@ -360,7 +327,7 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
     tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
     s = settings(tmp_path, emulator)
-    relay = Relay()
+    relay = MemoryRelay()
     relay.refuse_next = 0
 
     async def main() -> list[tuple[str, str | None, str | None]]:

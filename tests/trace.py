@@ -99,12 +99,14 @@ class Path_:
     def modules(self) -> list[str]:
         return list(dict.fromkeys(_module(c) for c in self.calls))
 
-    def moves(self) -> tuple[int, int]:
+    def moves(self, of: Callable[[str], str] = lambda module: module) -> tuple[int, int]:
+        """Moves between modules (or, with `of=_layer`, between layers), and how many of
+        them went back to one visited before."""
         seen: set[str] = set()
         moves = back = 0
         last = None
         for call in self.calls:
-            module = _module(call)
+            module = of(_module(call))
             if last is not None and module != last:
                 moves += 1
                 back += module in seen
@@ -114,6 +116,12 @@ class Path_:
 
     def count(self, function: str) -> int:
         return sum(1 for c in self.calls if c == function)
+
+
+def _layer(module: str) -> str:
+    """`feishu_mailbot.mail.forward` → `mail`."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "feishu_mailbot" and len(parts) > 1 else module
 
 
 def _module(call: str) -> str:
@@ -213,6 +221,11 @@ def main() -> int:
     for path in trace():
         moves, back = path.moves()
         print(f"{path.name}: {moves} moves, {len(path.modules)} modules, {back} back")
+        layers = list(dict.fromkeys(_layer(m) for m in path.modules))
+        crossings, returns = path.moves(_layer)
+        print(
+            f"  {crossings} moves between {len(layers)} layers, {returns} back: {' '.join(layers)}"
+        )
         for module in path.modules:
             print(f"    {module}")
         renders = {c for c in path.calls if c.endswith(".render_text")}

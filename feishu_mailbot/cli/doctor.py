@@ -12,15 +12,18 @@ mail, no message; the WebSocket opened to Feishu is closed after one ping.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -397,3 +400,24 @@ def run(settings: Settings) -> tuple[int, list[Hop]]:
     ok, summary = verdict(found)
     print(summary)
     return (os.EX_OK if ok else os.EX_UNAVAILABLE), found
+
+
+def run_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    """`doctor`, and `check-config --online` after the file checked out."""
+    report_to = getattr(args, "report", None)
+    code, found = run(settings)
+    if report_to is None:
+        return code
+    from feishu_mailbot.cli import support
+    from feishu_mailbot.cli.output import write_atomically
+    from feishu_mailbot.cli.status import status_text
+    from feishu_mailbot.mail import smtp
+
+    text = support.build(settings, found, status_text(settings), smtp.scrubber(settings.smtp))
+    try:
+        write_atomically(Path(report_to), text, 0o600)
+    except OSError as e:
+        print(f"{report_to}: cannot write it: {e.strerror or e}", file=sys.stderr)
+        return os.EX_CANTCREAT
+    print(f"wrote {report_to} (0600): attach it to a support ticket; it holds no secret")
+    return code

@@ -1,8 +1,9 @@
 """`feishu-mailbot import-env`: the old bot's `.env` as a complete, commented config.
 
-Pure: text in, YAML text and notes out. Every key of the old bot is either
-carried over (with a comment saying how), reported as not needed, or listed as
-unknown; nothing is dropped silently. Strings are written as JSON strings,
+The conversion is pure, text in and YAML text and notes out; `run_import_env`
+at the end is the command that reads the file and writes the secrets' files.
+Every key of the old bot is either carried over (with a comment saying how),
+reported as not needed, or listed as unknown; nothing is dropped silently. Strings are written as JSON strings,
 which are YAML double-quoted scalars, so no value can change the structure.
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from feishu_mailbot.core.text import terminal
 
@@ -267,3 +271,120 @@ def convert(values: dict[str, str], path: str, secrets_dir: str | None) -> Impor
         out.append(f"# {key}: unknown to import-env, not carried over (value not shown)")
         notes.append(f"{key}: unknown key, not carried over; see feishu-mailbot.yaml(5)")
     return Imported("\n".join(out) + "\n", notes, secrets)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_import_env(env_path: str, secrets_dir: str | None) -> int:
+    """The command: reads the .env, prints the config, writes the secrets' files."""
+    try:
+        text = Path(env_path).read_text(encoding="utf-8-sig")  # a BOM would hide the first key
+    except OSError as e:
+        print(f"{env_path}: cannot read it: {e.strerror or e}", file=sys.stderr)
+        return os.EX_NOINPUT
+    except UnicodeDecodeError as e:
+        print(f"{env_path}: not UTF-8 text: {e.reason} at byte {e.start}", file=sys.stderr)
+        return os.EX_DATAERR
+    values, problems = parse(text, env_path)
+    folder = os.path.abspath(secrets_dir) if secrets_dir else None
+    imported = convert(values, env_path, folder)
+    if folder is not None and imported.secrets:
+        written = _write_secrets(folder, imported.secrets)
+        if written != os.EX_OK:
+            return written
+    sys.stdout.write(imported.yaml)
+    for note in [*problems, *imported.notes]:
+        print(f"note: {note}", file=sys.stderr)
+    return os.EX_OK
+
+
+def _write_secrets(folder: str, secrets: dict[str, str]) -> int:
+    """Each secret into a new 0640 file in `folder`: all of them, or none and EX_CANTCREAT.
+
+    Never over an existing file, never through a symlink: the folder is usually
+    /etc/feishu-mailbot, where a running bot's secret may be already, and a link
+    planted there must neither send a secret elsewhere nor change another file's
+    mode. Owner, group and mode are set on the descriptor, not on a path.
+    """
+    try:
+        made = not os.path.isdir(folder)
+        os.makedirs(folder, mode=0o750, exist_ok=True)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        print(f"{folder}: cannot keep secrets there: {e.strerror or e}", file=sys.stderr)
+        return os.EX_CANTCREAT
+    try:
+        if made:  # the daemon must get in: group feishu-mailbot, 0750 whatever the umask
+            _give_to_group(dir_fd)
+            os.fchmod(dir_fd, 0o750)
+        return _write_secrets_at(folder, dir_fd, secrets)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_secrets_at(folder: str, dir_fd: int, secrets: dict[str, str]) -> int:
+    import stat
+
+    refused = []
+    for name in secrets:
+        try:
+            found = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        what = "is a symbolic link" if stat.S_ISLNK(found.st_mode) else "exists already"
+        refused.append(f"{os.path.join(folder, name)}: {what}")
+    if refused:
+        for problem in refused:
+            print(
+                f"{problem}; import-env writes secrets only to new files (expected no file "
+                "there: remove it if it is stale, or choose another --secrets-dir)",
+                file=sys.stderr,
+            )
+        print("nothing written, no config printed", file=sys.stderr)
+        return os.EX_CANTCREAT
+    created: list[str] = []
+    report = []
+    try:
+        for name, secret in secrets.items():
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+            created.append(name)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                group = _give_to_group(fd)
+                os.fchmod(fd, 0o640)
+                out.write(secret + "\n")
+                out.flush()
+                os.fsync(fd)
+            report.append(f"wrote {os.path.join(folder, name)} (0640, {group})")
+    except OSError as e:
+        import contextlib
+
+        for name in created:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+        where = os.path.join(folder, e.filename) if isinstance(e.filename, str) else folder
+        print(
+            f"{where}: cannot write the secret: {e.strerror or e}; nothing written, "
+            "no config printed",
+            file=sys.stderr,
+        )
+        return os.EX_CANTCREAT
+    for line in report:
+        print(line, file=sys.stderr)
+    return os.EX_OK
+
+
+def _give_to_group(fd: int) -> str:
+    """Group feishu-mailbot, as the package sets its config, when it exists; says which."""
+    import grp
+
+    try:
+        gid = grp.getgrnam("feishu-mailbot").gr_gid
+    except KeyError:
+        return "no group feishu-mailbot here: chgrp it so the daemon can read it"
+    try:
+        os.fchown(fd, -1, gid)
+    except PermissionError:
+        return "not allowed to chgrp it to feishu-mailbot: do so as root"
+    return "group feishu-mailbot"

@@ -3,8 +3,9 @@
 The conversion is pure, text in and YAML text and notes out; `run_import_env`
 at the end is the command that reads the file and writes the secrets' files.
 Every key of the old bot is either carried over (with a comment saying how),
-reported as not needed, or listed as unknown; nothing is dropped silently. Strings are written as JSON strings,
-which are YAML double-quoted scalars, so no value can change the structure.
+reported as not needed, or listed as unknown; nothing is dropped silently.
+Strings are written as JSON strings, which are YAML double-quoted scalars, so
+no value can change the structure.
 """
 
 from __future__ import annotations

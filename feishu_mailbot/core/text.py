@@ -83,6 +83,6 @@ def terminal(text: str, *, one_line: bool = False) -> str:
 
 def terminal_json(value: object) -> str:
     """`value` as indented JSON for a terminal: what `terminal` escapes is written as
-    JSON's own `\\uXXXX`, so a parser reads back exactly the same strings."""
+    JSON's own four-hex-digit `\\u` escape, so a parser reads back the same strings."""
     doc = json.dumps(value, ensure_ascii=False, indent=2)  # escapes C0 itself
     return _TERMINAL_UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", doc)

@@ -114,6 +114,8 @@ class Outbox:
         self._last_sent = wall_clock()
 
     def reconfigure(self, settings: Settings) -> None:
+        """The relay's sessions and the retry policy for `settings`; the composer reads
+        the Sources the daemon shares, whose settings the daemon sets once for all."""
         if settings.smtp != self.settings.smtp:
             # Connections in use finish their mail; new ones use the new settings.
             for transport in self._transports:
@@ -121,7 +123,6 @@ class Outbox:
             self.policy = RetryPolicy.from_settings(settings)
             self._relay_asked = False  # maybe another relay, with another SIZE
         self.settings = settings
-        self._composer.src.settings = settings
 
     def wake(self) -> None:
         self._bell.ring()

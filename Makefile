@@ -8,10 +8,11 @@ PY := $(VENV)/bin/python
 # Runtime modules, plus what the tests drive: systemd-analyze, debootstrap +
 # systemd-nspawn for the system test on a real systemd, libfaketime as the daemon's
 # controllable clock, headless Chromium (with CJK fonts) to render the digest, and
-# tinyproxy as the real HTTP proxy between the bot and Feishu (tests/http_proxy.py).
+# tinyproxy as the real HTTP proxy between the bot and Feishu (tests/http_proxy.py), and
+# PostgreSQL 15 with the driver the .deb recommends (tests/postgres.py starts a cluster).
 APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
-	python3-regex \
-	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy
+	python3-regex python3-psycopg \
+	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy postgresql-15
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' packaging/debian/changelog)

@@ -20,9 +20,27 @@ from tests.harness import (
     write_config,
 )
 from tests.http_proxy import Tinyproxy
+from tests.kit import Backend
+from tests.postgres import Postgres
 from tests.smtp_server import SmtpServer
 
 _logs: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the whole run; each test takes a database of its own."""
+    with Postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each engine in turn, for the tests that must hold on both."""
+    if request.param == "sqlite":
+        return Backend()
+    server: Postgres = request.getfixturevalue("postgres")
+    return Backend(server.database(), server.password_file)
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config.settings import Settings, SmtpSettings
@@ -65,15 +67,47 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, what: st
 async def rig(
     settings: Settings, db: Path, now: Callable[[], float] = time.time
 ) -> AsyncIterator[Sources]:
-    """The state at `db` (opened as the daemon opens it), Feishu's REST client and a name
-    resolver, on the clock `now`; closed again after the block."""
-    state = State(db, daemon=True)
+    """The state at `db` (or the settings' `database`, opened as the daemon opens it),
+    Feishu's REST client and a name resolver, on the clock `now`; closed after the block."""
+    where = settings.database
+    password = where.password.reveal() if where is not None and where.password else None
+    state = State(db, daemon=True, url=where and where.url, password=password)
     api = FeishuApi(settings.feishu)
     try:
         yield Sources.of(settings, state, api, now)
     finally:
         await api.close()
         state.close()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The engine a test runs on: SQLite in the state directory, or a fresh PostgreSQL
+    database (tests/postgres.py) with the bot's password in `password_file`."""
+
+    url: str | None = None
+    password_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
+    @property
+    def config(self) -> str:
+        """The config's `database:` section (none for SQLite)."""
+        if self.url is None:
+            return ""
+        return f"database:\n  url: {self.url}\n  password_file: {self.password_file}\n"
+
+    def state(self, path: Path, **kwargs: Any) -> State:
+        """The state as the daemon opens it; `path` places SQLite's file and the spool."""
+        password = None
+        if self.password_file is not None:
+            password = self.password_file.read_text().strip()
+        return State(path, url=self.url, password=password, **kwargs)
+
+
+SQLITE = Backend()
 
 
 class MemoryRelay:

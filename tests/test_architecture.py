@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "feishu_mailbot"
@@ -152,6 +154,17 @@ def test_no_worker_imports_another_worker() -> None:
         assert not (edges[worker] & workers), f"{worker} imports {edges[worker] & workers}"
 
 
+def _imported(tree: ast.Module) -> set[str]:
+    """The top-level names of every module `tree` imports, lazily or not."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add((node.module or "").split(".")[0])
+    return found
+
+
 def test_only_the_state_package_uses_sqlite() -> None:
     for name, tree in modules().items():
         if name == "feishu_mailbot.state" or name.startswith("feishu_mailbot.state."):
@@ -165,6 +178,25 @@ def test_only_the_state_package_uses_sqlite() -> None:
                 else []
             )
             assert not any(n.split(".")[0] == "sqlite3" for n in names), f"{name} imports sqlite3"
+
+
+def test_only_the_postgresql_engine_imports_its_driver_and_only_when_configured() -> None:
+    """The driver costs megabytes a SQLite daemon must not pay (its RSS budget)."""
+    users = {name for name, tree in modules().items() if "psycopg" in _imported(tree)}
+    assert users == {"feishu_mailbot.state.postgres"}, users
+    probe = (
+        "import sys, feishu_mailbot.app.daemon, feishu_mailbot.cli.main;"
+        "print(sorted(m for m in sys.modules"
+        " if m.startswith(('psycopg', 'feishu_mailbot.state.postgres'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_the_event_handler_is_short() -> None:
@@ -243,7 +275,7 @@ def test_only_the_lifecycle_module_writes_a_status() -> None:
         if name == "feishu_mailbot.state.lifecycle":
             continue
         # A migration rewrites old rows once, at open, before anything moves them.
-        skip = {"_MIGRATIONS"} if name == "feishu_mailbot.state.db" else set()
+        skip = {"SQLITE_MIGRATIONS"} if name == "feishu_mailbot.state.schema" else set()
         for text in sql_strings(tree, skip):
             if STATUS_WRITE.search(text) or (INSERT.match(text) and literal.search(text)):
                 offenders.append(f"{name}: {' '.join(text.split())[:100]}")

@@ -21,11 +21,11 @@ import sys
 import time
 from collections.abc import Coroutine
 from functools import partial
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot.app import logs
+from feishu_mailbot.app.database import location
 from feishu_mailbot.app.systemd import Notifier, watchdog_interval
 from feishu_mailbot.compose.batch import Batcher
 from feishu_mailbot.compose.daily_report import Reporter
@@ -41,9 +41,7 @@ from feishu_mailbot.feishu.errors import CREDENTIAL_ERRORS, FeishuError
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.feishu.route import Route
 from feishu_mailbot.state import (
-    DB_NAME,
     DatabaseError,
-    State,
     StateError,
     Unavailable,
     heartbeat,
@@ -66,15 +64,11 @@ IDENTITY_RETRY = 5.0  # how often to ask again for the bot's open_id
 NO_EVENTS_HINT = 30 * 60.0  # connected this long without a single event: say what to check
 
 
-def db_path(settings: Settings) -> Path:
-    return Path(settings.state_dir) / DB_NAME
-
-
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.notifier = Notifier()
-        self.state = State(db_path(settings), daemon=True)
+        self.state = location(settings).open(daemon=True)
         route = Route(settings.feishu)  # one TLS context and proxy choice for both
         self.api = FeishuApi(settings.feishu, route=route)
         self.sources = Sources.of(settings, self.state, self.api)
@@ -529,6 +523,9 @@ def run(settings: Settings) -> int:
     except StateError as e:
         log.error("%s", e)
         return os.EX_CONFIG
+    except DatabaseError as e:  # PostgreSQL down or unreachable: systemd starts us again
+        log.error("database unreachable: %s", e)
+        return os.EX_TEMPFAIL
     if not daemon.state.spool.writable():
         log.error(
             "%s: not writable by this user, so mail over 256 KiB cannot be sent (an older "

@@ -18,7 +18,7 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import date
     from zoneinfo import ZoneInfo
 
-    from feishu_mailbot.app.daemon import db_path
+    from feishu_mailbot.app.database import location
     from feishu_mailbot.compose.daily_report import Reporter
     from feishu_mailbot.compose.names import NameResolver
     from feishu_mailbot.compose.sources import Sources
@@ -26,7 +26,7 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
     from feishu_mailbot.core.text import terminal
     from feishu_mailbot.feishu.errors import FeishuError
     from feishu_mailbot.feishu.rest import FeishuApi
-    from feishu_mailbot.state import DatabaseError, State, StateError
+    from feishu_mailbot.state import DatabaseError, StateError
 
     rs = settings.daily_report
     if rs is None:
@@ -55,24 +55,28 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return os.EX_USAGE
-    path = db_path(settings)
-    try:
-        present = path.exists()
-    except OSError as e:
-        reason = e.strerror or str(e)
-        print(f"{path}: {reason}: run it as root or as the feishu-mailbot user", file=sys.stderr)
-        return os.EX_NOPERM
-    if not present:  # reports are there or nowhere; and root must not make the database
-        print(
-            f"{path}: no state database yet (the daemon makes it when it first runs)",
-            file=sys.stderr,
-        )
-        return os.EX_UNAVAILABLE
+    where = location(settings)
+    if where.url is None:  # reports are there or nowhere; and root must not make the file
+        path = where.path
+        try:
+            present = path.exists()
+        except OSError as e:
+            reason = e.strerror or str(e)
+            print(
+                f"{path}: {reason}: run it as root or as the feishu-mailbot user", file=sys.stderr
+            )
+            return os.EX_NOPERM
+        if not present:
+            print(
+                f"{path}: no state database yet (the daemon makes it when it first runs)",
+                file=sys.stderr,
+            )
+            return os.EX_UNAVAILABLE
     logs.setup(settings.log_level)
 
     async def build() -> int:
         # A dry run reads and writes nothing, not even the WAL a connection makes.
-        state = State(path, readonly=dry_run)
+        state = where.open(readonly=dry_run)
         api = FeishuApi(settings.feishu)
         try:
             names = NameResolver(settings, state, api)
@@ -106,5 +110,5 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return os.EX_UNAVAILABLE
     except DatabaseError as e:  # busy, or a dry run that met the daemon starting: again
-        print(f"{path}: {e} (try again)", file=sys.stderr)
+        print(f"{where}: {e} (try again)", file=sys.stderr)
         return os.EX_TEMPFAIL

@@ -13,38 +13,43 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
+from feishu_mailbot.app.database import location
 from feishu_mailbot.config.settings import Settings
-from feishu_mailbot.state import DB_NAME, DatabaseError, State, StateError
+from feishu_mailbot.state import DatabaseError, State, StateError
 
 Command = Callable[[Settings, State, argparse.Namespace], int]
 
 
 def open_state(settings: Settings) -> State | int:
     """The state, or the exit code after a one-line reason on stderr."""
-    path = Path(settings.state_dir) / DB_NAME
+    where = location(settings)
+    if where.url is None:
+        path = where.path
+        try:
+            path.stat()
+        except FileNotFoundError:
+            print(
+                f"{path}: no state database yet (the daemon makes it when it first runs)",
+                file=sys.stderr,
+            )
+            return os.EX_UNAVAILABLE
+        except PermissionError:
+            pass  # said below
+        if not os.access(path, os.R_OK | os.W_OK):
+            print(
+                f"{path}: permission denied: run it as root or as the feishu-mailbot user",
+                file=sys.stderr,
+            )
+            return os.EX_NOPERM
     try:
-        path.stat()
-    except FileNotFoundError:
-        print(
-            f"{path}: no state database yet (the daemon makes it when it first runs)",
-            file=sys.stderr,
-        )
-        return os.EX_UNAVAILABLE
-    except PermissionError:
-        pass  # said below
-    if not os.access(path, os.R_OK | os.W_OK):
-        print(
-            f"{path}: permission denied: run it as root or as the feishu-mailbot user",
-            file=sys.stderr,
-        )
-        return os.EX_NOPERM
-    try:
-        return State(path)
+        return where.open()
     except StateError as e:
         print(str(e), file=sys.stderr)
         return os.EX_UNAVAILABLE
+    except DatabaseError as e:  # the server is down or refuses: maybe not for long
+        print(f"{where}: {e}", file=sys.stderr)
+        return os.EX_TEMPFAIL
 
 
 def run(settings: Settings, args: argparse.Namespace, command: Command) -> int:
@@ -55,7 +60,7 @@ def run(settings: Settings, args: argparse.Namespace, command: Command) -> int:
     try:
         return command(settings, state, args)
     except DatabaseError as e:
-        print(f"{state.path}: {e} (the daemon may be busy: try again)", file=sys.stderr)
+        print(f"{location(settings)}: {e} (the daemon may be busy: try again)", file=sys.stderr)
         return os.EX_TEMPFAIL
     finally:
         state.close()

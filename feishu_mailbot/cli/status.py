@@ -13,11 +13,11 @@ import time
 from functools import partial
 from pathlib import Path
 
+from feishu_mailbot.app.database import location
 from feishu_mailbot.cli.output import write_atomically
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import status
 from feishu_mailbot.state import (
-    DB_NAME,
     DatabaseError,
     State,
     StateError,
@@ -31,17 +31,17 @@ from feishu_mailbot.state import (
 
 def status_text(settings: Settings) -> str:
     """What `status` prints, for the support report; why not, when the state cannot be read."""
-    path = Path(settings.state_dir) / DB_NAME
-    if not path.exists():
-        return f"{path}: no state database yet (the daemon makes it when it first runs)"
+    where = location(settings)
+    if where.url is None and not where.path.exists():
+        return f"{where}: no state database yet (the daemon makes it when it first runs)"
     try:
-        state = State(path, readonly=True)
-    except (StateError, DatabaseError, OSError) as e:
-        return f"{path}: cannot read it: {e}"
+        state = where.open(readonly=True)
+    except (StateError, OSError, *DatabaseError) as e:
+        return f"{where}: cannot read it: {e}"
     try:
         return status.text(snapshot(settings, state, time.time()))
     except DatabaseError as e:
-        return f"{path}: cannot read it: {e}"
+        return f"{where}: cannot read it: {e}"
     finally:
         state.close()
 

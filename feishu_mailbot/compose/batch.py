@@ -138,7 +138,7 @@ class Batcher:
         mail_id = f"batch/{rule.name}/{end.isoformat()}/{waiting[0]}"
         try:
             queued = await self._compose(rule, end, start, waiting, mail_id)
-        except (FeishuError, DatabaseError):
+        except (FeishuError, *DatabaseError):
             raise  # not the digest's: the next tick tries again
         except Exception as e:  # a bug, or a value a library refuses: it will not get better
             key = (rule.name, waiting[0])

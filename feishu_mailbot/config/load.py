@@ -19,6 +19,7 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
@@ -34,6 +35,7 @@ from feishu_mailbot.config.settings import (
     AttachmentSettings,
     Batch,
     Chat,
+    DatabaseSettings,
     FeishuSettings,
     HealthSettings,
     PemBundle,
@@ -276,6 +278,28 @@ def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
         raise m["proxy_password_file"].error("set without feishu.proxy (expected both or neither)")
     ca_file = _pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None
     return FeishuSettings(app_id, secret, domain, via, ca_file)
+
+
+def _database(n: _Node, config_dir: Path) -> DatabaseSettings:
+    m = _mapping(n, {"url"}, {"password", "password_file"})
+    url = _str(m["url"])
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError as e:
+        raise m["url"].error(f"{e} (expected postgresql://user@host/dbname)") from None
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.path.strip("/") or parts.query):
+        raise m["url"].error(
+            "is not a PostgreSQL URL (expected postgresql://user@host/dbname; leave the "
+            "database section out for SQLite in state_dir)"
+        )
+    if parts.password is not None:
+        raise m["url"].error(
+            "holds a password, which would then show wherever the URL does "
+            "(expected it in database.password_file, or in ~/.pgpass)"
+        )
+    password = _secret(m, n, "password", required=False, config_dir=config_dir)
+    return DatabaseSettings(url, password)
 
 
 def _chat(n: _Node) -> Chat:
@@ -663,6 +687,7 @@ def parse(text: str, path: str) -> Settings:
             "state_dir",
             "log_level",
             "timezone",
+            "database",
         },
     )
     timezone = _timezone(m)
@@ -701,6 +726,7 @@ def parse(text: str, path: str) -> Settings:
         state_dir=state_dir,
         log_level=log_level,
         timezone=timezone,
+        database=_database(m["database"], config_dir) if "database" in m else None,
     )
 
 

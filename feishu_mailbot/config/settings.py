@@ -215,6 +215,14 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    """database: a PostgreSQL shared by every instance; absent, SQLite in state_dir."""
+
+    url: str  # a libpq URL without its password
+    password: Secret | None = None  # else libpq's own: ~/.pgpass, PGPASSFILE, a service
+
+
+@dataclass(frozen=True)
 class Settings:
     path: str
     feishu: FeishuSettings
@@ -228,6 +236,7 @@ class Settings:
     state_dir: str = "/var/lib/feishu-mailbot"
     log_level: str = "info"
     timezone: str = "Asia/Shanghai"  # forwards, digests and simulate show times in it
+    database: DatabaseSettings | None = None
 
     def chat(self, chat_id: str) -> Chat | None:
         for chat in self.chats:

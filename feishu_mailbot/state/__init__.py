@@ -6,40 +6,67 @@ Everything is a query function over an open transaction, grouped by domain
 `read(fn)`; `write_now(fn)` commits at once, for code with no event loop.
 Large composed mail lives in `spool` files that outbox rows name.
 Callers compose those functions and hold `Tx` only as an opaque handle; they
-never see SQL. A second backend (PostgreSQL) would be another `State` and
-another set of query modules with the same names and signatures, which this
-package would pick when the database is opened; callers would not change.
+never see SQL. The engine is SQLite in state_dir (sqlite.py), or PostgreSQL when a
+URL is given (postgres.py, shared by several instances); the query modules are
+the same for both (db.py says how).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from feishu_mailbot.state import sqlite
 from feishu_mailbot.state.checkpoint import Checkpointer
-from feishu_mailbot.state.db import (
-    DatabaseError,
-    StateError,
-    Transaction,
-    Tx,
-    Unavailable,
-    connect,
-    connect_readonly,
-)
+from feishu_mailbot.state.db import DatabaseError, StateError, Transaction, Tx, Unavailable
 from feishu_mailbot.state.group_commit import GroupCommit
 from feishu_mailbot.state.owner import reclaim
 from feishu_mailbot.state.spool import Spool
 
-__all__ = ["DB_NAME", "DatabaseError", "Spool", "State", "StateError", "Tx", "Unavailable"]
+__all__ = [
+    "DB_NAME",
+    "DatabaseError",
+    "Location",
+    "Spool",
+    "State",
+    "StateError",
+    "Tx",
+    "Unavailable",
+]
 
 T = TypeVar("T")
 DB_NAME = "feishu-mailbot.db"
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where the state is: the SQLite file in `state_dir`, or the PostgreSQL database
+    at `url` (the spool stays in `state_dir`)."""
+
+    state_dir: Path
+    url: str | None = None
+    password: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / DB_NAME
+
+    def __str__(self) -> str:
+        return str(self.path) if self.url is None else self.url
+
+    def open(self, *, daemon: bool = False, readonly: bool = False) -> State:
+        return State(
+            self.path, daemon=daemon, readonly=readonly, url=self.url, password=self.password
+        )
+
+
 class State:
-    """One connection to the database at `path`.
+    """One connection to the database: the SQLite file at `path`, or the PostgreSQL
+    database at `url` (then `path` only places the spool).
 
     `daemon=True` is for the long-running process: SQLite's automatic WAL
     checkpoints are replaced by checkpoint.py's, off the event loop.
@@ -50,15 +77,29 @@ class State:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, daemon: bool = False, readonly: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        daemon: bool = False,
+        readonly: bool = False,
+        url: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.path = str(path)
         self.readonly = readonly
-        if readonly:
-            self._db = connect_readonly(self.path)
+        self.url = url
+        self._db: Tx
+        self._checkpointer: Checkpointer | None = None
+        if url is not None:
+            from feishu_mailbot.state import postgres  # the driver only when configured
+
+            self._db = postgres.connect(url, password, readonly=readonly)
+        elif readonly:
+            self._db = sqlite.connect_readonly(self.path)
         else:
-            self._db = connect(self.path, autocheckpoint=not daemon)
-        self._checkpointer = Checkpointer(self.path) if daemon else None
+            db = sqlite.connect(self.path, autocheckpoint=not daemon)
+            self._db = db
+            self._checkpointer = Checkpointer(self.path, db) if daemon else None
         self.group = GroupCommit(self._db, self._checkpointer)
         # Mail too large for a row, beside the database (spool.py).
         self.spool = Spool(Path(self.path).parent / "spool")
@@ -83,13 +124,24 @@ class State:
         A transaction of its own, between group commits (which never leave one
         open): executescript, because a plain execute of this pragma frees one page.
         """
+        if self.url is not None:
+            return 0  # PostgreSQL's autovacuum keeps the tables' free space in use
         if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             return 0  # an old, big file (db.connect): its free pages are reused instead
+        assert isinstance(self._db, sqlite3.Connection)
         self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
         return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
 
+    @property
+    def engine(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
     def size(self) -> int:
-        """Bytes on disk: the database and its WAL."""
+        """Bytes on disk: the database and its WAL (SQLite), or the database (PostgreSQL)."""
+        if self.url is not None:
+            return int(
+                self._db.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            )
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
 
     def close(self) -> None:

@@ -17,7 +17,8 @@ from feishu_mailbot.state.outbox import Prepared
 
 def add(tx: Tx, rules: Sequence[str], message_id: str, now: float) -> None:
     tx.executemany(
-        "INSERT OR IGNORE INTO batch_items (rule, message_id, received_at) VALUES (?, ?, ?)",
+        "INSERT INTO batch_items (rule, message_id, received_at) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         [(rule, message_id, now) for rule in rules],
     )
 

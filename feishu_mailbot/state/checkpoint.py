@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,9 @@ def passive_checkpoint(db: sqlite3.Connection) -> Result:
 
 
 class Checkpointer:
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, writer: sqlite3.Connection) -> None:
         self.path = db_path
+        self._writer = writer
         self._wake = threading.Event()
         self._closing = False
         self._commits = 0
@@ -66,14 +66,14 @@ class Checkpointer:
             and self._commits - self._caught_up_at <= RESTART_SLACK
         )
 
-    def restart(self, checkpoint: Callable[[], Result]) -> None:
-        """On the loop, between transactions, when `restart_due`: `checkpoint` runs a
-        PASSIVE checkpoint on the writer's connection, so the next BEGIN starts the WAL over.
+    def restart(self) -> None:
+        """On the loop, between transactions, when `restart_due`: a PASSIVE checkpoint on
+        the writer's connection, so the next BEGIN starts the WAL over.
         """
         if not self.restart_due:  # asked twice before the first ran
             return
         try:
-            busy, _, _ = checkpoint()
+            busy, _, _ = passive_checkpoint(self._writer)
         except sqlite3.Error as e:
             self._failed(e)
             busy = 0

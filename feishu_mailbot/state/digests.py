@@ -58,14 +58,14 @@ def queue(
 ) -> bool:
     """Record the digest and queue its mail together; False if already queued."""
     cur = tx.execute(
-        "INSERT OR IGNORE INTO digests (mail_id, chat_id, day, kind, recipients, queued_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO digests (mail_id, chat_id, day, kind, recipients, queued_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (mail_id, chat_id, day, kind, json.dumps(list(recipients)), now),
     )
     if cur.rowcount == 0:
         return False
     tx.executemany(
-        "INSERT OR IGNORE INTO digest_entries (mail_id, message_id) VALUES (?, ?)",
+        "INSERT INTO digest_entries (mail_id, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(mail_id, m) for m in message_ids],
     )
     outbox.queue(tx, mail_id=mail_id, kind=kind, recipients=recipients, prepared=prepared, now=now)

@@ -22,11 +22,10 @@ blocked the loop for 4-10 ms: see checkpoint.py.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from feishu_mailbot.state.checkpoint import Checkpointer, passive_checkpoint
+from feishu_mailbot.state.checkpoint import Checkpointer
 from feishu_mailbot.state.db import Transaction, Tx, rollback
 
 T = TypeVar("T")
@@ -34,7 +33,7 @@ _Work = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
 
 
 class GroupCommit:
-    def __init__(self, db: sqlite3.Connection, checkpointer: Checkpointer | None) -> None:
+    def __init__(self, db: Tx, checkpointer: Checkpointer | None) -> None:
         self._db = db
         self._checkpointer = checkpointer
         self._pending: list[_Work] = []
@@ -79,9 +78,7 @@ class GroupCommit:
             return
         checkpointer.committed()
         if checkpointer.restart_due:  # queued after the acks this batch releases
-            asyncio.get_running_loop().call_soon(
-                checkpointer.restart, lambda: passive_checkpoint(self._db)
-            )
+            asyncio.get_running_loop().call_soon(checkpointer.restart)
 
     def _apply(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
         """Run each unit in its own savepoint of one new transaction, left open to commit."""

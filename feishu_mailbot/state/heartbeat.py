@@ -10,8 +10,9 @@ __all__ = ["Beat", "last", "record"]
 
 def record(tx: Tx, beat: Beat) -> None:
     tx.execute(
-        "INSERT OR REPLACE INTO heartbeat (id, pid, at, connected, since, line)"
-        " VALUES (1, ?, ?, ?, ?, ?)",
+        "INSERT INTO heartbeat (id, pid, at, connected, since, line) VALUES (1, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, at = excluded.at,"
+        " connected = excluded.connected, since = excluded.since, line = excluded.line",
         (beat.pid, beat.at, int(beat.connected), beat.since, beat.line),
     )
 

@@ -59,7 +59,8 @@ def _deliveries_to_json(deliveries: Sequence[Delivery]) -> str:
 def _mark_seen(tx: Tx, event_id: str, now: float) -> bool:
     """Record an event id; False if it was seen before (a Feishu re-push)."""
     cur = tx.execute(
-        "INSERT OR IGNORE INTO events (event_id, received_at) VALUES (?, ?)", (event_id, now)
+        "INSERT INTO events (event_id, received_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (event_id, now),
     )
     return cur.rowcount == 1
 
@@ -81,9 +82,9 @@ def ingest(
     if not _mark_seen(tx, msg.event_id, now):
         return Ingest.DUPLICATE_EVENT
     cur = tx.execute(
-        "INSERT OR IGNORE INTO messages"
+        "INSERT INTO messages"
         " (message_id, event_id, chat_id, sender, created_ms, body, received_at,"
-        " deliveries, planned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " deliveries, planned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (
             msg.message_id,
             msg.event_id,
@@ -116,7 +117,7 @@ def recall(tx: Tx, event: Recall, now: float) -> RecallOutcome | None:
     if not _mark_seen(tx, event.event_id, now):
         return None
     tx.execute(
-        "INSERT OR IGNORE INTO recalls (message_id, recalled_at) VALUES (?, ?)",
+        "INSERT INTO recalls (message_id, recalled_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (event.message_id, now),
     )
     planned = tx.execute(

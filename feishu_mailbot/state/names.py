@@ -16,6 +16,8 @@ def cached(tx: Tx, kind: str, id_: str, max_age: float, now: float) -> str | Non
 
 def remember(tx: Tx, kind: str, id_: str, name: str, now: float) -> None:
     tx.execute(
-        "INSERT OR REPLACE INTO names (kind, id, name, fetched_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO names (kind, id, name, fetched_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name,"
+        " fetched_at = excluded.fetched_at",
         (kind, id_, name, now),
     )

@@ -99,9 +99,10 @@ def queue_deliveries(tx: Tx, message_id: str, planned: str, received_at: float) 
     """A message's planned mail (its row's JSON) as outbox rows."""
     for d in json.loads(planned):
         tx.execute(
-            "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
+            "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
             " subject_template, confirm, notify_recall, status, next_attempt_at,"
-            " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (
                 mail_id_for(message_id, d["to"]),
                 message_id,
@@ -175,12 +176,12 @@ def cancel_for_recall(tx: Tx, message_id: str, now: float) -> Recalled:
 
 def _queue_recall_notice(tx: Tx, mail_id: str, now: float) -> int:
     return tx.execute(
-        "INSERT OR IGNORE INTO outbox (mail_id, message_id, kind, recipients, rules,"
+        "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
         " subject_template, confirm, notify_recall, status, next_attempt_at, created_at,"
         " subject)"
         " SELECT mail_id || '#recall', message_id, 'recall', recipients, rules,"
         " subject_template, 0, 0, ?, ?, ?, subject FROM outbox"
-        " WHERE mail_id = ? AND notify_recall = 1",
+        " WHERE mail_id = ? AND notify_recall = 1 ON CONFLICT DO NOTHING",
         (OUTBOX.initial, now, now, mail_id),
     ).rowcount
 

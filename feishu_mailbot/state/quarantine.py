@@ -17,7 +17,8 @@ from feishu_mailbot.state.lifecycle import QUARANTINE, move, move_all
 def hold(tx: Tx, key: str, reason: str, payload: bytes, now: float) -> bool:
     """Keep the event; False if it was held already (a re-push of the same event)."""
     cur = tx.execute(
-        "INSERT OR IGNORE INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+        "INSERT INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         (key, now, reason, payload),
     )
     if cur.rowcount == 1:

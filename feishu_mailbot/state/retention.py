@@ -34,40 +34,40 @@ class Pruned:
 # A message stays while mail of it may still be sent, or retried once it failed.
 _KEPT = ", ".join(f"'{s}'" for s in (*UNFINISHED, "failed"))
 
-# (table, condition on its rows, the cutoff it compares with)
+# (table, the cutoff it compares with, the condition on its rows, `?` for the cutoff)
 _RULES = (
-    ("events", "received_at < :events"),
-    ("recalls", "recalled_at < :messages"),
+    ("events", "events", "received_at < ?"),
+    ("recalls", "messages", "recalled_at < ?"),
     (
         "messages",
-        "received_at < :messages AND planned = 0 AND NOT EXISTS (SELECT 1 FROM outbox o"
+        "messages",
+        "received_at < ? AND planned = 0 AND NOT EXISTS (SELECT 1 FROM outbox o"
         " WHERE o.message_id = messages.message_id AND o.status IN"
         f" ({_KEPT})) AND NOT EXISTS (SELECT 1 FROM batch_items b"
         " WHERE b.message_id = messages.message_id AND b.mail_id IS NULL)",
     ),
     # A waiting match stays until its digest carries it (or its rule is removed).
-    ("batch_items", "mail_id IS NOT NULL AND received_at < :messages"),
-    ("outbox", "status IN ('sent', 'cancelled', 'failed', 'dropped') AND created_at < :mail"),
-    ("digest_entries", "mail_id IN (SELECT mail_id FROM digests WHERE queued_at < :mail)"),
-    ("digests", "queued_at < :mail"),
-    ("actions", "status != 'pending' AND created_at < :mail"),
-    ("quarantine", "received_at < :mail"),
-    ("names", "fetched_at < :mail"),
+    ("batch_items", "messages", "mail_id IS NOT NULL AND received_at < ?"),
+    ("outbox", "mail", "status IN ('sent', 'cancelled', 'failed', 'dropped') AND created_at < ?"),
+    ("digest_entries", "mail", "mail_id IN (SELECT mail_id FROM digests WHERE queued_at < ?)"),
+    ("digests", "mail", "queued_at < ?"),
+    ("actions", "mail", "status != 'pending' AND created_at < ?"),
+    ("quarantine", "mail", "received_at < ?"),
+    ("names", "mail", "fetched_at < ?"),
 )
 
 
 def prune(tx: Tx, cutoffs: Cutoffs, limit: int) -> Pruned:
     """Deletes up to `limit` rows that the cutoffs retire, table by table."""
-    params = {"events": cutoffs.events, "messages": cutoffs.messages, "mail": cutoffs.mail}
     removed, files = 0, []
-    for table, condition in _RULES:
+    for table, cutoff, condition in _RULES:
         left = limit - removed
         if left <= 0:
             break
         spool = "spool" if table == "outbox" else "NULL"
         rows = tx.execute(
-            f"SELECT rowid, {spool} FROM {table} WHERE {condition} LIMIT :n",
-            {**params, "n": left},
+            f"SELECT rowid, {spool} FROM {table} WHERE {condition} LIMIT ?",
+            (getattr(cutoffs, cutoff), left),
         ).fetchall()
         tx.executemany(f"DELETE FROM {table} WHERE rowid = ?", [(r[0],) for r in rows])
         removed += len(rows)

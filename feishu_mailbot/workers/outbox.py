@@ -137,7 +137,7 @@ class Outbox:
             self._idle.put_nowait(transport)
         await rounds(self._bell, self._round, "outbox", log)
         if self._unrecorded:  # one last try; else the next start requeues them
-            with contextlib.suppress(DatabaseError):
+            with contextlib.suppress(*DatabaseError):
                 await self._record_unrecorded()
         for transport in self._transports:
             await asyncio.to_thread(transport.close)

@@ -409,3 +409,43 @@ def test_a_proxy_and_its_password_file(tmp_path: Path) -> None:
     assert via.shown() == "http://alice@proxy.corp.example:3128 (from feishu.proxy)"
     assert proxy.url_of(via) == "http://alice:s3cret%3A%40%2F@proxy.corp.example:3128"
     assert "s3cret" not in repr(s) and "s3cret" not in via.shown()
+
+
+def test_a_database_section_with_its_password_file(tmp_path: Path) -> None:
+    (tmp_path / "db.pw").write_text("pg-s3cret\n", encoding="utf-8")
+    text = (
+        GOOD
+        + "database:\n  url: postgresql://bot@db.example:5433/mailbot\n  password_file: db.pw\n"
+    )
+    s = load.load(write(tmp_path, text))
+    assert s.database is not None
+    assert s.database.url == "postgresql://bot@db.example:5433/mailbot"
+    assert s.database.password is not None and s.database.password.reveal() == "pg-s3cret"
+    assert "pg-s3cret" not in repr(s)
+    assert load.load(write(tmp_path, GOOD)).database is None  # SQLite in state_dir
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "words"),
+    [
+        ("  url: postgresql://bot:pw-in-url@db/mailbot\n", "database.url", "holds a password"),
+        ("  url: mysql://bot@db/mailbot\n", "database.url", "is not a PostgreSQL URL"),
+        ("  url: postgresql://bot@db\n", "database.url", "is not a PostgreSQL URL"),
+        ("  url: postgresql://bot@db:port/x\n", "database.url", "expected postgresql://"),
+        (
+            "  url: postgresql://bot@db/x\n  password_file: none.pw\n",
+            "database.password_file",
+            "cannot read",
+        ),
+        ("  password_file: x\n", "database.url", "missing"),
+        ("  url: postgresql://bot@db/x\n  pasword: x\n", "database.pasword", "did you mean"),
+    ],
+)
+def test_bad_database_settings_are_config_errors(
+    tmp_path: Path, section: str, key: str, words: str
+) -> None:
+    with pytest.raises(load.ConfigError) as info:
+        load.load(write(tmp_path, GOOD + "database:\n" + section))
+    message = str(info.value)
+    assert f"{key}" in message and words in message, message
+    assert "pw-in-url" not in message

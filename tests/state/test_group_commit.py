@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.state import State, Tx, messages
+from feishu_mailbot.state import Tx, messages
 from feishu_mailbot.state.messages import Ingest
-from tests.kit import message
+from tests.kit import SQLITE, Backend, message
 
 
 def seen(tx: Tx, event_id: str) -> bool:
@@ -20,8 +20,8 @@ def seen(tx: Tx, event_id: str) -> bool:
 class Intake:
     """The daemon's side of the state: group-committed writes, checkpoints off the loop."""
 
-    def __init__(self, path: Path) -> None:
-        self.state = State(path, daemon=True)
+    def __init__(self, path: Path, backend: Backend = SQLITE) -> None:
+        self.state = backend.state(path, daemon=True)
         self.run = self.state.write
         self.close = self.state.close
 
@@ -34,16 +34,18 @@ class Intake:
         return self.state.group.committed
 
 
-def check_seen(path: Path, event_id: str) -> bool:
-    state = State(path)
+def check_seen(path: Path, event_id: str, backend: Backend = SQLITE) -> bool:
+    state = backend.state(path)
     try:
         return state.write_now(lambda tx: seen(tx, event_id))
     finally:
         state.close()
 
 
-def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path) -> None:
-    intake = Intake(tmp_path / "db.sqlite")
+def test_a_batch_commits_together_and_a_failure_rolls_back_alone(
+    tmp_path: Path, backend: Backend
+) -> None:
+    intake = Intake(tmp_path / "db.sqlite", backend)
 
     def failing(s: Tx) -> bool:
         seen(s, "ev_b")
@@ -63,8 +65,8 @@ def test_a_batch_commits_together_and_a_failure_rolls_back_alone(tmp_path: Path)
     assert isinstance(results[1], ValueError)
     assert intake.batches == 1 and intake.committed == 4
     intake.close()
-    assert check_seen(tmp_path / "db.sqlite", "ev_b") is True  # rolled back with its savepoint
-    assert check_seen(tmp_path / "db.sqlite", "ev_a") is False  # committed
+    assert check_seen(tmp_path / "db.sqlite", "ev_b", backend) is True  # rolled back alone
+    assert check_seen(tmp_path / "db.sqlite", "ev_a", backend) is False  # committed
 
 
 def test_a_failed_commit_fails_every_waiting_event(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from feishu_mailbot.core.model import Delivery, Recall
@@ -39,8 +40,10 @@ from feishu_mailbot.state import State, Tx, Unavailable, messages, outbox
 from feishu_mailbot.state.lifecycle import OUTBOX, SENDING
 from feishu_mailbot.state.outbox import Prepared
 from tests.kit import message
+from tests.postgres import Postgres
 
 TO = ("oncall@example.com",)
+TABLES = ("events", "messages", "recalls", "outbox", "actions", "digests", "digest_entries")
 # A write the database refuses: one in five, so that most attempts get somewhere.
 FAILS = st.sampled_from([False, False, False, False, True])
 
@@ -57,7 +60,8 @@ class MailLife(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="mail-life-", dir=_fast_tmp()))
-        self.state = State(self.dir / "state.db")
+        self.state_opened = False
+        self.state = self._open()
         self.step = 0  # the clock: a tick is a second
         self.order = 0  # what happened before what (_seq)
         self.messages = 0
@@ -77,6 +81,14 @@ class MailLife(RuleBasedStateMachine):
         self.state.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _open(self) -> State:
+        return State(self.dir / "state.db")
+
+    def _refuse_writes(self, refuse: bool) -> None:
+        """From now on the database refuses (or takes again) every write."""
+        on = "ON" if refuse else "OFF"
+        self.state.read(lambda tx: tx.execute(f"PRAGMA query_only = {on}"))
+
     def _seq(self) -> int:
         self.order += 1
         return self.order
@@ -87,12 +99,12 @@ class MailLife(RuleBasedStateMachine):
         """`work` in a transaction; `fails`: SQLite refuses it and it is rolled back."""
         if not fails:
             return self.state.write_now(work)
-        self.state.read(lambda tx: tx.execute("PRAGMA query_only = ON"))
+        self._refuse_writes(True)
         try:
             with pytest.raises(Unavailable):
                 self.state.write_now(work)
         finally:
-            self.state.read(lambda tx: tx.execute("PRAGMA query_only = OFF"))
+            self._refuse_writes(False)
         return None
 
     def _outcome(self, mail_id: str, work: Callable[[Tx], Any], fails: bool) -> None:
@@ -120,7 +132,7 @@ class MailLife(RuleBasedStateMachine):
 
     def _restart(self) -> None:
         self.state.close()
-        self.state = State(self.dir / "state.db")
+        self.state = self._open()
         self.live.clear()
         self.unrecorded.clear()  # the process that held them is gone
         self.state.write_now(outbox.requeue_interrupted)
@@ -341,3 +353,35 @@ MailLife.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_a_mail_s_life = MailLife.TestCase
+
+
+def test_a_mail_s_life_on_postgresql(postgres: Postgres) -> None:
+    """The same machine on PostgreSQL: one database, emptied for each example. A write is
+    refused as a busy server refuses it: another session holds the tables locked, and
+    the wait for the lock times out. Fewer examples: each costs a few hundred round
+    trips to the server."""
+    url = postgres.database()
+    password = postgres.password_file.read_text().strip()
+    State(Path(tempfile.gettempdir()) / "unused.db", url=url, password=password).close()
+
+    class OnPostgres(MailLife):
+        def _open(self) -> State:
+            state = State(self.dir / "state.db", url=url, password=password)
+            if not self.state_opened:
+                state.write_now(lambda tx: tx.execute(f"TRUNCATE {', '.join(TABLES)}"))
+                self.state_opened = True
+            return state
+
+        def _refuse_writes(self, refuse: bool) -> None:
+            if refuse:
+                blocker.execute("BEGIN")
+                blocker.execute(f"LOCK TABLE {', '.join(TABLES)} IN ACCESS EXCLUSIVE MODE")
+                self.state.read(lambda tx: tx.execute("SET lock_timeout = '20ms'"))
+            else:
+                blocker.execute("ROLLBACK")
+                self.state.read(lambda tx: tx.execute("SET lock_timeout = '10s'"))
+
+    with postgres.admin(url.rsplit("/", 1)[1]) as blocker:
+        run_state_machine_as_test(
+            OnPostgres, settings=settings(MailLife.TestCase.settings, max_examples=300)
+        )

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from feishu_mailbot.core.model import Delivery, Message, Recall, message_to_json
-from feishu_mailbot.state import State, db, messages, outbox
-from feishu_mailbot.state.db import SCHEMA_VERSION
+from feishu_mailbot.state import State, messages, outbox, sqlite
 from feishu_mailbot.state.messages import Ingest, RecallOutcome
 from feishu_mailbot.state.outbox import OutboxRow, mail_id_for
-from tests.kit import message
+from feishu_mailbot.state.schema import SCHEMA_VERSION
+from tests.kit import SQLITE, Backend, message
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 OPS = Delivery(("ops@example.com",), ("urgent",), "[{chat}] {preview}", False, True)
@@ -26,8 +26,8 @@ RECALL_1 = Recall(event_id="ev_r1", message_id="om_1", chat_id="oc_team", recall
 class Store:
     """The calls these tests make, each in a transaction of its own."""
 
-    def __init__(self, path: Path) -> None:
-        self.state = State(path)
+    def __init__(self, path: Path, backend: Backend = SQLITE) -> None:
+        self.state = backend.state(path)
 
     def ingest(self, msg: Message, deliveries: Sequence[Delivery], now: float) -> Ingest:
         return self.state.write_now(
@@ -53,8 +53,10 @@ class Store:
         self.state.close()
 
 
-def test_planned_mail_reaches_the_outbox_in_batches_oldest_first(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+def test_planned_mail_reaches_the_outbox_in_batches_oldest_first(
+    tmp_path: Path, backend: Backend
+) -> None:
+    store = Store(tmp_path / "db.sqlite", backend)
     for n in range(5):
         assert store.ingest(message(n), (OPS, BOSS), now=100.0 + n) is Ingest.NEW
     assert store.ingest(message(9), (), now=200.0) is Ingest.NEW  # nothing planned
@@ -76,8 +78,10 @@ def test_planned_mail_reaches_the_outbox_in_batches_oldest_first(tmp_path: Path)
     store.close()
 
 
-def test_a_recall_cancels_planned_mail_that_never_reached_the_outbox(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+def test_a_recall_cancels_planned_mail_that_never_reached_the_outbox(
+    tmp_path: Path, backend: Backend
+) -> None:
+    store = Store(tmp_path / "db.sqlite", backend)
     store.ingest(message(1), (OPS, BOSS), now=100.0)
     store.ingest(message(2), (OPS,), now=101.0)
     outcome = store.recall(RECALL_1, now=102.0)
@@ -89,8 +93,10 @@ def test_a_recall_cancels_planned_mail_that_never_reached_the_outbox(tmp_path: P
     store.close()
 
 
-def test_a_message_recalled_before_it_arrived_plans_nothing(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite")
+def test_a_message_recalled_before_it_arrived_plans_nothing(
+    tmp_path: Path, backend: Backend
+) -> None:
+    store = Store(tmp_path / "db.sqlite", backend)
     outcome = store.recall(RECALL_1, now=100.0)
     assert outcome is not None and not outcome.known
     assert store.ingest(message(1), (OPS,), now=101.0) is Ingest.ALREADY_RECALLED
@@ -136,12 +142,12 @@ def test_mail_an_older_release_put_back_after_a_recall_is_cancelled_by_the_upgra
 ) -> None:
     """Schema 7 to 8: the rows the old unguarded UPDATEs left queued for a recalled
     message end cancelled; the flag of a recall during an attempt becomes `recalling`."""
-    from feishu_mailbot.state.db import _MIGRATIONS
+    from feishu_mailbot.state.schema import SQLITE_MIGRATIONS
 
     path = tmp_path / "db.sqlite"
     old = sqlite3.connect(path)
     old.executescript((FIXTURES / "schema-v1.sql").read_text(encoding="utf-8"))
-    old.executescript("".join(_MIGRATIONS[v] for v in range(1, 7)))
+    old.executescript("".join(SQLITE_MIGRATIONS[v] for v in range(1, 7)))
     old.execute("PRAGMA user_version=7")
     rows = {  # mail: (status, recalled flag, message recalled in `recalls`)
         "reset": ("pending", 0, True),  # cancelled, then mark_retry put it back
@@ -211,7 +217,7 @@ def test_an_old_big_database_is_not_vacuumed_at_open(
     """A VACUUM of gigabytes would outlast the unit's start timeout, every start again."""
     path = tmp_path / "db.sqlite"
     old_database(path, 2000)
-    monkeypatch.setattr(db, "VACUUM_AT_OPEN_MAX", 0)  # as if this file were gigabytes
+    monkeypatch.setattr(sqlite, "VACUUM_AT_OPEN_MAX", 0)  # as if this file were gigabytes
     state = State(path)
     assert state.read(lambda tx: tx.execute("PRAGMA auto_vacuum").fetchone()[0]) == 0
     assert state.read(lambda tx: tx.execute("PRAGMA freelist_count").fetchone()[0]) > 0

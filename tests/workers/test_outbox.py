@@ -8,7 +8,6 @@ each of these mailed the recalled or dropped message on the next attempt.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from tests.cli.test_live import cli, queue_ids
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, fill, wait_until
+from tests.kit import SQLITE, Backend
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -27,12 +27,14 @@ NOTIFY = ONE_RULE + "  notify_recall: true\n"
 QUIET = 3.0
 
 
-def statuses(bot: Bot) -> list[str]:
-    db = sqlite3.connect(bot.config.parent / "state" / "feishu-mailbot.db")
+def statuses(bot: Bot, backend: Backend = SQLITE) -> list[str]:
+    state = backend.state(bot.config.parent / "state" / "feishu-mailbot.db", readonly=True)
     try:
-        return [r[0] for r in db.execute("SELECT status FROM outbox ORDER BY rowid")]
+        return state.read(
+            lambda tx: [r[0] for r in tx.execute("SELECT status FROM outbox ORDER BY rowid")]
+        )
     finally:
-        db.close()
+        state.close()
 
 
 def image_held(emulator: FeishuEmulator, key: str) -> dict[str, Any]:
@@ -57,9 +59,9 @@ def rate_limit_then_heal(emulator: FeishuEmulator, key: str) -> None:
 
 
 def test_a_mail_recalled_while_prepared_is_never_sent(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = make_bot(rules=IMAGES).start()
+    bot = make_bot(rules=IMAGES, extra=backend.config).start()
     event = image_held(emulator, "img_recalled")
     message_id = event["event"]["message"]["message_id"]
     emulator.wait_ack(emulator.push_recall(message_id, "oc_team"))
@@ -67,15 +69,15 @@ def test_a_mail_recalled_while_prepared_is_never_sent(
     rate_limit_then_heal(emulator, "img_recalled")
     time.sleep(QUIET)
     assert smtp.messages == []
-    assert statuses(bot) == ["cancelled"]
+    assert statuses(bot, backend) == ["cancelled"]
     assert "is not tried again: its message was recalled" in bot.log()
     assert bot.stop() == 0
 
 
 def test_a_mail_dropped_while_prepared_is_never_sent(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = make_bot(rules=IMAGES).start()
+    bot = make_bot(rules=IMAGES, extra=backend.config).start()
     image_held(emulator, "img_dropped")
     [row_id] = queue_ids(bot)
     dropped = cli(bot, "drop", str(row_id), "--yes")
@@ -84,7 +86,7 @@ def test_a_mail_dropped_while_prepared_is_never_sent(
     rate_limit_then_heal(emulator, "img_dropped")
     time.sleep(QUIET)
     assert smtp.messages == []
-    assert statuses(bot) == ["dropped"]
+    assert statuses(bot, backend) == ["dropped"]
     assert "is not tried again: an operator dropped it" in bot.log()
     # And the table refuses to bring it back.
     retried = cli(bot, "retry", str(row_id))
@@ -94,19 +96,19 @@ def test_a_mail_dropped_while_prepared_is_never_sent(
 
 
 def test_a_mail_recalled_while_sent_ends_cancelled_if_the_relay_refuses_it(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = make_bot(rules=NOTIFY).start()
+    bot = make_bot(rules=NOTIFY, extra=backend.config).start()
     smtp.hold_data()
     event = emulator.push_text("oc_team", "ou_alice", "故障：撤回中")
     smtp.wait_holding()
     emulator.wait_ack(emulator.push_recall(event["event"]["message"]["message_id"], "oc_team"))
     bot.wait_log("message recalled")
-    recalled_while = statuses(bot)
+    recalled_while = statuses(bot, backend)
     smtp.answer_data("451 4.3.0 try again later")
     time.sleep(QUIET)
     assert smtp.messages == []  # neither the mail nor a notice of a mail never received
-    assert statuses(bot) == ["cancelled"]
+    assert statuses(bot, backend) == ["cancelled"]
     assert recalled_while == ["recalling"]
     assert "1 being sent (cancelled unless the relay accepts it)" in bot.log()
     assert "is not tried again: its message was recalled" in bot.log()
@@ -114,9 +116,9 @@ def test_a_mail_recalled_while_sent_ends_cancelled_if_the_relay_refuses_it(
 
 
 def test_a_mail_recalled_while_sent_and_accepted_gets_its_recall_notice(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = make_bot(rules=NOTIFY).start()
+    bot = make_bot(rules=NOTIFY, extra=backend.config).start()
     smtp.hold_data()
     event = emulator.push_text("oc_team", "ou_alice", "故障：撤回太晚")
     smtp.wait_holding()
@@ -127,7 +129,7 @@ def test_a_mail_recalled_while_sent_and_accepted_gets_its_recall_notice(
     assert "撤回太晚" in str(mail["Subject"])
     assert str(notice["Subject"]).startswith("[已撤回]")
     assert notice["In-Reply-To"] == mail["Message-ID"]
-    wait_until(lambda: statuses(bot) == ["sent", "sent"], 10, "both recorded as sent")
+    wait_until(lambda: statuses(bot, backend) == ["sent", "sent"], 10, "both recorded as sent")
     assert "its message was recalled meanwhile" in bot.log()
     assert bot.stop() == 0
 

@@ -30,27 +30,30 @@ from feishu_mailbot.core.model import ActionRequest, Delivery, Download, Text
 from feishu_mailbot.core.retry import RetryPolicy
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail.smtp import DeliveryError, Refused
-from feishu_mailbot.state import Spool, State, digests, messages, outbox
+from feishu_mailbot.state import Spool, digests, messages, outbox
 from feishu_mailbot.state.outbox import Prepared
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import progress_while, write_config
-from tests.kit import MemoryRelay, message, rig, until
+from tests.kit import Backend, MemoryRelay, message, rig, until
 
 ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
 
 
-def settings(tmp_path: Path, emulator: FeishuEmulator, extra: str = "") -> Settings:
-    return load.load(
-        str(write_config(tmp_path, feishu_url=emulator.base_url, smtp_port=9, extra=extra))
+def settings(
+    tmp_path: Path, emulator: FeishuEmulator, backend: Backend, extra: str = ""
+) -> Settings:
+    config = write_config(
+        tmp_path, feishu_url=emulator.base_url, smtp_port=9, extra=extra + backend.config
     )
+    return load.load(str(config))
 
 
 def test_the_outbox_retries_through_any_delivery_backend(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
-    s = settings(tmp_path, emulator)
+    s = settings(tmp_path, emulator, backend)
     relay = MemoryRelay()
 
     async def main() -> None:
@@ -91,9 +94,9 @@ daily_report:
 
 
 def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
-    s = settings(tmp_path, emulator, extra=REPORTS)
+    s = settings(tmp_path, emulator, backend, extra=REPORTS)
     queued: list[str] = []
 
     async def main() -> list[str]:
@@ -131,10 +134,10 @@ def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
 
 
 def test_a_digest_is_dated_by_the_reporter_s_clock(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
     """The Date header comes from the clock the reporter is given, as its other times do."""
-    s = settings(tmp_path, emulator, extra=REPORTS)
+    s = settings(tmp_path, emulator, backend, extra=REPORTS)
     at = 1_764_583_200.0  # 2025-12-01 18:00 in Asia/Shanghai
 
     async def main() -> bytes:
@@ -154,14 +157,13 @@ def test_a_digest_is_dated_by_the_reporter_s_clock(
 
 
 def test_a_reply_to_a_message_that_cannot_be_read_is_mailed_without_its_quote(
-    tmp_path: Path, emulator: FeishuEmulator, caplog: pytest.LogCaptureFixture
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The stored message replied to is corrupt on disk: the reply still goes out; the
     quote is asked of Feishu (which no longer has it) and left out."""
     import dataclasses
-    import sqlite3
 
-    s = settings(tmp_path, emulator)
+    s = settings(tmp_path, emulator, backend)
     relay = MemoryRelay()
     relay.refuse_next = 0
     root = message(1, "数据库故障")
@@ -171,12 +173,13 @@ def test_a_reply_to_a_message_that_cannot_be_read_is_mailed_without_its_quote(
     path = tmp_path / "state.db"
 
     async def main() -> None:
-        state = State(path, daemon=True)
+        state = backend.state(path, daemon=True)
         await state.write(partial(messages.ingest, msg=root, deliveries=(), now=time.time()))
-        db = sqlite3.connect(path)
-        db.execute("UPDATE messages SET body = '{not json' WHERE message_id = 'om_1'")
-        db.commit()
-        db.close()
+        state.write_now(
+            lambda tx: tx.execute(
+                "UPDATE messages SET body = '{not json' WHERE message_id = 'om_1'"
+            )
+        )
         api = FeishuApi(s.feishu)
         worker = Outbox(Sources.of(s, state, api), lambda: None, transport=relay)
         await state.write(
@@ -224,9 +227,9 @@ class DeadRelay(MemoryRelay):
 
 
 def test_a_clock_set_forward_does_not_fail_queued_mail(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
-    s = settings(tmp_path, emulator)
+    s = settings(tmp_path, emulator, backend)
     jumped = time.time() + 3 * 24 * 3600  # past give_up_after (2 days) for a fresh mail
 
     async def main() -> tuple[str, int]:
@@ -263,11 +266,11 @@ def test_give_up_needs_the_age_and_the_attempts() -> None:
 
 
 def test_a_spool_file_that_is_gone_is_composed_again(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
     """An operator's cleanup (or a lost disk block) must not cost the mail: the row is
     composed again, with the same Message-ID."""
-    s = settings(tmp_path, emulator)
+    s = settings(tmp_path, emulator, backend)
     relay = MemoryRelay()
     relay.refuse_next = 0
 
@@ -324,14 +327,14 @@ def test_the_spool_keeps_what_rows_name_and_young_files(tmp_path: Path) -> None:
 
 
 def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_plainly(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
-    s = settings(tmp_path, emulator)
+    s = settings(tmp_path, emulator, backend)
     relay = MemoryRelay()
     relay.refuse_next = 0
 
     async def main() -> list[tuple[str, str | None, str | None]]:
-        state = State(tmp_path / "state.db", daemon=True)
+        state = backend.state(tmp_path / "state.db", daemon=True)
         now = time.time()
         await state.write(
             partial(messages.ingest, msg=message(1, "数据库故障"), deliveries=(ONCALL,), now=now)
@@ -376,7 +379,7 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
 
 
 def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
-    tmp_path: Path, emulator: FeishuEmulator
+    backend: Backend, tmp_path: Path, emulator: FeishuEmulator
 ) -> None:
     """Each image fetched is progress: a digest of many slow images must not look like
     a stalled worker (the watchdog would restart the daemon, and again)."""
@@ -389,10 +392,11 @@ def test_the_schedule_shows_progress_while_a_daily_digest_fetches_its_images(
     s = settings(
         tmp_path,
         emulator,
+        backend,
         extra=REPORTS.replace("acknowledge: reaction", 'mode: scheduled\n  at: "18:00"'),
     )
     at = 1_764_583_200.0 + 3600  # 2025-12-01 19:00 in Asia/Shanghai: past the digest's time
-    state = State(tmp_path / "state.db", daemon=True)
+    state = backend.state(tmp_path / "state.db", daemon=True)
     for n in range(1, 5):
         emulator.register_resource(f"img_{n}", png(), "image/png")
         report = dataclasses.replace(

@@ -1,0 +1,170 @@
+"""The state's tables: one schema history for both engines.
+
+Written in SQLite's words; postgres.py turns the few type names that differ into
+PostgreSQL's (`ddl`), so a table is declared once. Steps after version 8 must run on
+both engines: plain ALTER/CREATE/UPDATE, with the types below.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 8
+#: The first version a PostgreSQL database can have: it is created at SCHEMA_VERSION.
+POSTGRES_SINCE = 8
+
+# Events that fail the same way on every re-push, kept as Feishu sent them.
+_QUARANTINE = """
+CREATE TABLE quarantine (
+    key         TEXT PRIMARY KEY,  -- the event_id, or sha256: of the payload if it has none
+    received_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'held'  -- lifecycle.QUARANTINE
+);
+"""
+
+# The running daemon's last word about itself (heartbeat.py), for `status`.
+_HEARTBEAT = """
+CREATE TABLE heartbeat (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    pid       INTEGER NOT NULL,
+    at        REAL NOT NULL,
+    connected INTEGER NOT NULL,
+    since     REAL,
+    line      TEXT NOT NULL
+);
+"""
+
+# The matches of batched rules (batches.py); mail_id is the digest that carried one.
+_BATCH_ITEMS = """
+CREATE TABLE batch_items (
+    rule        TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    mail_id     TEXT,
+    PRIMARY KEY (rule, message_id)
+);
+CREATE INDEX batch_items_waiting ON batch_items (rule, received_at) WHERE mail_id IS NULL;
+CREATE INDEX batch_items_message ON batch_items (message_id);
+"""
+
+SCHEMA = (
+    """
+CREATE TABLE events (
+    event_id    TEXT PRIMARY KEY,
+    received_at REAL NOT NULL
+);
+CREATE TABLE messages (
+    message_id  TEXT PRIMARY KEY,
+    event_id    TEXT NOT NULL,
+    chat_id     TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    body        TEXT NOT NULL,
+    recalled    INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL,
+    deliveries  TEXT,  -- planned mail not yet in the outbox (JSON); see messages.ingest
+    planned     INTEGER NOT NULL DEFAULT 0  -- how many mails `deliveries` holds
+);
+CREATE TABLE recalls (
+    message_id  TEXT PRIMARY KEY,
+    recalled_at REAL NOT NULL
+);
+CREATE TABLE outbox (
+    mail_id          TEXT PRIMARY KEY,
+    message_id       TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    recipients       TEXT NOT NULL,
+    rules            TEXT NOT NULL,
+    subject_template TEXT NOT NULL,
+    confirm          INTEGER NOT NULL,
+    notify_recall    INTEGER NOT NULL,
+    status           TEXT NOT NULL,  -- lifecycle.OUTBOX
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT,
+    subject          TEXT,
+    raw              BLOB,  -- the composed mail; dropped once sent
+    created_at       REAL NOT NULL,
+    sent_at          REAL,
+    spool            TEXT  -- instead of raw: the name of a spool file (spool.py)
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_message ON outbox (message_id);
+CREATE INDEX messages_received ON messages (received_at);
+CREATE INDEX messages_chat_time ON messages (chat_id, created_ms);
+CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned > 0;
+-- Side effects other than mail (reactions, replies, digest requests), queued in the
+-- same transaction as the message that caused them and done by the action worker.
+CREATE TABLE actions (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    message_id      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',  -- lifecycle.ACTIONS
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,
+    created_at      REAL NOT NULL
+);
+CREATE INDEX actions_due ON actions (status, next_attempt_at);
+-- One row per digest mail queued: what makes "a digest for a day is sent once" hold
+-- across restarts, triggers and the schedule.
+CREATE TABLE digests (
+    mail_id    TEXT PRIMARY KEY,
+    chat_id    TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    queued_at  REAL NOT NULL
+);
+CREATE INDEX digests_day ON digests (chat_id, day);
+CREATE TABLE digest_entries (
+    mail_id    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (mail_id, message_id)
+);
+CREATE TABLE names (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"""
+    + _QUARANTINE
+    + _HEARTBEAT
+    + _BATCH_ITEMS
+)
+
+# Step from version N to N+1, for SQLite databases made by an older release. PostgreSQL
+# came with version 8: its history starts there, with SCHEMA.
+SQLITE_MIGRATIONS = {
+    1: """
+ALTER TABLE messages ADD COLUMN deliveries TEXT;
+ALTER TABLE messages ADD COLUMN planned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_planned ON messages (received_at, planned) WHERE planned > 0;
+""",
+    # Nothing to alter: from 3 on, `messages.body` may hold model.py's JSON version 2,
+    # which a release that only reads version 1 must refuse to open, not misread.
+    2: "",
+    3: _QUARANTINE,
+    # Large mail moves to spool files; sent mail keeps its subject and metadata only.
+    4: """
+ALTER TABLE outbox ADD COLUMN spool TEXT;
+UPDATE outbox SET raw = NULL WHERE status = 'sent';
+""",
+    5: _HEARTBEAT,
+    6: _BATCH_ITEMS,
+    # A recall that came while a mail was being sent is a state of its own (lifecycle.py),
+    # no longer a flag beside `sending` that a failed attempt could overlook.
+    # Forwards an older release put back in the queue after their message was recalled
+    # (a failed attempt overwrote `cancelled`, or reset a flagged row) end here, cancelled.
+    7: """
+UPDATE outbox SET status = 'recalling' WHERE status = 'sending' AND recalled = 1;
+UPDATE outbox SET status = 'cancelled', raw = NULL, spool = NULL
+ WHERE kind = 'forward' AND status IN ('pending', 'failed')
+ AND (recalled = 1 OR message_id IN (SELECT message_id FROM recalls)
+      OR message_id IN (SELECT message_id FROM messages WHERE recalled = 1));
+ALTER TABLE outbox DROP COLUMN recalled;
+""",
+}

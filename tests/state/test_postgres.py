@@ -1,0 +1,148 @@
+"""The PostgreSQL engine's own edges, on a real server: login, schema, a lost session."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from feishu_mailbot.state import DatabaseError, State, StateError, Unavailable
+from feishu_mailbot.state.messages import Ingest, ingest
+from tests.kit import message
+from tests.postgres import BOT_PASSWORD, Postgres
+
+
+def open_state(tmp_path: Path, url: str, **kwargs: object) -> State:
+    return State(tmp_path / "unused.db", url=url, password=BOT_PASSWORD, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_fresh_database_gets_the_schema_once_even_when_two_instances_start_together(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    url = postgres.database()
+    opened: list[State] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            opened.append(open_state(tmp_path, url))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(opened) == 2
+    a, b = opened
+    assert a.write_now(lambda tx: ingest(tx, message(1), (), 1.0)) is Ingest.NEW
+    assert b.write_now(lambda tx: ingest(tx, message(1), (), 1.0)) is Ingest.DUPLICATE_EVENT
+    assert not (tmp_path / "unused.db").exists()  # SQLite's file is not made
+    for s in opened:
+        s.close()
+
+
+def test_a_refused_login_is_a_state_error_without_the_password(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    url = postgres.database()
+    with pytest.raises(StateError) as info:
+        State(tmp_path / "x.db", url=url, password="not-the-password")
+    assert url in str(info.value) and "refused the login" in str(info.value)
+    assert "not-the-password" not in str(info.value)
+
+
+def test_a_server_that_is_down_is_unavailable_not_a_state_error(tmp_path: Path) -> None:
+    with Postgres() as down:
+        url = down.database()
+        down.stop()
+        with pytest.raises(Unavailable) as info:
+            open_state(tmp_path, url)
+    assert isinstance(info.value, DatabaseError)
+    assert "PostgreSQL" in str(info.value)
+
+
+def test_a_newer_schema_or_a_database_of_another_program_is_refused(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    url = postgres.database()
+    open_state(tmp_path, url).close()
+    with postgres.admin(url.rsplit("/", 1)[1]) as db:
+        db.execute("UPDATE schema_version SET version = version + 1")
+    with pytest.raises(StateError, match="newer than this program understands"):
+        open_state(tmp_path, url)
+
+    other = postgres.database()
+    with postgres.admin(other.rsplit("/", 1)[1]) as db:
+        db.execute("CREATE TABLE invoices (id int)")
+    with pytest.raises(StateError, match="give the bot a database of its own"):
+        open_state(tmp_path, other)
+
+
+def test_a_lost_session_is_made_again_but_never_inside_the_transaction_it_broke(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    url = postgres.database()
+    state = open_state(tmp_path, url)
+    name = url.rsplit("/", 1)[1]
+
+    def kill_sessions() -> None:
+        with postgres.admin(name) as db:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid != pg_backend_pid()"
+            )
+
+    # Between statements: the next one simply runs on a new session.
+    kill_sessions()
+    assert state.write_now(lambda tx: ingest(tx, message(1), (), 1.0)) is Ingest.NEW
+
+    # Inside a transaction: its work is lost, and said so; none of it is committed.
+    def broken(tx: object) -> None:
+        ingest(tx, message(2), (), 1.0)  # type: ignore[arg-type]
+        kill_sessions()
+        ingest(tx, message(3), (), 1.0)  # type: ignore[arg-type]
+
+    with pytest.raises(Unavailable):
+        state.write_now(broken)
+    count = state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0])
+    assert count == 1
+    assert state.write_now(lambda tx: ingest(tx, message(2), (), 1.0)) is Ingest.NEW
+    state.close()
+
+
+def test_a_read_only_state_refuses_to_write(tmp_path: Path, postgres: Postgres) -> None:
+    url = postgres.database()
+    open_state(tmp_path, url).close()
+    reader = open_state(tmp_path, url, readonly=True)
+    with pytest.raises(DatabaseError):
+        reader.write_now(lambda tx: ingest(tx, message(1), (), 1.0))
+    assert reader.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 0
+    assert reader.size() > 0 and reader.engine == "postgresql"
+    reader.close()
+
+
+def test_the_daemon_exits_78_for_a_refused_login_and_75_for_a_server_that_is_down(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """78: the unit does not restart it, the operator must fix the login; 75: it does."""
+    from tests.config.test_load import GOOD, run_cli, write
+
+    (tmp_path / "db.pw").write_text("wrong-password\n")
+    url = postgres.database()
+    config = write(tmp_path, GOOD + f"state_dir: {tmp_path}\ndatabase:\n  url: {url}\n"
+                   "  password_file: db.pw\n")  # fmt: skip
+    refused = run_cli("--config", config, "run")
+    assert refused.returncode == 78, refused.stderr
+    assert "refused the login" in refused.stderr and "wrong-password" not in refused.stderr
+
+    with Postgres() as down:
+        other = down.database()
+        down.stop()
+    config = write(tmp_path, GOOD + f"state_dir: {tmp_path}\ndatabase:\n  url: {other}\n")
+    unreachable = run_cli("--config", config, "run")
+    assert unreachable.returncode == 75, unreachable.stderr
+    assert "database unreachable" in unreachable.stderr
+    assert "Traceback" not in refused.stderr + unreachable.stderr

@@ -121,7 +121,10 @@ def test_a_report_is_supplemented_only_once_its_day_has_a_digest(
             )
             worker.wake()
             await until(lambda: len(emulator.reactions) == 2)
-            records = state.read(partial(digests.for_day, chat_id="oc_team", day="2025-12-01"))
+            day = partial(digests.for_day, chat_id="oc_team", day="2025-12-01")
+            # The reaction and the supplement are actions of their own, in either order.
+            await until(lambda: len(state.read(day)) == 2, what="the supplement recorded")
+            records = state.read(day)
             included = state.read(partial(digests.included, chat_id="oc_team", day="2025-12-01"))
             worker.stop()
             await task

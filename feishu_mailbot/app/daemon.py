@@ -52,6 +52,7 @@ from feishu_mailbot.state import outbox as outbox_q
 from feishu_mailbot.state.messages import Ingest
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.housekeeping import Housekeeper
+from feishu_mailbot.workers.membership import Membership
 from feishu_mailbot.workers.outbox import Outbox
 from feishu_mailbot.workers.schedule import Schedule
 
@@ -77,10 +78,13 @@ class Daemon:
         self.outbox = Outbox(self.sources, self.wake_actions)
         self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
         self.batcher = Batcher(self.sources)
+        self.membership = Membership(self.state)
+        leading = self.membership.leading_now
         self.schedule = Schedule(
-            settings, self.state, self.reporter, self.outbox.wake, batcher=self.batcher
-        )
-        self.housekeeper = Housekeeper(settings, self.state)
+            settings, self.state, self.reporter, self.outbox.wake, batcher=self.batcher,
+            leading=leading,
+        )  # fmt: skip
+        self.housekeeper = Housekeeper(settings, self.state, leading=leading)
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )
@@ -220,7 +224,14 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:  # before the outbox takes over what predecessors left
+            await self.membership.join()
+        except DatabaseError as e:
+            log.error("database unreachable: %s", e)
+            self.state.close()
+            return os.EX_TEMPFAIL
         workers = [
+            self._start_worker("membership", self.membership.run()),
             self._start_worker("outbox", self.outbox.run()),
             self._start_worker("actions", self.actions.run()),
             self._start_worker("schedule", self.schedule.run()),
@@ -419,6 +430,7 @@ class Daemon:
         self.actions.stop()
         self.schedule.stop()
         self.housekeeper.stop()
+        self.membership.stop()
         finished, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
         if unfinished:
             log.warning(
@@ -428,6 +440,10 @@ class Daemon:
                 task.cancel()
         await self.api.close()
         await self._record("stopped")
+        try:
+            await self.membership.leave()
+        except DatabaseError as e:  # its lease runs out on its own
+            log.warning("could not tell the other instances this one stops: %s", e)
         self.state.close()
         for task in finished:
             if not task.cancelled() and task.exception() is not None:

@@ -23,6 +23,7 @@ from feishu_mailbot.state import (
     StateError,
     digests,
     heartbeat,
+    instances,
     messages,
     outbox,
     quarantine,
@@ -59,6 +60,16 @@ def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
         digests=tuple(status.LastDigest(*d) for d in state.read(digests.latest)),
         quarantined=state.read(quarantine.held_count),
         db_bytes=state.size(),
+        engine=state.engine,
+        members=members(state, now),
+    )
+
+
+def members(state: State, now: float) -> tuple[status.Member, ...]:
+    lead = state.read(partial(instances.holder, name=instances.SCHEDULE, now=now))
+    return tuple(
+        status.Member(i.host, i.pid, i.version, i.seen_at, i.expires_at >= now, i.id == lead)
+        for i in state.read(instances.listed)
     )
 
 

@@ -37,6 +37,18 @@ class LastDigest:
 
 
 @dataclass(frozen=True)
+class Member:
+    """An instance sharing the state, as `status` shows it."""
+
+    host: str
+    pid: int
+    version: str
+    seen_at: float
+    alive: bool  # its lease has not run out
+    leads: bool  # holds the schedule lock
+
+
+@dataclass(frozen=True)
 class Snapshot:
     now: float
     beat: Beat | None
@@ -47,6 +59,8 @@ class Snapshot:
     digests: tuple[LastDigest, ...]
     quarantined: int
     db_bytes: int
+    engine: str = "sqlite"
+    members: tuple[Member, ...] = ()
 
 
 def running(s: Snapshot) -> bool:
@@ -100,7 +114,16 @@ def text(s: Snapshot) -> str:
         lines.append(f"last {d.kind} for {chat}: {d.day}, {duration(s.now - d.queued_at)} ago")
     if s.quarantined:
         lines.append(f"quarantined events: {s.quarantined} (feishu-mailbot queue --quarantined)")
-    lines.append(f"database: {s.db_bytes / 1e6:.1f} MB")
+    alive = [m for m in s.members if m.alive]
+    if len(s.members) > 1 or s.engine != "sqlite":
+        lines.append(f"instances: {len(alive)} running")
+        for m in s.members:
+            state = "runs the schedule" if m.leads else "" if m.alive else "gone"
+            lines.append(
+                f"  {terminal(m.host, one_line=True)} pid {m.pid} ({m.version}): last seen "
+                f"{duration(s.now - m.seen_at)} ago" + (f", {state}" if state else "")
+            )
+    lines.append(f"database: {s.engine}, {s.db_bytes / 1e6:.1f} MB")
     return "\n".join(lines)
 
 
@@ -123,6 +146,18 @@ def as_json(s: Snapshot) -> str:
         "last_digests": [d.__dict__ for d in s.digests],
         "quarantined": s.quarantined,
         "database_bytes": s.db_bytes,
+        "database_engine": s.engine,
+        "instances": [
+            {
+                "host": m.host,
+                "pid": m.pid,
+                "version": m.version,
+                "last_seen_age_s": round(s.now - m.seen_at, 1),
+                "alive": m.alive,
+                "schedule": m.leads,
+            }
+            for m in s.members
+        ],
     }
     return terminal_json(data)
 
@@ -169,5 +204,15 @@ def prometheus(s: Snapshot) -> str:
         [(f'{{chat="{_label(d.chat_id)}"}}', d.queued_at) for d in s.digests],
     )
     metric("quarantined", "Events held in quarantine.", [("", s.quarantined)])
-    metric("database_bytes", "The state database and its WAL.", [("", s.db_bytes)])
+    metric("database_bytes", "The state database (and its WAL, for SQLite).", [("", s.db_bytes)])
+    metric(
+        "instance_up",
+        "1 per instance sharing the state whose lease has not run out.",
+        [(f'{{host="{_label(m.host)}",pid="{m.pid}"}}', int(m.alive)) for m in s.members],
+    )
+    metric(
+        "instance_schedule",
+        "1 for the instance that runs the schedule (digests, batches, housekeeping).",
+        [(f'{{host="{_label(m.host)}",pid="{m.pid}"}}', int(m.leads)) for m in s.members],
+    )
     return "\n".join(out) + "\n"

@@ -14,6 +14,7 @@ the same for both (db.py says how).
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from feishu_mailbot.state import sqlite
 from feishu_mailbot.state.checkpoint import Checkpointer
 from feishu_mailbot.state.db import DatabaseError, StateError, Transaction, Tx, Unavailable
 from feishu_mailbot.state.group_commit import GroupCommit
+from feishu_mailbot.state.instances import instance_id
 from feishu_mailbot.state.owner import reclaim
 from feishu_mailbot.state.spool import Spool
 
@@ -88,6 +90,8 @@ class State:
         self.path = str(path)
         self.readonly = readonly
         self.url = url
+        #: This process among the instances sharing the state (instances.py).
+        self.instance = instance_id(socket.gethostname(), os.getpid())
         self._db: Tx
         self._checkpointer: Checkpointer | None = None
         if url is not None:

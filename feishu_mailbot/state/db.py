@@ -25,6 +25,10 @@ class Cursor(Protocol):
 class Tx(Protocol):
     """The open connection (in a transaction, for a write) a query function is given."""
 
+    #: " FOR UPDATE SKIP LOCKED" where the engine has row locks, else "": ends the
+    #: subquery that picks rows to claim, so claimers do not queue up behind each other.
+    skip_locked: str
+
     @property
     def in_transaction(self) -> bool: ...
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...

@@ -75,6 +75,9 @@ def queue(
 def latest(tx: Tx) -> list[tuple[str, str, str, float]]:
     """Per chat, its last digest (or supplement): (chat_id, day, kind, queued_at)."""
     rows = tx.execute(
-        "SELECT chat_id, day, kind, MAX(queued_at) FROM digests GROUP BY chat_id ORDER BY chat_id"
+        "SELECT chat_id, day, kind, queued_at FROM digests d WHERE queued_at ="
+        " (SELECT MAX(queued_at) FROM digests e WHERE e.chat_id = d.chat_id)"
+        " ORDER BY chat_id, mail_id"
     ).fetchall()
-    return [(r[0], r[1], r[2], float(r[3])) for r in rows]
+    last = {r[0]: (r[0], r[1], r[2], float(r[3])) for r in reversed(rows)}  # one per chat
+    return [last[chat] for chat in sorted(last)]

@@ -55,6 +55,7 @@ class Machine:
 
 
 _MAIL_BYTES = ("raw", "spool")
+_OWNER = ("owner",)  # the instance preparing or sending it (instances.py)
 
 #: A mail: queued (pending, with a due time), being sent (an SMTP attempt under way,
 #: or a recall or a drop waiting for that attempt's end), and its four ends.
@@ -100,7 +101,14 @@ OUTBOX = Machine(
         # The attempt's process is gone (found at start-up) or lost the state mid-send.
         "interrupted": {"sending": "pending", "recalling": "cancelled", "dropping": "dropped"},
     },
-    clears={"sent": _MAIL_BYTES, "cancelled": _MAIL_BYTES, "dropped": _MAIL_BYTES},
+    # A mail that leaves the attempt (or its claim) is nobody's again: `owner` goes.
+    clears={
+        "pending": _OWNER,
+        "sent": (*_MAIL_BYTES, *_OWNER),
+        "failed": _OWNER,
+        "cancelled": (*_MAIL_BYTES, *_OWNER),
+        "dropped": (*_MAIL_BYTES, *_OWNER),
+    },
 )
 
 #: A side effect other than mail (actions.py).

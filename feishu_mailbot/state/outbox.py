@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.instances import FREE, ORPHANED
 from feishu_mailbot.state.lifecycle import (
     OUTBOX,
     SENDING,
@@ -26,6 +27,7 @@ from feishu_mailbot.state.lifecycle import (
 )
 
 _UNFINISHED = ",".join(f"'{s}'" for s in UNFINISHED)
+_SENDING = ",".join(f"'{s}'" for s in SENDING)
 
 
 @dataclass(frozen=True)
@@ -186,39 +188,77 @@ def _queue_recall_notice(tx: Tx, mail_id: str, now: float) -> int:
     ).rowcount
 
 
-def requeue_interrupted(tx: Tx) -> list[Moved]:
-    """At start-up, mail caught mid-send goes back to pending (same bytes, same
-    Message-ID), or to its end if it was recalled or dropped meanwhile."""
-    marks = ",".join(f"'{s}'" for s in SENDING)
-    return move_all(tx, OUTBOX, "interrupted", f"status IN ({marks})")
+def requeue_interrupted(tx: Tx, me: str, now: float) -> list[Moved]:
+    """Mail caught mid-send by an instance that is gone (this one's last run, or another
+    whose lease ran out) goes back to pending (same bytes, same Message-ID), or to its
+    end if it was recalled or dropped meanwhile."""
+    where = f"status IN ({_SENDING}) AND {ORPHANED}"
+    return move_all(tx, OUTBOX, "interrupted", where, (me, now))
+
+
+def orphaned(tx: Tx, me: str, now: float) -> bool:
+    """Whether requeue_interrupted has anything to do (a read: idle rounds write nothing)."""
+    return (
+        tx.execute(
+            f"SELECT 1 FROM outbox WHERE status IN ({_SENDING}) AND {ORPHANED} LIMIT 1",
+            (me, now),
+        ).fetchone()
+        is not None
+    )
+
+
+_COLUMNS = (
+    "mail_id, message_id, kind, recipients, rules, subject_template, confirm,"
+    " notify_recall, attempts, created_at, subject, raw, spool"
+)
+
+
+def _row(r: Sequence[Any]) -> OutboxRow:
+    return OutboxRow(
+        mail_id=r[0],
+        message_id=r[1],
+        kind=r[2],
+        recipients=tuple(json.loads(r[3])),
+        rules=tuple(json.loads(r[4])),
+        subject_template=r[5],
+        confirm=bool(r[6]),
+        notify_recall=bool(r[7]),
+        attempts=r[8],
+        created_at=r[9],
+        subject=r[10],
+        raw=r[11],
+        spool=r[12],
+    )
 
 
 def due(tx: Tx, now: float, limit: int = 50) -> list[OutboxRow]:
+    """Mail due now, whoever holds it (a look; `claim_due` takes)."""
     rows = tx.execute(
-        "SELECT mail_id, message_id, kind, recipients, rules, subject_template, confirm,"
-        " notify_recall, attempts, created_at, subject, raw, spool FROM outbox"
-        " WHERE status = 'pending' AND next_attempt_at <= ?"
+        f"SELECT {_COLUMNS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
         " ORDER BY next_attempt_at, created_at LIMIT ?",
         (now, limit),
     ).fetchall()
-    return [
-        OutboxRow(
-            mail_id=r[0],
-            message_id=r[1],
-            kind=r[2],
-            recipients=tuple(json.loads(r[3])),
-            rules=tuple(json.loads(r[4])),
-            subject_template=r[5],
-            confirm=bool(r[6]),
-            notify_recall=bool(r[7]),
-            attempts=r[8],
-            created_at=r[9],
-            subject=r[10],
-            raw=r[11],
-            spool=r[12],
-        )
-        for r in rows
-    ]
+    return [_row(r) for r in rows]
+
+
+def claim_due(tx: Tx, me: str, now: float, limit: int = 50) -> list[OutboxRow]:
+    """Due mail this instance takes to prepare and send, oldest first: none that another
+    live instance holds. On PostgreSQL rows another instance is claiming at this moment
+    are skipped, not waited for (FOR UPDATE SKIP LOCKED): two instances drain one queue
+    side by side. The outer conditions are checked again on a row another instance
+    changed meanwhile, so a claim is never taken over but from a dead instance.
+    MATERIALIZED: a subquery in the WHERE may be run again per row by PostgreSQL's
+    planner, and would then pick (and lock) more than `limit` rows."""
+    rows = tx.execute(
+        f"WITH picked AS MATERIALIZED (SELECT mail_id FROM outbox"
+        f" WHERE status = 'pending' AND next_attempt_at <= ? AND {FREE}"
+        f" ORDER BY next_attempt_at, created_at LIMIT ?{tx.skip_locked})"
+        f" UPDATE outbox SET owner = ? WHERE mail_id IN (SELECT mail_id FROM picked)"
+        f" AND status = 'pending' AND {FREE} RETURNING {_COLUMNS}, next_attempt_at",
+        (now, me, now, limit, me, me, now),
+    ).fetchall()
+    rows.sort(key=lambda r: (r[13], r[9]))
+    return [_row(r) for r in rows]
 
 
 def next_due_at(tx: Tx) -> float | None:
@@ -245,18 +285,18 @@ def planned_count(tx: Tx) -> int:
     )
 
 
-def begin_send(tx: Tx, mail_id: str, prepared: Prepared | None = None) -> Moved:
-    """pending → sending, storing the composed mail with it if new; not done if the
-    mail was recalled or dropped meanwhile (`before` says which)."""
+def begin_send(tx: Tx, mail_id: str, me: str, prepared: Prepared | None = None) -> Moved:
+    """pending → sending by instance `me`, storing the composed mail with it if new; not
+    done if the mail was recalled, dropped or sent meanwhile (`before` says which)."""
     if prepared is None:
-        return move(tx, OUTBOX, "claim", mail_id)
+        return move(tx, OUTBOX, "claim", mail_id, "owner = ?", (me,))
     return move(
         tx,
         OUTBOX,
         "claim",
         mail_id,
-        "subject = ?, raw = ?, spool = ?",
-        (prepared.subject, prepared.raw, prepared.spool),
+        "owner = ?, subject = ?, raw = ?, spool = ?",
+        (me, prepared.subject, prepared.raw, prepared.spool),
     )
 
 
@@ -379,7 +419,7 @@ def oldest_waiting(tx: Tx) -> float | None:
     row = tx.execute(
         f"SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM outbox WHERE status IN"
         f" ({_UNFINISHED}) UNION ALL SELECT MIN(received_at) FROM messages"
-        " WHERE planned > 0)"
+        " WHERE planned > 0) AS waiting"
     ).fetchone()
     return None if row[0] is None else float(row[0])
 

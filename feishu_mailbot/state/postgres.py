@@ -24,7 +24,7 @@ import psycopg
 from psycopg import pq
 
 from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError
-from feishu_mailbot.state.schema import POSTGRES_SINCE, SCHEMA, SCHEMA_VERSION
+from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 CONNECT_TIMEOUT = 5  # seconds: a server that does not answer is down for this round
 # One session setting each: a statement that waits on a lock or a client that vanished
@@ -78,6 +78,8 @@ def _error(e: psycopg.Error) -> PostgresError:
 
 class Connection:
     """One session with the server, made again after it broke (a db.Tx)."""
+
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, password: str | None, *, readonly: bool = False) -> None:
         self.url = url
@@ -228,8 +230,10 @@ def _migrate(conn: Connection, url: str) -> None:
                 f"{url}: database schema {version} is newer than this program understands "
                 f"({SCHEMA_VERSION}); upgrade feishu-mailbot on this host too"
             )
-        elif version < POSTGRES_SINCE:  # cannot happen but by hand
-            raise StateError(f"{url}: database schema {version} predates PostgreSQL support")
+        elif version < SCHEMA_VERSION:
+            for step in range(version, SCHEMA_VERSION):
+                conn.script(ddl(MIGRATIONS[step]))
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -58,7 +58,8 @@ def retry(tx: Tx, keys: Sequence[str] | None) -> int:
 
 
 def drop(tx: Tx, keys: Sequence[str]) -> int:
-    return sum(move(tx, QUARANTINE, "drop", k, "payload = x''").done for k in dict.fromkeys(keys))
+    dropped = (move(tx, QUARANTINE, "drop", k, "payload = ?", (b"",)) for k in dict.fromkeys(keys))
+    return sum(m.done for m in dropped)
 
 
 def settle(tx: Tx, key: str) -> bool:

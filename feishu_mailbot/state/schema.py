@@ -7,9 +7,7 @@ both engines: plain ALTER/CREATE/UPDATE, with the types below.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
-#: The first version a PostgreSQL database can have: it is created at SCHEMA_VERSION.
-POSTGRES_SINCE = 8
+SCHEMA_VERSION = 9
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -45,6 +43,26 @@ CREATE TABLE batch_items (
 );
 CREATE INDEX batch_items_waiting ON batch_items (rule, received_at) WHERE mail_id IS NULL;
 CREATE INDEX batch_items_message ON batch_items (message_id);
+"""
+
+# The daemons sharing the state (instances.py): each renews its row while it runs, and
+# what it holds (outbox.owner, a lock) is free again once `expires_at` has passed.
+_INSTANCES = """
+CREATE TABLE instances (
+    id         TEXT PRIMARY KEY,  -- host:pid
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    version    TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    seen_at    REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE locks (
+    name       TEXT PRIMARY KEY,  -- e.g. 'schedule': work only one instance may do
+    holder     TEXT NOT NULL,     -- instances.id
+    renewed_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 SCHEMA = (
@@ -86,7 +104,8 @@ CREATE TABLE outbox (
     raw              BLOB,  -- the composed mail; dropped once sent
     created_at       REAL NOT NULL,
     sent_at          REAL,
-    spool            TEXT  -- instead of raw: the name of a spool file (spool.py)
+    spool            TEXT,  -- instead of raw: the name of a spool file (spool.py)
+    owner            TEXT  -- the instance preparing or sending it (instances.py)
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
@@ -134,10 +153,16 @@ CREATE TABLE names (
     + _QUARANTINE
     + _HEARTBEAT
     + _BATCH_ITEMS
+    + _INSTANCES
 )
 
-# Step from version N to N+1, for SQLite databases made by an older release. PostgreSQL
-# came with version 8: its history starts there, with SCHEMA.
+# Step from version N to N+1, for databases made by an older release, on both engines.
+MIGRATIONS = {
+    # Several instances share the state: who holds a mail, who is alive, who schedules.
+    8: "ALTER TABLE outbox ADD COLUMN owner TEXT;\n" + _INSTANCES,
+}
+
+# The steps before PostgreSQL came (with version 8), for SQLite only.
 SQLITE_MIGRATIONS = {
     1: """
 ALTER TABLE messages ADD COLUMN deliveries TEXT;

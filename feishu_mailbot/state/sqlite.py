@@ -13,13 +13,21 @@ from urllib.parse import quote
 
 from feishu_mailbot.state.db import StateError
 from feishu_mailbot.state.owner import create_database
-from feishu_mailbot.state.schema import SCHEMA, SCHEMA_VERSION, SQLITE_MIGRATIONS
+from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, SQLITE_MIGRATIONS
+
+
+class Connection(sqlite3.Connection):
+    """sqlite3's own connection (its C methods, no wrapper on the ack path), with what
+    db.Tx asks of an engine besides."""
+
+    skip_locked = ""  # one writer at a time: nothing to skip
+
 
 WAL_LIMIT = 4 * 1024 * 1024
 VACUUM_AT_OPEN_MAX = 64 * 1024 * 1024  # a few seconds of VACUUM at most
 
 
-def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
+def connect(path: str, *, autocheckpoint: bool) -> Connection:
     """Open (creating if need be) and migrate the database at `path`.
 
     A database root creates is the state directory's owner's (owner.py), and so
@@ -28,7 +36,9 @@ def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         create_database(Path(path))
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, factory=Connection
+        )
         # Before WAL writes the header of a new file: freed pages can then be given back
         # to the file system bit by bit (State.release) instead of by a whole VACUUM.
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -55,7 +65,7 @@ def connect(path: str, *, autocheckpoint: bool) -> sqlite3.Connection:
     return db
 
 
-def connect_readonly(path: str) -> sqlite3.Connection:
+def connect_readonly(path: str) -> Connection:
     """The database at `path` to read, creating and changing nothing in its directory
     (`send-report --dry-run`).
 
@@ -72,7 +82,9 @@ def connect_readonly(path: str) -> sqlite3.Connection:
     live = Path(path + "-wal").exists()
     uri = f"file:{quote(str(file.resolve()))}?mode=ro" + ("" if live else "&immutable=1")
     try:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, factory=Connection
+        )
         version = db.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as e:
         raise StateError(f"{path}: cannot read the state database: {e}") from e
@@ -99,5 +111,6 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
     if version == 0:
         steps = SCHEMA
     else:
-        steps = "".join(SQLITE_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+        history = {**SQLITE_MIGRATIONS, **MIGRATIONS}
+        steps = "".join(history[v] for v in range(version, SCHEMA_VERSION))
     db.executescript(f"BEGIN; {steps} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")

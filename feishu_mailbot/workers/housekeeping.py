@@ -18,6 +18,7 @@ from functools import partial
 
 from feishu_mailbot.config.settings import RetentionSettings, Settings
 from feishu_mailbot.state import State, retention
+from feishu_mailbot.state import instances as instances_q
 from feishu_mailbot.workers.rounds import Doorbell, rounds
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 600.0
 BATCH = 500  # rows a commit
 PAUSE = 0.05  # between batches: room for the acks
+LEAD_POLL = 5.0  # another instance leads: look again this soon
 RELEASE_PAGES = 256  # 1 MB of a 4 KiB-page file at a time
 
 
@@ -34,9 +36,14 @@ def cutoffs(r: RetentionSettings, now: float) -> retention.Cutoffs:
 
 class Housekeeper:
     def __init__(
-        self, settings: Settings, state: State, wall_clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        state: State,
+        wall_clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
+        self._leading = leading  # several instances: only the schedule lock's holder
         self._state = state
         self._now = wall_clock
         self._bell = Doorbell()
@@ -61,6 +68,8 @@ class Housekeeper:
         await rounds(self._bell, self._round, "housekeeping", log)
 
     async def _round(self) -> float | None:
+        if not self._leading():
+            return LEAD_POLL
         self._busy = True
         limits = cutoffs(self.settings.retention, self._now())
         pruned = await self._state.write(partial(retention.prune, cutoffs=limits, limit=BATCH))
@@ -77,6 +86,7 @@ class Housekeeper:
                 self._removed,
                 self._state.size() / 1e6,
             )
+        await self._state.write(partial(instances_q.prune, now=self._now()))
         self._removed, self._busy = 0, False
         self.rounds += 1
         return PRUNE_EVERY

@@ -45,6 +45,7 @@ DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
 # often; a younger one may be a `send-report` in another process, between writing its
 # file and committing its row.
 SPOOL_GRACE_SECONDS = 3600.0
+ORPHANS_EVERY = 5.0  # seconds between looks for mail of instances gone
 
 
 #: Builds the composer the outbox asks for each mail's bytes (compose/forward.py).
@@ -104,6 +105,7 @@ class Outbox:
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
         self._bell = Doorbell()
         self._requeued = False  # mail caught mid-send by the last stop goes back first
+        self._orphans_at = 0.0  # when mail of instances gone was last looked for
         # Outcomes of attempts that the state refused to record (a full disk): written
         # first once it works again, so that no mail stays claimed while we run.
         self._unrecorded: dict[str, Callable[[Tx], Any]] = {}
@@ -145,12 +147,26 @@ class Outbox:
 
     async def _round(self) -> float | None:
         """Send what is due; how long to wait before the next round (None: go on at once)."""
-        if not self._requeued:
-            for moved in await self._state.write(outbox.requeue_interrupted):
+        now = self._now()
+        if not self._requeued or (
+            now - self._orphans_at > ORPHANS_EVERY
+            and self._state.read(partial(outbox.orphaned, me=self._state.instance, now=now))
+        ):
+            self._orphans_at = now
+            requeued = await self._state.write(
+                partial(outbox.requeue_interrupted, me=self._state.instance, now=now)
+            )
+            for moved in requeued:
                 if moved.after != "pending":
                     log.info(
                         "mail interrupted while being sent is not sent again: %s",
                         _why_not(moved),
+                        extra={"MAIL_ID": str(moved.key)},
+                    )
+                elif self._requeued:  # not this process's own last run: another instance's
+                    log.warning(
+                        "mail that an instance now gone was sending goes out again "
+                        "(it may have reached the relay already)",
                         extra={"MAIL_ID": str(moved.key)},
                     )
             self._requeued = True
@@ -169,6 +185,12 @@ class Outbox:
             if self._state.read(outbox.planned_count) > 0:  # idle rounds write nothing
                 await self._state.write(partial(outbox.queue_planned, limit=wanted))
                 rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
+        if rows:  # due: taken for this instance, but for what other instances hold
+            rows = await self._state.write(
+                partial(outbox.claim_due, me=self._state.instance, now=self._now(), limit=DUE_BATCH)
+            )
+            if not rows:
+                return POLL_SECONDS  # other instances have it all in hand
         if rows:
             results = await asyncio.gather(
                 *(self._deliver_in_slot(row) for row in rows), return_exceptions=True
@@ -261,10 +283,17 @@ class Outbox:
                 await self._failed_attempt(row, str(e), e.permanent, fields)
                 return
             claimed = await self._state.write(
-                partial(outbox.begin_send, mail_id=row.mail_id, prepared=prepared)
+                partial(
+                    outbox.begin_send,
+                    mail_id=row.mail_id,
+                    me=self._state.instance,
+                    prepared=prepared,
+                )
             )
         else:
-            claimed = await self._state.write(partial(outbox.begin_send, mail_id=row.mail_id))
+            claimed = await self._state.write(
+                partial(outbox.begin_send, mail_id=row.mail_id, me=self._state.instance)
+            )
         if not claimed.done:  # recalled or dropped while we were preparing
             log.info("mail %s not sent: %s", row.kind, _why_not(claimed), extra=fields)
             if prepared.spool is not None and prepared.spool != row.spool:

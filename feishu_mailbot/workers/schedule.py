@@ -38,8 +38,10 @@ class Schedule:
         mail_queued: Callable[[], None],
         wall_clock: Callable[[], float] = time.time,
         batcher: Batcher | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
+        self._leading = leading  # several instances: only the schedule lock's holder
         self._state = state
         self._reporter = reporter
         self._batcher = batcher
@@ -55,6 +57,8 @@ class Schedule:
         return self._bell.last_progress
 
     def work_due(self) -> bool:
+        if not self._leading():
+            return False
         rs = self.settings.daily_report
         batched = self._batcher is not None and bool(self._batcher.rules())
         return batched or (rs is not None and rs.mode == "scheduled")
@@ -62,7 +66,8 @@ class Schedule:
     async def run(self) -> None:
         while not self._bell.stopping:
             self._bell.begin_round()
-            for job in (self._batches, self._tick):  # one failing does not hold the other up
+            for job in (self._batches, self._tick) if self._leading() else ():
+                # one failing does not hold the other up
                 try:
                     await job()
                 except FeishuError as e:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, wait_until
+from tests.kit import SQLITE, Backend
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -41,10 +42,14 @@ def queue_ids(bot: Bot, *args: str) -> list[int]:
 
 
 def failed_mail(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, text: str
+    make_bot: MakeBot,
+    emulator: FeishuEmulator,
+    smtp: SmtpServer,
+    text: str,
+    backend: Backend = SQLITE,
 ) -> tuple[Bot, int]:
     """A running bot with one mail its relay refused for good; the mail's queue id."""
-    bot = make_bot(rules=ONE_RULE).start()
+    bot = make_bot(rules=ONE_RULE, extra=backend.config).start()
     smtp.permanent_fail_rcpt("oncall@example.com")
     emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", text))
     bot.wait_log("failed for good", timeout=15)
@@ -53,9 +58,9 @@ def failed_mail(
 
 
 def test_status_while_running_and_after_a_stop(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = make_bot(rules=ONE_RULE).start()
+    bot = make_bot(rules=ONE_RULE, extra=backend.config).start()
     assert bot.proc is not None
     emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障：状态"))
     smtp.wait_for(1, timeout=10)
@@ -80,9 +85,9 @@ def test_status_while_running_and_after_a_stop(
 
 
 def test_a_failed_mail_is_listed_shown_retried_and_delivered_once(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：要重试的邮件")
+    bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：要重试的邮件", backend)
     listing = cli(bot, "queue").stdout
     assert f"{mail_id:>6}  failed" in listing and "oncall@example.com" in listing
     assert "550 5.1.1" in listing
@@ -104,9 +109,9 @@ def test_a_failed_mail_is_listed_shown_retried_and_delivered_once(
 
 
 def test_drop_needs_yes_and_takes_only_waiting_or_failed_mail(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：丢弃")
+    bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：丢弃", backend)
     refused = cli(bot, "drop", str(mail_id))
     assert refused.returncode == 64 and "add --yes" in refused.stderr
     dropped = cli(bot, "drop", str(mail_id), "--yes")
@@ -211,9 +216,9 @@ def test_show_survives_the_mail_file_vanishing_while_it_reads(
 
 
 def test_a_quarantined_event_is_listed_retried_and_dropped(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = make_bot(rules=ONE_RULE).start()
+    bot = make_bot(rules=ONE_RULE, extra=backend.config).start()
     # An event an older release could not take: kept raw, as the daemon keeps it.
     event = emulator.build_message_event(
         "oc_team", "ou_alice", "text", {"text": "故障：隔离后重试"}
@@ -222,13 +227,14 @@ def test_a_quarantined_event_is_listed_retried_and_dropped(
     poison = emulator.build_message_event("oc_team", "ou_alice", "text", {"text": "\ud83d 故障"})
     emulator.wait_ack(emulator.push_raw(poison))
     bot.wait_log("event quarantined")
-    db = sqlite3.connect(bot.config.parent / "state" / "feishu-mailbot.db")
-    with db:
-        db.execute(
+    state = backend.state(bot.config.parent / "state" / "feishu-mailbot.db")
+    state.write_now(
+        lambda tx: tx.execute(
             "INSERT INTO quarantine (key, received_at, reason, payload) VALUES (?, ?, ?, ?)",
             (key, time.time(), "KeyError: 'fixed since'", json.dumps(event).encode()),
         )
-    db.close()
+    )
+    state.close()
     held = cli(bot, "queue", "--quarantined").stdout
     assert key in held and "fixed since" in held and poison["header"]["event_id"] in held
     assert "quarantined events: 2" in cli(bot, "status").stdout

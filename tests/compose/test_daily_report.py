@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, mail_html, screenshot, wait_until
+from tests.kit import Backend
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -102,9 +103,9 @@ def post_team_reports(emulator: FeishuEmulator) -> None:
 
 
 def test_manual_digest_dry_run_trigger_and_refusal(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
-    bot = bot_with_reports(make_bot, emulator, extra=report_config()).start()
+    bot = bot_with_reports(make_bot, emulator, extra=report_config() + backend.config).start()
     post_team_reports(emulator)
     wait_until(lambda: len(emulator.reactions) >= 4, 15, "the acknowledging reactions")
     assert {r["emoji_type"] for r in emulator.reactions} == {"OK"}
@@ -213,7 +214,7 @@ def today_in_shanghai() -> date:
 
 
 def test_scheduled_digest_goes_once_and_catches_up_after_downtime(
-    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
     day = today_in_shanghai()
     at = datetime.combine(day, datetime.strptime("23:00", "%H:%M").time(), SH)
@@ -221,7 +222,7 @@ def test_scheduled_digest_goes_once_and_catches_up_after_downtime(
     bot = bot_with_reports(
         make_bot,
         emulator,
-        extra=report_config("scheduled", f'at: "23:00"\nweekdays: [{weekday}]\n'),
+        extra=report_config("scheduled", f'at: "23:00"\nweekdays: [{weekday}]\n') + backend.config,
     )
     # The daemon's clock starts 8 s before the scheduled minute; Feishu's agrees.
     emulator.run_clock_from(at - timedelta(seconds=8))

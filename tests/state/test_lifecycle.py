@@ -135,7 +135,8 @@ class MailLife(RuleBasedStateMachine):
         self.state = self._open()
         self.live.clear()
         self.unrecorded.clear()  # the process that held them is gone
-        self.state.write_now(outbox.requeue_interrupted)
+        # The process before has another instance id: what it held is orphaned.
+        self.state.write_now(partial(outbox.requeue_interrupted, me="next-run", now=self.step))
 
     @initialize(mails=st.integers(1, 4), queued=st.sampled_from([True, True, False]))
     def some_mail(self, mails: int, queued: bool) -> None:
@@ -231,7 +232,9 @@ class MailLife(RuleBasedStateMachine):
             self._outcome(attempt.mail_id, failure, fails)
             return
         composed = Prepared("subject", raw=b"Subject: subject\r\n\r\nbody\r\n")
-        claim = partial(outbox.begin_send, mail_id=attempt.mail_id, prepared=composed)
+        claim = partial(
+            outbox.begin_send, mail_id=attempt.mail_id, me=self.state.instance, prepared=composed
+        )
         moved = self._write(claim, fails)
         if moved is None or not moved.done:  # refused, or recalled or dropped meanwhile
             assert fails or attempt.mail_id in self.ended, moved

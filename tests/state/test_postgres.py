@@ -9,6 +9,7 @@ import pytest
 
 from feishu_mailbot.state import DatabaseError, State, StateError, Unavailable
 from feishu_mailbot.state.messages import Ingest, ingest
+from feishu_mailbot.state.schema import SCHEMA_VERSION
 from tests.kit import message
 from tests.postgres import BOT_PASSWORD, Postgres
 
@@ -146,3 +147,22 @@ def test_the_daemon_exits_78_for_a_refused_login_and_75_for_a_server_that_is_dow
     assert unreachable.returncode == 75, unreachable.stderr
     assert "database unreachable" in unreachable.stderr
     assert "Traceback" not in refused.stderr + unreachable.stderr
+
+
+def test_a_schema_8_database_is_brought_to_9_in_place(tmp_path: Path, postgres: Postgres) -> None:
+    """Made by the first release with PostgreSQL (no instances, no outbox.owner)."""
+    url = postgres.database()
+    state = open_state(tmp_path, url)
+    state.write_now(lambda tx: ingest(tx, message(1), (), 1.0))
+    state.close()
+    with postgres.admin(url.rsplit("/", 1)[1]) as db:
+        db.execute("DROP TABLE instances, locks")
+        db.execute("ALTER TABLE outbox DROP COLUMN owner")
+        db.execute("UPDATE schema_version SET version = 8")
+    state = open_state(tmp_path, url)
+    assert state.read(lambda tx: tx.execute("SELECT version FROM schema_version").fetchone()) == (
+        SCHEMA_VERSION,
+    )
+    assert state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 1
+    assert state.read(lambda tx: tx.execute("SELECT owner FROM outbox").fetchall()) == []
+    state.close()

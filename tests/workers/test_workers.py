@@ -294,8 +294,12 @@ def test_a_spool_file_that_is_gone_is_composed_again(
                 lambda tx: [r[0] for r in tx.execute("SELECT mail_id FROM outbox")]
             )
             stale = Prepared("old subject", spool="0" * 40 + ".eml")  # named, but not there
-            await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=stale))
-            await state.write(outbox.requeue_interrupted)
+            await state.write(
+                partial(outbox.begin_send, mail_id=mail_id, me="gone:1", prepared=stale)
+            )
+            await state.write(
+                partial(outbox.requeue_interrupted, me=state.instance, now=time.time())
+            )
             task = asyncio.create_task(worker.run())
             await until(lambda: len(relay.sent) == 1)
             worker.stop()
@@ -346,7 +350,9 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
         [mail_id] = state.read(lambda tx: [r[0] for r in tx.execute("SELECT mail_id FROM outbox")])
         await state.write(partial(outbox.cancel_for_recall, message_id="om_1", now=now))
         composed = Prepared("subject", spool="f" * 24 + "-0123456789abcdef.eml")
-        claimed = await state.write(partial(outbox.begin_send, mail_id=mail_id, prepared=composed))
+        claimed = await state.write(
+            partial(outbox.begin_send, mail_id=mail_id, me=state.instance, prepared=composed)
+        )
         assert not claimed.done
         assert state.read(outbox.spooled) == set()  # the cancelled row names no file
         # A digest whose spool file is gone cannot be composed again here: failed, once.

@@ -29,6 +29,10 @@ Phases (figures are medians over the repetitions):
    streamed to the relay) while text events arrive at ATTACH_RATE ev/s. `attach_peak_rss_mb`
    is the daemon's VmHWM once both mails arrived, `attach_rss_growth_mb` that minus its
    VmRSS before the files, `attach_ack_p99_ms` the acks of the text events meanwhile.
+5. PostgreSQL (a cluster of its own, fsync on) - `pg_ack_*`: phase 1's load on a daemon
+   whose state is there; `pg_mail_per_s` / `pg2_mail_per_s`: phase 3's drain with one
+   daemon, and with two sharing one emulator (each event to one of their connections),
+   one relay and the database, interleaved.
 
 Events are paced on the emulator's own loop with absolute deadlines (event i is due at
 t0 + i/rate, late events go out at once), so drift never lowers the offered rate; the rate
@@ -56,8 +60,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feishu_mailbot.state import State
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, NotifySocket
+from tests.postgres import Postgres
 from tests.smtp_server import SmtpProcess
 
 CHAT = "oc_team"
@@ -85,6 +91,8 @@ WITHIN_CAP_MB = 15
 ATTACH_RATE = 50.0
 ATTACH_EVENTS = 300
 ATTACH_REPS = 3
+PG_LOAD_RUNS = 3
+PG_MAIL_REPS = 3
 
 BASELINE_SCRIPT = """\
 import sys
@@ -234,7 +242,9 @@ def collect_acks(
 # -- the daemon and the baseline -----------------------------------------------------------
 
 
-def config_text(directory: Path, emu: FeishuEmulator, smtp_port: int, rules: str) -> str:
+def config_text(
+    directory: Path, emu: FeishuEmulator, smtp_port: int, rules: str, extra: str = ""
+) -> str:
     return (
         "feishu:\n"
         "  app_id: cli_test\n"
@@ -251,6 +261,7 @@ def config_text(directory: Path, emu: FeishuEmulator, smtp_port: int, rules: str
         f"  retry_max: {RETRY_MAX}\n"
         f"rules:\n{textwrap.indent(rules, '  ')}"
         f"state_dir: {directory / 'state'}\n"
+        f"{extra}"
     )
 
 
@@ -262,6 +273,10 @@ class Daemon:
     rules: str
     smtp_refused: bool = False
     smtp_delay: float = 0.0
+    # PostgreSQL instead of SQLite: (url, password file); emulator and relay may be shared
+    # by several daemons (one cluster), and are then closed by whoever made them.
+    database: tuple[str, Path] | None = None
+    shared: tuple[FeishuEmulator, SmtpProcess] | None = None
     emu: FeishuEmulator = field(init=False)
     smtp: SmtpProcess = field(init=False)
     proc: subprocess.Popen[bytes] | None = None
@@ -269,12 +284,19 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="d", dir=self.root))
-        self.emu = new_emulator()
-        # In a process of its own: here its Python would compete with the emulator's.
-        self.smtp = SmtpProcess(self.smtp_delay, refuse=self.smtp_refused)
+        if self.shared is not None:
+            self.emu, self.smtp = self.shared
+        else:
+            self.emu = new_emulator()
+            # In a process of its own: here its Python would compete with the emulator's.
+            self.smtp = SmtpProcess(self.smtp_delay, refuse=self.smtp_refused)
+        extra = ""
+        if self.database is not None:
+            url, password_file = self.database
+            extra = f"database:\n  url: {url}\n  password_file: {password_file}\n"
         self.config = self.dir / "feishu-mailbot.yaml"
         self.config.write_text(
-            config_text(self.dir, self.emu, self.smtp.port, self.rules), encoding="utf-8"
+            config_text(self.dir, self.emu, self.smtp.port, self.rules, extra), encoding="utf-8"
         )
         self.notify = NotifySocket(self.dir)
         self.log_path = self.dir / "daemon.log"
@@ -331,8 +353,9 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
-        self.emu.stop()
-        self.smtp.stop()
+        if self.shared is None:
+            self.emu.stop()
+            self.smtp.stop()
 
     def db_mb(self) -> float:
         state = self.dir / "state"
@@ -340,22 +363,37 @@ class Daemon:
 
     def stored(self, events: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """(lost, duplicates) among `events` in the `messages` table; call after stop()."""
-        db = sqlite3.connect(self.dir / "state" / "feishu-mailbot.db")
-        try:
-            rows = db.execute("SELECT message_id, event_id FROM messages").fetchall()
-        finally:
-            db.close()
-        offered = {e["event"]["message"]["message_id"] for e in events}
-        stored_ids = [r[0] for r in rows if r[0] in offered]
-        event_ids = [r[1] for r in rows]
-        duplicates = (len(stored_ids) - len(set(stored_ids))) + (
-            len(event_ids) - len(set(event_ids))
-        )
-        return len(offered - set(stored_ids)), duplicates
+        return stored(self.dir / "state" / "feishu-mailbot.db", self.database, events)
 
     def mail_duplicates(self) -> int:
         ids = self.smtp.message_ids()
         return len(ids) - len(set(ids))
+
+
+def stored(
+    path: Path, database: tuple[str, Path] | None, events: Sequence[dict[str, Any]]
+) -> tuple[int, int]:
+    """(lost, duplicates) among `events` in the `messages` table of the state."""
+    if database is None:
+        db = sqlite3.connect(path)
+        try:
+            rows = db.execute("SELECT message_id, event_id FROM messages").fetchall()
+        finally:
+            db.close()
+    else:
+        url, password_file = database
+        state = State(path, url=url, password=password_file.read_text().strip(), readonly=True)
+        try:
+            rows = state.read(
+                lambda tx: tx.execute("SELECT message_id, event_id FROM messages").fetchall()
+            )
+        finally:
+            state.close()
+    offered = {e["event"]["message"]["message_id"] for e in events}
+    stored_ids = [r[0] for r in rows if r[0] in offered]
+    event_ids = [r[1] for r in rows]
+    duplicates = (len(stored_ids) - len(set(stored_ids))) + (len(event_ids) - len(set(event_ids)))
+    return len(offered - set(stored_ids)), duplicates
 
 
 @dataclass
@@ -418,8 +456,10 @@ class LoadResult:
     db_mb: float = math.nan  # the state database and its WAL once the daemon stopped
 
 
-def daemon_run(root: Path, load: bool, i: int) -> LoadResult:
-    d = Daemon(root, MATCH_RULES, smtp_delay=SMTP_DELAY)
+def daemon_run(
+    root: Path, load: bool, i: int, database: tuple[str, Path] | None = None
+) -> LoadResult:
+    d = Daemon(root, MATCH_RULES, smtp_delay=SMTP_DELAY, database=database)
     try:
         result = LoadResult(d.start())
         if load:
@@ -431,7 +471,7 @@ def daemon_run(root: Path, load: bool, i: int) -> LoadResult:
             time.sleep(1.0)  # steady state after the load
             result.rss_mb = rss_mb(d.pid)
             code = d.stop()
-            result.db_mb = d.db_mb()
+            result.db_mb = d.db_mb() if database is None else math.nan
             if code != 0:
                 progress(f"daemon exited {code}:\n{d.log_tail()}")
             result.lost, dup = d.stored(events)
@@ -525,6 +565,41 @@ def drain_run(root: Path, rep: int) -> Drain:
         d.close()
 
 
+def cluster_drain_run(root: Path, rep: int, database: tuple[str, Path], instances: int) -> Drain:
+    """The outbox drain on PostgreSQL: `instances` daemons sharing one emulator (which
+    hands each event to one of their connections), one relay and one database."""
+    emu = new_emulator()
+    smtp = SmtpProcess(0.0, refuse=True)
+    daemons = [
+        Daemon(root, MATCH_RULES, database=database, shared=(emu, smtp)) for _ in range(instances)
+    ]
+    try:
+        for d in daemons:
+            d.start()
+        wait_until(lambda: emu.connections == instances, 30, "every instance connected")
+        events = build_events(emu, MAIL_N, f"p{instances}-{rep}", hit=True)
+        offered = offer(emu, events, 1000)
+        acks = collect_acks(emu, events, offered, timeout=30)
+        if acks.acked != MAIL_N:
+            raise RuntimeError(f"only {acks.acked} of {MAIL_N} events acked")
+        t0 = time.monotonic()
+        smtp.refuse = False
+        smtp.wait_for(1, timeout=60)
+        first = time.monotonic() - t0
+        smtp.wait_for(MAIL_N, timeout=300)
+        elapsed = time.monotonic() - t0
+        time.sleep(0.3)  # a duplicate would show up here
+        for d in daemons:
+            d.stop()
+        lost, dup = daemons[0].stored(events)
+        return Drain(MAIL_N / elapsed, first, lost, dup + daemons[0].mail_duplicates())
+    finally:
+        for d in daemons:
+            d.close()
+        emu.stop()
+        smtp.stop()
+
+
 @dataclass
 class Attach:
     peak_rss_mb: float
@@ -578,7 +653,7 @@ def rounded(value: float, digits: int) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global READY_RUNS, LOAD_RUNS, LADDER_REPS, MAIL_REPS, ATTACH_REPS
+    global READY_RUNS, LOAD_RUNS, LADDER_REPS, MAIL_REPS, ATTACH_REPS, PG_LOAD_RUNS, PG_MAIL_REPS
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
         description=__doc__,
@@ -588,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         READY_RUNS = LOAD_RUNS = LADDER_REPS = MAIL_REPS = ATTACH_REPS = 1
+        PG_LOAD_RUNS = PG_MAIL_REPS = 1
 
     started = time.monotonic()
     load_start = os.getloadavg()[0]
@@ -660,20 +736,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         del big, within
 
+        pg_loads: list[LoadResult] = []
+        pg_drains: dict[int, list[Drain]] = {1: [], 2: []}
+        with Postgres(fsync=True) as pg:  # durable, as a production server is
+            for i in range(PG_LOAD_RUNS):
+                r = daemon_run(root, True, 100 + i, (pg.database(), pg.password_file))
+                pg_loads.append(r)
+                assert r.acks is not None
+                progress(
+                    f"postgresql daemon #{i + 1}: ack p50 {r.acks.p50:.1f} p99 "
+                    f"{r.acks.p99:.1f} ms, {r.acks.acked}/{ACK_EVENTS} acked, rss "
+                    f"{r.rss_mb:.1f} MB, lost {r.lost}, dup {r.duplicates}"
+                )
+            for rep in range(PG_MAIL_REPS):
+                for n in (1, 2):  # interleaved: noise hits both alike
+                    dr = cluster_drain_run(root, rep, (pg.database(), pg.password_file), n)
+                    pg_drains[n].append(dr)
+                    progress(
+                        f"postgresql drain, {n} instance(s), rep {rep + 1}: "
+                        f"{dr.mail_per_s:.0f} mails/s, lost {dr.lost}, dup {dr.duplicates}"
+                    )
+
     loaded = [r for r in daemon_runs if r.acks]
     base_loaded = [r for r in baseline_runs if r.acks]
     ingest_per_rep = [max([s.target for s in steps if s.ok], default=0) for steps in ladder]
     unacked = sum(ACK_EVENTS - r.acks.acked for r in loaded if r.acks)
+    pg_all_drains = [d for runs in pg_drains.values() for d in runs]
     lost = (
         sum(r.lost for r in loaded)
         + sum(s.lost for steps in ladder for s in steps)
         + sum(d.lost for d in drains)
+        + sum(r.lost for r in pg_loads)
+        + sum(d.lost for d in pg_all_drains)
     )
     duplicates = (
         sum(r.duplicates for r in loaded)
         + sum(s.duplicates for steps in ladder for s in steps)
         + sum(d.duplicates for d in drains)
+        + sum(r.duplicates for r in pg_loads)
+        + sum(d.duplicates for d in pg_all_drains)
     )
+    pg_mail = median([d.mail_per_s for d in pg_drains[1]])
+    pg2_mail = median([d.mail_per_s for d in pg_drains[2]])
     ladder_p99 = {
         str(rate): rounded(
             median([s.p99 for steps in ladder for s in steps if s.target == rate]), 1
@@ -696,6 +800,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "attach_peak_rss_mb": rounded(median([a.peak_rss_mb for a in attaches]), 1),
         "attach_rss_growth_mb": rounded(median([a.growth_mb for a in attaches]), 1),
         "attach_ack_p99_ms": rounded(median([a.acks.p99 for a in attaches]), 2),
+        "pg_ack_p50_ms": rounded(median([r.acks.p50 for r in pg_loads if r.acks]), 2),
+        "pg_ack_p99_ms": rounded(median([r.acks.p99 for r in pg_loads if r.acks]), 2),
+        "pg_mail_per_s": rounded(pg_mail, 1),
+        "pg2_mail_per_s": rounded(pg2_mail, 1),
+        "pg2_over_pg": rounded(pg2_mail / pg_mail, 2),
+        "pg_rss_mb": rounded(median([r.rss_mb for r in pg_loads]), 1),
         # context
         "ack_offered_eps": rounded(median([r.acks.offered_eps for r in loaded if r.acks]), 1),
         "ack_events": ACK_EVENTS,
@@ -721,6 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ingest_ladder": len(ladder),
             "mail": len(drains),
             "attachments": len(attaches),
+            "pg_ack_load": len(pg_loads),
+            "pg_mail": len(pg_drains[1]),
+            "pg2_mail": len(pg_drains[2]),
         },
         "bench_s": round(time.monotonic() - started, 1),
         # the machine is shared: how busy it was around the bench
@@ -770,6 +883,10 @@ def print_table(f: dict[str, Any], daemon: list[LoadResult], baseline: list[Load
             "< 50",
         ),
         (f"state after {ACK_EVENTS} events + mail (MB)", fmt(g("db_mb"), 2), "", ""),
+        ("PostgreSQL: ack p50 (ms), same load", fmt(g("pg_ack_p50_ms")), "", ""),
+        ("  ack p99 (ms)", fmt(g("pg_ack_p99_ms")), "", "≤ 15"),
+        ("  drain, 1 instance (mail/s)", fmt(g("pg_mail_per_s"), 1), "", ""),
+        ("  drain, 2 instances (mail/s)", fmt(g("pg2_mail_per_s"), 1), "", "≥ 1.5 × 1"),
         ("lost", str(f["lost"]), "", "0"),
         ("duplicates", str(f["duplicates"]), "", "0"),
     ]

@@ -232,6 +232,10 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
+        gate, self._hold = self._hold, None
+        if gate is not None:  # DATA still held: answered, or its thread blocks the exit
+            for _ in range(self.holding + 8):
+                gate.put("421 4.3.0 the server stops")
         if self._controller is not None:
             # Hang up first: stopping the loop alone would leave accepted sockets
             # open and unserved, so a client would hang instead of seeing a close.

@@ -42,6 +42,7 @@ from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.feishu.route import Route
 from feishu_mailbot.state import (
     DatabaseError,
+    PostgresUnavailable,
     StateError,
     Unavailable,
     heartbeat,
@@ -49,6 +50,7 @@ from feishu_mailbot.state import (
     quarantine,
 )
 from feishu_mailbot.state import outbox as outbox_q
+from feishu_mailbot.state.instances import LEASE
 from feishu_mailbot.state.messages import Ingest
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.housekeeping import Housekeeper
@@ -76,12 +78,13 @@ class Daemon:
         self.names = self.sources.names
         self.reporter = Reporter(self.sources)
         self.outbox = Outbox(self.sources, self.wake_actions)
-        self.actions = Actions(settings, self.state, self.api, self.reporter, self.outbox.wake)
+        self.actions = Actions(settings, self.state, self.api, self.reporter, self.wake_outbox)
         self.batcher = Batcher(self.sources)
-        self.membership = Membership(self.state)
+        db = settings.database
+        self.membership = Membership(self.state, lease=db.failover_after if db else LEASE)
         leading = self.membership.leading_now
         self.schedule = Schedule(
-            settings, self.state, self.reporter, self.outbox.wake, batcher=self.batcher,
+            settings, self.state, self.reporter, self.wake_outbox, batcher=self.batcher,
             leading=leading,
         )  # fmt: skip
         self.housekeeper = Housekeeper(settings, self.state, leading=leading)
@@ -98,6 +101,11 @@ class Daemon:
 
     def wake_actions(self) -> None:
         self.actions.wake()
+
+    def wake_outbox(self) -> None:
+        """Mail was queued: this instance's outbox looks now, and the others' too."""
+        self.outbox.wake()
+        self.state.announce("outbox")
 
     # -- intake: runs inside the SDK's frame handler, before the ack ----------------
 
@@ -161,7 +169,7 @@ class Daemon:
             extra=fields,
         )
         if outcome.notices:
-            self.outbox.wake()
+            self.wake_outbox()
 
     async def _accept(self, accepted: triage.Accept, now: float) -> None:
         result = await self.state.write(
@@ -208,7 +216,7 @@ class Daemon:
                 names,
                 extra={**fields, "RULE": names},
             )
-            self.outbox.wake()
+            self.wake_outbox()
         if accepted.batches:
             names = ",".join(accepted.batches)
             log.info(
@@ -242,6 +250,10 @@ class Daemon:
             self._start_worker("quarantine", self._retry_quarantined()),
             loop.create_task(self._learn_identity()),
         ]
+        # Work another instance added: the worker of that name looks at once.
+        listening = self.state.listener({"outbox": self.outbox.wake, "actions": self.actions.wake})
+        if listening is not None:
+            helpers.append(loop.create_task(listening, name="listen"))
         try:
             code = await self._connect_until_up()
             if code is not None:
@@ -486,7 +498,10 @@ class Daemon:
             since = status.today_began(time.time(), self.settings.timezone)
             today: int | str = self.state.read(partial(messages.count_since, since=since))
         except DatabaseError as e:
-            outbox = today = f"unknown (state database: {e})"
+            what = (
+                "database unreachable" if isinstance(e, PostgresUnavailable) else "state database"
+            )
+            outbox = today = f"unknown ({what}: {e})"
         verdict = verdict or self.assess()
         if verdict.verdict is health.Verdict.STALLED:
             return f"STALLED: {verdict.reason}; outbox {outbox}"

@@ -367,13 +367,55 @@ class _Socket:
                 await asyncio.wait_for(self.conn.close(), 2)
 
 
+async def database_hops(settings: Settings, ends_at: float) -> list[Hop]:
+    """The shared database, when `database:` is configured: the login, then the schema."""
+    walk = _Walk(hops.DATABASE, ends_at, [])
+    db = settings.database
+    if db is None:
+        return []
+    from feishu_mailbot.state import PostgresUnavailable, StateError, postgres, schema
+
+    password = None if db.password is None else db.password.reveal()
+    found: list[int | None] = []
+
+    async def connect() -> str:
+        try:
+            who, version = await asyncio.to_thread(postgres.probe, db.url, password)
+        except StateError as e:
+            cause = "db-login" if "refused the login" in str(e) else "db-schema"
+            raise _Failed(str(e), cause) from None
+        except PostgresUnavailable as e:
+            raise _Failed(str(e), "db-unreachable") from None
+        found.append(version)
+        return who
+
+    async def check_schema() -> str:
+        version = found[0]
+        if version is None:
+            return "empty: the daemon creates its tables at the first start"
+        if version > schema.SCHEMA_VERSION:
+            raise _Failed(
+                f"schema {version} is newer than this release's {schema.SCHEMA_VERSION}: "
+                "upgrade feishu-mailbot on this host",
+                "db-schema",
+            )
+        if version < schema.SCHEMA_VERSION:
+            return f"schema {version}: the daemon upgrades it to {schema.SCHEMA_VERSION} at start"
+        return f"schema {version}"
+
+    if await walk.step("connect", connect, "db-unreachable"):
+        await walk.step("schema", check_schema, "db-schema")
+    return walk.hops
+
+
 async def walk(settings: Settings) -> list[Hop]:
-    """Both paths at once, within DEADLINE: Feishu's hops, then the relay's."""
+    """The paths at once, within DEADLINE: Feishu's hops, the relay's, the database's."""
     started = time.monotonic()
     relay = asyncio.to_thread(smtp.walk, settings.smtp, deadline=min(SMTP_DEADLINE, DEADLINE - 5))
     feishu = feishu_hops(settings, started + DEADLINE - 5)
-    found = await asyncio.gather(feishu, relay)
-    return [*found[0], *found[1]]
+    database = database_hops(settings, started + DEADLINE - 5)
+    found = await asyncio.gather(feishu, relay, database)
+    return [*found[0], *found[1], *found[2]]
 
 
 def lines(found: list[Hop]) -> list[str]:
@@ -388,7 +430,12 @@ def lines(found: list[Hop]) -> list[str]:
 def verdict(found: list[Hop]) -> tuple[bool, str]:
     broken = [h for h in found if not h.ok]
     if not broken:
-        return True, "doctor: every hop works, to Feishu and to the relay; nothing was sent"
+        to = (
+            "Feishu, the relay and the database"
+            if any(h.path == hops.DATABASE for h in found)
+            else "Feishu and to the relay"
+        )
+        return True, f"doctor: every hop works, to {to}; nothing was sent"
     where = "; ".join(f"{h.path} path broken at {h.name}" for h in broken)
     return False, f"doctor: {where}"
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "show": ("feishu_mailbot.cli.queue", "run_show"),
     "retry": ("feishu_mailbot.cli.queue", "run_retry"),
     "drop": ("feishu_mailbot.cli.queue", "run_drop"),
+    "migrate-state": ("feishu_mailbot.cli.migrate_state", "run_migrate_state"),
 }
 ON_STATE = frozenset({"status", "queue", "show", "retry", "drop"})
 
@@ -92,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
     drop.add_argument("--yes", action="store_true", help="really drop them")
     sub.add_parser("chats", help="the chats the bot is in: ids, names, members, allowlisted")
+    mig = sub.add_parser(
+        "migrate-state", help="copy the SQLite state into an empty PostgreSQL database"
+    )
+    mig.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/dbname")
+    mig.add_argument("--password-file", metavar="FILE", help="the role's password (or ~/.pgpass)")
     imp = sub.add_parser("import-env", help="the old bot's .env as a complete config (stdout)")
     imp.add_argument("env", metavar="PATH", help="the old bot's .env file")
     imp.add_argument(

@@ -187,6 +187,7 @@ def run_retry(settings: Settings, state: State, args: argparse.Namespace) -> int
         return back, outbox.retry_now(tx, rest, time.time()) if rest != [] else {}
 
     back, moved = state.write_now(retry)
+    state.announce("outbox")
     _refusals(moved, "retried")
     for row_id, matches in back.items():
         print(f"mail {row_id}: its {matches} matches go into a new batch digest at the next look")

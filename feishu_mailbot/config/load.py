@@ -280,26 +280,36 @@ def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
     return FeishuSettings(app_id, secret, domain, via, ca_file)
 
 
-def _database(n: _Node, config_dir: Path) -> DatabaseSettings:
-    m = _mapping(n, {"url"}, {"password", "password_file"})
-    url = _str(m["url"])
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a `database.url` (also `migrate-state --to`), or None."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises for a port that is not a number)
     except ValueError as e:
-        raise m["url"].error(f"{e} (expected postgresql://user@host/dbname)") from None
+        return f"{e} (expected postgresql://user@host/dbname)"
     if parts.scheme not in ("postgresql", "postgres") or not (parts.path.strip("/") or parts.query):
-        raise m["url"].error(
+        return (
             "is not a PostgreSQL URL (expected postgresql://user@host/dbname; leave the "
             "database section out for SQLite in state_dir)"
         )
     if parts.password is not None:
-        raise m["url"].error(
+        return (
             "holds a password, which would then show wherever the URL does "
             "(expected it in database.password_file, or in ~/.pgpass)"
         )
+    return None
+
+
+def _database(n: _Node, config_dir: Path) -> DatabaseSettings:
+    m = _mapping(n, {"url"}, {"password", "password_file", "failover_after"})
+    url = _str(m["url"])
+    if problem := database_url_problem(url):
+        raise m["url"].error(problem)
     password = _secret(m, n, "password", required=False, config_dir=config_dir)
-    return DatabaseSettings(url, password)
+    failover = (
+        _number(m["failover_after"], minimum=5, maximum=600) if "failover_after" in m else 30.0
+    )
+    return DatabaseSettings(url, password, failover)
 
 
 def _chat(n: _Node) -> Chat:

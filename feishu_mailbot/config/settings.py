@@ -220,6 +220,9 @@ class DatabaseSettings:
 
     url: str  # a libpq URL without its password
     password: Secret | None = None  # else libpq's own: ~/.pgpass, PGPASSFILE, a service
+    # Seconds after an instance's last renewal before the others take over its mail and
+    # the schedule; also the window in which a mail it was sending may go out twice.
+    failover_after: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 FEISHU = "Feishu"
 SMTP = "SMTP"
+DATABASE = "DB"  # only when `database:` is configured
 
 #: Each path's hops, in the order they are walked.
 FEISHU_HOPS = (
@@ -31,6 +32,7 @@ FEISHU_HOPS = (
     "chats",
 )
 SMTP_HOPS = ("DNS", "TCP", "TLS", "greeting", "EHLO", "STARTTLS", "AUTH")
+DATABASE_HOPS = ("connect", "schema")
 
 #: What a failure usually means, and what to do; `{target}` is the host:port of the hop.
 CAUSES = {
@@ -83,6 +85,11 @@ CAUSES = {
     "smtp-auth": "the relay refused the login: check smtp.username and the password "
     "(smtp.password or smtp.password_file)",
     "smtp": "the relay refused: see its reply",
+    "db-unreachable": "the database server does not answer: check database.url's host and "
+    "port, that PostgreSQL listens there (listen_addresses) and that TCP to it is allowed",
+    "db-login": "PostgreSQL refused the login: check the user in database.url, the password "
+    "(database.password_file, or ~/.pgpass) and a pg_hba.conf line for this host",
+    "db-schema": "the database is not one this release can use: see the detail",
     "timeout": "no answer within the time given: something in between drops the traffic",
 }
 

@@ -13,17 +13,25 @@ the same for both (db.py says how).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from feishu_mailbot.state import sqlite
 from feishu_mailbot.state.checkpoint import Checkpointer
-from feishu_mailbot.state.db import DatabaseError, StateError, Transaction, Tx, Unavailable
+from feishu_mailbot.state.db import (
+    DatabaseError,
+    PostgresUnavailable,
+    StateError,
+    Transaction,
+    Tx,
+    Unavailable,
+)
 from feishu_mailbot.state.group_commit import GroupCommit
 from feishu_mailbot.state.instances import instance_id
 from feishu_mailbot.state.owner import reclaim
@@ -33,6 +41,7 @@ __all__ = [
     "DB_NAME",
     "DatabaseError",
     "Location",
+    "PostgresUnavailable",
     "Spool",
     "State",
     "StateError",
@@ -90,6 +99,7 @@ class State:
         self.path = str(path)
         self.readonly = readonly
         self.url = url
+        self._password = password
         #: This process among the instances sharing the state (instances.py).
         self.instance = instance_id(socket.gethostname(), os.getpid())
         self._db: Tx
@@ -135,6 +145,28 @@ class State:
         assert isinstance(self._db, sqlite3.Connection)
         self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
         return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def announce(self, topic: str) -> None:
+        """Other instances' `topic` workers may look now (PostgreSQL; SQLite has no others).
+        Best effort: they poll anyway."""
+        if self.url is None:
+            return
+        from feishu_mailbot.state import postgres
+
+        assert isinstance(self._db, postgres.Connection)
+        with contextlib.suppress(*DatabaseError):
+            postgres.announce(self._db, topic, self.instance)
+
+    def listener(
+        self, wakers: Mapping[str, Callable[[], None]]
+    ) -> Coroutine[Any, Any, None] | None:
+        """What calls `wakers[topic]` when another instance announces work on `topic`;
+        None where there is no other instance (SQLite)."""
+        if self.url is None:
+            return None
+        from feishu_mailbot.state import postgres
+
+        return postgres.listen(self.url, self._password, self.instance, wakers)
 
     @property
     def engine(self) -> str:

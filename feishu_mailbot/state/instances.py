@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from feishu_mailbot.state.db import Tx
 
-LEASE = 30.0  # seconds an instance's claims outlive its last renewal
+LEASE = 30.0  # seconds an instance's claims outlive its last renewal (database.failover_after)
 SCHEDULE = "schedule"  # the lock of the digests, batch boundaries and housekeeping
 
 
@@ -38,13 +38,13 @@ def instance_id(host: str, pid: int) -> str:
     return f"{host}:{pid}"
 
 
-def renew(tx: Tx, me: Instance, now: float) -> None:
-    """This instance is alive for LEASE more seconds."""
+def renew(tx: Tx, me: Instance, now: float, lease: float = LEASE) -> None:
+    """This instance is alive for `lease` more seconds."""
     tx.execute(
         "INSERT INTO instances (id, host, pid, version, started_at, seen_at, expires_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
         " SET seen_at = excluded.seen_at, expires_at = excluded.expires_at",
-        (me.id, me.host, me.pid, me.version, me.started_at, now, now + LEASE),
+        (me.id, me.host, me.pid, me.version, me.started_at, now, now + lease),
     )
 
 
@@ -87,16 +87,16 @@ ORPHANED = (
 )
 
 
-def acquire(tx: Tx, name: str, me: str, now: float) -> bool:
-    """Take or renew the lock `name` for LEASE seconds; False while another live instance
-    holds it."""
+def acquire(tx: Tx, name: str, me: str, now: float, lease: float = LEASE) -> bool:
+    """Take or renew the lock `name` for `lease` seconds; False while another live
+    instance holds it."""
     return (
         tx.execute(
             "INSERT INTO locks (name, holder, renewed_at, expires_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
             " renewed_at = excluded.renewed_at, expires_at = excluded.expires_at"
             " WHERE locks.holder = excluded.holder OR locks.expires_at < excluded.renewed_at",
-            (name, me, now, now + LEASE),
+            (name, me, now, now + lease),
         ).rowcount
         == 1
     )

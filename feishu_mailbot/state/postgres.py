@@ -15,8 +15,10 @@ again by the next statement that does not belong to the transaction it broke.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +27,8 @@ from psycopg import pq
 
 from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError
 from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5  # seconds: a server that does not answer is down for this round
 # One session setting each: a statement that waits on a lock or a client that vanished
@@ -73,7 +77,8 @@ def _error(e: psycopg.Error) -> PostgresError:
     # A read-only server is a standby, or a primary being failed over: try again.
     again = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
     kind = PostgresUnavailable if isinstance(e, again) else PostgresError
-    return kind(f"PostgreSQL: {str(e).strip() or type(e).__name__}")
+    text = " ".join(str(e).split())  # libpq's messages span lines; a log line does not
+    return kind(f"PostgreSQL: {text or type(e).__name__}")
 
 
 class Connection:
@@ -215,13 +220,8 @@ def _migrate(conn: Connection, url: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('feishu-mailbot schema'))")
         version = _version(conn)
         if version is None:
-            if conn.execute(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
-            ).fetchone()[0]:
-                raise StateError(
-                    f"{url}: the database has tables but none of feishu-mailbot's "
-                    "schema_version; give the bot a database of its own"
-                )
+            if _foreign_tables(conn):
+                raise _not_ours(url)
             conn.script(ddl(SCHEMA))
             conn.script("CREATE TABLE schema_version (version INTEGER NOT NULL);")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -239,3 +239,89 @@ def _migrate(conn: Connection, url: str) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def probe(url: str, password: str | None) -> tuple[str, int | None]:
+    """For `doctor`: who the server is, and the schema version it holds (None: none yet).
+    Raises as `connect` does; creates and changes nothing."""
+    conn = Connection(url, password, readonly=True)
+    try:
+        row = conn.execute("SELECT current_user, current_setting('server_version')").fetchone()
+        version = _version(conn)
+        if version is None and _foreign_tables(conn):
+            raise _not_ours(url)
+        return f"PostgreSQL {str(row[1]).split()[0]} as {row[0]}", version
+    finally:
+        conn.close()
+
+
+def _foreign_tables(conn: Connection) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchone()[0]
+    )
+
+
+def _not_ours(url: str) -> StateError:
+    return StateError(
+        f"{url}: the database has tables but none of feishu-mailbot's schema_version; "
+        "give the bot a database of its own"
+    )
+
+
+def reset_identities(tx: Connection) -> None:
+    """After rows were copied in with their ids: each identity column goes on after the
+    largest id copied, so the next row made here does not collide with one."""
+    identities = tx.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+    ).fetchall()
+    for table, column in identities:
+        tx.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"
+            f" COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+        )
+
+
+CHANNEL = "feishu_mailbot"  # LISTEN/NOTIFY: work added that another instance may take
+
+
+def announce(conn: Connection, topic: str, sender: str) -> None:
+    """Tells every listening instance (`listen`) that `topic` has work; at once, not at
+    a commit: call it after the work's transaction."""
+    conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{topic} {sender}"))
+
+
+async def listen(
+    url: str, password: str | None, me: str, wakers: Mapping[str, Callable[[], None]]
+) -> None:
+    """Until cancelled: `wakers[topic]()` for each announcement of another instance. A
+    lost connection is made again with backoff; the workers poll meanwhile, and are all
+    woken once it is back, for what was announced while nobody listened."""
+    extra: dict[str, Any] = {} if password is None else {"password": password}
+    delay = 1.0
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name="feishu-mailbot listen",
+                **extra,
+            ) as conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                if delay > 1.0:
+                    log.info("listening for other instances' work again")
+                delay = 1.0
+                for wake in wakers.values():
+                    wake()
+                async for notify in conn.notifies():
+                    topic, _, sender = notify.payload.partition(" ")
+                    if sender != me and topic in wakers:
+                        wakers[topic]()
+        except psycopg.Error as e:
+            if delay == 1.0:
+                log.info("not listening for other instances' work (polling instead): %s", e)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)

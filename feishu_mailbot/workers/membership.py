@@ -22,12 +22,19 @@ from feishu_mailbot.workers.rounds import Doorbell, rounds
 
 log = logging.getLogger(__name__)
 
-RENEW_EVERY = 5.0  # seconds; well inside instances.LEASE
+RENEW_EVERY = 5.0  # seconds at most; a third of the lease at least
 
 
 class Membership:
-    def __init__(self, state: State, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: State,
+        lease: float = instances_q.LEASE,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._state = state
+        self._lease = lease
+        self._renew_every = min(RENEW_EVERY, lease / 3)
         self._now = wall_clock
         now = wall_clock()
         self._me = instances_q.Instance(
@@ -39,7 +46,7 @@ class Membership:
 
     def leading_now(self) -> bool:
         """Whether this instance runs the schedule now (holds a live `schedule` lock)."""
-        return self._held and self._now() - self._renewed_at < instances_q.LEASE
+        return self._held and self._now() - self._renewed_at < self._lease
 
     @property
     def last_progress(self) -> float:
@@ -62,7 +69,7 @@ class Membership:
 
     async def _round(self) -> float:
         await self._renew()
-        return RENEW_EVERY
+        return self._renew_every
 
     async def _renew(self, first: bool = False) -> None:
         now = self._now()
@@ -71,8 +78,9 @@ class Membership:
         def work(tx: Tx) -> tuple[bool, list[str]]:
             dead = instances_q.dead_here(tx, me.host, me.id, now) if first else []
             instances_q.forget(tx, dead)
-            instances_q.renew(tx, me, now)
-            return instances_q.acquire(tx, instances_q.SCHEDULE, me.id, now), dead
+            instances_q.renew(tx, me, now, self._lease)
+            held = instances_q.acquire(tx, instances_q.SCHEDULE, me.id, now, self._lease)
+            return held, dead
 
         was = self.leading_now()
         held, dead = await self._state.write(work)

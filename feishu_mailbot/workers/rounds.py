@@ -15,12 +15,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from feishu_mailbot.state import DatabaseError
+from feishu_mailbot.state import DatabaseError, PostgresUnavailable
 
 # Seconds between rounds, at most, while the state database refuses work: a refused round
 # costs a transaction begun and rolled back, and mail must go within seconds of the space
 # coming back.
 STATE_RETRY_MAX = 5.0
+
+
+def refusal(error: BaseException) -> str:
+    """What a state error means for the operator, in the words the journal uses."""
+    if isinstance(error, PostgresUnavailable):
+        return "database unreachable"
+    return "the state database refused work"
 
 
 class Doorbell:
@@ -67,7 +74,7 @@ async def rounds(
         except DatabaseError as e:
             failing += 1
             if failing == 1:
-                log.error("%s paused: the state database refused work: %s", name, e)
+                log.error("%s paused: %s: %s", name, refusal(e), e)
             await bell.wait(min(STATE_RETRY_MAX, 2.0**failing))
             continue
         if failing:

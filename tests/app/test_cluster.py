@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import collections
 import re
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from tests.cli.test_live import cli
+from tests.compose.test_daily_report import (
+    FAKETIME,
+    SH,
+    WEEKDAYS,
+    report_config,
+    today_in_shanghai,
+)
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import Bot, wait_until, write_config
+from tests.harness import Bot, NotifySocket, wait_until, write_config
 from tests.postgres import Postgres
 from tests.smtp_server import SmtpServer
 
@@ -64,3 +73,123 @@ def test_two_instances_share_the_events_and_send_every_mail_once(
     assert [n for n, count in numbers.items() if count > 1] == []  # no mail twice
     assert codes == (0, 0)
     assert "Traceback" not in a.log() + b.log()
+
+
+def test_a_killed_instance_s_mail_and_schedule_move_to_the_other(
+    tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer, postgres: Postgres
+) -> None:
+    """kill -9 of the instance that is sending three mails and holds the schedule lock:
+    after its lease (database.failover_after: 6) the other sends those mails, takes the
+    schedule, and the day's digest, due after the kill, goes out once."""
+    day = today_in_shanghai()
+    at = datetime.combine(day, datetime.strptime("23:00", "%H:%M").time(), SH)
+    start = at - timedelta(seconds=30)  # the daemons' clock: 30 s before the digest
+    env = {
+        "LD_PRELOAD": FAKETIME,
+        "FAKETIME": f"{start.timestamp() - time.time():+.0f}",  # an offset: both agree
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    emulator.run_clock_from(start)
+    reports = report_config("scheduled", f'at: "23:00"\nweekdays: [{WEEKDAYS[day.weekday()]}]\n')
+    database = (
+        f"database:\n  url: {postgres.database()}\n  password_file: {postgres.password_file}\n"
+        "  failover_after: 6\n"
+    )
+    config = write_config(
+        tmp_path,
+        feishu_url=emulator.base_url,
+        smtp_port=smtp.port,
+        rules=RULE,
+        extra=reports + database,
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Bot(config, tmp_path / "a").start(env=env)
+    b = Bot(config, tmp_path / "b")
+    try:
+        a.wait_log("this instance runs the schedule")
+        emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "日报 今天的进展"))
+        smtp.hold_data()
+        for n in range(3):
+            emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", f"故障 {n}"))
+        wait_until(lambda: smtp.holding == 3, 15, "a's three mails in DATA")
+        b.start(env=env)
+        emulator.wait_for(lambda: emulator.connections == 2, 10)
+        a.kill()  # mid-DATA, holding the schedule lock
+        for n in range(3):  # its sessions are gone: the relay keeps none of them
+            smtp.answer_data("451 4.3.0 the client went away", release=n == 2)
+        b.wait_log("mail that an instance now gone was sending goes out again", timeout=20)
+        b.wait_log("this instance runs the schedule", timeout=20)
+        wait_until(lambda: len(smtp.messages) >= 4, 40, "the three mails and the digest")
+        time.sleep(4)  # more schedule ticks: still one digest
+    finally:
+        b.stop()
+    subjects = [str(m["Subject"]) for m in smtp.messages]
+    digests = [s for s in subjects if f"日报汇总 {day.isoformat()}" in s]
+    forwarded = collections.Counter(
+        int(found.group(1)) for s in subjects if (found := re.search(r"故障 (\d+)", s))
+    )
+    in_flight = 3
+    duplicates = sum(count - 1 for count in forwarded.values())
+    assert sorted(forwarded) == [0, 1, 2], subjects
+    assert duplicates == 0 <= in_flight  # none of a's DATA completed: nothing went twice
+    assert len(digests) == 1, subjects
+    assert "Traceback" not in a.log() + b.log()
+
+
+def test_postgresql_stopped_for_20_s_under_load_loses_nothing_and_sends_nothing_twice(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """Events of the outage are answered 500 and re-pushed (every 2 s, as Feishu would
+    later) until they are taken; the daemon keeps running, fed the watchdog throughout
+    (a restart would not bring the database back) and says on STATUS= why it waits."""
+    emulator = FeishuEmulator(ping_interval=2, repush_after=2.0, max_repush=60)
+    emulator.start()
+    emulator.register_chat("oc_team", "研发群")
+    emulator.register_user("ou_alice", "张三")
+    pushed: list[str] = []
+    notify = NotifySocket(tmp_path)
+
+    def push(during: float, every: float) -> None:
+        ends = time.monotonic() + during
+        while time.monotonic() < ends:
+            event = emulator.push_text("oc_team", "ou_alice", f"故障 {len(pushed)}")
+            pushed.append(event["header"]["event_id"])
+            time.sleep(every)
+
+    try:
+        with Postgres() as pg:
+            config = cluster(tmp_path, emulator, smtp, pg)
+            bot = Bot(config, tmp_path).start(env=notify.env(2_000_000))  # feed every 1 s
+            push(3, 0.05)  # load before
+            pg.stop()
+            down = time.monotonic()
+            push(20, 0.1)  # and during the outage: 20 s
+            bot.wait_log("database unreachable", timeout=5)
+            assert bot.proc is not None and bot.proc.poll() is None  # no restart for this
+            fed = [t for t in notify.times("WATCHDOG=1") if t > down]
+            gaps = [b - a for a, b in zip([down, *fed], fed, strict=False)]
+            assert len(fed) >= 15 and max(gaps) < 3, (len(fed), gaps)  # never withheld
+            said = [s for s in notify.statuses() if "database unreachable" in s]
+            assert said, notify.statuses()[-3:]
+            pg.start()
+            push(3, 0.05)  # and after
+            assert time.monotonic() - down >= 20
+            wait_until(lambda: len(smtp.messages) >= len(pushed), 120, "every event's mail")
+            time.sleep(3)  # re-pushes still under way would show up as second mails now
+            final = {a.event_id: a.code for a in emulator.acks}  # the last answer to each
+            refused = {a.event_id for a in emulator.acks if a.code == 500}
+            assert bot.stop() == 0
+    finally:
+        emulator.stop()
+        notify.close()
+    numbers = collections.Counter(
+        int(found.group(1))
+        for m in smtp.messages
+        if (found := re.search(r"故障 (\d+)", str(m["Subject"])))
+    )
+    assert sorted(numbers) == list(range(len(pushed)))  # nothing lost
+    assert [n for n, count in numbers.items() if count > 1] == []  # nothing twice
+    assert len(refused) > 50, len(refused)  # the outage's events were answered 500 ...
+    assert {final[e] for e in pushed} == {200}  # ... and taken once re-pushed
+    assert "database unreachable" in bot.log() and "Traceback" not in bot.log()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from tests.harness import (
     write_config,
 )
 from tests.http_proxy import Tinyproxy
+from tests.postgres import Postgres
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -306,3 +308,35 @@ def test_a_rest_call_that_gets_no_answer_names_the_hop(tmp_path: Path) -> None:
         asyncio.run(ask())
     assert info.value.hop.name == "TCP" and info.value.hop.cause == "tcp"
     assert "run feishu-mailbot doctor" in str(info.value)
+
+
+def test_doctor_walks_to_the_database_and_names_what_is_wrong(
+    tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer, postgres: Postgres
+) -> None:
+    def doctor(url: str, password_file: Path) -> tuple[int, str]:
+        database = f"database:\n  url: {url}\n  password_file: {password_file}\n"
+        config = write_config(
+            tmp_path, feishu_url=emulator.base_url, smtp_port=smtp.port, extra=database
+        )
+        out = run(config, "doctor")
+        return out.returncode, out.stdout + out.stderr
+
+    url = postgres.database()
+    code, text = doctor(url, postgres.password_file)
+    assert code == 0, text
+    assert re.search(r"DB\s+connect\s+ok .* PostgreSQL 15\.\d+ as bot", text), text
+    assert "empty: the daemon creates its tables at the first start" in text
+    assert "to Feishu, the relay and the database" in text
+
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("n0t-the-password\n")
+    code, text = doctor(url, wrong)
+    assert code == 69 and re.search(r"DB\s+connect\s+FAILED", text), text
+    assert "a pg_hba.conf line for this host" in text  # what to do
+    assert "n0t-the-password" not in text and "DB path broken at connect" in text
+
+    with Postgres() as down:
+        gone = down.database()
+        down.stop()
+    code, text = doctor(gone, postgres.password_file)
+    assert code == 69 and "the database server does not answer" in text, text

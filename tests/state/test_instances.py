@@ -6,6 +6,7 @@ apart as two hosts would be); time is passed in, as the workers pass their clock
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from feishu_mailbot.core.model import Delivery
 from feishu_mailbot.state import State, Tx, Unavailable, instances, messages, outbox
-from tests.kit import Backend, message
+from tests.kit import Backend, message, until
 from tests.postgres import Postgres
 
 TO = Delivery(("oncall@example.com",), ("oncall",), "{preview}", False, False)
@@ -166,5 +167,38 @@ def test_a_claim_without_skip_locked_would_wait(tmp_path: Path, postgres: Postgr
     assert b.write_now(partial(outbox.claim_due, me=b.instance, now=T0 + 1)) == []
     release.set()
     thread.join()
+    a.close()
+    b.close()
+
+
+def test_an_instance_hears_the_work_another_announces_but_not_its_own(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    backend = Backend(postgres.database(), postgres.password_file)
+    a, b = two(backend, tmp_path)
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def main() -> None:
+        listeners = []
+        for state, name in ((a, "a"), (b, "b")):
+            ears = heard[name]
+            coroutine = state.listener(
+                {"outbox": partial(ears.append, "outbox"), "actions": partial(ears.append, "a")}
+            )
+            assert coroutine is not None
+            listeners.append(asyncio.create_task(coroutine))
+        await until(lambda: heard["a"] and heard["b"], what="both listening")
+        for ears in heard.values():
+            ears.clear()  # the wake-up every (re)connect gives
+        a.announce("outbox")
+        await until(lambda: heard["b"] == ["outbox"], what="b hearing a's mail")
+        await asyncio.sleep(0.3)
+        assert heard["a"] == []  # its own announcement wakes nobody twice
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+
+    asyncio.run(main())
+    assert Backend().state(tmp_path / "sqlite.db").listener({}) is None  # nobody else
     a.close()
     b.close()

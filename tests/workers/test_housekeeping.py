@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -32,9 +32,13 @@ from feishu_mailbot.state import State, Tx, messages, outbox
 from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.housekeeping import Housekeeper
 from feishu_mailbot.workers.outbox import Outbox
+from tests.compose.test_daily_report import FAKETIME
+from tests.feishu.test_network import run as cli_run
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import write_config
+from tests.harness import Bot, write_config
 from tests.kit import MemoryRelay, until
+from tests.postgres import Postgres
+from tests.smtp_server import SmtpServer
 
 START = datetime(2026, 1, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 DAYS = 365
@@ -119,7 +123,7 @@ async def settle(state: State, *wake: Callable[[], None]) -> None:
 
 
 def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
-    tmp_path: Path, emulator: FeishuEmulator
+    tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer, postgres: Postgres
 ) -> None:
     for n in range(CHAT + FORWARDS, CHAT + FORWARDS + REPORTS):
         emulator.register_user(f"ou_member{n}", f"成员{n}")
@@ -236,3 +240,52 @@ def test_a_simulated_year_stays_bounded_and_keeps_what_retention_promises(
     assert max(sizes[d][1] for d in range(DAYS)) < STATE_BOUND
     # Most of it is the messages window: nearly full by day 30, as retention says.
     assert sizes[30][0] > 0.7 * sizes[120][0]
+    moved_to_postgresql(tmp_path, emulator, smtp, postgres, failed=int(str(facts["failed"])))
+
+
+def moved_to_postgresql(
+    tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer, postgres: Postgres, failed: int
+) -> None:
+    """The year's state copied by `migrate-state` (counts equal, and again: nothing to
+    do); the daemon then runs on PostgreSQL and serves days from before the move: a
+    digest of an old day, the failed mail retried."""
+    end = datetime.fromtimestamp(START + (DAYS - 1) * DAY + 11 * 3600, ZoneInfo("UTC"))
+    clock = {  # the CLI and the daemon at the year's end, as the simulation left it
+        "LD_PRELOAD": FAKETIME,
+        "FAKETIME": end.strftime("@%Y-%m-%d %H:%M:%S"),
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "TZ": "UTC",
+    }
+    url = postgres.database()
+    old_config = tmp_path / "feishu-mailbot.yaml"
+    args = ["migrate-state", "--to", url, "--password-file", str(postgres.password_file)]
+    copied = cli_run(old_config, *args, env=clock)
+    assert copied.returncode == 0, copied.stderr
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in copied.stdout.splitlines()
+        if line.startswith("  ") and len(line.split()) == 3
+    }
+    assert rows["messages"][0] == rows["messages"][1] and int(rows["messages"][0]) > 1000
+    assert rows["outbox"][0] == rows["outbox"][1] and "differs" not in copied.stdout
+    again = cli_run(old_config, *args, env=clock)
+    assert again.returncode == 0 and "already holds this state" in again.stdout, again.stderr
+
+    new_dir = tmp_path / "on-postgresql"
+    new_dir.mkdir()
+    database = f"database:\n  url: {url}\n  password_file: {postgres.password_file}\n"
+    config = write_config(
+        new_dir, feishu_url=emulator.base_url, smtp_port=smtp.port, extra=CONFIG + database
+    )
+    day = (end - timedelta(days=20)).astimezone(ZoneInfo("Asia/Shanghai")).date().isoformat()
+    old_digest = cli_run(config, "send-report", "--date", day, "--dry-run", "--force", env=clock)
+    assert old_digest.returncode == 0, old_digest.stderr
+    assert f"日报汇总 {day}" in old_digest.stdout and "日报：第" in old_digest.stdout
+    bot = Bot(config, new_dir).start(env=clock)
+    try:
+        retried = cli_run(config, "retry", "--all-failed", env=clock)
+        assert retried.returncode == 0 and f"{failed} mail due now" in retried.stdout, retried
+        smtp.wait_for(failed, timeout=30)
+    finally:
+        assert bot.stop() == 0
+    assert {str(m["To"]) for m in smtp.messages} == {"bounce@example.com"}

@@ -195,6 +195,7 @@ class SmtpServer:
         self._trickle_at = "DATA"
         self._refused_rcpts: set[str] = set()
         self._hold: queue.Queue[str] | None = None  # hold_data
+        self._gates: list[queue.Queue[str]] = []  # every hold so far, answered at stop()
         self.holding = 0  # DATA commands waiting at the hold now
         self._handler = _Handler(self)
         self._controller: _Controller | None = None
@@ -232,8 +233,8 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
-        gate, self._hold = self._hold, None
-        if gate is not None:  # DATA still held: answered, or its thread blocks the exit
+        self._hold = None
+        for gate in self._gates:  # DATA still held: answered, or its thread blocks the exit
             for _ in range(self.holding + 8):
                 gate.put("421 4.3.0 the server stops")
         if self._controller is not None:
@@ -301,6 +302,7 @@ class SmtpServer:
         """From now on each DATA waits, its content read, until answer_data says what to
         answer: a test can act while the daemon is in the middle of an SMTP attempt."""
         self._hold = queue.Queue()
+        self._gates.append(self._hold)
 
     def wait_holding(self, timeout: float = 10.0) -> None:
         with self._cond:

@@ -169,6 +169,12 @@ class State:
         return postgres.listen(self.url, self._password, self.instance, wakers)
 
     @property
+    def shared(self) -> bool:
+        """Whether other instances may use this state too (PostgreSQL): then mail is
+        claimed before it is prepared. A SQLite file has one daemon."""
+        return self.url is not None
+
+    @property
     def engine(self) -> str:
         return "sqlite" if self.url is None else "postgresql"
 

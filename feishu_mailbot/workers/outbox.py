@@ -185,7 +185,7 @@ class Outbox:
             if self._state.read(outbox.planned_count) > 0:  # idle rounds write nothing
                 await self._state.write(partial(outbox.queue_planned, limit=wanted))
                 rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
-        if rows:  # due: taken for this instance, but for what other instances hold
+        if rows and self._state.shared:  # taken for this instance, but what others hold
             rows = await self._state.write(
                 partial(outbox.claim_due, me=self._state.instance, now=self._now(), limit=DUE_BATCH)
             )

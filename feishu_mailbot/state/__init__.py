@@ -13,6 +13,7 @@ the same for both (db.py says how).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -100,6 +101,7 @@ class State:
         self.readonly = readonly
         self.url = url
         self._password = password
+        self._announcing: set[str] = set()  # topics announced at the next loop turn
         #: This process among the instances sharing the state (instances.py).
         self.instance = instance_id(socket.gethostname(), os.getpid())
         self._db: Tx
@@ -148,11 +150,22 @@ class State:
 
     def announce(self, topic: str) -> None:
         """Other instances' `topic` workers may look now (PostgreSQL; SQLite has no others).
-        Best effort: they poll anyway."""
-        if self.url is None:
+        Best effort: they poll anyway. On the loop, once per topic and loop turn, after the
+        callbacks already queued (the ack of the event that added the work goes first)."""
+        if self.url is None or topic in self._announcing:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # an operator's command: at once
+            self._announce_now(topic)
+            return
+        self._announcing.add(topic)
+        loop.call_soon(self._announce_now, topic)
+
+    def _announce_now(self, topic: str) -> None:
         from feishu_mailbot.state import postgres
 
+        self._announcing.discard(topic)
         assert isinstance(self._db, postgres.Connection)
         with contextlib.suppress(*DatabaseError):
             postgres.announce(self._db, topic, self.instance)

@@ -101,7 +101,7 @@ class State:
         self.readonly = readonly
         self.url = url
         self._password = password
-        self._announcing: set[str] = set()  # topics announced at the next loop turn
+        self._announcing: set[str] = set()  # topics to announce in the next group commit
         #: This process among the instances sharing the state (instances.py).
         self.instance = instance_id(socket.gethostname(), os.getpid())
         self._db: Tx
@@ -150,25 +150,26 @@ class State:
 
     def announce(self, topic: str) -> None:
         """Other instances' `topic` workers may look now (PostgreSQL; SQLite has no others).
-        Best effort: they poll anyway. On the loop, once per topic and loop turn, after the
-        callbacks already queued (the ack of the event that added the work goes first)."""
+        Best effort: they poll anyway. On the loop, a NOTIFY in the next group commit,
+        once per topic, heard when it commits: it rides with the statements of that batch
+        and costs no round trip of its own. Without a loop (an operator's command), at once."""
         if self.url is None or topic in self._announcing:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # an operator's command: at once
-            self._announce_now(topic)
-            return
-        self._announcing.add(topic)
-        loop.call_soon(self._announce_now, topic)
-
-    def _announce_now(self, topic: str) -> None:
         from feishu_mailbot.state import postgres
 
-        self._announcing.discard(topic)
-        assert isinstance(self._db, postgres.Connection)
-        with contextlib.suppress(*DatabaseError):
-            postgres.announce(self._db, topic, self.instance)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            with contextlib.suppress(*DatabaseError):
+                postgres.announce(self._db, topic, self.instance)
+            return
+        self._announcing.add(topic)
+
+        def notify(tx: Tx) -> None:
+            self._announcing.discard(topic)
+            postgres.announce(tx, topic, self.instance)
+
+        self.group.soon(notify)
 
     def listener(
         self, wakers: Mapping[str, Callable[[], None]]

@@ -43,6 +43,14 @@ class GroupCommit:
 
     async def run(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in the next batch; returns once that batch is committed."""
+        return await self._enqueue(work)
+
+    def soon(self, work: Callable[[Tx], object]) -> None:
+        """Run `work` in the next batch, for nobody to wait on: best effort, a failure
+        is dropped (an announcement to other instances, which poll anyway)."""
+        self._enqueue(work).add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _enqueue(self, work: Callable[[Tx], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((work, future))
@@ -50,7 +58,7 @@ class GroupCommit:
             # After the callbacks already queued: the frames read this loop turn join in.
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False

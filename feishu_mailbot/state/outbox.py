@@ -92,35 +92,55 @@ def queue_planned(tx: Tx, limit: int = 64) -> int:
         " WHERE planned > 0 ORDER BY received_at LIMIT ?",
         (limit,),
     ).fetchall()
-    for message_id, planned, received_at in rows:
-        queue_deliveries(tx, message_id, planned, received_at)
+    queue_deliveries(tx, rows)
     return len(rows)
 
 
-def queue_deliveries(tx: Tx, message_id: str, planned: str, received_at: float) -> None:
-    """A message's planned mail (its row's JSON) as outbox rows."""
-    for d in json.loads(planned):
+_QUEUE_COLUMNS = 10  # the parameters of one outbox row below
+_QUEUE_ROWS = 100  # rows per statement: well under SQLite's 32766 parameters
+
+
+def queue_deliveries(tx: Tx, planned: Sequence[tuple[str, str, float]]) -> None:
+    """Messages' planned mail, (message_id, deliveries JSON, received_at), as outbox rows.
+
+    A few statements however many messages: each is a round trip to a PostgreSQL
+    server, and these run in the group commit that acknowledges events.
+    """
+    if not planned:
+        return
+    values = [
+        (
+            mail_id_for(message_id, d["to"]),
+            message_id,
+            json.dumps(d["to"]),
+            json.dumps(d["rules"]),
+            d["subject"],
+            int(d["confirm"]),
+            int(d["notify_recall"]),
+            OUTBOX.initial,
+            received_at,
+            received_at,
+        )
+        for message_id, deliveries, received_at in planned
+        for d in json.loads(deliveries)
+    ]
+    row = "(?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)"
+    for i in range(0, len(values), _QUEUE_ROWS):
+        chunk = values[i : i + _QUEUE_ROWS]
         tx.execute(
             "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
             " subject_template, confirm, notify_recall, status, next_attempt_at,"
-            " created_at) VALUES (?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            (
-                mail_id_for(message_id, d["to"]),
-                message_id,
-                json.dumps(d["to"]),
-                json.dumps(d["rules"]),
-                d["subject"],
-                int(d["confirm"]),
-                int(d["notify_recall"]),
-                OUTBOX.initial,
-                received_at,
-                received_at,
-            ),
+            f" created_at) VALUES {', '.join([row] * len(chunk))} ON CONFLICT DO NOTHING",
+            [p for v in chunk for p in v],
         )
-    tx.execute(
-        "UPDATE messages SET deliveries = NULL, planned = 0 WHERE message_id = ?", (message_id,)
-    )
+    ids = [message_id for message_id, _, _ in planned]
+    for i in range(0, len(ids), _QUEUE_ROWS * _QUEUE_COLUMNS):
+        some = ids[i : i + _QUEUE_ROWS * _QUEUE_COLUMNS]
+        tx.execute(
+            "UPDATE messages SET deliveries = NULL, planned = 0"
+            f" WHERE message_id IN ({','.join('?' * len(some))})",
+            some,
+        )
 
 
 def queue(
@@ -231,12 +251,14 @@ def _row(r: Sequence[Any]) -> OutboxRow:
     )
 
 
-def due(tx: Tx, now: float, limit: int = 50) -> list[OutboxRow]:
-    """Mail due now, whoever holds it (a look; `claim_due` takes)."""
+def due(tx: Tx, now: float, limit: int = 50, me: str | None = None) -> list[OutboxRow]:
+    """Mail due now (a look; `claim_due` takes): with `me`, only what that instance may
+    take, so that the mail another instance holds does not hide the rest of the queue."""
+    free, params = ("", ()) if me is None else (f" AND {FREE}", (me, now))
     rows = tx.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
-        " ORDER BY next_attempt_at, created_at LIMIT ?",
-        (now, limit),
+        f"{free} ORDER BY next_attempt_at, created_at LIMIT ?",
+        (now, *params, limit),
     ).fetchall()
     return [_row(r) for r in rows]
 

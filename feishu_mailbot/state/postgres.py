@@ -7,7 +7,11 @@ The query modules are SQLite's dialect with `?` parameters; `Connection.execute`
 translates each statement once (`translate`) and the schema's type names are
 mapped by `ddl`: those two functions are every difference between the engines.
 The connection runs in autocommit mode with the explicit BEGIN/SAVEPOINT/COMMIT of
-db.Transaction and group_commit.py, exactly as the SQLite one. Every driver error
+db.Transaction and group_commit.py, exactly as the SQLite one. A round trip to the
+server is most of a statement's cost, so those control statements, which answer
+nothing, wait and go out with the next statement, in one simple query with its
+parameters bound here (psycopg's ClientCursor): an event's savepoint costs no trip
+of its own. Every driver error
 leaves here as a db.PostgresError, and one that trying again may cure (the server
 gone, a serialization failure) as db.PostgresUnavailable; a lost connection is made
 again by the next statement that does not belong to the transaction it broke.
@@ -18,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
-from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError
+from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError, Tx
 from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,10 @@ _REFUSED = re.compile(
 # Statements that belong to an open transaction: after the connection broke inside
 # one, they fail rather than run on a new connection, outside it.
 _INSIDE = ("COMMIT", "RELEASE", "ROLLBACK TO", "SAVEPOINT")
+# Statements with no answer that may wait for the next one (a SAVEPOINT's failure shows
+# as the failure of the statement it went out with, which is inside it anyway); so may a
+# NOTIFY inside a transaction, which is heard at its commit.
+_DEFERRED = frozenset({"BEGIN", "SAVEPOINT work", "RELEASE work"})
 
 
 def ddl(sql: str) -> str:
@@ -68,9 +76,14 @@ def ddl(sql: str) -> str:
 @lru_cache(maxsize=512)
 def translate(sql: str) -> str:
     """One statement of the query modules, for the driver: `?` becomes `%s`."""
+    return plain(sql).replace("%", "%%").replace("?", "%s")
+
+
+def plain(sql: str) -> str:
+    """A statement without parameters, as the driver sends it as it is."""
     if sql == "BEGIN IMMEDIATE":  # SQLite's "take the write lock now"; rows lock as needed
         return "BEGIN"
-    return sql.replace("%", "%%").replace("?", "%s")
+    return sql
 
 
 def _error(e: psycopg.Error) -> PostgresError:
@@ -79,6 +92,27 @@ def _error(e: psycopg.Error) -> PostgresError:
     kind = PostgresUnavailable if isinstance(e, again) else PostgresError
     text = " ".join(str(e).split())  # libpq's messages span lines; a log line does not
     return kind(f"PostgreSQL: {text or type(e).__name__}")
+
+
+class _Nothing:
+    """What a deferred statement gives back: no rows."""
+
+    rowcount = -1
+
+    def fetchone(self) -> None:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def fetchmany(self, size: int = 0, /) -> list[Any]:
+        return []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+
+_NOTHING = _Nothing()
 
 
 class Connection:
@@ -92,6 +126,7 @@ class Connection:
         self._options = _OPTIONS + (" -c default_transaction_read_only=on" if readonly else "")
         self._conn: psycopg.Connection[Any] | None = None
         self._lost_in_transaction = False
+        self._deferred: list[str] = []  # sent before the next statement, in its trip
         try:
             self._connect()
         except PostgresError as e:
@@ -111,17 +146,23 @@ class Connection:
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="feishu-mailbot",
                 options=self._options,
-                prepare_threshold=None,  # several instances behind PgBouncer: no named plans
+                cursor_factory=psycopg.ClientCursor,  # see the module's docstring
                 **extra,
             )
         except psycopg.Error as e:
             raise _error(e) from e
         self._conn = conn
         self._lost_in_transaction = False
+        self._deferred.clear()
         return conn
 
     @property
     def in_transaction(self) -> bool:
+        if self._deferred and self._deferred[0] == "BEGIN":
+            return True
+        return self._in_transaction_there()
+
+    def _in_transaction_there(self) -> bool:
         conn = self._conn
         if conn is None or conn.closed:
             return False
@@ -130,11 +171,12 @@ class Connection:
             pq.TransactionStatus.INERROR,
         )
 
-    def _session(self, sql: str) -> psycopg.Connection[Any]:
+    def _session(self, first: str) -> psycopg.Connection[Any]:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
-        if self._lost_in_transaction and sql.startswith(_INSIDE):
+        if self._lost_in_transaction and first.startswith(_INSIDE):
+            self._deferred.clear()
             raise PostgresUnavailable("PostgreSQL: the connection broke inside the transaction")
         return self._connect()
 
@@ -145,10 +187,38 @@ class Connection:
         return _error(e)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
-        conn = self._session(sql)
-        idle = not self.in_transaction
+        statement = plain(sql)
+        if (statement in _DEFERRED or statement.startswith("NOTIFY ")) and (
+            statement == "BEGIN" or self.in_transaction
+        ):
+            self._deferred.append(statement)
+            return _NOTHING
+        if statement == "ROLLBACK" and self._deferred[:1] == ["BEGIN"]:
+            self._deferred.clear()  # the server never saw the transaction
+            return _NOTHING
+        if parameters:  # the driver binds them: a % of the text must be doubled
+            query = "; ".join([*(d.replace("%", "%%") for d in self._deferred), translate(sql)])
+        else:
+            query = "; ".join([*self._deferred, statement])
+        several = bool(self._deferred)
+        first = self._deferred[0] if several else statement
+        inside = self.in_transaction  # a transaction began, here or at the server
+        self._deferred.clear()
         try:
-            return conn.execute(translate(sql), parameters or None)
+            return self._execute(first, query, parameters, several)
+        except PostgresError:
+            if inside and (self._conn is None or self._conn.closed):
+                # Its BEGIN may have gone with this very statement: what follows in
+                # the transaction (a ROLLBACK TO, a COMMIT) must fail as unavailable,
+                # not run on the next new session, outside it.
+                self._lost_in_transaction = True
+            raise
+
+    def _execute(self, first: str, query: str, parameters: Sequence[Any], several: bool) -> Cursor:
+        conn = self._session(first)
+        idle = not self._in_transaction_there()
+        try:
+            return self._send(conn, query, parameters, several)
         except psycopg.Error as e:
             error = self._failed(conn, e)
             if not (idle and conn.closed):
@@ -159,11 +229,27 @@ class Connection:
         self._lost_in_transaction = False
         conn = self._connect()
         try:
-            return conn.execute(translate(sql), parameters or None)
+            return self._send(conn, query, parameters, several)
         except psycopg.Error as e:
             raise self._failed(conn, e) from e
 
+    @staticmethod
+    def _send(
+        conn: psycopg.Connection[Any], query: str, parameters: Sequence[Any], several: bool
+    ) -> Cursor:
+        """The statements in one trip; the cursor of the last."""
+        cursor = conn.execute(query, parameters or None)
+        if several:
+            while cursor.nextset():
+                pass
+        return cursor
+
+    def _flush(self) -> None:
+        if self._deferred:
+            self.execute("SELECT 1")
+
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor:
+        self._flush()
         conn = self._session(sql)
         cursor = conn.cursor()
         try:
@@ -174,6 +260,7 @@ class Connection:
 
     def script(self, sql: str) -> None:
         """Several statements without parameters, as they are (a schema step)."""
+        self._flush()
         conn = self._session(sql)
         try:
             conn.execute(sql.encode())
@@ -181,6 +268,7 @@ class Connection:
             raise self._failed(conn, e) from e
 
     def close(self) -> None:
+        self._deferred.clear()
         if self._conn is not None:
             self._conn.close()
 
@@ -287,10 +375,11 @@ def reset_identities(tx: Connection) -> None:
 CHANNEL = "feishu_mailbot"  # LISTEN/NOTIFY: work added that another instance may take
 
 
-def announce(conn: Connection, topic: str, sender: str) -> None:
-    """Tells every listening instance (`listen`) that `topic` has work; at once, not at
-    a commit: call it after the work's transaction."""
-    conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{topic} {sender}"))
+def announce(tx: Tx, topic: str, sender: str) -> None:
+    """Tells every listening instance (`listen`) that `topic` has work: when the
+    transaction `tx` is in commits, or at once outside one."""
+    payload = f"{topic} {sender}".replace("'", "''")
+    tx.execute(f"NOTIFY {CHANNEL}, '{payload}'")
 
 
 async def listen(

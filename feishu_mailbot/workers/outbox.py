@@ -177,14 +177,18 @@ class Outbox:
             named = self._state.read(outbox.spooled)
             await asyncio.to_thread(self._state.spool.sweep, named, SPOOL_GRACE_SECONDS)
             self._swept_at = self._now()
-        rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
+        # On a shared state, only what this instance may take: the mail another holds
+        # must not keep this one from queueing more of the planned mail and sending it.
+        me = self._state.instance if self._state.shared else None
+        due = partial(outbox.due, limit=DUE_BATCH, me=me)
+        rows = self._state.read(partial(due, now=self._now()))
         if len(rows) < DUE_BATCH:
             # Planned mail enters the outbox only as fast as it is sent, a few
             # messages per transaction, so a backlog never floods the commits.
             wanted = DUE_BATCH - len(rows)
             if self._state.read(outbox.planned_count) > 0:  # idle rounds write nothing
                 await self._state.write(partial(outbox.queue_planned, limit=wanted))
-                rows = self._state.read(partial(outbox.due, now=self._now(), limit=DUE_BATCH))
+                rows = self._state.read(partial(due, now=self._now()))
         if rows and self._state.shared:  # taken for this instance, but what others hold
             rows = await self._state.write(
                 partial(outbox.claim_due, me=self._state.instance, now=self._now(), limit=DUE_BATCH)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.state import Tx, messages
+from feishu_mailbot.state import DatabaseError, Tx, messages
 from feishu_mailbot.state.messages import Ingest
 from tests.kit import SQLITE, Backend, message
 
@@ -51,22 +51,35 @@ def test_a_batch_commits_together_and_a_failure_rolls_back_alone(
         seen(s, "ev_b")
         raise ValueError("handler bug")
 
+    def at_once(s: Tx) -> None:  # before any statement: its savepoint was never sent
+        raise ValueError("handler bug")
+
+    def bad_sql(s: Tx) -> None:  # the statement the server refuses, with its savepoint
+        seen(s, "ev_d")
+        s.execute("SELECT no_such_column FROM events")
+
     async def main() -> list[object]:
         return await asyncio.gather(
             intake.run(lambda s: seen(s, "ev_a")),
             intake.run(failing),
             intake.run(lambda s: seen(s, "ev_c")),
             intake.run(lambda s: seen(s, "ev_a")),  # same id in the same batch
+            intake.run(at_once),
+            intake.run(bad_sql),
+            intake.run(lambda s: seen(s, "ev_e")),
             return_exceptions=True,
         )
 
     results = asyncio.run(main())
     assert results[0] is True and results[2] is True and results[3] is False
-    assert isinstance(results[1], ValueError)
-    assert intake.batches == 1 and intake.committed == 4
+    assert isinstance(results[1], ValueError) and isinstance(results[4], ValueError)
+    assert isinstance(results[5], DatabaseError) and results[6] is True
+    assert intake.batches == 1 and intake.committed == 7
     intake.close()
     assert check_seen(tmp_path / "db.sqlite", "ev_b", backend) is True  # rolled back alone
     assert check_seen(tmp_path / "db.sqlite", "ev_a", backend) is False  # committed
+    assert check_seen(tmp_path / "db.sqlite", "ev_d", backend) is True  # rolled back alone
+    assert check_seen(tmp_path / "db.sqlite", "ev_e", backend) is False
 
 
 def test_a_failed_commit_fails_every_waiting_event(tmp_path: Path) -> None:

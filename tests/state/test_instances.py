@@ -64,6 +64,24 @@ def test_two_instances_never_claim_the_same_mail(tmp_path: Path, backend: Backen
     b.close()
 
 
+def test_the_mail_another_instance_holds_does_not_hide_the_rest_of_the_queue(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """The outbox worker looks (`due`) before it claims: a look that counted the other's
+    mail saw a full round and queued nothing more, and the second instance sat idle
+    while the first drained the whole queue alone."""
+    a, b = two(backend, tmp_path)
+    queue(a, 5)
+    held = a.write_now(partial(outbox.claim_due, me=a.instance, now=T0 + 1, limit=2))
+    free = {r.mail_id for r in b.read(partial(outbox.due, now=T0 + 1, me=b.instance))}
+    assert len(free) == 3 and not free & {r.mail_id for r in held}
+    mine = a.read(partial(outbox.due, now=T0 + 1, me=a.instance))
+    assert len(mine) == 5  # what it holds and had not begun, and the rest
+    assert len(b.read(partial(outbox.due, now=T0 + 1))) == 5  # a look at all of it
+    a.close()
+    b.close()
+
+
 def test_mail_of_an_instance_that_is_gone_is_taken_over_after_its_lease(
     tmp_path: Path, backend: Backend
 ) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.state import DatabaseError, State, StateError, Unavailable
+from feishu_mailbot.state import DatabaseError, State, StateError, Tx, Unavailable
+from feishu_mailbot.state.db import Transaction
 from feishu_mailbot.state.messages import Ingest, ingest
 from feishu_mailbot.state.schema import SCHEMA_VERSION
 from tests.kit import message
@@ -166,3 +167,64 @@ def test_a_schema_8_database_is_brought_to_9_in_place(tmp_path: Path, postgres: 
     assert state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 1
     assert state.read(lambda tx: tx.execute("SELECT owner FROM outbox").fetchall()) == []
     state.close()
+
+
+def test_statements_that_wait_for_the_next_one_keep_their_meaning(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """BEGIN, SAVEPOINT and RELEASE go out with the statement after them, in one simple
+    query with its parameters bound by the client: what each returns, a literal %, a
+    transaction the server never saw rolled back, and one that fails half-way."""
+    state = open_state(tmp_path, postgres.database())
+
+    def work(tx: Tx) -> tuple[object, ...]:
+        with Transaction(tx):  # a savepoint, sent with the next statement
+            plain = tx.execute("SELECT '100%'").fetchone()[0]
+            bound = tx.execute("SELECT '100%' || ?", ("，好",)).fetchone()[0]
+        with Transaction(tx):
+            stored = ingest(tx, message(1), (), 1.0)
+        return plain, bound, stored
+
+    assert state.write_now(work) == ("100%", "100%，好", Ingest.NEW)
+
+    def nothing_sent(tx: Tx) -> None:
+        raise ValueError("before any statement")
+
+    with pytest.raises(ValueError):
+        state.write_now(nothing_sent)
+    assert not state.read(lambda tx: tx.in_transaction)
+
+    def half(tx: Tx) -> None:
+        ingest(tx, message(2), (), 1.0)
+        tx.execute("SELECT no_such_column FROM messages")
+
+    with pytest.raises(DatabaseError):
+        state.write_now(half)
+    assert state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 1
+    state.close()
+
+
+def test_a_transaction_whose_begin_never_reached_the_server_fails_as_unavailable(
+    tmp_path: Path,
+) -> None:
+    """The server went away between two batches; the BEGIN and SAVEPOINT that wait for
+    the batch's first statement fail with it. When the server is back before the
+    savepoint is rolled back, that ROLLBACK TO must not run on a new session, outside
+    any transaction (a PostgresError that quarantined the event): unavailable, so
+    Feishu re-pushes it."""
+    with Postgres() as pg:
+        state = open_state(tmp_path, pg.database())
+        assert state.write_now(lambda tx: ingest(tx, message(1), (), 1.0)) is Ingest.NEW
+        pg.stop()
+
+        def work(tx: Tx) -> None:
+            with Transaction(tx):  # an event's savepoint in its batch
+                try:
+                    ingest(tx, message(2), (), 1.0)
+                finally:
+                    pg.start()  # back before the savepoint is rolled back
+
+        with pytest.raises(Unavailable):
+            state.write_now(work)
+        assert state.write_now(lambda tx: ingest(tx, message(2), (), 1.0)) is Ingest.NEW
+        state.close()

@@ -78,6 +78,28 @@ def test_planned_mail_reaches_the_outbox_in_batches_oldest_first(
     store.close()
 
 
+def test_a_large_backlog_of_planned_mail_is_queued_whole(tmp_path: Path, backend: Backend) -> None:
+    """Many messages' mail goes in a few multi-row statements (one round trip each to
+    PostgreSQL): more rows than one statement takes, and a duplicate among them."""
+    store = Store(tmp_path / "db.sqlite", backend)
+    for n in range(130):
+        assert store.ingest(message(n), (OPS, BOSS), now=100.0 + n) is Ingest.NEW
+    store.state.write_now(  # as if an older run had queued one already
+        lambda tx: outbox.queue_deliveries(
+            tx,
+            tx.execute(
+                "SELECT message_id, deliveries, received_at FROM messages WHERE message_id = 'om_7'"
+            ).fetchall(),
+        )
+    )
+    assert store.queue_planned(limit=500) == 129
+    rows = store.due(now=1000.0, limit=1000)
+    assert len(rows) == len({r.mail_id for r in rows}) == 260
+    assert {r.message_id for r in rows} == {f"om_{n}" for n in range(130)}
+    assert store.pending_count() == 260 and store.queue_planned() == 0
+    store.close()
+
+
 def test_a_recall_cancels_planned_mail_that_never_reached_the_outbox(
     tmp_path: Path, backend: Backend
 ) -> None:

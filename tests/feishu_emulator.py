@@ -468,6 +468,10 @@ class FeishuEmulator:
         else:
             self._chunked.discard(file_key)
 
+    def forget_resource(self, file_key: str) -> None:
+        """From now on the resource is gone (a file deleted in Feishu): 404s."""
+        self._resources.pop(file_key, None)
+
     def set_client_config(self, **changes: int) -> None:
         """Change the ClientConfig sent from now on (endpoint and pongs).
 

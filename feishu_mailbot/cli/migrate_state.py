@@ -81,7 +81,9 @@ def _copy(source: State, url: str, password: str | None) -> int:
         names = source.read(copying.tables)
 
         def counted() -> list[copying.Count]:
-            return source.read(lambda s: target.read(lambda t: copying.counts(s, t, names)))
+            return source.read(
+                lambda s: target.read(lambda t: copying.counts(s, t, names, source.spool))
+            )
 
         before = counted()
         if any(c.target for c in before):
@@ -100,7 +102,7 @@ def _copy(source: State, url: str, password: str | None) -> int:
         def copy(t: Tx) -> None:
             from feishu_mailbot.state import postgres
 
-            source.read(lambda s: copying.copy(s, t, names))
+            source.read(lambda s: copying.copy(s, t, names, source.spool))
             assert isinstance(t, postgres.Connection)
             postgres.reset_identities(t)
 
@@ -109,7 +111,7 @@ def _copy(source: State, url: str, password: str | None) -> int:
     finally:
         target.close()
     print(f"copied {source.path} to {url}:")
-    print(f"  {'table':<{max(len(n) for n in names)}}  {'SQLite':>9}  {'PostgreSQL':>9}")
+    print(f"  {'table':<{max(len(c.table) for c in after)}}  {'SQLite':>9}  {'PostgreSQL':>9}")
     _report(after)
     if not all(c.equal for c in after):
         print("the counts differ: do not switch to this database", file=sys.stderr)

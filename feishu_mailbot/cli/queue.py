@@ -149,10 +149,7 @@ def run_show(settings: Settings, state: State, args: argparse.Namespace) -> int:
         return os.EX_DATAERR
     raw = state.read(partial(outbox.raw_of, row_id=args.id))
     if raw is None and entry.spool is not None:
-        try:
-            raw = state.spool.path(entry.spool).read_bytes()
-        except FileNotFoundError:  # sent (or dropped) while we looked
-            raw = None
+        raw = state.spool.read(entry.spool)  # None: sent (or dropped) while we looked
     print(show(entry, raw, settings.timezone))
     return os.EX_OK
 

@@ -36,7 +36,7 @@ from feishu_mailbot.state.db import (
 from feishu_mailbot.state.group_commit import GroupCommit
 from feishu_mailbot.state.instances import instance_id
 from feishu_mailbot.state.owner import reclaim
-from feishu_mailbot.state.spool import Spool
+from feishu_mailbot.state.spool import SharedSpool, Spool
 
 __all__ = [
     "DB_NAME",
@@ -110,6 +110,8 @@ class State:
             from feishu_mailbot.state import postgres  # the driver only when configured
 
             self._db = postgres.connect(url, password, readonly=readonly)
+            if not readonly:  # the spool's home, as it is the SQLite file's
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         elif readonly:
             self._db = sqlite.connect_readonly(self.path)
         else:
@@ -117,10 +119,18 @@ class State:
             self._db = db
             self._checkpointer = Checkpointer(self.path, db) if daemon else None
         self.group = GroupCommit(self._db, self._checkpointer)
-        # Mail too large for a row, beside the database (spool.py).
-        self.spool = Spool(Path(self.path).parent / "spool")
+        # Mail too large for a row, beside the database (spool.py), and in it where
+        # other instances may send it.
+        spool = Path(self.path).parent / "spool"
+        self.spool = Spool(spool) if url is None else SharedSpool(spool, self._spool_session)
         if not readonly:
             reclaim(self.spool.directory)  # root's, from a release before owner.py
+
+    def _spool_session(self) -> Tx:
+        from feishu_mailbot.state import postgres
+
+        assert self.url is not None
+        return postgres.Connection(self.url, self._password, readonly=self.readonly, binary=True)
 
     async def write(self, work: Callable[[Tx], T]) -> T:
         """`work` in the next group commit; returns once it is durable."""
@@ -201,6 +211,8 @@ class State:
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
 
     def close(self) -> None:
+        if isinstance(self.spool, SharedSpool):
+            self.spool.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._db.close()

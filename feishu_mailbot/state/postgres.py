@@ -120,9 +120,15 @@ class Connection:
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, password: str | None, *, readonly: bool = False) -> None:
+    def __init__(
+        self, url: str, password: str | None, *, readonly: bool = False, binary: bool = False
+    ) -> None:
+        """`binary`: parameters bound by the server, a bytes value sent as it is, not as
+        text twice its size (the spool's session, whose statements carry megabytes);
+        no statement then waits for the next one."""
         self.url = url
         self._password = password
+        self._binary = binary
         self._options = _OPTIONS + (" -c default_transaction_read_only=on" if readonly else "")
         self._conn: psycopg.Connection[Any] | None = None
         self._lost_in_transaction = False
@@ -146,7 +152,9 @@ class Connection:
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="feishu-mailbot",
                 options=self._options,
-                cursor_factory=psycopg.ClientCursor,  # see the module's docstring
+                # See the module's docstring; no named plans either way (PgBouncer).
+                cursor_factory=psycopg.Cursor if self._binary else psycopg.ClientCursor,
+                prepare_threshold=None,
                 **extra,
             )
         except psycopg.Error as e:
@@ -188,8 +196,10 @@ class Connection:
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         statement = plain(sql)
-        if (statement in _DEFERRED or statement.startswith("NOTIFY ")) and (
-            statement == "BEGIN" or self.in_transaction
+        if (
+            not self._binary
+            and (statement in _DEFERRED or statement.startswith("NOTIFY "))
+            and (statement == "BEGIN" or self.in_transaction)
         ):
             self._deferred.append(statement)
             return _NOTHING

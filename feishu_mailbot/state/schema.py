@@ -7,7 +7,7 @@ both engines: plain ALTER/CREATE/UPDATE, with the types below.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -62,6 +62,19 @@ CREATE TABLE locks (
     holder     TEXT NOT NULL,     -- instances.id
     renewed_at REAL NOT NULL,
     expires_at REAL NOT NULL
+);
+"""
+
+# Spool files (spool.py) where every instance can read them: on PostgreSQL the instance
+# that sends a large mail may not be the one that composed it. Empty on SQLite, whose
+# one daemon reads its spool directory.
+_SPOOL_CHUNKS = """
+CREATE TABLE spool_chunks (
+    name       TEXT NOT NULL,     -- the spool file's name, as outbox.spool holds it
+    seq        INTEGER NOT NULL,  -- 0, 1, …: the file's parts of spool.CHUNK bytes
+    data       BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (name, seq)
 );
 """
 
@@ -154,12 +167,15 @@ CREATE TABLE names (
     + _HEARTBEAT
     + _BATCH_ITEMS
     + _INSTANCES
+    + _SPOOL_CHUNKS
 )
 
 # Step from version N to N+1, for databases made by an older release, on both engines.
 MIGRATIONS = {
     # Several instances share the state: who holds a mail, who is alive, who schedules.
     8: "ALTER TABLE outbox ADD COLUMN owner TEXT;\n" + _INSTANCES,
+    # A large mail's bytes where every instance can read them.
+    9: _SPOOL_CHUNKS,
 }
 
 # The steps before PostgreSQL came (with version 8), for SQLite only.

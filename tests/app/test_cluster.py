@@ -8,12 +8,14 @@ daemons, a real PostgreSQL 15, aiosmtpd.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from tests.cli.test_live import cli
+from tests.compose.test_attachments import FILES, attached, post_file
 from tests.compose.test_daily_report import (
     FAKETIME,
     SH,
@@ -78,9 +80,13 @@ def test_two_instances_share_the_events_and_send_every_mail_once(
 def test_a_killed_instance_s_mail_and_schedule_move_to_the_other(
     tmp_path: Path, emulator: FeishuEmulator, smtp: SmtpServer, postgres: Postgres
 ) -> None:
-    """kill -9 of the instance that is sending three mails and holds the schedule lock:
+    """kill -9 of the instance that is sending four mails and holds the schedule lock:
     after its lease (database.failover_after: 6) the other sends those mails, takes the
-    schedule, and the day's digest, due after the kill, goes out once."""
+    schedule, and the day's digest, due after the kill, goes out once. One mail carries
+    a file over the spool's threshold, deleted in Feishu meanwhile: the other instance
+    sends the bytes the first one composed, from the database (spool.py)."""
+    data = os.urandom(1024 * 1024)
+    emulator.register_resource("file_spec", data, "application/pdf", "设计稿.pdf")
     day = today_in_shanghai()
     at = datetime.combine(day, datetime.strptime("23:00", "%H:%M").time(), SH)
     start = at - timedelta(seconds=30)  # the daemons' clock: 30 s before the digest
@@ -91,15 +97,15 @@ def test_a_killed_instance_s_mail_and_schedule_move_to_the_other(
     }
     emulator.run_clock_from(start)
     reports = report_config("scheduled", f'at: "23:00"\nweekdays: [{WEEKDAYS[day.weekday()]}]\n')
+    url = postgres.database()
     database = (
-        f"database:\n  url: {postgres.database()}\n  password_file: {postgres.password_file}\n"
-        "  failover_after: 6\n"
+        f"database:\n  url: {url}\n  password_file: {postgres.password_file}\n  failover_after: 6\n"
     )
     config = write_config(
         tmp_path,
         feishu_url=emulator.base_url,
         smtp_port=smtp.port,
-        rules=RULE,
+        rules=RULE + FILES,
         extra=reports + database,
     )
     (tmp_path / "a").mkdir()
@@ -112,24 +118,31 @@ def test_a_killed_instance_s_mail_and_schedule_move_to_the_other(
         smtp.hold_data()
         for n in range(3):
             emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", f"故障 {n}"))
-        wait_until(lambda: smtp.holding == 3, 15, "a's three mails in DATA")
+        emulator.wait_ack(post_file(emulator, "file_spec", "设计稿.pdf"))
+        wait_until(lambda: smtp.holding == 4, 15, "a's four mails in DATA")
         b.start(env=env)
         emulator.wait_for(lambda: emulator.connections == 2, 10)
         a.kill()  # mid-DATA, holding the schedule lock
-        for n in range(3):  # its sessions are gone: the relay keeps none of them
-            smtp.answer_data("451 4.3.0 the client went away", release=n == 2)
+        emulator.forget_resource("file_spec")
+        for n in range(4):  # its sessions are gone: the relay keeps none of them
+            smtp.answer_data("451 4.3.0 the client went away", release=n == 3)
         b.wait_log("mail that an instance now gone was sending goes out again", timeout=20)
         b.wait_log("this instance runs the schedule", timeout=20)
-        wait_until(lambda: len(smtp.messages) >= 4, 40, "the three mails and the digest")
+        wait_until(lambda: len(smtp.messages) >= 5, 40, "the four mails and the digest")
         time.sleep(4)  # more schedule ticks: still one digest
     finally:
         b.stop()
+    with postgres.admin(url.rsplit("/", 1)[1]) as db:  # the bytes went with the sent mail
+        assert db.execute("SELECT count(*) FROM spool_chunks").fetchone() == (0,)
+    files = [attached(m) for m in smtp.messages if attached(m)]
+    assert files == [{"设计稿.pdf": data}]
+    assert "composing again" not in b.log()
     subjects = [str(m["Subject"]) for m in smtp.messages]
     digests = [s for s in subjects if f"日报汇总 {day.isoformat()}" in s]
     forwarded = collections.Counter(
         int(found.group(1)) for s in subjects if (found := re.search(r"故障 (\d+)", s))
     )
-    in_flight = 3
+    in_flight = 4
     duplicates = sum(count - 1 for count in forwarded.values())
     assert sorted(forwarded) == [0, 1, 2], subjects
     assert duplicates == 0 <= in_flight  # none of a's DATA completed: nothing went twice

@@ -6,6 +6,8 @@ the end of tests/workers/test_housekeeping.py.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from functools import partial
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from feishu_mailbot.core.model import Delivery
 from feishu_mailbot.core.status import Beat
 from feishu_mailbot.state import State, heartbeat, messages, outbox
+from feishu_mailbot.state.outbox import Prepared
 from tests.feishu.test_network import run
 from tests.harness import write_config
 from tests.kit import Backend, message
@@ -42,15 +45,34 @@ def migrate(config: Path, pg: Postgres, url: str) -> tuple[int, str]:
 def test_the_queue_ids_are_the_same_after_the_move_and_new_ones_follow(
     tmp_path: Path, postgres: Postgres
 ) -> None:
+    """And a large digest's spool file goes into the database, where the instance that
+    sends it reads it; a second run finds the same rows and changes nothing."""
     config = small_state(tmp_path)
-    sqlite = State(tmp_path / "state" / "feishu-mailbot.db", readonly=True)
+    sqlite = State(tmp_path / "state" / "feishu-mailbot.db")
+    big = os.urandom(300 * 1024)
+    name = sqlite.spool.write("digest/oc_team/2026-12-01/1", lambda out: out.write(big))
+    digest = Prepared("日报汇总 2026-12-01", spool=name)
+    sqlite.write_now(
+        partial(
+            outbox.queue,
+            mail_id="digest/oc_team/2026-12-01/1",
+            kind="digest",
+            recipients=["boss@example.com"],
+            prepared=digest,
+            now=2.0,
+        )
+    )
     before = sorted((e.id, e.mail_id) for e in sqlite.read(PENDING))
     sqlite.close()
     url = postgres.database()
     code, text = migrate(config, postgres, url)
     assert code == 0, text
-    moved = Backend(url, postgres.password_file).state(tmp_path / "unused.db")
+    assert re.search(r"spool files\s+1\s+1\n", text), text
+    moved = Backend(url, postgres.password_file).state(tmp_path / "elsewhere" / "x.db")
     assert sorted((e.id, e.mail_id) for e in moved.read(PENDING)) == before
+    assert moved.spool.read(name) == big
+    code, text = migrate(config, postgres, url)
+    assert code == 0 and "already holds this state" in text, text
     moved.write_now(partial(messages.ingest, msg=message(9), deliveries=(TO,), now=2.0))
     moved.write_now(partial(outbox.queue_planned, limit=5))
     ids = sorted(e.id for e in moved.read(PENDING))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.state import DatabaseError, State, StateError, Tx, Unavailable
+from feishu_mailbot.state import DatabaseError, State, StateError, Tx, Unavailable, spool
 from feishu_mailbot.state.db import Transaction
 from feishu_mailbot.state.messages import Ingest, ingest
 from feishu_mailbot.state.schema import SCHEMA_VERSION
@@ -150,14 +152,17 @@ def test_the_daemon_exits_78_for_a_refused_login_and_75_for_a_server_that_is_dow
     assert "Traceback" not in refused.stderr + unreachable.stderr
 
 
-def test_a_schema_8_database_is_brought_to_9_in_place(tmp_path: Path, postgres: Postgres) -> None:
-    """Made by the first release with PostgreSQL (no instances, no outbox.owner)."""
+def test_a_schema_8_database_is_brought_up_to_date_in_place(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """Made by the first release with PostgreSQL (no instances, no outbox.owner, no
+    spool_chunks): every step since runs, in order."""
     url = postgres.database()
     state = open_state(tmp_path, url)
     state.write_now(lambda tx: ingest(tx, message(1), (), 1.0))
     state.close()
     with postgres.admin(url.rsplit("/", 1)[1]) as db:
-        db.execute("DROP TABLE instances, locks")
+        db.execute("DROP TABLE instances, locks, spool_chunks")
         db.execute("ALTER TABLE outbox DROP COLUMN owner")
         db.execute("UPDATE schema_version SET version = 8")
     state = open_state(tmp_path, url)
@@ -166,6 +171,7 @@ def test_a_schema_8_database_is_brought_to_9_in_place(tmp_path: Path, postgres: 
     )
     assert state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 1
     assert state.read(lambda tx: tx.execute("SELECT owner FROM outbox").fetchall()) == []
+    assert state.read(lambda tx: tx.execute("SELECT * FROM spool_chunks").fetchall()) == []
     state.close()
 
 
@@ -202,6 +208,45 @@ def test_statements_that_wait_for_the_next_one_keep_their_meaning(
         state.write_now(half)
     assert state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 1
     state.close()
+
+
+def test_a_spool_file_reaches_every_instance_through_the_database(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """The instance that sends a large mail may not be the one that composed it: the
+    file is in spool_chunks too, fetched (by several threads at once) into another
+    instance's spool directory, and gone everywhere once removed or swept."""
+    url = postgres.database()
+    a, b = (State(tmp_path / n / "x.db", url=url, password=BOT_PASSWORD) for n in "ab")
+    data = os.urandom(2 * spool.CHUNK + 12345)  # three chunks
+    name = a.spool.write("om_1/a@example.com", lambda out: out.write(data))
+    assert not b.spool.path(name).exists()
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(b.spool.exists, [name] * 4)) == [True] * 4
+    assert b.spool.path(name).read_bytes() == data == b.spool.read(name)
+    assert [p.name for p in b.spool.directory.iterdir()] == [name]  # no part left behind
+    b.spool.remove(name)
+    fresh = State(tmp_path / "c" / "x.db", url=url, password=BOT_PASSWORD)
+    assert not fresh.spool.exists(name) and fresh.spool.read(name) is None
+
+    # A file no row names, once old, goes from the database; one a row names stays.
+    kept = a.spool.write("digest/oc_team/2026-12-01/1", lambda out: out.write(b"kept"))
+    orphan = a.spool.write("om_2/a@example.com", lambda out: out.write(b"orphan"))
+    with postgres.admin(url.rsplit("/", 1)[1]) as db:
+        db.execute("UPDATE spool_chunks SET created_at = created_at - 7200")
+    assert fresh.spool.sweep({kept}, older_than=3600) == 1
+    assert fresh.spool.exists(kept) and not State(
+        tmp_path / "d" / "x.db", url=url, password=BOT_PASSWORD
+    ).spool.exists(orphan)
+
+    # Where the database refuses the bytes, no local file is left to be named either.
+    (tmp_path / "e").mkdir()
+    reader = State(tmp_path / "e" / "x.db", url=url, password=BOT_PASSWORD, readonly=True)
+    with pytest.raises(DatabaseError):
+        reader.spool.write("om_3/a@example.com", lambda out: out.write(b"x"))
+    assert list(reader.spool.directory.iterdir()) == []
+    for state in (a, b, fresh, reader):
+        state.close()
 
 
 def test_a_transaction_whose_begin_never_reached_the_server_fails_as_unavailable(

@@ -283,8 +283,13 @@ def claim_due(tx: Tx, me: str, now: float, limit: int = 50) -> list[OutboxRow]:
     return [_row(r) for r in rows]
 
 
-def next_due_at(tx: Tx) -> float | None:
-    row = tx.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'").fetchone()
+def next_due_at(tx: Tx, me: str | None = None, now: float = 0.0) -> float | None:
+    """When the next mail falls due; with `me`, of the mail that instance may take (a
+    live one's claim is `now`'s business of its holder, not a reason to look again)."""
+    free, params = ("", ()) if me is None else (f" AND {FREE}", (me, now))
+    row = tx.execute(
+        f"SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'{free}", params
+    ).fetchone()
     return None if row[0] is None else float(row[0])
 
 

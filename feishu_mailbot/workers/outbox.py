@@ -38,6 +38,8 @@ SMTP_CONNECTIONS = 4
 # Mail can also be queued or retried by another process (`send-report`, `retry`): look
 # at the database at least this often even when nobody wakes us.
 POLL_SECONDS = 1.0
+# After another instance claimed the due mail this one saw: there may be more behind it.
+RACED_SECONDS = 0.05
 # Mail taken from the outbox per round: a few times what can be in flight, so a round
 # starts little work at once (each starts a task per mail, and queues planned mail).
 DUE_BATCH = 4 * 2 * SMTP_CONNECTIONS
@@ -193,8 +195,8 @@ class Outbox:
             rows = await self._state.write(
                 partial(outbox.claim_due, me=self._state.instance, now=self._now(), limit=DUE_BATCH)
             )
-            if not rows:
-                return POLL_SECONDS  # other instances have it all in hand
+            if not rows:  # another instance claimed what this one saw: look again soon
+                return RACED_SECONDS
         if rows:
             results = await asyncio.gather(
                 *(self._deliver_in_slot(row) for row in rows), return_exceptions=True
@@ -210,7 +212,7 @@ class Outbox:
             for transport in self._transports:
                 await asyncio.to_thread(transport.close_if_idle, SMTP_IDLE_SECONDS)
             self._idle_closed = True
-        next_at = self._state.read(outbox.next_due_at)
+        next_at = self._state.read(partial(outbox.next_due_at, me=me, now=self._now()))
         timeout = SMTP_IDLE_SECONDS if next_at is None else max(0.0, next_at - self._now())
         return min(timeout, POLL_SECONDS)
 
@@ -237,8 +239,10 @@ class Outbox:
             raise
 
     def work_due(self) -> bool:
-        """Mail waiting to be sent now (the health verdict asks, once a second)."""
-        next_at = self._state.read(outbox.next_due_at)
+        """Mail waiting to be sent now, that this instance may take (the health verdict
+        asks, once a second)."""
+        me = self._state.instance if self._state.shared else None
+        next_at = self._state.read(partial(outbox.next_due_at, me=me, now=self._now()))
         return (next_at is not None and next_at <= self._now()) or self._state.read(
             outbox.planned_count
         ) > 0

@@ -78,6 +78,12 @@ def test_the_mail_another_instance_holds_does_not_hide_the_rest_of_the_queue(
     mine = a.read(partial(outbox.due, now=T0 + 1, me=a.instance))
     assert len(mine) == 5  # what it holds and had not begun, and the rest
     assert len(b.read(partial(outbox.due, now=T0 + 1))) == 5  # a look at all of it
+    # Once a holds it all, b has nothing due: it waits for a wake-up or its poll, not
+    # round after round at once.
+    a.write_now(partial(outbox.claim_due, me=a.instance, now=T0 + 1, limit=50))
+    assert b.read(partial(outbox.next_due_at, me=b.instance, now=T0 + 1)) is None
+    assert b.read(partial(outbox.next_due_at, me=a.instance, now=T0 + 1)) == T0
+    assert b.read(outbox.next_due_at) == T0
     a.close()
     b.close()
 

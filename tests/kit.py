@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from feishu_mailbot.config.settings import Settings, SmtpSettings
 from feishu_mailbot.core.model import Block, Message, Text
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail.smtp import DeliveryError, Refused
-from feishu_mailbot.state import State
+from feishu_mailbot.state import State, Tx, outbox
+from feishu_mailbot.state.outbox import Prepared
 
 WHEN = 1_764_560_000_000  # 2025-12-01 03:33:20 UTC, in ms: when numbered messages are sent
 
@@ -78,6 +80,18 @@ async def rig(
     finally:
         await api.close()
         state.close()
+
+
+def queued_digest(prepared: Prepared, now: float) -> Callable[[Tx], None]:
+    """The work that queues a day's digest mail, as a digest builder would."""
+    return partial(
+        outbox.queue,
+        mail_id="digest/oc_team/2026-12-01/1",
+        kind="digest",
+        recipients=["boss@example.com"],
+        prepared=prepared,
+        now=now,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from feishu_mailbot.state import State, heartbeat, messages, outbox
 from feishu_mailbot.state.outbox import Prepared
 from tests.feishu.test_network import run
 from tests.harness import write_config
-from tests.kit import Backend, message
+from tests.kit import Backend, message, queued_digest
 from tests.postgres import Postgres
 
 TO = Delivery(("oncall@example.com",), ("oncall",), "{preview}", False, False)
@@ -52,16 +52,7 @@ def test_the_queue_ids_are_the_same_after_the_move_and_new_ones_follow(
     big = os.urandom(300 * 1024)
     name = sqlite.spool.write("digest/oc_team/2026-12-01/1", lambda out: out.write(big))
     digest = Prepared("日报汇总 2026-12-01", spool=name)
-    sqlite.write_now(
-        partial(
-            outbox.queue,
-            mail_id="digest/oc_team/2026-12-01/1",
-            kind="digest",
-            recipients=["boss@example.com"],
-            prepared=digest,
-            now=2.0,
-        )
-    )
+    sqlite.write_now(queued_digest(digest, now=2.0))
     before = sorted((e.id, e.mail_id) for e in sqlite.read(PENDING))
     sqlite.close()
     url = postgres.database()

@@ -3,7 +3,7 @@
 apt install → the example config is refused plainly → configure → systemctl start
 (returns after READY) → a chat message becomes an email → journal fields →
 reload with a broken config → watchdog kill and restart → kill -9 mid-delivery →
-a 2-minute Feishu outage → upgrade → remove → purge.
+a 2-minute Feishu outage → the state on PostgreSQL → upgrade → remove → purge.
 
 The tests run in file order and share one container: each step starts from
 where the previous one left the system, as an operator's would.
@@ -23,6 +23,7 @@ import pytest
 
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import SMTP_PASSWORD, SMTP_USER, TEST_SECRETS, wait_until
+from tests.postgres import BOT_PASSWORD, Postgres
 from tests.smtp_server import SmtpServer
 from tests.system.container import Container, cached_tree
 
@@ -351,6 +352,38 @@ def test_two_minute_feishu_outage_never_leaves_the_unit_failed(
         "reconnection within 30 s of Feishu's return",
     )
     assert time.monotonic() - back <= 30
+    assert show(box, "ActiveState") == "active"
+
+
+def test_the_hardened_service_keeps_its_state_on_postgresql(
+    box: Container, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    """The driver (pure Python, libpq through ctypes and a ctypes callback) under the
+    unit's MemoryDenyWriteExecute= and SystemCallFilter=: a PostgreSQL 15 on the host,
+    reached over TCP with a password file, as a database on another host would be."""
+    kept = (box.root / "etc/feishu-mailbot.yaml").read_text("utf-8")
+    with Postgres() as pg:
+        url = pg.database()
+        box.write("/etc/feishu-mailbot/db_password", BOT_PASSWORD + "\n", 0o640)
+        box.run("chgrp", "feishu-mailbot", "/etc/feishu-mailbot/db_password")
+        database = f"database:\n  url: {url}\n  password_file: /etc/feishu-mailbot/db_password\n"
+        box.write("/etc/feishu-mailbot.yaml", kept + database, 0o640)
+        box.run("chgrp", "feishu-mailbot", "/etc/feishu-mailbot.yaml")
+        sent_before = len(smtp.messages)
+        systemctl(box, "restart", UNIT)  # returns after READY: connected, on PostgreSQL
+        pid = show(box, "MainPID")
+        emulator.push_text("oc_team", "ou_alice", "故障：状态在 PostgreSQL")
+        smtp.wait_for(sent_before + 1, timeout=30)
+        status = box.run("feishu-mailbot", "status").stdout
+        assert "database: postgresql" in status, status
+        with pg.admin(url.rsplit("/", 1)[1]) as db:
+            assert db.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+        log = journal(box, "--since", "-2min")
+        assert "Traceback" not in log and "SIGSYS" not in log, log[-2000:]
+        assert show(box, "MainPID") == pid  # not killed by a filter and started again
+        box.write("/etc/feishu-mailbot.yaml", kept, 0o640)
+        box.run("chgrp", "feishu-mailbot", "/etc/feishu-mailbot.yaml")
+        systemctl(box, "restart", UNIT)  # back on SQLite before the server goes
     assert show(box, "ActiveState") == "active"
 
 

@@ -36,7 +36,7 @@ from feishu_mailbot.workers.actions import Actions
 from feishu_mailbot.workers.outbox import Outbox
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import progress_while, write_config
-from tests.kit import Backend, MemoryRelay, message, rig, until
+from tests.kit import Backend, MemoryRelay, message, queued_digest, rig, until
 
 ONCALL = Delivery(("oncall@example.com",), ("oncall",), "[{chat_name}] {preview}", False, False)
 
@@ -357,16 +357,7 @@ def test_a_row_recalled_while_composed_keeps_no_file_and_a_lost_digest_fails_pla
         assert state.read(outbox.spooled) == set()  # the cancelled row names no file
         # A digest whose spool file is gone cannot be composed again here: failed, once.
         digest = Prepared("日报汇总", spool="0" * 24 + "-0123456789abcdef.eml")
-        await state.write(
-            partial(
-                outbox.queue,
-                mail_id="digest/oc_team/2026-12-01/1",
-                kind="digest",
-                recipients=["boss@example.com"],
-                prepared=digest,
-                now=now,
-            )
-        )
+        await state.write(queued_digest(digest, now=now))
         api = FeishuApi(s.feishu)
         worker = Outbox(Sources.of(s, state, api), lambda: None, transport=relay)
         task = asyncio.create_task(worker.run())

@@ -92,8 +92,10 @@ def base_headers(
         mime.address_list("To", recipients),
         f"Date: {format_datetime(date)}",
         f"Message-ID: {checked_message_id(message_id, 'message_id')}",
-        # RFC 3834: tells vacation responders and ticket systems not to answer a bot.
+        # RFC 3834: tells vacation responders and ticket systems not to answer a bot;
+        # Exchange and Outlook heed only their own header for it.
         "Auto-Submitted: auto-generated",
+        "X-Auto-Response-Suppress: All",
         f"X-Mailer: {MAILER}",
     ]
 

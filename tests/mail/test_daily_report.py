@@ -165,6 +165,7 @@ def test_sample_digest_mail_parses_back() -> None:
     assert mail["Subject"] == "日报汇总 2026-11-23 · 研发群 · 2/3 已提交"
     assert mail["To"] == "boss@example.com"
     assert mail["Auto-Submitted"] == "auto-generated"
+    assert mail["X-Auto-Response-Suppress"] == "All"  # Exchange's own
     assert mail["X-Feishu-Mailbot-Report-Day"] == "2026-11-23"
     assert mail.get_content_type() == "multipart/alternative"
     text, html = bodies(mail)

@@ -97,6 +97,7 @@ def test_headers() -> None:
     assert parsed["X-Feishu-Message-Id"] == "om_1"
     assert parsed["X-Feishu-Chat-Id"] == "oc_1"
     assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["X-Auto-Response-Suppress"] == "All"  # Exchange's own
     assert parsed["X-Evil"] is None
 
 
@@ -213,6 +214,10 @@ def test_recall_notice_threads_under_original() -> None:
     assert parsed["References"] == original
     assert parsed["Subject"] == "[已撤回] [研发群] 张三: 上线通知"
     assert parsed["Bcc"] is None
+    assert (parsed["Auto-Submitted"], parsed["X-Auto-Response-Suppress"]) == (
+        "auto-generated",
+        "All",
+    )
     plain = parsed.get_body(preferencelist=("plain",))
     assert plain is not None
     assert "撤回" in plain.get_content()

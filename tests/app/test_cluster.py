@@ -170,6 +170,7 @@ def test_postgresql_stopped_for_20_s_under_load_loses_nothing_and_sends_nothing_
             pushed.append(event["header"]["event_id"])
             time.sleep(every)
 
+    bot: Bot | None = None
     try:
         with Postgres() as pg:
             config = cluster(tmp_path, emulator, smtp, pg)
@@ -194,6 +195,8 @@ def test_postgresql_stopped_for_20_s_under_load_loses_nothing_and_sends_nothing_
             refused = {a.event_id for a in emulator.acks if a.code == 500}
             assert bot.stop() == 0
     finally:
+        if bot is not None and bot.proc is not None and bot.proc.poll() is None:
+            bot.kill()  # a failed assertion: no daemon left running after the test
         emulator.stop()
         notify.close()
     numbers = collections.Counter(

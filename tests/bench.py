@@ -32,7 +32,8 @@ Phases (figures are medians over the repetitions):
 5. PostgreSQL (a cluster of its own, fsync on) - `pg_ack_*`: phase 1's load on a daemon
    whose state is there; `pg_mail_per_s` / `pg2_mail_per_s`: phase 3's drain with one
    daemon, and with two sharing one emulator (each event to one of their connections),
-   one relay and the database, interleaved.
+   one relay and the database, interleaved. `pg_busy_cores` / `pg2_busy_cores`: CPU-seconds
+   of the daemons, PostgreSQL and the relay per second of those drains.
 
 Events are paced on the emulator's own loop with absolute deadlines (event i is due at
 t0 + i/rate, late events go out at once), so drift never lowers the offered rate; the rate
@@ -540,6 +541,9 @@ class Drain:
     first_mail_s: float
     lost: int
     duplicates: int
+    # CPU-seconds of the daemons, PostgreSQL and the relay per second of the drain: how
+    # much of the machine's cores the drain kept busy (PostgreSQL drains only).
+    busy_cores: float = math.nan
 
 
 def drain_run(root: Path, rep: int) -> Drain:
@@ -565,7 +569,9 @@ def drain_run(root: Path, rep: int) -> Drain:
         d.close()
 
 
-def cluster_drain_run(root: Path, rep: int, database: tuple[str, Path], instances: int) -> Drain:
+def cluster_drain_run(
+    root: Path, rep: int, pg: Postgres, database: tuple[str, Path], instances: int
+) -> Drain:
     """The outbox drain on PostgreSQL: `instances` daemons sharing one emulator (which
     hands each event to one of their connections), one relay and one database."""
     emu = new_emulator()
@@ -582,17 +588,20 @@ def cluster_drain_run(root: Path, rep: int, database: tuple[str, Path], instance
         acks = collect_acks(emu, events, offered, timeout=30)
         if acks.acked != MAIL_N:
             raise RuntimeError(f"only {acks.acked} of {MAIL_N} events acked")
+        pids = [*(d.pid for d in daemons), smtp.pid, *pg.pids()]
+        cpu0 = sum(cpu_seconds(p) for p in pids)
         t0 = time.monotonic()
         smtp.refuse = False
         smtp.wait_for(1, timeout=60)
         first = time.monotonic() - t0
         smtp.wait_for(MAIL_N, timeout=300)
         elapsed = time.monotonic() - t0
+        busy = (sum(cpu_seconds(p) for p in pids) - cpu0) / elapsed
         time.sleep(0.3)  # a duplicate would show up here
         for d in daemons:
             d.stop()
         lost, dup = daemons[0].stored(events)
-        return Drain(MAIL_N / elapsed, first, lost, dup + daemons[0].mail_duplicates())
+        return Drain(MAIL_N / elapsed, first, lost, dup + daemons[0].mail_duplicates(), busy)
     finally:
         for d in daemons:
             d.close()
@@ -750,11 +759,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             for rep in range(PG_MAIL_REPS):
                 for n in (1, 2):  # interleaved: noise hits both alike
-                    dr = cluster_drain_run(root, rep, (pg.database(), pg.password_file), n)
+                    dr = cluster_drain_run(root, rep, pg, (pg.database(), pg.password_file), n)
                     pg_drains[n].append(dr)
                     progress(
                         f"postgresql drain, {n} instance(s), rep {rep + 1}: "
-                        f"{dr.mail_per_s:.0f} mails/s, lost {dr.lost}, dup {dr.duplicates}"
+                        f"{dr.mail_per_s:.0f} mails/s, {dr.busy_cores:.2f} cores busy, lost "
+                        f"{dr.lost}, dup {dr.duplicates}"
                     )
 
     loaded = [r for r in daemon_runs if r.acks]
@@ -805,6 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pg_mail_per_s": rounded(pg_mail, 1),
         "pg2_mail_per_s": rounded(pg2_mail, 1),
         "pg2_over_pg": rounded(pg2_mail / pg_mail, 2),
+        "pg_busy_cores": rounded(median([d.busy_cores for d in pg_drains[1]]), 2),
+        "pg2_busy_cores": rounded(median([d.busy_cores for d in pg_drains[2]]), 2),
         "pg_rss_mb": rounded(median([r.rss_mb for r in pg_loads]), 1),
         # context
         "ack_offered_eps": rounded(median([r.acks.offered_eps for r in loaded if r.acks]), 1),
@@ -887,6 +899,12 @@ def print_table(f: dict[str, Any], daemon: list[LoadResult], baseline: list[Load
         ("  ack p99 (ms)", fmt(g("pg_ack_p99_ms")), "", "≤ 15"),
         ("  drain, 1 instance (mail/s)", fmt(g("pg_mail_per_s"), 1), "", ""),
         ("  drain, 2 instances (mail/s)", fmt(g("pg2_mail_per_s"), 1), "", "≥ 1.5 × 1"),
+        (
+            f"  cores busy, 1 / 2 instances (of {os.cpu_count()})",
+            f"{fmt(g('pg_busy_cores'))} / {fmt(g('pg2_busy_cores'))}",
+            "",
+            "",
+        ),
         ("lost", str(f["lost"]), "", "0"),
         ("duplicates", str(f["duplicates"]), "", "0"),
     ]

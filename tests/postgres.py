@@ -104,6 +104,12 @@ class Postgres:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def pids(self) -> list[int]:
+        """The server's processes now: the postmaster and its children (for the bench)."""
+        first = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
+        children = subprocess.run(["pgrep", "-P", first], capture_output=True, text=True)
+        return [int(first), *(int(p) for p in children.stdout.split())]
+
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 

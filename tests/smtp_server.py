@@ -455,6 +455,11 @@ class SmtpProcess:
         self.port = int(self._read())
         self._refuse = refuse
 
+    @property
+    def pid(self) -> int:
+        """The server process's (for the bench's CPU accounting)."""
+        return self._proc.pid
+
     def _read(self) -> str:
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()

@@ -22,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import select
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
 
 from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError, Tx
 from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
@@ -35,6 +38,10 @@ from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5  # seconds: a server that does not answer is down for this round
+# Seconds a statement may wait for the server's answer: a server stopped mid-session, or a
+# firewall that drops an established connection, would hold the event loop for ever
+# (TCP keeps retransmitting; libpq has no such limit). Well under the unit's WatchdogSec.
+ANSWER_TIMEOUT = 15.0
 # One session setting each: a statement that waits on a lock or a client that vanished
 # mid-transaction must not hold rows for ever.
 _OPTIONS = "-c lock_timeout=10s -c idle_in_transaction_session_timeout=60s"
@@ -94,6 +101,36 @@ def _error(e: psycopg.Error) -> PostgresError:
     return kind(f"PostgreSQL: {text or type(e).__name__}")
 
 
+class _Session(psycopg.Connection[Any]):
+    """psycopg's connection, whose every wait for the server ends by ANSWER_TIMEOUT:
+    then the session is closed and the statement fails as with a server gone."""
+
+    def wait(self, gen: Any, timeout: float | None = 0.1) -> Any:
+        fileno = self.pgconn.socket
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        try:
+            wanted = next(gen)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.pgconn.finish()
+                    raise psycopg.OperationalError(
+                        f"the server did not answer in {ANSWER_TIMEOUT:g} s (stopped, or "
+                        "a firewall drops the connection)"
+                    )
+                readable, writable, _ = select.select(
+                    (fileno,) if wanted & WAIT_R else (),
+                    (fileno,) if wanted & WAIT_W else (),
+                    (fileno,),
+                    min(left, 1.0),
+                )
+                ready = (READY_R if readable else 0) | (READY_W if writable else 0)
+                if ready:
+                    wanted = gen.send(ready)
+        except StopIteration as done:
+            return done.args[0] if done.args else None
+
+
 class _Nothing:
     """What a deferred statement gives back: no rows."""
 
@@ -146,7 +183,7 @@ class Connection:
     def _connect(self) -> psycopg.Connection[Any]:
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         try:
-            conn = psycopg.connect(
+            conn = _Session.connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.state import DatabaseError, State, StateError, Tx, Unavailable, spool
+from feishu_mailbot.state import DatabaseError, State, StateError, Tx, Unavailable, postgres, spool
 from feishu_mailbot.state.db import Transaction
 from feishu_mailbot.state.messages import Ingest, ingest
 from feishu_mailbot.state.schema import SCHEMA_VERSION
@@ -271,5 +273,33 @@ def test_a_transaction_whose_begin_never_reached_the_server_fails_as_unavailable
 
         with pytest.raises(Unavailable):
             state.write_now(work)
+        assert state.write_now(lambda tx: ingest(tx, message(2), (), 1.0)) is Ingest.NEW
+        state.close()
+
+
+def test_a_server_that_stops_answering_fails_the_statement_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stopped mid-session (SIGSTOP here; a firewall that starts dropping an
+    established connection looks the same): TCP would wait for ever, and the event loop
+    with it. The statement fails as unavailable after postgres.ANSWER_TIMEOUT (2 s here,
+    15 in the daemon), and the next one, once the server is back, runs on a new session."""
+    monkeypatch.setattr(postgres, "ANSWER_TIMEOUT", 2.0)
+    with Postgres() as pg:
+        state = open_state(tmp_path, pg.database())
+        assert state.write_now(lambda tx: ingest(tx, message(1), (), 1.0)) is Ingest.NEW
+        stopped = pg.pids()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # Its session gave up after 2 s; the one retry (the session died while idle)
+            # finds no server to connect to within postgres.CONNECT_TIMEOUT.
+            with pytest.raises(Unavailable, match=r"did not answer in 2 s|connection timeout"):
+                state.write_now(lambda tx: ingest(tx, message(2), (), 1.0))
+            assert time.monotonic() - started < 30  # it returned: the loop is not held
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
         assert state.write_now(lambda tx: ingest(tx, message(2), (), 1.0)) is Ingest.NEW
         state.close()

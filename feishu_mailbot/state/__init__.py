@@ -199,6 +199,12 @@ class State:
         return self.url is not None
 
     @property
+    def claimant(self) -> str | None:
+        """Who takes due mail: this instance where others share the state, else None
+        (whatever is due is this daemon's)."""
+        return self.instance if self.shared else None
+
+    @property
     def engine(self) -> str:
         return "sqlite" if self.url is None else "postgresql"
 

@@ -251,10 +251,16 @@ def _row(r: Sequence[Any]) -> OutboxRow:
     )
 
 
+def _takeable(me: str | None, now: float) -> tuple[str, tuple[str | float, ...]]:
+    """The condition (and its parameters) that keeps to the mail instance `me` may take;
+    none for None (a state one daemon has to itself)."""
+    return ("", ()) if me is None else (f" AND {FREE}", (me, now))
+
+
 def due(tx: Tx, now: float, limit: int = 50, me: str | None = None) -> list[OutboxRow]:
     """Mail due now (a look; `claim_due` takes): with `me`, only what that instance may
     take, so that the mail another instance holds does not hide the rest of the queue."""
-    free, params = ("", ()) if me is None else (f" AND {FREE}", (me, now))
+    free, params = _takeable(me, now)
     rows = tx.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
         f"{free} ORDER BY next_attempt_at, created_at LIMIT ?",
@@ -286,7 +292,7 @@ def claim_due(tx: Tx, me: str, now: float, limit: int = 50) -> list[OutboxRow]:
 def next_due_at(tx: Tx, me: str | None = None, now: float = 0.0) -> float | None:
     """When the next mail falls due; with `me`, of the mail that instance may take (a
     live one's claim is `now`'s business of its holder, not a reason to look again)."""
-    free, params = ("", ()) if me is None else (f" AND {FREE}", (me, now))
+    free, params = _takeable(me, now)
     row = tx.execute(
         f"SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'{free}", params
     ).fetchone()

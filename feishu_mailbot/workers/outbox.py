@@ -181,7 +181,7 @@ class Outbox:
             self._swept_at = self._now()
         # On a shared state, only what this instance may take: the mail another holds
         # must not keep this one from queueing more of the planned mail and sending it.
-        me = self._state.instance if self._state.shared else None
+        me = self._state.claimant
         due = partial(outbox.due, limit=DUE_BATCH, me=me)
         rows = self._state.read(partial(due, now=self._now()))
         if len(rows) < DUE_BATCH:
@@ -241,7 +241,7 @@ class Outbox:
     def work_due(self) -> bool:
         """Mail waiting to be sent now, that this instance may take (the health verdict
         asks, once a second)."""
-        me = self._state.instance if self._state.shared else None
+        me = self._state.claimant
         next_at = self._state.read(partial(outbox.next_due_at, me=me, now=self._now()))
         return (next_at is not None and next_at <= self._now()) or self._state.read(
             outbox.planned_count

@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # tinyproxy as the real HTTP proxy between the bot and Feishu (tests/http_proxy.py), and
 # PostgreSQL 15 with the driver the .deb recommends (tests/postgres.py starts a cluster).
 APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
-	python3-regex python3-psycopg \
+	python3-regex python3-psycopg2 \
 	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy postgresql-15
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 

@@ -23,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-import psycopg
+import psycopg2
+import psycopg2.extensions
 
 HOST = "127.0.0.1"
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -119,11 +121,11 @@ class Postgres:
                 self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def admin(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
-        """A superuser connection over the socket, autocommit."""
-        return psycopg.connect(
-            host=str(self.dir), port=self.port, user=SUPERUSER, dbname=dbname, autocommit=True
-        )
+    def admin(self, dbname: str = "postgres") -> Admin:
+        """A superuser connection over the socket, autocommit; closed by `with`."""
+        conn = psycopg2.connect(host=str(self.dir), port=self.port, user=SUPERUSER, dbname=dbname)
+        conn.autocommit = True
+        return Admin(conn)
 
     def database(self) -> str:
         """A new empty database that `bot` owns; its URL."""
@@ -134,3 +136,21 @@ class Postgres:
 
     def url(self, dbname: str) -> str:
         return f"postgresql://{BOT_ROLE}@{HOST}:{self.port}/{dbname}"
+
+
+class Admin:
+    """The test code's own session: `execute` gives the cursor, as sqlite3's does."""
+
+    def __init__(self, conn: psycopg2.extensions.connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: tuple[object, ...] | None = None) -> Any:
+        cursor = self.conn.cursor()
+        cursor.execute(sql, parameters)
+        return cursor
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()

@@ -182,7 +182,7 @@ def test_only_the_state_package_uses_sqlite() -> None:
 
 def test_only_the_postgresql_engine_imports_its_driver_and_only_when_configured() -> None:
     """The driver costs megabytes a SQLite daemon must not pay (its RSS budget)."""
-    users = {name for name, tree in modules().items() if "psycopg" in _imported(tree)}
+    users = {name for name, tree in modules().items() if "psycopg2" in _imported(tree)}
     assert users == {"feishu_mailbot.state.postgres"}, users
     probe = (
         "import sys, feishu_mailbot.app.daemon, feishu_mailbot.cli.main;"

@@ -373,16 +373,25 @@ async def database_hops(settings: Settings, ends_at: float) -> list[Hop]:
     db = settings.database
     if db is None:
         return []
-    from feishu_mailbot.state import PostgresUnavailable, StateError, postgres, schema
+    from feishu_mailbot.state import PostgresUnavailable, StateError, schema
 
     password = None if db.password is None else db.password.reveal()
     found: list[int | None] = []
 
     async def connect() -> str:
         try:
+            from feishu_mailbot.state import postgres  # StateError: no driver
+
             who, version = await asyncio.to_thread(postgres.probe, db.url, password)
         except StateError as e:
-            cause = "db-login" if "refused the login" in str(e) else "db-schema"
+            text = str(e)
+            cause = (
+                "db-login"
+                if "refused the login" in text
+                else "db-driver"
+                if "python3-psycopg2" in text
+                else "db-schema"
+            )
             raise _Failed(str(e), cause) from None
         except PostgresUnavailable as e:
             raise _Failed(str(e), "db-unreachable") from None

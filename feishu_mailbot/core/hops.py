@@ -90,6 +90,8 @@ CAUSES = {
     "db-login": "PostgreSQL refused the login: check the user in database.url, the password "
     "(database.password_file, or ~/.pgpass) and a pg_hba.conf line for this host",
     "db-schema": "the database is not one this release can use: see the detail",
+    "db-driver": "PostgreSQL's driver is not installed on this host: apt install "
+    "python3-psycopg2 (the package recommends it)",
     "timeout": "no answer within the time given: something in between drops the traffic",
 }
 

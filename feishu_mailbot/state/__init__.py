@@ -130,7 +130,7 @@ class State:
         from feishu_mailbot.state import postgres
 
         assert self.url is not None
-        return postgres.Connection(self.url, self._password, readonly=self.readonly, binary=True)
+        return postgres.Connection(self.url, self._password, readonly=self.readonly)
 
     async def write(self, work: Callable[[Tx], T]) -> T:
         """`work` in the next group commit; returns once it is durable."""

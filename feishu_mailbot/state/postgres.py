@@ -1,7 +1,8 @@
 """The PostgreSQL engine: the state shared by every instance of the bot (`database.url`).
 
 Imported only when a PostgreSQL URL is configured: the driver (Debian's
-python3-psycopg) costs several megabytes a SQLite daemon does not pay.
+python3-psycopg2, libpq's C client: a third of pure-Python psycopg 3's cost per
+statement, docs/design.md) costs megabytes a SQLite daemon does not pay.
 
 The query modules are SQLite's dialect with `?` parameters; `Connection.execute`
 translates each statement once (`translate`) and the schema's type names are
@@ -10,8 +11,8 @@ The connection runs in autocommit mode with the explicit BEGIN/SAVEPOINT/COMMIT 
 db.Transaction and group_commit.py, exactly as the SQLite one. A round trip to the
 server is most of a statement's cost, so those control statements, which answer
 nothing, wait and go out with the next statement, in one simple query with its
-parameters bound here (psycopg's ClientCursor): an event's savepoint costs no trip
-of its own. Every driver error
+parameters bound here (as psycopg2 always does): an event's savepoint costs no
+trip of its own. Every driver error
 leaves here as a db.PostgresError, and one that trying again may cure (the server
 gone, a serialization failure) as db.PostgresUnavailable; a lost connection is made
 again by the next statement that does not belong to the transaction it broke.
@@ -28,11 +29,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-import psycopg
-from psycopg import pq
-from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
-
 from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError, Tx
+
+try:
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extensions as pgx
+except ImportError as e:  # the package Recommends the driver; SQLite needs none
+    raise StateError(
+        f"database: names a PostgreSQL server, but its driver cannot be loaded ({e}): "
+        "apt install python3-psycopg2"
+    ) from e
 from feishu_mailbot.state.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -93,42 +100,50 @@ def plain(sql: str) -> str:
     return sql
 
 
-def _error(e: psycopg.Error) -> PostgresError:
+def _error(e: psycopg2.Error) -> PostgresError:
     # A read-only server is a standby, or a primary being failed over: try again.
-    again = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+    again = (psycopg2.OperationalError, psycopg2.errors.ReadOnlySqlTransaction)
     kind = PostgresUnavailable if isinstance(e, again) else PostgresError
     text = " ".join(str(e).split())  # libpq's messages span lines; a log line does not
     return kind(f"PostgreSQL: {text or type(e).__name__}")
 
 
-class _Session(psycopg.Connection[Any]):
-    """psycopg's connection, whose every wait for the server ends by ANSWER_TIMEOUT:
-    then the session is closed and the statement fails as with a server gone."""
+def _wait(conn: pgx.connection) -> None:
+    """Every wait for the server, psycopg2's "wait callback" (set below, for the whole
+    process): ends after CONNECT_TIMEOUT while connecting, ANSWER_TIMEOUT for a
+    statement. Raising here makes psycopg2 close the session, so the statement fails as
+    with a server gone. libpq itself would wait for ever on a server stopped mid-session
+    or a firewall that drops an established connection (TCP keeps retransmitting), and
+    ignores connect_timeout on the non-blocking path psycopg2 then takes."""
+    connecting = conn.status == pgx.STATUS_SETUP
+    limit = CONNECT_TIMEOUT if connecting else ANSWER_TIMEOUT
+    deadline = time.monotonic() + limit
+    while True:
+        state = conn.poll()
+        if state == pgx.POLL_OK:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            what = "the connection" if connecting else "the statement"
+            raise psycopg2.OperationalError(
+                f"the server did not answer {what} in {limit:g} s (stopped, or a firewall "
+                "drops the connection)"
+            )
+        fileno = conn.fileno()
+        if state == pgx.POLL_READ:
+            select.select((fileno,), (), (fileno,), min(left, 1.0))
+        else:
+            select.select((), (fileno,), (fileno,), min(left, 1.0))
 
-    def wait(self, gen: Any, timeout: float | None = 0.1) -> Any:
-        fileno = self.pgconn.socket
-        deadline = time.monotonic() + ANSWER_TIMEOUT
-        try:
-            wanted = next(gen)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.pgconn.finish()
-                    raise psycopg.OperationalError(
-                        f"the server did not answer in {ANSWER_TIMEOUT:g} s (stopped, or "
-                        "a firewall drops the connection)"
-                    )
-                readable, writable, _ = select.select(
-                    (fileno,) if wanted & WAIT_R else (),
-                    (fileno,) if wanted & WAIT_W else (),
-                    (fileno,),
-                    min(left, 1.0),
-                )
-                ready = (READY_R if readable else 0) | (READY_W if writable else 0)
-                if ready:
-                    wanted = gen.send(ready)
-        except StopIteration as done:
-            return done.args[0] if done.args else None
+
+pgx.set_wait_callback(_wait)
+# bytea as bytes, as sqlite3 gives BLOBs (psycopg2's own caster makes a memoryview).
+_BYTES = pgx.new_type(
+    psycopg2.BINARY.values,
+    "BYTES",
+    lambda value, cursor: None if value is None else bytes(psycopg2.BINARY(value, cursor)),
+)
+pgx.register_type(_BYTES)
 
 
 class _Nothing:
@@ -157,17 +172,11 @@ class Connection:
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(
-        self, url: str, password: str | None, *, readonly: bool = False, binary: bool = False
-    ) -> None:
-        """`binary`: parameters bound by the server, a bytes value sent as it is, not as
-        text twice its size (the spool's session, whose statements carry megabytes);
-        no statement then waits for the next one."""
+    def __init__(self, url: str, password: str | None, *, readonly: bool = False) -> None:
         self.url = url
         self._password = password
-        self._binary = binary
         self._options = _OPTIONS + (" -c default_transaction_read_only=on" if readonly else "")
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: pgx.connection | None = None
         self._lost_in_transaction = False
         self._deferred: list[str] = []  # sent before the next statement, in its trip
         try:
@@ -180,21 +189,18 @@ class Connection:
                 ) from e
             raise
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self) -> pgx.connection:
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         try:
-            conn = _Session.connect(
+            conn: pgx.connection = psycopg2.connect(
                 self.url,
-                autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="feishu-mailbot",
                 options=self._options,
-                # See the module's docstring; no named plans either way (PgBouncer).
-                cursor_factory=psycopg.Cursor if self._binary else psycopg.ClientCursor,
-                prepare_threshold=None,
                 **extra,
             )
-        except psycopg.Error as e:
+            conn.autocommit = True  # the transactions are our own BEGIN … COMMIT
+        except psycopg2.Error as e:
             raise _error(e) from e
         self._conn = conn
         self._lost_in_transaction = False
@@ -212,11 +218,11 @@ class Connection:
         if conn is None or conn.closed:
             return False
         return conn.info.transaction_status in (
-            pq.TransactionStatus.INTRANS,
-            pq.TransactionStatus.INERROR,
+            pgx.TRANSACTION_STATUS_INTRANS,
+            pgx.TRANSACTION_STATUS_INERROR,
         )
 
-    def _session(self, first: str) -> psycopg.Connection[Any]:
+    def _session(self, first: str) -> pgx.connection:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -225,18 +231,16 @@ class Connection:
             raise PostgresUnavailable("PostgreSQL: the connection broke inside the transaction")
         return self._connect()
 
-    def _failed(self, conn: psycopg.Connection[Any], e: psycopg.Error) -> PostgresError:
-        if conn.closed or conn.broken:
+    def _failed(self, conn: pgx.connection, e: psycopg2.Error) -> PostgresError:
+        if conn.closed:
             self._lost_in_transaction = True
             conn.close()
         return _error(e)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         statement = plain(sql)
-        if (
-            not self._binary
-            and (statement in _DEFERRED or statement.startswith("NOTIFY "))
-            and (statement == "BEGIN" or self.in_transaction)
+        if (statement in _DEFERRED or statement.startswith("NOTIFY ")) and (
+            statement == "BEGIN" or self.in_transaction
         ):
             self._deferred.append(statement)
             return _NOTHING
@@ -247,12 +251,11 @@ class Connection:
             query = "; ".join([*(d.replace("%", "%%") for d in self._deferred), translate(sql)])
         else:
             query = "; ".join([*self._deferred, statement])
-        several = bool(self._deferred)
-        first = self._deferred[0] if several else statement
+        first = self._deferred[0] if self._deferred else statement
         inside = self.in_transaction  # a transaction began, here or at the server
         self._deferred.clear()
         try:
-            return self._execute(first, query, parameters, several)
+            return self._execute(first, query, parameters)
         except PostgresError:
             if inside and (self._conn is None or self._conn.closed):
                 # Its BEGIN may have gone with this very statement: what follows in
@@ -261,12 +264,12 @@ class Connection:
                 self._lost_in_transaction = True
             raise
 
-    def _execute(self, first: str, query: str, parameters: Sequence[Any], several: bool) -> Cursor:
+    def _execute(self, first: str, query: str, parameters: Sequence[Any]) -> Cursor:
         conn = self._session(first)
         idle = not self._in_transaction_there()
         try:
-            return self._send(conn, query, parameters, several)
-        except psycopg.Error as e:
+            return self._send(conn, query, parameters)
+        except psycopg2.Error as e:
             error = self._failed(conn, e)
             if not (idle and conn.closed):
                 raise error from e
@@ -276,19 +279,15 @@ class Connection:
         self._lost_in_transaction = False
         conn = self._connect()
         try:
-            return self._send(conn, query, parameters, several)
-        except psycopg.Error as e:
+            return self._send(conn, query, parameters)
+        except psycopg2.Error as e:
             raise self._failed(conn, e) from e
 
     @staticmethod
-    def _send(
-        conn: psycopg.Connection[Any], query: str, parameters: Sequence[Any], several: bool
-    ) -> Cursor:
-        """The statements in one trip; the cursor of the last."""
-        cursor = conn.execute(query, parameters or None)
-        if several:
-            while cursor.nextset():
-                pass
+    def _send(conn: pgx.connection, query: str, parameters: Sequence[Any]) -> Cursor:
+        """The statements in one trip; the cursor holds the last one's rows."""
+        cursor = conn.cursor()
+        cursor.execute(query, parameters or None)
         return cursor
 
     def _flush(self) -> None:
@@ -301,7 +300,7 @@ class Connection:
         cursor = conn.cursor()
         try:
             cursor.executemany(translate(sql), list(parameters))
-        except psycopg.Error as e:
+        except psycopg2.Error as e:
             raise self._failed(conn, e) from e
         return cursor
 
@@ -310,8 +309,8 @@ class Connection:
         self._flush()
         conn = self._session(sql)
         try:
-            conn.execute(sql.encode())
-        except psycopg.Error as e:
+            conn.cursor().execute(sql)
+        except psycopg2.Error as e:
             raise self._failed(conn, e) from e
 
     def close(self) -> None:
@@ -438,26 +437,62 @@ async def listen(
     extra: dict[str, Any] = {} if password is None else {"password": password}
     delay = 1.0
     while True:
+        conn: pgx.connection | None = None
         try:
-            async with await psycopg.AsyncConnection.connect(
+            # psycopg2's asynchronous mode: the loop waits for the socket, never blocks.
+            conn = psycopg2.connect(
                 url,
-                autocommit=True,
+                async_=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name="feishu-mailbot listen",
                 **extra,
-            ) as conn:
-                await conn.execute(f"LISTEN {CHANNEL}")
-                if delay > 1.0:
-                    log.info("listening for other instances' work again")
-                delay = 1.0
-                for wake in wakers.values():
-                    wake()
-                async for notify in conn.notifies():
-                    topic, _, sender = notify.payload.partition(" ")
+            )
+            await asyncio.wait_for(_done(conn), CONNECT_TIMEOUT)
+            cursor = conn.cursor()  # held: psycopg2 forgets a statement whose cursor is gone
+            cursor.execute(f"LISTEN {CHANNEL}")
+            await asyncio.wait_for(_done(conn), ANSWER_TIMEOUT)
+            if delay > 1.0:
+                log.info("listening for other instances' work again")
+            delay = 1.0
+            for wake in wakers.values():
+                wake()
+            while True:
+                await _socket(conn)
+                await _done(conn)
+                while conn.notifies:
+                    topic, _, sender = conn.notifies.pop(0).payload.partition(" ")
                     if sender != me and topic in wakers:
                         wakers[topic]()
-        except psycopg.Error as e:
+        except (psycopg2.Error, OSError, TimeoutError) as e:
             if delay == 1.0:
-                log.info("not listening for other instances' work (polling instead): %s", e)
+                why = str(e).strip() or "no answer"
+                log.info("not listening for other instances' work (polling instead): %s", why)
+        finally:
+            if conn is not None:
+                conn.close()
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
+
+
+async def _done(conn: pgx.connection) -> None:
+    """Until the asynchronous `conn` has done what it was asked (connect, a statement);
+    after the socket was readable, this also takes in the notifications that came."""
+    while (state := conn.poll()) != pgx.POLL_OK:
+        await _socket(conn, write=state == pgx.POLL_WRITE)
+
+
+async def _socket(conn: pgx.connection, *, write: bool = False) -> None:
+    """Until `conn`'s socket is writable, or readable: the loop waits, never blocks."""
+    loop = asyncio.get_running_loop()
+    fileno = conn.fileno()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fileno, wake)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fileno)

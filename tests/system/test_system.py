@@ -358,9 +358,9 @@ def test_two_minute_feishu_outage_never_leaves_the_unit_failed(
 def test_the_hardened_service_keeps_its_state_on_postgresql(
     box: Container, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:
-    """The driver (pure Python, libpq through ctypes and a ctypes callback) under the
-    unit's MemoryDenyWriteExecute= and SystemCallFilter=: a PostgreSQL 15 on the host,
-    reached over TCP with a password file, as a database on another host would be."""
+    """The driver (psycopg2: libpq, and a wait callback in Python) under the unit's
+    MemoryDenyWriteExecute= and SystemCallFilter=: a PostgreSQL 15 on the host, reached
+    over TCP with a password file, as a database on another host would be."""
     kept = (box.root / "etc/feishu-mailbot.yaml").read_text("utf-8")
     with Postgres() as pg:
         url = pg.database()

@@ -71,9 +71,6 @@ _REFUSED = re.compile(
     r"password authentication failed|no password supplied|no pg_hba\.conf entry"
     r"|(database|role) \"[^\"]*\" does not exist|permission denied"
 )
-# Statements that belong to an open transaction: after the connection broke inside
-# one, they fail rather than run on a new connection, outside it.
-_INSIDE = ("COMMIT", "RELEASE", "ROLLBACK TO", "SAVEPOINT")
 # Statements with no answer that may wait for the next one (a SAVEPOINT's failure shows
 # as the failure of the statement it went out with, which is inside it anyway); so may a
 # NOTIFY inside a transaction, which is heard at its commit.
@@ -118,22 +115,20 @@ def _wait(conn: pgx.connection) -> None:
     connecting = conn.status == pgx.STATUS_SETUP
     limit = CONNECT_TIMEOUT if connecting else ANSWER_TIMEOUT
     deadline = time.monotonic() + limit
-    while True:
-        state = conn.poll()
-        if state == pgx.POLL_OK:
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            what = "the connection" if connecting else "the statement"
-            raise psycopg2.OperationalError(
-                f"the server did not answer {what} in {limit:g} s (stopped, or a firewall "
-                "drops the connection)"
-            )
-        fileno = conn.fileno()
-        if state == pgx.POLL_READ:
-            select.select((fileno,), (), (fileno,), min(left, 1.0))
-        else:
-            select.select((), (fileno,), (fileno,), min(left, 1.0))
+    while (state := conn.poll()) != pgx.POLL_OK:
+        # poll() only once the socket is ready: while connecting, libpq takes an early
+        # call for "the TCP connection is made" and then fails to send on it.
+        waiting = select.poll()
+        waiting.register(
+            conn.fileno(), select.POLLOUT if state == pgx.POLL_WRITE else select.POLLIN
+        )
+        while not waiting.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            if time.monotonic() >= deadline:
+                what = "the connection" if connecting else "the statement"
+                raise psycopg2.OperationalError(
+                    f"the server did not answer {what} in {limit:g} s (stopped, or a "
+                    "firewall drops the connection)"
+                )
 
 
 pgx.set_wait_callback(_wait)
@@ -144,6 +139,10 @@ _BYTES = pgx.new_type(
     lambda value, cursor: None if value is None else bytes(psycopg2.BINARY(value, cursor)),
 )
 pgx.register_type(_BYTES)
+
+
+class _NotSent(Exception):
+    """The driver refused to bind a value: nothing went to the server."""
 
 
 class _Nothing:
@@ -209,7 +208,9 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
-        if self._deferred and self._deferred[0] == "BEGIN":
+        """Also while the session broke inside one: the transaction's owner must still
+        end it (ROLLBACK), and nothing else may run meanwhile."""
+        if self._lost_in_transaction or self._deferred[:1] == ["BEGIN"]:
             return True
         return self._in_transaction_there()
 
@@ -222,23 +223,36 @@ class Connection:
             pgx.TRANSACTION_STATUS_INERROR,
         )
 
-    def _session(self, first: str) -> pgx.connection:
+    def _session(self) -> pgx.connection:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
-        if self._lost_in_transaction and first.startswith(_INSIDE):
-            self._deferred.clear()
-            raise PostgresUnavailable("PostgreSQL: the connection broke inside the transaction")
         return self._connect()
 
-    def _failed(self, conn: pgx.connection, e: psycopg2.Error) -> PostgresError:
+    def _refuse_if_lost(self, statement: str) -> None:
+        """After the session broke inside a transaction, the rest of that transaction
+        (a further unit of its batch, a ROLLBACK TO, the COMMIT) must fail, not run on a
+        new session outside it: what came before it in the transaction is gone. Its
+        ROLLBACK ends that."""
+        if not self._lost_in_transaction:
+            return
+        self._deferred.clear()
+        if statement == "ROLLBACK":
+            self._lost_in_transaction = False
+            return
+        raise PostgresUnavailable("PostgreSQL: the connection broke inside the transaction")
+
+    def _failed(self, conn: pgx.connection, e: psycopg2.Error, inside: bool) -> PostgresError:
         if conn.closed:
-            self._lost_in_transaction = True
             conn.close()
+            self._lost_in_transaction = inside
         return _error(e)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         statement = plain(sql)
+        if self._lost_in_transaction:
+            self._refuse_if_lost(statement)
+            return _NOTHING  # the ROLLBACK: the server ended the transaction with the session
         if (statement in _DEFERRED or statement.startswith("NOTIFY ")) and (
             statement == "BEGIN" or self.in_transaction
         ):
@@ -251,26 +265,33 @@ class Connection:
             query = "; ".join([*(d.replace("%", "%%") for d in self._deferred), translate(sql)])
         else:
             query = "; ".join([*self._deferred, statement])
-        first = self._deferred[0] if self._deferred else statement
-        inside = self.in_transaction  # a transaction began, here or at the server
-        self._deferred.clear()
+        # A transaction began, here or at the server; its BEGIN may go with this very
+        # statement, and then the session breaking now loses it too.
+        inside = self.in_transaction
+        deferred, self._deferred = self._deferred, []
         try:
-            return self._execute(first, query, parameters)
+            return self._execute(query, parameters, inside)
+        except _NotSent as e:
+            # Still to be sent, the SAVEPOINT among them: a ROLLBACK TO must undo this
+            # unit of work, not the one before it in the batch.
+            self._deferred = deferred
+            raise PostgresError(f"PostgreSQL: {e}") from e
         except PostgresError:
             if inside and (self._conn is None or self._conn.closed):
-                # Its BEGIN may have gone with this very statement: what follows in
-                # the transaction (a ROLLBACK TO, a COMMIT) must fail as unavailable,
-                # not run on the next new session, outside it.
-                self._lost_in_transaction = True
+                self._lost_in_transaction = True  # also when making a new session failed
             raise
 
-    def _execute(self, first: str, query: str, parameters: Sequence[Any]) -> Cursor:
-        conn = self._session(first)
+    def _execute(self, query: str, parameters: Sequence[Any], inside: bool) -> Cursor:
+        conn = self._session()
+        try:  # bound here, so a value the driver refuses fails before anything is sent
+            text = conn.cursor().mogrify(query, parameters) if parameters else query.encode()
+        except (ValueError, TypeError, psycopg2.ProgrammingError) as e:  # a NUL in a str…
+            raise _NotSent(str(e)) from e
         idle = not self._in_transaction_there()
         try:
-            return self._send(conn, query, parameters)
+            return self._send(conn, text)
         except psycopg2.Error as e:
-            error = self._failed(conn, e)
+            error = self._failed(conn, e, inside)
             if not (idle and conn.closed):
                 raise error from e
         # The session had died while idle (a server restart, a failover): nothing of a
@@ -279,15 +300,15 @@ class Connection:
         self._lost_in_transaction = False
         conn = self._connect()
         try:
-            return self._send(conn, query, parameters)
+            return self._send(conn, text)
         except psycopg2.Error as e:
-            raise self._failed(conn, e) from e
+            raise self._failed(conn, e, inside) from e
 
     @staticmethod
-    def _send(conn: pgx.connection, query: str, parameters: Sequence[Any]) -> Cursor:
+    def _send(conn: pgx.connection, text: bytes) -> Cursor:
         """The statements in one trip; the cursor holds the last one's rows."""
         cursor = conn.cursor()
-        cursor.execute(query, parameters or None)
+        cursor.execute(text)
         return cursor
 
     def _flush(self) -> None:
@@ -295,23 +316,27 @@ class Connection:
             self.execute("SELECT 1")
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor:
+        self._refuse_if_lost(sql)
         self._flush()
-        conn = self._session(sql)
+        inside = self.in_transaction
+        conn = self._session()
         cursor = conn.cursor()
         try:
             cursor.executemany(translate(sql), list(parameters))
         except psycopg2.Error as e:
-            raise self._failed(conn, e) from e
+            raise self._failed(conn, e, inside) from e
         return cursor
 
     def script(self, sql: str) -> None:
         """Several statements without parameters, as they are (a schema step)."""
+        self._refuse_if_lost(sql)
         self._flush()
-        conn = self._session(sql)
+        inside = self.in_transaction
+        conn = self._session()
         try:
             conn.cursor().execute(sql)
         except psycopg2.Error as e:
-            raise self._failed(conn, e) from e
+            raise self._failed(conn, e, inside) from e
 
     def close(self) -> None:
         self._deferred.clear()
@@ -439,7 +464,8 @@ async def listen(
     while True:
         conn: pgx.connection | None = None
         try:
-            # psycopg2's asynchronous mode: the loop waits for the socket, never blocks.
+            # psycopg2's asynchronous mode: the loop waits for the socket (a host name is
+            # still resolved on the loop first, by libpq: as for the statements' session).
             conn = psycopg2.connect(
                 url,
                 async_=True,

@@ -87,19 +87,23 @@ def test_a_newer_schema_or_a_database_of_another_program_is_refused(
         open_state(tmp_path, other)
 
 
+def _kill_sessions(postgres: Postgres, url: str) -> None:
+    """The server ends every session of the bot's database (as a restart would)."""
+    with postgres.admin(url.rsplit("/", 1)[1]) as db:
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid != pg_backend_pid()"
+        )
+
+
 def test_a_lost_session_is_made_again_but_never_inside_the_transaction_it_broke(
     tmp_path: Path, postgres: Postgres
 ) -> None:
     url = postgres.database()
     state = open_state(tmp_path, url)
-    name = url.rsplit("/", 1)[1]
 
     def kill_sessions() -> None:
-        with postgres.admin(name) as db:
-            db.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid != pg_backend_pid()"
-            )
+        _kill_sessions(postgres, url)
 
     # Between statements: the next one simply runs on a new session.
     kill_sessions()
@@ -116,6 +120,63 @@ def test_a_lost_session_is_made_again_but_never_inside_the_transaction_it_broke(
     count = state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0])
     assert count == 1
     assert state.write_now(lambda tx: ingest(tx, message(2), (), 1.0)) is Ingest.NEW
+    state.close()
+
+
+def test_a_session_lost_inside_a_group_commit_acks_none_of_its_batch(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """Three events in one batch, the session lost in the second: the first one's rows
+    went with the session, and the third must not commit alone on a new one. All three
+    fail (each event is answered 500 and re-pushed), and the next batch runs on a new
+    session."""
+    import asyncio
+
+    url = postgres.database()
+    state = open_state(tmp_path, url)
+
+    def killing(tx: Tx) -> Ingest:
+        _kill_sessions(postgres, url)
+        return ingest(tx, message(2), (), 1.0)
+
+    async def batch() -> list[object]:
+        return await asyncio.gather(
+            state.write(lambda tx: ingest(tx, message(1), (), 1.0)),
+            state.write(killing),
+            state.write(lambda tx: ingest(tx, message(3), (), 1.0)),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(batch())
+    assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+    assert state.read(lambda tx: tx.execute("SELECT count(*) FROM messages").fetchone()[0]) == 0
+    assert asyncio.run(state.write(lambda tx: ingest(tx, message(1), (), 1.0))) is Ingest.NEW
+    state.close()
+
+
+def test_a_value_the_driver_refuses_undoes_only_its_own_unit_of_the_batch(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """PostgreSQL's text holds no NUL; psycopg2 refuses such a value before sending.
+    The savepoint that went nowhere must still be the one rolled back: the event
+    before it in the batch stays stored, as its ack says."""
+    import asyncio
+
+    state = open_state(tmp_path, postgres.database())
+
+    async def batch() -> list[object]:
+        return await asyncio.gather(
+            state.write(lambda tx: ingest(tx, message(1), (), 1.0)),
+            state.write(lambda tx: ingest(tx, message(2, sender="ou_\x00"), (), 1.0)),
+            state.write(lambda tx: ingest(tx, message(3), (), 1.0)),
+            return_exceptions=True,
+        )
+
+    first, refused, third = asyncio.run(batch())
+    assert first is Ingest.NEW and third is Ingest.NEW, (first, third)
+    assert isinstance(refused, DatabaseError) and "NUL" in str(refused), refused
+    stored = state.read(lambda tx: tx.execute("SELECT message_id FROM messages").fetchall())
+    assert sorted(r[0] for r in stored) == ["om_1", "om_3"]
     state.close()
 
 

@@ -242,11 +242,11 @@ class Connection:
             return
         raise PostgresUnavailable("PostgreSQL: the connection broke inside the transaction")
 
-    def _failed(self, conn: pgx.connection, e: psycopg2.Error, inside: bool) -> PostgresError:
-        if conn.closed:
-            conn.close()
-            self._lost_in_transaction = inside
-        return _error(e)
+    def _lost_if(self, inside: bool) -> None:
+        """A statement failed: if that took the session, and a transaction was open
+        (or its BEGIN went with the statement), the transaction is lost."""
+        if inside and (self._conn is None or self._conn.closed):
+            self._lost_in_transaction = True
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         statement = plain(sql)
@@ -270,45 +270,39 @@ class Connection:
         inside = self.in_transaction
         deferred, self._deferred = self._deferred, []
         try:
-            return self._execute(query, parameters, inside)
+            return self._execute(query, parameters)
         except _NotSent as e:
             # Still to be sent, the SAVEPOINT among them: a ROLLBACK TO must undo this
             # unit of work, not the one before it in the batch.
             self._deferred = deferred
             raise PostgresError(f"PostgreSQL: {e}") from e
         except PostgresError:
-            if inside and (self._conn is None or self._conn.closed):
-                self._lost_in_transaction = True  # also when making a new session failed
+            self._lost_if(inside)  # also when making a new session failed
             raise
 
-    def _execute(self, query: str, parameters: Sequence[Any], inside: bool) -> Cursor:
+    def _execute(self, query: str, parameters: Sequence[Any]) -> Cursor:
+        """The statements in one trip; the cursor holds the last one's rows."""
         conn = self._session()
+        cursor = conn.cursor()
         try:  # bound here, so a value the driver refuses fails before anything is sent
-            text = conn.cursor().mogrify(query, parameters) if parameters else query.encode()
+            text = cursor.mogrify(query, parameters) if parameters else query.encode()
         except (ValueError, TypeError, psycopg2.ProgrammingError) as e:  # a NUL in a str…
             raise _NotSent(str(e)) from e
         idle = not self._in_transaction_there()
         try:
-            return self._send(conn, text)
+            cursor.execute(text)
+            return cursor
         except psycopg2.Error as e:
-            error = self._failed(conn, e, inside)
             if not (idle and conn.closed):
-                raise error from e
+                raise _error(e) from e
         # The session had died while idle (a server restart, a failover): nothing of a
         # transaction is lost, and a BEGIN or a read (all that runs outside one) is
         # safe to send again, once, on a new session.
-        self._lost_in_transaction = False
-        conn = self._connect()
+        cursor = self._connect().cursor()
         try:
-            return self._send(conn, text)
+            cursor.execute(text)
         except psycopg2.Error as e:
-            raise self._failed(conn, e, inside) from e
-
-    @staticmethod
-    def _send(conn: pgx.connection, text: bytes) -> Cursor:
-        """The statements in one trip; the cursor holds the last one's rows."""
-        cursor = conn.cursor()
-        cursor.execute(text)
+            raise _error(e) from e
         return cursor
 
     def _flush(self) -> None:
@@ -319,12 +313,12 @@ class Connection:
         self._refuse_if_lost(sql)
         self._flush()
         inside = self.in_transaction
-        conn = self._session()
-        cursor = conn.cursor()
+        cursor = self._session().cursor()
         try:
             cursor.executemany(translate(sql), list(parameters))
         except psycopg2.Error as e:
-            raise self._failed(conn, e, inside) from e
+            self._lost_if(inside)
+            raise _error(e) from e
         return cursor
 
     def script(self, sql: str) -> None:
@@ -332,11 +326,11 @@ class Connection:
         self._refuse_if_lost(sql)
         self._flush()
         inside = self.in_transaction
-        conn = self._session()
         try:
-            conn.cursor().execute(sql)
+            self._session().cursor().execute(sql)
         except psycopg2.Error as e:
-            raise self._failed(conn, e, inside) from e
+            self._lost_if(inside)
+            raise _error(e) from e
 
     def close(self) -> None:
         self._deferred.clear()

@@ -29,6 +29,9 @@ class Tx(Protocol):
     #: " FOR UPDATE SKIP LOCKED" where the engine has row locks, else "": ends the
     #: subquery that picks rows to claim, so claimers do not queue up behind each other.
     skip_locked: str
+    #: Whether `UPDATE … FROM … RETURNING` can name a row as it was before the update
+    #: (PostgreSQL; SQLite's RETURNING sees only the new row): a move is then one statement.
+    returns_old_rows: bool
 
     @property
     def in_transaction(self) -> bool: ...

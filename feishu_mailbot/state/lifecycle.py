@@ -3,11 +3,13 @@
 Everything that moves a row from one status to another lives here (h11's rule
 for its state machine): each table with a status is a `Machine`, its events a
 table of allowed moves, and `move` is the only statement in the code that
-writes a status. A move is one guarded UPDATE (`… WHERE key = ? AND status = ?`,
-the state it was found in, which the event leaves) whose row count is checked;
-an event that finds the row in a state it does not leave changes nothing and
-says so, so no late failure path can put a recalled or dropped mail back in
-the queue. A new row starts in its machine's `initial` state.
+writes a status. A move is guarded by the state it finds: on SQLite, the
+row's state read and then an UPDATE `… WHERE key = ? AND status = ?` whose row
+count is checked; on PostgreSQL, one UPDATE that locks the row as it reads it
+and returns the states before and after. An event that finds the row in a
+state it does not leave changes nothing and says so, so no late failure path
+can put a recalled or dropped mail back in the queue. A new row starts in its
+machine's `initial` state.
 
 Mail that is planned but not yet queued lives in its message's row
 (messages.deliveries) and has no status: it enters the outbox as `pending`, and
@@ -184,6 +186,16 @@ def move(
 ) -> Moved:
     """Apply `event` to one row; `also` are further `column = expression` assignments
     (with `params`) made in the same statement, and only if the row moves."""
+    if tx.returns_old_rows:
+        moved = _move_where(tx, machine, event, f"{machine.key} = ?", (key,), also, params)
+        if moved:
+            return moved[0]
+        row = tx.execute(  # rarely: a row that is gone, or in a state the event leaves as is
+            f"SELECT status FROM {machine.table} WHERE {machine.key} = ?", (key,)
+        ).fetchone()
+        before = None if row is None else str(row[0])
+        log.debug("%s %s: %s leaves it %s", machine.table, key, event, before)
+        return Moved(key, before, None)
     row = tx.execute(
         f"SELECT status FROM {machine.table} WHERE {machine.key} = ?", (key,)
     ).fetchone()
@@ -207,6 +219,44 @@ def move(
     return Moved(key, before, after)
 
 
+def _move_where(
+    tx: Tx,
+    machine: Machine,
+    event: str,
+    where: str,
+    where_params: Sequence[Any],
+    also: str,
+    params: Sequence[Any],
+) -> list[Moved]:
+    """`event` on every row `where` selects that it leaves, in one statement that
+    returns each row's state before and after (an engine with `returns_old_rows`).
+
+    A round trip to a PostgreSQL server is most of what a move costs, and the
+    outbox moves each mail twice per attempt. The rows are locked as they are
+    read, so the state a move starts from is the one it leaves.
+    """
+    moves = machine.events[event]
+    froms = ", ".join(f"'{s}'" for s in moves)
+    cases = " ".join(f"WHEN '{b}' THEN '{a}'" for b, a in moves.items())
+    sets = [f"status = CASE o.status {cases} END"]
+    for column in dict.fromkeys(c for a in moves.values() for c in machine.clears.get(a, ())):
+        befores = ", ".join(
+            f"'{b}'" for b, a in moves.items() if column in machine.clears.get(a, ())
+        )
+        sets.append(f"{column} = CASE WHEN o.status IN ({befores}) THEN NULL ELSE t.{column} END")
+    if also:
+        sets.append(also)
+    rows = tx.execute(
+        f"UPDATE {machine.table} AS t SET {', '.join(sets)}"
+        f" FROM (SELECT {machine.key}, status FROM {machine.table}"
+        f" WHERE ({where}) AND status IN ({froms}) FOR UPDATE) AS o"
+        f" WHERE t.{machine.key} = o.{machine.key}"
+        f" RETURNING o.{machine.key}, o.status, t.status",
+        (*params, *where_params),
+    ).fetchall()
+    return [Moved(key, str(before), str(after)) for key, before, after in rows]
+
+
 def attempt_later(tx: Tx, machine: Machine, key: Any, next_attempt_at: float, error: str) -> Moved:
     """The attempt failed for now: due again at `next_attempt_at` (if the row still waits)."""
     also = "attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
@@ -228,6 +278,8 @@ def move_all(
     params: Sequence[Any] = (),
 ) -> list[Moved]:
     """Apply `event` to every row `where` selects that is in a state the event leaves."""
+    if tx.returns_old_rows:
+        return _move_where(tx, machine, event, where, where_params, also, params)
     froms = machine.leaves(event)
     marks = ",".join("?" * len(froms))
     keys = [

@@ -170,6 +170,7 @@ class Connection:
     """One session with the server, made again after it broke (a db.Tx)."""
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    returns_old_rows = True
 
     def __init__(self, url: str, password: str | None, *, readonly: bool = False) -> None:
         self.url = url

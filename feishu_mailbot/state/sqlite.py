@@ -21,6 +21,7 @@ class Connection(sqlite3.Connection):
     db.Tx asks of an engine besides."""
 
     skip_locked = ""  # one writer at a time: nothing to skip
+    returns_old_rows = False
 
 
 WAL_LIMIT = 4 * 1024 * 1024

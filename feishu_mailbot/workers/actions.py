@@ -28,7 +28,7 @@ from feishu_mailbot.feishu.errors import FeishuError
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.state import DatabaseError, State, Tx, actions, digests, messages
 from feishu_mailbot.state.actions import Action
-from feishu_mailbot.workers.rounds import Doorbell, rounds
+from feishu_mailbot.workers.rounds import Worker
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class ActionFailed(Exception):
     """An action that cannot succeed however often it is tried."""
 
 
-class Actions:
+class Actions(Worker):
+    name = "actions"
+
     def __init__(
         self,
         settings: Settings,
@@ -51,28 +53,17 @@ class Actions:
         mail_queued: Callable[[], None],
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(state, wall_clock)
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
-        self._state = state
         self._api = api
         self._reporter = reporter
         # The outbox polls the state anyway; this only saves it the wait.
         self._mail_queued = mail_queued
-        self._now = wall_clock
-        self._bell = Doorbell()
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
-
-    def wake(self) -> None:
-        self._bell.ring()
-
-    def stop(self) -> None:
-        self._bell.stop()
-
-    async def run(self) -> None:
-        await rounds(self._bell, self._round, "actions", log)
 
     async def _round(self) -> float | None:
         """Do what is due; how long to wait before the next round (None: go on at once)."""
@@ -91,10 +82,6 @@ class Actions:
     def work_due(self) -> bool:
         next_at = self._state.read(actions.next_due_at)
         return next_at is not None and next_at <= self._now()
-
-    @property
-    def last_progress(self) -> float:
-        return self._bell.last_progress
 
     async def _perform(self, action: Action) -> None:
         """One action; whatever goes wrong with it is recorded on it and stops nothing else."""

@@ -19,7 +19,7 @@ from functools import partial
 from feishu_mailbot.config.settings import RetentionSettings, Settings
 from feishu_mailbot.state import State, retention
 from feishu_mailbot.state import instances as instances_q
-from feishu_mailbot.workers.rounds import Doorbell, rounds
+from feishu_mailbot.workers.rounds import Worker
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def cutoffs(r: RetentionSettings, now: float) -> retention.Cutoffs:
     return retention.Cutoffs(events=now - r.events, messages=now - r.messages, mail=now - r.mail)
 
 
-class Housekeeper:
+class Housekeeper(Worker):
+    name = "housekeeping"
+
     def __init__(
         self,
         settings: Settings,
@@ -42,30 +44,15 @@ class Housekeeper:
         wall_clock: Callable[[], float] = time.time,
         leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        super().__init__(state, wall_clock)
         self.settings = settings
         self._leading = leading  # several instances: only the schedule lock's holder
-        self._state = state
-        self._now = wall_clock
-        self._bell = Doorbell()
         self._busy = False
         self._removed = 0
         self.rounds = 0  # whole prunes finished, for tests to wait on
 
-    def stop(self) -> None:
-        self._bell.stop()
-
-    def wake(self) -> None:
-        self._bell.ring()
-
-    @property
-    def last_progress(self) -> float:
-        return self._bell.last_progress
-
     def work_due(self) -> bool:
         return self._busy
-
-    async def run(self) -> None:
-        await rounds(self._bell, self._round, "housekeeping", log)
 
     async def _round(self) -> float | None:
         if not self._leading():

@@ -18,29 +18,29 @@ from functools import partial
 from feishu_mailbot import __version__
 from feishu_mailbot.state import State, Tx
 from feishu_mailbot.state import instances as instances_q
-from feishu_mailbot.workers.rounds import Doorbell, rounds
+from feishu_mailbot.workers.rounds import Worker
 
 log = logging.getLogger(__name__)
 
 RENEW_EVERY = 5.0  # seconds at most; a third of the lease at least
 
 
-class Membership:
+class Membership(Worker):
+    name = "membership"
+
     def __init__(
         self,
         state: State,
         lease: float = instances_q.LEASE,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._state = state
+        super().__init__(state, wall_clock)
         self._lease = lease
         self._renew_every = min(RENEW_EVERY, lease / 3)
-        self._now = wall_clock
         now = wall_clock()
         self._me = instances_q.Instance(
             state.instance, socket.gethostname(), os.getpid(), __version__, now, now, now
         )
-        self._bell = Doorbell()
         self._held = False
         self._renewed_at = float("-inf")
 
@@ -48,20 +48,10 @@ class Membership:
         """Whether this instance runs the schedule now (holds a live `schedule` lock)."""
         return self._held and self._now() - self._renewed_at < self._lease
 
-    @property
-    def last_progress(self) -> float:
-        return self._bell.last_progress
-
     async def join(self) -> None:
         """At start, before the workers: predecessors on this host that died let go of
         their mail and locks now; this instance is registered and may lead."""
         await self._renew(first=True)
-
-    async def run(self) -> None:
-        await rounds(self._bell, self._round, "membership", log)
-
-    def stop(self) -> None:
-        self._bell.stop()
 
     async def leave(self) -> None:
         """A clean stop: the lock and the unsent mail this instance held are free now."""

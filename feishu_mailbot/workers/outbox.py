@@ -28,7 +28,7 @@ from feishu_mailbot.mail.smtp import DeliveryError, SmtpTransport, Transport
 from feishu_mailbot.state import DatabaseError, Tx, actions, outbox
 from feishu_mailbot.state.lifecycle import Moved
 from feishu_mailbot.state.outbox import OutboxRow, Prepared
-from feishu_mailbot.workers.rounds import Doorbell, rounds
+from feishu_mailbot.workers.rounds import Worker
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _why_not(moved: Moved) -> str:
     return f"it is {moved.before or 'gone from the outbox'}"
 
 
-class Outbox:
+class Outbox(Worker):
     """Delivers due mail over up to SMTP_CONNECTIONS connections at once.
 
     Bookkeeping writes share the events' group commits (state.write).
@@ -85,6 +85,8 @@ class Outbox:
     such mail at a time, so its memory is about its files' size once.
     """
 
+    name = "outbox"
+
     def __init__(
         self,
         sources: Sources,
@@ -92,20 +94,17 @@ class Outbox:
         transport: Callable[[SmtpSettings], Transport] = SmtpTransport,
         composer: ComposerFactory = ForwardComposer,
     ) -> None:
+        super().__init__(sources.state, sources.now)
         settings = self.settings = sources.settings
-        wall_clock = sources.now
         self.policy = RetryPolicy.from_settings(settings)
-        self._state = sources.state
         self._composer = composer(sources, self._relay_limit)
         # The action worker polls the state anyway; this only saves it the wait.
         self._actions_queued = actions_queued
-        self._now = wall_clock
         self._transports = [transport(settings.smtp) for _ in range(SMTP_CONNECTIONS)]
         self._idle: asyncio.Queue[Transport] | None = None
         # SMTP sessions block a thread each, for as long as the relay takes.
         self._smtp_threads = ThreadPoolExecutor(SMTP_CONNECTIONS, thread_name_prefix="smtp")
         self._slots = asyncio.Semaphore(2 * SMTP_CONNECTIONS)  # mail being prepared or sent
-        self._bell = Doorbell()
         self._requeued = False  # mail caught mid-send by the last stop goes back first
         self._orphans_at = 0.0  # when mail of instances gone was last looked for
         # Outcomes of attempts that the state refused to record (a full disk): written
@@ -115,7 +114,7 @@ class Outbox:
         self._relay_asked = False
         self._swept_at = 0.0
         self._idle_closed = False  # the connections were closed since the last mail
-        self._last_sent = wall_clock()
+        self._last_sent = sources.now()
 
     def reconfigure(self, settings: Settings) -> None:
         """The relay's sessions and the retry policy for `settings`; the composer reads
@@ -128,18 +127,12 @@ class Outbox:
             self._relay_asked = False  # maybe another relay, with another SIZE
         self.settings = settings
 
-    def wake(self) -> None:
-        self._bell.ring()
-
-    def stop(self) -> None:
-        self._bell.stop()
-
     async def run(self) -> None:
         """Deliver due mail until stop(); in-flight SMTP transactions are always finished."""
         self._idle = asyncio.Queue()
         for transport in self._transports:
             self._idle.put_nowait(transport)
-        await rounds(self._bell, self._round, "outbox", log)
+        await super().run()
         if self._unrecorded:  # one last try; else the next start requeues them
             with contextlib.suppress(*DatabaseError):
                 await self._record_unrecorded()
@@ -246,10 +239,6 @@ class Outbox:
         return (next_at is not None and next_at <= self._now()) or self._state.read(
             outbox.planned_count
         ) > 0
-
-    @property
-    def last_progress(self) -> float:
-        return self._bell.last_progress
 
     async def _deliver_in_slot(self, row: OutboxRow) -> None:
         async with self._slots:

@@ -9,13 +9,14 @@ with work due and no progress for too long is a stall.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from feishu_mailbot.state import DatabaseError, PostgresUnavailable
+from feishu_mailbot.state import DatabaseError, PostgresUnavailable, State
 
 # Seconds between rounds, at most, while the state database refuses work: a refused round
 # costs a transaction begun and rolled back, and mail must go within seconds of the space
@@ -82,3 +83,34 @@ async def rounds(
             failing = 0
         if wait is not None:
             await bell.wait(wait)
+
+
+class Worker(abc.ABC):
+    """A worker of the daemon, over the state and a wall clock: `run` goes round by
+    round until `stop`; `wake` rings its bell (work was queued for it); the health
+    verdict reads `last_progress`."""
+
+    #: Its name in the journal ("outbox paused: …").
+    name: str
+
+    def __init__(self, state: State, wall_clock: Callable[[], float]) -> None:
+        self._state = state
+        self._now = wall_clock
+        self._bell = Doorbell()
+
+    def wake(self) -> None:
+        self._bell.ring()
+
+    def stop(self) -> None:
+        self._bell.stop()
+
+    @property
+    def last_progress(self) -> float:
+        return self._bell.last_progress
+
+    async def run(self) -> None:
+        await rounds(self._bell, self._round, self.name, logging.getLogger(type(self).__module__))
+
+    @abc.abstractmethod
+    async def _round(self) -> float | None:
+        """One round's work; how long to wait before the next (None: go on at once)."""

@@ -22,14 +22,16 @@ from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import daily_report
 from feishu_mailbot.feishu.errors import FeishuError
 from feishu_mailbot.state import State, digests
-from feishu_mailbot.workers.rounds import Doorbell
+from feishu_mailbot.workers.rounds import Worker
 
 log = logging.getLogger(__name__)
 
 TICK = 5.0  # how often the schedule is looked at
 
 
-class Schedule:
+class Schedule(Worker):
+    name = "schedule"
+
     def __init__(
         self,
         settings: Settings,
@@ -40,21 +42,12 @@ class Schedule:
         batcher: Batcher | None = None,
         leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        super().__init__(state, wall_clock)
         self.settings = settings
         self._leading = leading  # several instances: only the schedule lock's holder
-        self._state = state
         self._reporter = reporter
         self._batcher = batcher
         self._mail_queued = mail_queued  # the outbox polls anyway; this saves it the wait
-        self._now = wall_clock
-        self._bell = Doorbell()
-
-    def stop(self) -> None:
-        self._bell.stop()
-
-    @property
-    def last_progress(self) -> float:
-        return self._bell.last_progress
 
     def work_due(self) -> bool:
         if not self._leading():
@@ -63,19 +56,17 @@ class Schedule:
         batched = self._batcher is not None and bool(self._batcher.rules())
         return batched or (rs is not None and rs.mode == "scheduled")
 
-    async def run(self) -> None:
-        while not self._bell.stopping:
-            self._bell.begin_round()
-            for job in (self._batches, self._tick) if self._leading() else ():
-                # one failing does not hold the other up
-                try:
-                    await job()
-                except FeishuError as e:
-                    log.warning("scheduled digest postponed: %s", e)
-                except Exception as e:  # a full disk, a bug: the next tick tries again
-                    log.error("scheduled digest postponed: %s: %s", type(e).__name__, e)
-                    log.debug("the schedule raised", exc_info=True)
-            await self._bell.wait(TICK)
+    async def _round(self) -> float:
+        for job in (self._batches, self._tick) if self._leading() else ():
+            # one failing does not hold the other up
+            try:
+                await job()
+            except FeishuError as e:
+                log.warning("scheduled digest postponed: %s", e)
+            except Exception as e:  # a full disk, a bug: the next tick tries again
+                log.error("scheduled digest postponed: %s: %s", type(e).__name__, e)
+                log.debug("the schedule raised", exc_info=True)
+        return TICK
 
     async def _batches(self) -> None:
         if self._batcher is not None and await self._batcher.send_due(self._bell.progress):

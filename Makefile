@@ -9,10 +9,13 @@ PY := $(VENV)/bin/python
 # systemd-nspawn for the system test on a real systemd, libfaketime as the daemon's
 # controllable clock, headless Chromium (with CJK fonts) to render the digest, and
 # tinyproxy as the real HTTP proxy between the bot and Feishu (tests/http_proxy.py), and
-# PostgreSQL 15 with the driver the .deb recommends (tests/postgres.py starts a cluster).
+# PostgreSQL 15 with the driver the .deb recommends (tests/postgres.py starts a cluster),
+# the Authentication-Results parser that replies by mail are checked with, and Dovecot
+# as the bot's mailbox (tests/dovecot.py runs one with a config of its own).
 APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
-	python3-regex python3-psycopg2 \
-	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy postgresql-15
+	python3-regex python3-psycopg2 python3-authres \
+	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy postgresql-15 \
+	dovecot-imapd
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
 
 VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' packaging/debian/changelog)

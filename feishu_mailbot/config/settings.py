@@ -110,6 +110,20 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class ImapSettings:
+    """inbound.imap: the bot's own mailbox, where replies to its mail arrive."""
+
+    host: str
+    port: int
+    security: Security
+    username: str
+    password: Secret
+    mailbox: str = "INBOX"
+    timeout: float = 30.0
+    ca_file: PemBundle | None = None  # trusted besides the system's CAs, as for SMTP
+
+
+@dataclass(frozen=True)
 class Batch:
     """A rule that collects its matches into one digest mail: every `every` seconds
     (boundaries counted from local midnight), or daily at `at`."""

@@ -1,0 +1,237 @@
+"""A mail that answers one of ours: its new text, and whether it may be posted.
+
+A reply goes into the Feishu thread of the message whose mail it answers, as
+the bot, so what decides it is strict: it must answer a mail the bot sent, come
+from one of that mail's recipients, not be an auto-reply, and, where the
+operator names the receiving server (`trusted_authserv_id`), carry that
+server's verdict that the From domain is genuine. A refused mail is never
+answered by mail (no backscatter); the caller logs the reason once.
+
+What is posted is the new text only: the quoted mail and the signature that
+mail clients add below it are cut, in the shapes of the clients used here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# --------------------------------------------------------------------------- new text
+
+# Where a client starts quoting the mail answered: everything from that line on goes.
+# Some are one line, some wrap (an attribution line broken before the address).
+_DIVIDERS = re.compile(
+    r"""^\s*(?:
+        # Foxmail/QQ "---- 原始邮件 ----", Outlook "-----Original Message-----", Gmail
+        -{2,}\s*(?:原始邮件|原始郵件|Original(?:\s+Message)?|Forwarded\s+message)\s*-{2,}
+      | _{10,}  # Outlook on the web, above its header block
+    )\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# "On Mon, Dec 1, 2026 at 10:02 AM 张三 <zhangsan@example.com> wrote:" (Gmail,
+# Thunderbird), "在 2026年12月1日 10:02，张三 写道：" (Apple Mail, QQ), "张三 <…>
+# 于2026年12月1日周一 10:02写道：" (Gmail in Chinese): within three lines.
+_ATTRIBUTION = re.compile(
+    r"^\s*(?:On\s.{4,}\swrote|在.{4,}写道|.{2,}于\s*\d{4}年.{2,}写道|.{4,}\sschrieb)\s*[:：]\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+# An attribution that clients wrap begins so.
+_WRAPS = re.compile(r"^\s*(?:On\s|在)")
+# Outlook's header block: "发件人: …" / "From: …", then "发送时间:" / "Sent:" / "Date:"
+# within the next lines.
+_FROM_FIELD = re.compile(r"^\s*\**(?:发件人|寄件者|From)\s*\**\s*[:：]", re.IGNORECASE)
+_DATE_FIELD = re.compile(
+    r"^\s*\**(?:发送时间|发送日期|寄件日期|日期|时间|Sent|Date)\s*\**\s*[:：]", re.IGNORECASE
+)
+_SIGNATURE = re.compile(r"^--\s?$")  # RFC 3676's "-- ", often sent without its space
+# What phones and mail apps add at the end.
+_SENT_FROM = re.compile(
+    r"^\s*(?:Sent\s+from\s+my\s.+|Get\s+Outlook\s+for\s.+|发自我的.+|从我的.+发送|发自.{1,20}邮箱.*)$",
+    re.IGNORECASE,
+)
+
+
+def new_text(text: str) -> str:
+    """The lines the sender wrote: the quoted mail, `>` lines, the signature and a
+    "sent from my phone" line cut, surrounding blank lines trimmed; "" when nothing
+    is left."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = lines[: _quote_start(lines)]
+    lines = [line for line in lines if not line.lstrip().startswith(">")]
+    for i, line in enumerate(lines):
+        if _SIGNATURE.match(line):
+            lines = lines[:i]
+            break
+    while lines and (not lines[-1].strip() or _SENT_FROM.match(lines[-1])):
+        lines.pop()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    out: list[str] = []
+    for line in lines:  # at most one blank line in a row
+        if line.strip() or (out and out[-1].strip()):
+            out.append(line.rstrip())
+    return "\n".join(out)
+
+
+def _quote_start(lines: Sequence[str]) -> int:
+    for i, line in enumerate(lines):
+        if _DIVIDERS.match(line):
+            return i
+        if _FROM_FIELD.match(line) and any(_DATE_FIELD.match(n) for n in lines[i + 1 : i + 5]):
+            return i
+        if _ATTRIBUTION.match(line):
+            return i
+        if _WRAPS.match(line):  # wrapped within its paragraph, over up to three lines
+            window = list(itertools.takewhile(str.strip, lines[i : i + 3]))
+            if any(_ATTRIBUTION.match(" ".join(window[:n])) for n in (2, 3)):
+                return i
+    return len(lines)
+
+
+# --------------------------------------------------------------------------- who may post
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A mail that came in, as plain data (mail/reply.py makes it from the bytes)."""
+
+    message_id: str
+    from_address: str  # lower case
+    from_name: str
+    subject: str
+    in_reply_to: tuple[str, ...]  # Message-IDs without <>
+    references: tuple[str, ...]
+    to: tuple[str, ...]  # every address it was delivered to (To, Cc, Delivered-To…), lower case
+    text: str  # the plain text (an HTML-only mail converted)
+    headers: Mapping[str, tuple[str, ...]]  # lower-case name → values, topmost first
+    images: tuple[ImagePart, ...] = ()
+    files: tuple[str, ...] = ()  # the names of other attachments: named, not uploaded
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image in the mail, to upload to Feishu."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The mail of ours a reply answers."""
+
+    mail_id: str
+    message_id: str  # the Feishu message it forwarded
+    recipients: tuple[str, ...]
+
+
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(?:自动回复|自動回覆|Automatic\s+reply|Auto(?:matic)?[-\s]?(?:reply|response)|"
+    r"Out\s+of\s+(?:the\s+)?office|Autosvar|Abwesenheit|休假|不在办公室)",
+    re.IGNORECASE,
+)
+
+
+def auto_reply(mail: Inbound) -> str | None:
+    """Why `mail` is an automatic answer (RFC 3834 and what servers do without it), or
+    None for a person's."""
+    first = {name: values[0] for name, values in mail.headers.items() if values}
+    auto = first.get("auto-submitted", "no").split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    for name in ("x-autoreply", "x-autorespond", "x-autogenerated"):
+        if name in first:
+            return f"{name}: {first[name]}"
+    precedence = first.get("precedence", "").strip().lower()
+    if precedence in ("bulk", "junk", "list", "auto_reply"):
+        return f"Precedence: {precedence}"
+    if first.get("return-path", "").strip() == "<>":
+        return "an empty Return-Path (a delivery report)"
+    if _AUTO_SUBJECT.match(mail.subject):
+        return f"an out-of-office subject: {mail.subject}"
+    return None
+
+
+def authenticated(mail: Inbound, authserv_id: str) -> str | None:
+    """None when the topmost Authentication-Results of the server `authserv_id` says
+    the From domain is genuine: dmarc=pass, or dkim=pass / spf=pass for a domain
+    aligned with it; else why not. Headers of other servers are not trusted: anyone
+    can write one."""
+    import authres  # type: ignore[import-untyped]  # only where a server is trusted
+
+    domain = mail.from_address.rpartition("@")[2]
+    for value in mail.headers.get("authentication-results", ()):
+        try:
+            header = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
+        except authres.AuthResError:
+            continue  # unreadable: not the server's own
+        if str(header.authserv_id).lower() != authserv_id.lower():
+            continue
+        seen: list[str] = []
+        for result in header.results:
+            method, outcome = str(result.method).lower(), str(result.result).lower()
+            props = {f"{p.type}.{p.name}".lower(): str(p.value) for p in result.properties}
+            seen.append(f"{method}={outcome}")
+            if outcome != "pass":
+                continue
+            if method == "dmarc":
+                return None
+            if method == "dkim" and _aligned(props.get("header.d", ""), domain):
+                return None
+            mailfrom = props.get("smtp.mailfrom", "").rpartition("@")[2]
+            if method == "spf" and _aligned(mailfrom, domain):
+                return None
+        verdict = ", ".join(seen) or "no results"
+        return f"Authentication-Results of {authserv_id} do not vouch for {domain}: {verdict}"
+    return f"no Authentication-Results of {authserv_id}"
+
+
+def _aligned(authenticated_domain: str, from_domain: str) -> bool:
+    """DMARC's relaxed alignment, without the public suffix list: the same domain, or
+    one a subdomain of the other."""
+    a, f = authenticated_domain.lower().strip("."), from_domain.lower().strip(".")
+    return bool(a) and (a == f or f.endswith("." + a) or a.endswith("." + f))
+
+
+def token(key: bytes, mail_id: str, recipient: str) -> str:
+    """The part of a reply address that names one mail to one recipient: nobody
+    without `key` can make one for another mail or address."""
+    mac = hmac.new(key, f"{mail_id}\n{recipient.lower()}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:20]
+
+
+def refusal(
+    mail: Inbound,
+    answered: Answered | None,
+    key: bytes,
+    tokens: Sequence[str],
+    trusted_authserv_id: str | None,
+) -> str | None:
+    """Why `mail` is not posted into `answered`'s thread, or None to post it.
+
+    `answered` is the mail of ours it names by a token in its address or by its
+    In-Reply-To/References (None: it names none); `tokens` the tokens found in the
+    addresses it was delivered to. A token, when there is one, must be the one made
+    for that mail and the sender's address.
+    """
+    if answered is None:
+        return "it answers no mail the bot sent"
+    if mail.from_address not in {r.lower() for r in answered.recipients}:
+        return f"{mail.from_address} is not a recipient of the mail it answers"
+    if tokens and token(key, answered.mail_id, mail.from_address) not in tokens:
+        return "its reply address was made for another mail or recipient"
+    auto = auto_reply(mail)
+    if auto is not None:
+        return f"an automatic reply ({auto})"
+    if trusted_authserv_id:
+        doubt = authenticated(mail, trusted_authserv_id)
+        if doubt is not None:
+            return doubt
+    if not new_text(mail.text):
+        return "it has no new text"
+    return None

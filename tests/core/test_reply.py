@@ -1,0 +1,201 @@
+"""A reply's new text, and who may post one: core/reply.py.
+
+The quoted shapes are those the clients people use here write (Thunderbird,
+Gmail in English and Chinese, Apple Mail and QQ's "写道", Foxmail/QQ's "原始邮件",
+Outlook's header block in Chinese and English).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from feishu_mailbot.core.reply import (
+    Answered,
+    Inbound,
+    authenticated,
+    auto_reply,
+    new_text,
+    refusal,
+    token,
+)
+
+QUOTED = "> [值班群] 线上故障：支付接口 500\n> 请尽快处理\n"
+
+REPLIES = {
+    "thunderbird": f"我来处理，10 分钟内回复。\n\nOn 12/1/26 10:02, 值班机器人 wrote:\n{QUOTED}",
+    "gmail, its attribution wrapped": (
+        "我来处理，10 分钟内回复。\n\nOn Mon, Dec 1, 2026 at 10:02 AM 值班机器人 <\n"
+        f"bot@example.com> wrote:\n\n{QUOTED}"
+    ),
+    "gmail in chinese": (
+        "我来处理，10 分钟内回复。\n\n"
+        f"值班机器人 <bot@example.com> 于2026年12月1日周一 10:02写道：\n\n{QUOTED}"
+    ),
+    "apple mail, 写道, sent from a phone": (
+        "我来处理，10 分钟内回复。\n\n发自我的iPhone\n\n"
+        f"在 2026年12月1日，10:02，值班机器人 <bot@example.com> 写道：\n\n{QUOTED}"
+    ),
+    "foxmail": (
+        "我来处理，10 分钟内回复。\r\n\r\n\r\n"
+        "------------------ 原始邮件 ------------------\r\n"
+        '发件人: "值班机器人"<bot@example.com>;\r\n'
+        "发送时间: 2026年12月1日(星期一) 上午10:02\r\n"
+        '收件人: "张三"<zhangsan@example.com>;\r\n'
+        "主题: [值班群] 线上故障\r\n\r\n[值班群] 线上故障：支付接口 500\r\n"
+    ),
+    "outlook, chinese header block": (
+        "我来处理，10 分钟内回复。\n\n"
+        "发件人: 值班机器人 <bot@example.com>\n发送时间: 2026年12月1日 10:02\n"
+        "收件人: 张三 <zhangsan@example.com>\n主题: [值班群] 线上故障\n\n原文"
+    ),
+    "outlook, original message": (
+        "我来处理，10 分钟内回复。\n\n-----Original Message-----\nFrom: bot@example.com\n"
+        "Sent: Monday, December 1, 2026 10:02 AM\nSubject: [值班群] 线上故障\n\n原文"
+    ),
+    "a signature": f"我来处理，10 分钟内回复。\n-- \n张三\nSRE 值班\n{QUOTED}",
+    "bottom-posted": f"{QUOTED}\n我来处理，10 分钟内回复。\n",
+}
+
+
+@pytest.mark.parametrize("shape", REPLIES)
+def test_only_the_new_text_is_kept(shape: str) -> None:
+    assert new_text(REPLIES[shape]) == "我来处理，10 分钟内回复。"
+
+
+def test_the_new_text_keeps_its_own_lines_and_one_blank_line_between_paragraphs() -> None:
+    text = "\n\n第一段\n第二行\n\n\n\n第二段  \nFrom: 说明里的一行，后面没有日期\n\n"
+    assert new_text(text) == "第一段\n第二行\n\n第二段\nFrom: 说明里的一行，后面没有日期"
+
+
+def test_a_reply_that_only_quotes_has_no_new_text() -> None:
+    assert new_text(f"On 12/1/26 10:02, bot wrote:\n{QUOTED}") == ""
+    assert new_text("\n\n-- \n张三\n") == ""
+
+
+def mail(**changes: object) -> Inbound:
+    base = Inbound(
+        message_id="reply-1@mail.example.com",
+        from_address="zhangsan@example.com",
+        from_name="张三",
+        subject="Re: [值班群] 线上故障",
+        in_reply_to=("fm-1@bot.example.com",),
+        references=("fm-1@bot.example.com",),
+        to=("bot@example.com",),
+        text="我来处理",
+        headers={},
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("headers", "subject", "why"),
+    [
+        ({"auto-submitted": ("auto-replied",)}, "Re: x", "Auto-Submitted: auto-replied"),
+        ({"auto-submitted": ("auto-generated; owner-email=x@y",)}, "x", "auto-generated"),
+        ({"x-autoreply": ("yes",)}, "x", "x-autoreply: yes"),
+        ({"precedence": ("bulk",)}, "x", "Precedence: bulk"),
+        ({"return-path": ("<>",)}, "x", "empty Return-Path"),
+        ({}, "自动回复: [值班群] 线上故障", "out-of-office subject"),
+        ({}, "Automatic reply: [值班群] 线上故障", "out-of-office subject"),
+        ({}, "Out of Office: back on Monday", "out-of-office subject"),
+    ],
+)
+def test_automatic_answers_are_known(
+    headers: dict[str, tuple[str, ...]], subject: str, why: str
+) -> None:
+    found = auto_reply(mail(headers=headers, subject=subject))
+    assert found is not None and why in found
+
+
+def test_a_person_s_reply_is_not_automatic() -> None:
+    person = mail(headers={"auto-submitted": ("no",), "precedence": ("first-class",)})
+    assert auto_reply(person) is None
+
+
+MX = "mx.example.com"
+
+
+def results(*values: str) -> dict[str, tuple[str, ...]]:
+    return {"authentication-results": values}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{MX}; dmarc=pass (p=reject) header.from=example.com",
+        f"{MX} 1; dkim=pass (good signature) header.d=example.com header.i=@example.com",
+        f"{MX}; dkim=pass header.d=corp.example.com",  # aligned, relaxed
+        f"{MX}; spf=pass smtp.mailfrom=bounces@example.com; dkim=none",
+        f"{MX.upper()}; dmarc=pass header.from=example.com",
+    ],
+)
+def test_the_trusted_server_s_verdict_lets_a_reply_through(value: str) -> None:
+    assert authenticated(mail(headers=results(value)), MX) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ((), "no Authentication-Results of mx.example.com"),
+        (("other.example.net; dmarc=pass header.from=example.com",), "no Authentication-Results"),
+        ((f"{MX}; dmarc=fail header.from=example.com",), "dmarc=fail"),
+        ((f"{MX}; dkim=pass header.d=evil.example.net",), "dkim=pass"),
+        ((f"{MX}; spf=pass smtp.mailfrom=x@evil.example.net",), "spf=pass"),
+        ((f"{MX}; none",), "no results"),
+        # The topmost is the receiving server's own; one further down may be forged.
+        ((f"{MX}; dmarc=fail", f"{MX}; dmarc=pass header.from=example.com"), "dmarc=fail"),
+        (("this is not a header ===", f"{MX}; spf=fail smtp.mailfrom=example.com"), "spf=fail"),
+    ],
+)
+def test_anything_short_of_the_trusted_server_s_pass_is_refused(
+    values: tuple[str, ...], why: str
+) -> None:
+    doubt = authenticated(mail(headers=results(*values)), MX)
+    assert doubt is not None and why in doubt
+
+
+KEY = b"k" * 32
+ANSWERED = Answered(
+    "om_1/zhangsan@example.com", "om_1", ("zhangsan@example.com", "lisi@example.com")
+)
+
+
+def test_a_token_names_one_mail_to_one_recipient() -> None:
+    mine = token(KEY, ANSWERED.mail_id, "ZhangSan@example.com")
+    assert mine == token(KEY, ANSWERED.mail_id, "zhangsan@example.com")
+    assert mine != token(KEY, ANSWERED.mail_id, "lisi@example.com")
+    assert mine != token(KEY, "om_2/zhangsan@example.com", "zhangsan@example.com")
+    assert mine != token(b"x" * 32, ANSWERED.mail_id, "zhangsan@example.com")
+
+
+def test_a_recipient_s_reply_is_posted() -> None:
+    assert refusal(mail(), ANSWERED, KEY, (), None) is None
+    good = token(KEY, ANSWERED.mail_id, "zhangsan@example.com")
+    assert refusal(mail(), ANSWERED, KEY, (good,), None) is None
+    passed = mail(headers=results(f"{MX}; dmarc=pass header.from=example.com"))
+    assert refusal(passed, ANSWERED, KEY, (), MX) is None
+
+
+@pytest.mark.parametrize(
+    ("inbound", "answered", "tokens", "why"),
+    [
+        (mail(), None, (), "answers no mail"),
+        (mail(from_address="wangwu@example.com"), ANSWERED, (), "not a recipient"),
+        (mail(), ANSWERED, (token(KEY, "om_2/x", "zhangsan@example.com"),), "another mail"),
+        (mail(), ANSWERED, (token(KEY, ANSWERED.mail_id, "lisi@example.com"),), "another mail"),
+        (mail(headers={"auto-submitted": ("auto-replied",)}), ANSWERED, (), "automatic reply"),
+        (mail(text=f"On 12/1/26 10:02, bot wrote:\n{QUOTED}"), ANSWERED, (), "no new text"),
+    ],
+)
+def test_a_reply_that_may_not_be_posted_says_why(
+    inbound: Inbound, answered: Answered | None, tokens: tuple[str, ...], why: str
+) -> None:
+    reason = refusal(inbound, answered, KEY, tokens, None)
+    assert reason is not None and why in reason
+
+
+def test_a_trusted_server_s_missing_verdict_refuses_the_reply() -> None:
+    reason = refusal(mail(), ANSWERED, KEY, (), MX)
+    assert reason == "no Authentication-Results of mx.example.com"

@@ -207,6 +207,17 @@ class Dovecot:
         finally:
             conn.logout()
 
+    def deliver(self, raw: bytes) -> None:
+        """A mail put into the Maildir's new/ as a delivery agent would, also while the
+        server is stopped: Dovecot finds it when a client next looks."""
+        new = self.dir / "mail" / USER.partition("@")[0] / "new"
+        new.mkdir(parents=True, exist_ok=True)
+        path = new / f"{time.time_ns()}.M1P{os.getpid()}.fmb-test"
+        path.write_bytes(raw)
+        owner = (self.dir / "mail").stat()
+        for made in (path, new, new.parent):
+            os.chown(made, owner.st_uid, owner.st_gid)
+
     def flags(self, mailbox: str = "INBOX") -> list[str]:
         """Each mail's flags in `mailbox`, in UID order."""
         conn = self.session()

@@ -270,6 +270,7 @@ class FeishuEmulator:
         self._message_items: dict[str, dict[str, Any]] = {}
         self._forward_children: dict[str, list[dict[str, Any]]] = {}
         self._message_errors: dict[str, tuple[int, str, int]] = {}
+        self._reply_errors: dict[str, tuple[int, str, int]] = {}
         self._resource_errors: dict[str, tuple[int, str, int]] = {}
         self._resource_gates: dict[str, asyncio.Event] = {}  # hold_resource
         self.resources_held = 0  # downloads waiting at a gate now
@@ -293,6 +294,7 @@ class FeishuEmulator:
         self._refuse: str | None = None
         self._slow = 0.0
         self._reply_n = 0
+        self._by_uuid: dict[str, dict[str, Any]] = {}
         self.rest_calls: Counter[str] = Counter()  # open-apis path → requests received
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -730,6 +732,20 @@ class FeishuEmulator:
             self._message_errors.pop(message_id, None)
         else:
             self._message_errors[message_id] = (code, msg, status)
+
+    def fail_reply(
+        self,
+        message_id: str,
+        code: int | None = 230110,
+        msg: str = "message deleted",
+        status: int = 400,
+    ) -> None:
+        """Replies to `message_id` answer this error from now on, as fail_message does
+        for reading it (-1: the connection drops); None heals it."""
+        if code is None:
+            self._reply_errors.pop(message_id, None)
+        else:
+            self._reply_errors[message_id] = (code, msg, status)
 
     def fail_resource(
         self,
@@ -1378,6 +1394,12 @@ class FeishuEmulator:
             content = json.loads(raw) if isinstance(raw, str) else raw
         except ValueError:
             content = raw
+        # 回复消息 (POST /open-apis/im/v1/messages/:message_id/reply; its body, as the
+        # SDK's ReplyMessageRequestBody: content, msg_type, reply_in_thread, uuid): a
+        # request with a uuid already used within the hour sends nothing new.
+        uuid = body.get("uuid")
+        if isinstance(uuid, str) and uuid in self._by_uuid:
+            return _json({"code": 0, "msg": "success", "data": self._by_uuid[uuid]})
         self._reply_n += 1
         message_id = f"om_reply_{self._reply_n}"
         self.sent_messages.append(
@@ -1388,6 +1410,8 @@ class FeishuEmulator:
                 "chat_id": chat_id,
                 "msg_type": body.get("msg_type"),
                 "content": content,
+                "reply_in_thread": bool(body.get("reply_in_thread")),
+                "uuid": uuid,
                 "at": time.time(),
             }
         )
@@ -1402,6 +1426,8 @@ class FeishuEmulator:
             "sender": {"id": self.app_id, "id_type": "app_id", "sender_type": "app"},
             "body": {"content": raw},
         }
+        if isinstance(uuid, str):
+            self._by_uuid[uuid] = data
         return _json({"code": 0, "msg": "success", "data": data})
 
     async def _h_reply(self, request: web.Request) -> web.Response:
@@ -1411,6 +1437,8 @@ class FeishuEmulator:
         if not body.get("msg_type") or not isinstance(body.get("content"), str):
             return _error(230001, "invalid message content")
         reply_to = request.match_info["message_id"]
+        if reply_to in self._reply_errors:
+            return self._failure(request, *self._reply_errors[reply_to])
         return self._record_message("reply", self._message_chats.get(reply_to), reply_to, body)
 
     async def _h_send(self, request: web.Request) -> web.Response:

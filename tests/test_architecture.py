@@ -199,6 +199,24 @@ def test_only_the_postgresql_engine_imports_its_driver_and_only_when_configured(
     assert done.stdout.strip() == "[]", done.stdout
 
 
+def test_the_mailbox_side_is_imported_only_when_inbound_is_configured() -> None:
+    """imaplib, the inbound worker and the Authentication-Results parser are for
+    `inbound:` alone: a daemon without it does not load them."""
+    probe = (
+        "import sys, feishu_mailbot.app.daemon, feishu_mailbot.cli.main;"
+        "print(sorted(m for m in sys.modules if m in ('imaplib', 'authres')"
+        " or m.startswith(('feishu_mailbot.workers.inbound', 'feishu_mailbot.mail.imap'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_the_event_handler_is_short() -> None:
     tree = modules()["feishu_mailbot.app.daemon"]
     [daemon] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Daemon"]

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot.app import logs
@@ -58,6 +58,9 @@ from feishu_mailbot.workers.membership import Membership
 from feishu_mailbot.workers.outbox import Outbox
 from feishu_mailbot.workers.schedule import Schedule
 
+if TYPE_CHECKING:
+    from feishu_mailbot.workers.inbound import Inbound
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 60.0  # the unit's TimeoutStopSec is longer, so in-flight SMTP can finish
@@ -88,6 +91,11 @@ class Daemon:
             leading=leading,
         )  # fmt: skip
         self.housekeeper = Housekeeper(settings, self.state, leading=leading)
+        self.inbound: Inbound | None = None
+        if settings.inbound is not None:  # imaplib and the mail parser only then
+            from feishu_mailbot.workers.inbound import Inbound
+
+            self.inbound = Inbound(settings, self.state, self.api)
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )
@@ -245,6 +253,8 @@ class Daemon:
             self._start_worker("schedule", self.schedule.run()),
             self._start_worker("housekeeping", self.housekeeper.run()),
         ]
+        if self.inbound is not None:
+            workers.append(self._start_worker("inbound", self.inbound.run()))
         helpers = [
             self._start_worker("supervisor", self._supervise()),
             self._start_worker("quarantine", self._retry_quarantined()),
@@ -443,6 +453,8 @@ class Daemon:
         self.schedule.stop()
         self.housekeeper.stop()
         self.membership.stop()
+        if self.inbound is not None:
+            self.inbound.stop()
         finished, unfinished = await asyncio.wait(workers, timeout=STOP_TIMEOUT)
         if unfinished:
             log.warning(
@@ -474,6 +486,8 @@ class Daemon:
         else:
             if new.feishu != self.settings.feishu or new.state_dir != self.settings.state_dir:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
+            if new.inbound != self.settings.inbound:
+                log.warning("inbound.* changes take effect only after a restart")
             self.settings = self.sources.settings = new  # the reporter's and batcher's too
             for part in (self.names, self.schedule, self.housekeeper):
                 part.settings = new
@@ -508,6 +522,8 @@ class Daemon:
         if st.connected and st.connected_since is not None:
             up = status.duration(time.monotonic() - st.connected_since)
             line = f"connected {up}, {today} events today, outbox {outbox}"
+            if self.inbound is not None and self.inbound.problem is not None:
+                line += f"; inbound mail paused: {self.inbound.problem}"
             if self.api.missing_permissions:
                 what, message = next(iter(self.api.missing_permissions.items()))
                 line += f"; missing Feishu permission for {what}: {message}"

@@ -1,7 +1,8 @@
 """Logging set-up: journald when systemd captured stderr, a readable line otherwise.
 
 Event lines carry structured fields as upper-case `extra=` keys (CHAT_ID,
-MESSAGE_ID, EVENT_ID, RULE, MAIL_ID): JournalHandler turns those into journal
+MESSAGE_ID, EVENT_ID, RULE, MAIL_ID, and INBOUND_ID for a mail that came in, by its
+own Message-ID): JournalHandler turns those into journal
 fields as they are, and the stderr format appends them as KEY=value.
 """
 
@@ -11,7 +12,7 @@ import logging
 import os
 import sys
 
-FIELDS = ("CHAT_ID", "MESSAGE_ID", "EVENT_ID", "RULE", "MAIL_ID")
+FIELDS = ("CHAT_ID", "MESSAGE_ID", "EVENT_ID", "RULE", "MAIL_ID", "INBOUND_ID")
 IDENTIFIER = "feishu-mailbot"
 
 LEVELS = {

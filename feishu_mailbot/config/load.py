@@ -38,6 +38,8 @@ from feishu_mailbot.config.settings import (
     DatabaseSettings,
     FeishuSettings,
     HealthSettings,
+    ImapSettings,
+    InboundSettings,
     PemBundle,
     ReportSettings,
     RetentionSettings,
@@ -343,12 +345,7 @@ def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
             "tls_fingerprint",
         },
     )
-    security_text = _str(m["security"]) if "security" in m else "starttls"
-    if security_text not in ("starttls", "tls", "none"):
-        raise m["security"].error(
-            f"{security_text!r} is not valid (expected starttls, tls or none)"
-        )
-    security: Security = security_text  # type: ignore[assignment]
+    security = _security(m)
     default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
     port = int(_number(m["port"], minimum=1, maximum=65535)) if "port" in m else default_port
     username = _str(m["username"]) if "username" in m else None
@@ -377,6 +374,46 @@ def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
         else 2 * 24 * 3600.0,
         ca_file=_pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None,
         tls_fingerprint=_fingerprint(m["tls_fingerprint"]) if "tls_fingerprint" in m else None,
+    )
+
+
+def _security(m: dict[str, _Node], default: Security = "starttls") -> Security:
+    text = _str(m["security"]) if "security" in m else default
+    if text not in ("starttls", "tls", "none"):
+        raise m["security"].error(f"{text!r} is not valid (expected starttls, tls or none)")
+    return text  # type: ignore[return-value]
+
+
+def _imap(n: _Node, config_dir: Path) -> ImapSettings:
+    m = _mapping(
+        n,
+        {"host", "username"},
+        {"port", "security", "password", "password_file", "mailbox", "timeout", "ca_file"},
+    )
+    security = _security(m, "tls")
+    default_port = {"starttls": 143, "tls": 993, "none": 143}[security]
+    password = _secret(m, n, "password", required=True, config_dir=config_dir)
+    assert password is not None
+    return ImapSettings(
+        host=_str(m["host"]),
+        port=int(_number(m["port"], minimum=1, maximum=65535)) if "port" in m else default_port,
+        security=security,
+        username=_str(m["username"]),
+        password=password,
+        mailbox=_str(m["mailbox"]) if "mailbox" in m else "INBOX",
+        timeout=_number(m["timeout"], minimum=1, maximum=600) if "timeout" in m else 30.0,
+        ca_file=_pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None,
+    )
+
+
+def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
+    m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id"})
+    return InboundSettings(
+        imap=_imap(m["imap"], config_dir),
+        processed=_str(m["processed"]) if "processed" in m else None,
+        trusted_authserv_id=(
+            _str(m["trusted_authserv_id"]) if "trusted_authserv_id" in m else None
+        ),
     )
 
 
@@ -698,6 +735,7 @@ def parse(text: str, path: str) -> Settings:
             "log_level",
             "timezone",
             "database",
+            "inbound",
         },
     )
     timezone = _timezone(m)
@@ -737,6 +775,7 @@ def parse(text: str, path: str) -> Settings:
         log_level=log_level,
         timezone=timezone,
         database=_database(m["database"], config_dir) if "database" in m else None,
+        inbound=_inbound(m["inbound"], config_dir) if "inbound" in m else None,
     )
 
 

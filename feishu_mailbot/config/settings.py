@@ -124,6 +124,19 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class InboundSettings:
+    """inbound: replies to the bot's mail, read from its mailbox and posted into the
+    Feishu thread of the message the mail forwarded."""
+
+    imap: ImapSettings
+    # A mailbox to move a mail into once it is taken; None: it is only flagged \Seen.
+    processed: str | None = None
+    # The receiving server whose Authentication-Results are believed (RFC 8601
+    # authserv-id); None: none is asked for.
+    trusted_authserv_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Batch:
     """A rule that collects its matches into one digest mail: every `every` seconds
     (boundaries counted from local midnight), or daily at `at`."""
@@ -254,6 +267,7 @@ class Settings:
     log_level: str = "info"
     timezone: str = "Asia/Shanghai"  # forwards, digests and simulate show times in it
     database: DatabaseSettings | None = None
+    inbound: InboundSettings | None = None
 
     def chat(self, chat_id: str) -> Chat | None:
         for chat in self.chats:

@@ -198,6 +198,32 @@ def _aligned(authenticated_domain: str, from_domain: str) -> bool:
     return bool(a) and (a == f or f.endswith("." + a) or a.endswith("." + f))
 
 
+def mail_key(mail_id: str) -> str:
+    """The left part of the Message-ID of our mail `mail_id` (mail/headers.py): derived
+    from the id alone, so a retry keeps it and a reply's In-Reply-To finds the mail."""
+    return hashlib.sha256(mail_id.encode("utf-8")).hexdigest()[:40]
+
+
+def named_keys(mail: Inbound) -> tuple[str, ...]:
+    """The mails a reply names, nearest first: In-Reply-To, then References from the
+    last (the mail answered) back to the thread's root; as `mail_key`s."""
+    ids = (*mail.in_reply_to, *reversed(mail.references))
+    return tuple(dict.fromkeys(i.partition("@")[0] for i in ids if "@" in i))
+
+
+def post_text(mail: Inbound) -> str:
+    """What goes into the thread: who wrote by mail, then the new text only."""
+    who = f"{mail.from_name} <{mail.from_address}>" if mail.from_name else mail.from_address
+    return f"{who} 通过邮件回复：\n{new_text(mail.text)}"
+
+
+def post_uuid(mail: Inbound) -> str:
+    """Feishu's reply `uuid` (at most 50 characters): a mail fetched twice, or posted
+    again after a crash before it was recorded, is one message in the thread."""
+    seed = mail.message_id or mail.text
+    return "mail-" + hashlib.sha256(seed.encode("utf-8")).hexdigest()[:40]
+
+
 def token(key: bytes, mail_id: str, recipient: str) -> str:
     """The part of a reply address that names one mail to one recipient: nobody
     without `key` can make one for another mail or address."""

@@ -228,15 +228,24 @@ class FeishuApi:
             json_body={"reaction_type": {"emoji_type": emoji}},
         )
 
-    async def reply_text(self, message_id: str, text: str) -> None:
+    async def reply_text(
+        self, message_id: str, text: str, *, uuid: str | None = None, in_thread: bool = False
+    ) -> None:
+        """回复消息: `in_thread` posts into the message's thread (话题), `uuid` makes a
+        second call with it within an hour a no-op at Feishu."""
+        body: dict[str, Any] = {
+            "msg_type": "text",
+            "content": json.dumps({"text": text}, ensure_ascii=False),
+        }
+        if in_thread:
+            body["reply_in_thread"] = True
+        if uuid is not None:
+            body["uuid"] = uuid
         await self._json(
             "POST",
             f"/open-apis/im/v1/messages/{_segment(message_id)}/reply",
             "reply",
-            json_body={
-                "msg_type": "text",
-                "content": json.dumps({"text": text}, ensure_ascii=False),
-            },
+            json_body=body,
         )
 
 

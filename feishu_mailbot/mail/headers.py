@@ -7,13 +7,13 @@ in a chat can add a header.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from email.utils import format_datetime, parseaddr
 
+from feishu_mailbot.core.reply import mail_key
 from feishu_mailbot.core.text import single_line
 from feishu_mailbot.mail import mime
 
@@ -43,8 +43,7 @@ def make_message_id(seed: str, domain: str = DEFAULT_DOMAIN) -> str:
     """
     if not _DOMAIN.fullmatch(domain):
         raise ValueError(f"invalid Message-ID domain {domain!r}")
-    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:40]
-    return f"<{digest}@{domain}>"
+    return f"<{mail_key(seed)}@{domain}>"
 
 
 # --------------------------------------------------------------------------- headers

@@ -235,6 +235,8 @@ def _reason(e: BaseException) -> str:
         return "no answer in time"
     if isinstance(e, ConnectionRefusedError):
         return "connection refused (nothing listens on that port)"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
     text = e.args[0] if e.args else type(e).__name__
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")

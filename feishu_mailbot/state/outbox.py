@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from feishu_mailbot.core.reply import mail_key
 from feishu_mailbot.state.db import Tx
 from feishu_mailbot.state.instances import FREE, ORPHANED
 from feishu_mailbot.state.lifecycle import (
@@ -96,7 +97,7 @@ def queue_planned(tx: Tx, limit: int = 64) -> int:
     return len(rows)
 
 
-_QUEUE_COLUMNS = 10  # the parameters of one outbox row below
+_QUEUE_COLUMNS = 11  # the parameters of one outbox row below
 _QUEUE_ROWS = 100  # rows per statement: well under SQLite's 32766 parameters
 
 
@@ -110,7 +111,8 @@ def queue_deliveries(tx: Tx, planned: Sequence[tuple[str, str, float]]) -> None:
         return
     values = [
         (
-            mail_id_for(message_id, d["to"]),
+            mail_id := mail_id_for(message_id, d["to"]),
+            mail_key(mail_id),
             message_id,
             json.dumps(d["to"]),
             json.dumps(d["rules"]),
@@ -124,11 +126,11 @@ def queue_deliveries(tx: Tx, planned: Sequence[tuple[str, str, float]]) -> None:
         for message_id, deliveries, received_at in planned
         for d in json.loads(deliveries)
     ]
-    row = "(?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)"
+    row = "(?, ?, ?, 'forward', ?, ?, ?, ?, ?, ?, ?, ?)"
     for i in range(0, len(values), _QUEUE_ROWS):
         chunk = values[i : i + _QUEUE_ROWS]
         tx.execute(
-            "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
+            "INSERT INTO outbox (mail_id, header_id, message_id, kind, recipients, rules,"
             " subject_template, confirm, notify_recall, status, next_attempt_at,"
             f" created_at) VALUES {', '.join([row] * len(chunk))} ON CONFLICT DO NOTHING",
             [p for v in chunk for p in v],
@@ -154,12 +156,13 @@ def queue(
 ) -> None:
     """A mail composed elsewhere (a digest), ready to send as it is."""
     tx.execute(
-        "INSERT INTO outbox (mail_id, message_id, kind, recipients, rules,"
+        "INSERT INTO outbox (mail_id, header_id, message_id, kind, recipients, rules,"
         " subject_template, confirm, notify_recall, status, next_attempt_at,"
-        " created_at, subject, raw, spool) VALUES (?, '', ?, ?, '[]', '', 0, 0, ?, ?,"
+        " created_at, subject, raw, spool) VALUES (?, ?, '', ?, ?, '[]', '', 0, 0, ?, ?,"
         " ?, ?, ?, ?)",
         (
             mail_id,
+            mail_key(mail_id),
             kind,
             json.dumps(list(recipients)),
             OUTBOX.initial,

@@ -54,6 +54,7 @@ _RULES = (
     ("actions", "mail", "status != 'pending' AND created_at < ?"),
     ("quarantine", "mail", "received_at < ?"),
     ("names", "mail", "fetched_at < ?"),
+    ("inbound", "mail", "received_at < ?"),
 )
 
 

@@ -7,7 +7,7 @@ both engines: plain ALTER/CREATE/UPDATE, with the types below.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -78,6 +78,25 @@ CREATE TABLE spool_chunks (
 );
 """
 
+# Mail that came in to the bot's mailbox (inbound.py): each once, by its Message-ID,
+# with what became of it; and per mailbox the last UID taken. outbox.header_id is the
+# left part of each mail's own Message-ID, which a reply's In-Reply-To names.
+_INBOUND = """
+CREATE TABLE inbound (
+    message_id  TEXT PRIMARY KEY,  -- the incoming mail's, without <>
+    received_at REAL NOT NULL,
+    outcome     TEXT NOT NULL,     -- posted | refused | failed
+    detail      TEXT NOT NULL,     -- why, in the journal's words
+    mail_id     TEXT               -- the mail of ours it answers
+);
+CREATE TABLE inbound_cursor (
+    mailbox     TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    last_uid    INTEGER NOT NULL
+);
+CREATE INDEX outbox_header ON outbox (header_id);
+"""
+
 SCHEMA = (
     """
 CREATE TABLE events (
@@ -118,7 +137,8 @@ CREATE TABLE outbox (
     created_at       REAL NOT NULL,
     sent_at          REAL,
     spool            TEXT,  -- instead of raw: the name of a spool file (spool.py)
-    owner            TEXT  -- the instance preparing or sending it (instances.py)
+    owner            TEXT,  -- the instance preparing or sending it (instances.py)
+    header_id        TEXT   -- core/reply.mail_key(mail_id); NULL in mail from before 11
 );
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_message ON outbox (message_id);
@@ -168,6 +188,7 @@ CREATE TABLE names (
     + _BATCH_ITEMS
     + _INSTANCES
     + _SPOOL_CHUNKS
+    + _INBOUND
 )
 
 # Step from version N to N+1, for databases made by an older release, on both engines.
@@ -176,6 +197,8 @@ MIGRATIONS = {
     8: "ALTER TABLE outbox ADD COLUMN owner TEXT;\n" + _INSTANCES,
     # A large mail's bytes where every instance can read them.
     9: _SPOOL_CHUNKS,
+    # Replies by mail: our mail's Message-IDs, findable; what came in, and where.
+    10: "ALTER TABLE outbox ADD COLUMN header_id TEXT;\n" + _INBOUND,
 }
 
 # The steps before PostgreSQL came (with version 8), for SQLite only.

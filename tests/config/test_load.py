@@ -449,3 +449,54 @@ def test_bad_database_settings_are_config_errors(
     message = str(info.value)
     assert f"{key}" in message and words in message, message
     assert "pw-in-url" not in message
+
+
+def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
+    (tmp_path / "imap.pw").write_text("imap-s3cret\n", encoding="utf-8")
+    text = GOOD + (
+        "inbound:\n  imap:\n    host: imap.example.com\n    username: bot@example.com\n"
+        "    password_file: imap.pw\n  processed: 已处理\n  trusted_authserv_id: mx.example.com\n"
+    )
+    s = load.load(write(tmp_path, text))
+    assert s.inbound is not None
+    imap = s.inbound.imap
+    assert (imap.host, imap.port, imap.security, imap.mailbox) == (
+        "imap.example.com",
+        993,
+        "tls",
+        "INBOX",
+    )
+    assert imap.password.reveal() == "imap-s3cret" and "imap-s3cret" not in repr(s)
+    assert (s.inbound.processed, s.inbound.trusted_authserv_id) == ("已处理", "mx.example.com")
+    assert load.load(write(tmp_path, GOOD)).inbound is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "words"),
+    [
+        ("  processed: x\n", "inbound.imap", "missing"),
+        ("  imap:\n    host: h\n    username: u\n", "inbound.imap.password", "missing"),
+        (
+            "  imap:\n    host: h\n    username: u\n    password: p\n    security: ssl\n",
+            "inbound.imap.security",
+            "expected starttls, tls or none",
+        ),
+        (
+            "  imap:\n    host: h\n    username: u\n    password: p\n    port: 0\n",
+            "inbound.imap.port",
+            "",
+        ),
+        (
+            "  imap:\n    host: h\n    username: u\n    password: p\n  proccessed: x\n",
+            "inbound.proccessed",
+            "did you mean",
+        ),
+    ],
+)
+def test_bad_inbound_settings_are_config_errors(
+    tmp_path: Path, section: str, key: str, words: str
+) -> None:
+    with pytest.raises(load.ConfigError) as info:
+        load.load(write(tmp_path, GOOD + "inbound:\n" + section))
+    message = str(info.value)
+    assert key in message and words in message, message

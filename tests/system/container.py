@@ -33,6 +33,7 @@ PACKAGES = (
     "python3-sdnotify",
     "python3-yaml",
     "python3-regex",
+    "python3-authres",
     "python3-psycopg2",  # the .deb's Recommends: the state on PostgreSQL
     "adduser",
     "procps",

@@ -1,0 +1,234 @@
+"""The inbound worker: replies by mail, posted into the Feishu thread of the message
+their mail forwarded.
+
+It reads the bot's mailbox (mail/imap.py) in a thread of its own, so nothing it
+waits for can hold up chat → mail; its failures are logged once, retried with
+backoff, shown on the status line, and never withhold the watchdog (a restart
+would not bring a mail server back). Each mail is taken once: posted (with a
+Feishu `uuid` derived from its Message-ID, so posting again after a crash
+before it was recorded is one message), or refused with one journal line, then
+recorded, then flagged or moved, and only then is the mailbox's cursor moved
+past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from feishu_mailbot.config.settings import InboundSettings, Settings
+from feishu_mailbot.core import reply
+from feishu_mailbot.feishu.errors import SCOPE_ERRORS, FeishuError, refused
+from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail.imap import ImapError, Mailbox, Opened
+from feishu_mailbot.mail.reply import parse
+from feishu_mailbot.state import DatabaseError, State
+from feishu_mailbot.state import inbound as inbound_q
+from feishu_mailbot.workers.rounds import Worker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# RFC 2177: a client re-issues IDLE at least every 29 minutes, or the server may
+# drop it as idle.
+IDLE_SECONDS = 25 * 60.0
+POLL_SECONDS = 60.0  # how often a server without IDLE is asked
+RETRY_MAX = 300.0  # seconds between tries, at most, while the mailbox or Feishu fails
+# Feishu takes 5 messages a second per group; replies by mail come far slower, but a
+# backlog after an outage must not burst.
+POST_SPACING = 0.25
+
+
+class Inbound(Worker):
+    name = "inbound"
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        api: FeishuApi,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(state, wall_clock)
+        assert settings.inbound is not None
+        self.inbound: InboundSettings = settings.inbound
+        self._api = api
+        self._box = Mailbox(self.inbound.imap)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imap")
+        self._opened: Opened | None = None
+        self._failing = 0
+        self._posted_at = 0.0
+        #: Why the mailbox is not being read now (for the status line), or None.
+        self.problem: str | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        self._box.interrupt()
+
+    def work_due(self) -> bool:
+        """Never a stall for the watchdog: a mail server down is not ours to restart."""
+        return False
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self._io(self._box.shutdown)
+            self._thread.shutdown(wait=False)
+
+    async def _io(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+
+    async def _round(self) -> float | None:
+        imap = self.inbound.imap
+        try:
+            if self._opened is None:
+                self._opened = await self._io(self._box.open)
+                if not self._failing:
+                    log.info("inbound: reading %s on %s", imap.mailbox, imap.host)
+            await self._take_new(self._opened)
+        except (ImapError, FeishuError) as e:
+            if isinstance(e, ImapError):
+                self._opened = None
+            self._failing += 1
+            if self._failing == 1:
+                log.error("inbound paused: %s", e)
+            self.problem = str(e)
+            return min(RETRY_MAX, 2.0 ** min(self._failing, 10))
+        if self._failing:
+            log.warning("inbound resumed: reading %s on %s", imap.mailbox, imap.host)
+        self._failing, self.problem = 0, None
+        if self._bell.stopping:
+            return None
+        if self._opened.idle:
+            try:
+                await self._io(self._box.idle, IDLE_SECONDS)
+            except ImapError as e:
+                log.info("inbound: the mailbox connection ended (%s); connecting again", e)
+                self._opened = None
+            return None  # look at once: new mail, the IDLE's end, or a stop
+        return POLL_SECONDS
+
+    async def _take_new(self, opened: Opened) -> None:
+        """Every mail above the cursor, oldest first; the cursor moves past each once
+        it is taken, recorded and filed."""
+        mailbox = self.inbound.imap.mailbox
+        cursor = self._state.read(partial(inbound_q.cursor, mailbox=mailbox))
+        if cursor is None:  # the first start: what the mailbox held before is not replies
+            await self._begin(opened)
+            return
+        last = cursor.last_uid if cursor.uidvalidity == opened.uidvalidity else 0
+        for uid in await self._io(self._box.uids_after, last):
+            if self._bell.stopping:
+                return
+            raw = await self._io(self._box.fetch, uid)
+            if raw is not None:
+                try:
+                    await self._take(raw)
+                except (ImapError, FeishuError, *DatabaseError):
+                    raise  # the mailbox's, Feishu's or the state's: the mail is taken later
+                except Exception as e:  # the mail itself: once, not at every look
+                    await self._unreadable(raw, uid, e)
+                await self._io(self._file, uid)
+            await self._advance(opened, uid)
+
+    async def _begin(self, opened: Opened) -> None:
+        """Mail already in the mailbox when `inbound:` is first set up is left as it is."""
+        there = await self._io(self._box.uids_after, 0)
+        await self._advance(opened, max(there, default=0))
+        if there:
+            log.info(
+                "inbound: %d mails already in %s are left as they are; new mail is read",
+                len(there),
+                self.inbound.imap.mailbox,
+            )
+
+    async def _advance(self, opened: Opened, uid: int) -> None:
+        await self._state.write(
+            partial(
+                inbound_q.advance,
+                mailbox=self.inbound.imap.mailbox,
+                uidvalidity=opened.uidvalidity,
+                uid=uid,
+            )
+        )
+        self._bell.progress()
+
+    async def _unreadable(self, raw: bytes, uid: int, error: Exception) -> None:
+        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+        detail = f"cannot be read: {type(error).__name__}: {error}"
+        log.error(
+            "mail UID %d in %s not posted: it %s", uid, self.inbound.imap.mailbox, detail,
+            extra={"INBOUND_ID": key},
+        )  # fmt: skip
+        await self._record(key, inbound_q.FAILED, detail, None)
+
+    def _file(self, uid: int) -> None:
+        if self.inbound.processed is None:
+            self._box.mark(uid)
+        else:
+            self._box.move(uid, self.inbound.processed)
+
+    async def _take(self, raw: bytes) -> None:
+        mail = parse(raw)
+        key = mail.message_id or f"sha256:{reply.post_uuid(mail)}"
+        fields = {"INBOUND_ID": key}
+        if self._state.read(partial(inbound_q.taken, message_id=key)):
+            log.debug("mail taken before, left alone", extra=fields)
+            return
+        found = self._state.read(partial(inbound_q.answered, keys=reply.named_keys(mail)))
+        answered, kind = found if found is not None else (None, "")
+        reason = reply.refusal(mail, answered, b"", (), self.inbound.trusted_authserv_id)
+        if reason is None and answered is not None and not answered.message_id:
+            reason = f"it answers a {kind}, which has no thread in Feishu"
+        mail_id = answered.mail_id if answered is not None else None
+        if answered is not None:
+            fields = {**fields, "MAIL_ID": answered.mail_id, "MESSAGE_ID": answered.message_id}
+        if reason is not None:
+            log.info("mail from %s not posted: %s", mail.from_address, reason, extra=fields)
+            await self._record(key, inbound_q.REFUSED, reason, mail_id)
+            return
+        assert answered is not None
+        outcome, detail = await self._post(mail, answered.message_id, fields)
+        await self._record(key, outcome, detail, mail_id)
+
+    async def _post(
+        self, mail: reply.Inbound, message_id: str, fields: dict[str, str]
+    ) -> tuple[str, str]:
+        """Posted, or refused by Feishu for good; anything else raises, to be tried again."""
+        wait = self._posted_at + POST_SPACING - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._posted_at = time.monotonic()
+        try:
+            await self._api.reply_text(
+                message_id, reply.post_text(mail), uuid=reply.post_uuid(mail), in_thread=True
+            )
+        except FeishuError as e:
+            if not (refused(e) or e.code in SCOPE_ERRORS):
+                raise  # no answer, a rate limit, a server error: later
+            log.error(
+                "reply by %s not posted: Feishu refused it: %s", mail.from_address, e, extra=fields
+            )
+            return inbound_q.FAILED, str(e)
+        log.info("reply by %s posted into the thread", mail.from_address, extra=fields)
+        return inbound_q.POSTED, ""
+
+    async def _record(self, key: str, outcome: str, detail: str, mail_id: str | None) -> None:
+        await self._state.write(
+            partial(
+                inbound_q.record,
+                message_id=key,
+                now=self._now(),
+                outcome=outcome,
+                detail=detail,
+                mail_id=mail_id,
+            )
+        )

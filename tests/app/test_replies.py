@@ -1,0 +1,201 @@
+"""Replies by mail into the Feishu thread, end to end: the daemon reads a real Dovecot
+(tests/dovecot.py), posts to the emulator, and its mail went through aiosmtpd."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feishu_mailbot.mail.imap import mailbox_name
+from tests import certs
+from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.feishu_emulator import FeishuEmulator
+from tests.harness import Bot, NotifySocket, wait_until
+from tests.smtp_server import SmtpServer
+
+MakeBot = Callable[..., Bot]
+ONCALL = "- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com, lisi@example.com]\n"
+PROCESSED = "已处理"
+# A From header broken off after "a@" by a stray byte: the stdlib's address parser
+# (email._header_value_parser.get_domain) raises IndexError on it.
+HOSTILE = (
+    b"From: a@\r\x89To: c@d\r\nMessage-ID: <x@y>\r\nIn-Reply-To: <k@z>\r\n"
+    b'Content-Type: multipart/mixed; boundary="q"\r\n\r\n--q\r\n'
+    b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>hi</p>\r\n--q--\r\n"
+)
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    with Dovecot() as server:
+        conn = server.session()
+        conn.create(mailbox_name(PROCESSED))
+        conn.logout()
+        yield server
+
+
+def inbound(server: Dovecot, extra: str = "") -> str:
+    return (
+        "inbound:\n"
+        "  imap:\n"
+        "    host: 127.0.0.1\n"
+        f"    port: {server.tls_port}\n"
+        "    security: tls\n"
+        f"    username: {USER}\n"
+        f'    password: "{PASSWORD}"\n'
+        f"    ca_file: {certs.ca_file()}\n"
+        f"{extra}"
+    )
+
+
+def reply(to: EmailMessage, sender: str, body: str, n: int, **headers: str) -> bytes:
+    """A reply to `to` as a mail client writes one (Thunderbird's quote)."""
+    lines = [
+        f"From: {sender}",
+        "To: Feishu Mailbot <bot@example.com>",
+        f"Subject: Re: {to['Subject']}",
+        f"Message-ID: <reply-{n}-{time.time_ns()}@mail.example.com>",
+        f"In-Reply-To: {to['Message-ID']}",
+        f"References: {to['Message-ID']}",
+        *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()),
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        body,
+        "",
+        "On 12/1/26 10:02, Feishu Mailbot wrote:",
+        "> 线上故障：支付接口 500",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+def replies(emulator: FeishuEmulator, to: str) -> list[dict[str, Any]]:
+    return [m for m in emulator.sent_messages if m["kind"] == "reply" and m["reply_to"] == to]
+
+
+def forwarded(emulator: FeishuEmulator, smtp: SmtpServer, text: str) -> tuple[str, EmailMessage]:
+    """A message pushed, and the one mail it was forwarded in."""
+    event = emulator.push_text("oc_team", "ou_alice", text)
+    assert emulator.wait_ack(event).code == 200
+    wait_until(lambda: any(text in str(m["Subject"]) for m in smtp.messages), 10, text)
+    (mail,) = [m for m in smtp.messages if text in str(m["Subject"])]
+    return str(event["event"]["message"]["message_id"]), mail
+
+
+def test_a_reply_by_mail_is_posted_once_into_the_thread_of_its_message(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    dovecot.append(b"From: someone@example.com\r\nSubject: before the bot\r\n\r\nold\r\n")
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
+    bot.wait_log("inbound: 1 mails already in INBOX are left as they are")
+    message_id, mail = forwarded(emulator, smtp, "线上故障：支付接口 500")
+    raw = reply(mail, "李四 <LiSi@example.com>", "我来处理，10 分钟内回复。", 1)
+    dovecot.append(raw)
+    wait_until(lambda: replies(emulator, message_id), 20, "the reply in the thread")
+    (posted,) = replies(emulator, message_id)
+    assert posted["content"] == {
+        "text": "李四 <lisi@example.com> 通过邮件回复：\n我来处理，10 分钟内回复。"
+    }
+    assert posted["reply_in_thread"] is True and posted["uuid"].startswith("mail-")
+    bot.wait_log("reply by lisi@example.com posted into the thread")
+    assert "\\Seen" in dovecot.flags()[-1] and "\\Seen" not in dovecot.flags()[0]
+    # The same mail again (a copy with a new UID), after a restart: left alone.
+    assert bot.stop() == 0
+    bot.start()
+    dovecot.append(raw)
+    bot.wait_log("inbound: reading INBOX")
+    time.sleep(1.5)
+    assert len(replies(emulator, message_id)) == 1
+    assert bot.stop() == 0
+
+
+def test_replies_that_may_not_be_posted_are_logged_and_filed(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot, f"  processed: {PROCESSED}\n")).start()
+    message_id, mail = forwarded(emulator, smtp, "数据库故障")
+    dovecot.append(reply(mail, "wangwu@example.com", "不是收件人", 2))
+    dovecot.append(reply(mail, "oncall@example.com", "我在休假", 3, Auto_Submitted="auto-replied"))
+    stray = reply(mail, "oncall@example.com", "没有引用", 4).replace(
+        f"In-Reply-To: {mail['Message-ID']}".encode(), b"X-Note: none"
+    )
+    dovecot.append(stray.replace(f"References: {mail['Message-ID']}".encode(), b"X-Note: none"))
+    dovecot.append(HOSTILE)  # the stdlib's parser raises on it
+    dovecot.append(reply(mail, "oncall@example.com", "收到", 5))
+    wait_until(lambda: replies(emulator, message_id), 20, "the one reply that may be posted")
+    log = bot.log()
+    assert "mail from wangwu@example.com not posted: wangwu@example.com is not a recipient" in log
+    assert "not posted: an automatic reply (Auto-Submitted: auto-replied)" in log
+    assert "not posted: it answers no mail the bot sent" in log
+    assert "not posted: it cannot be read: IndexError" in log
+    assert [m["content"]["text"] for m in replies(emulator, message_id)] == [
+        "oncall@example.com 通过邮件回复：\n收到"
+    ]
+    moved = mailbox_name(PROCESSED).strip('"')
+    wait_until(lambda: len(dovecot.flags(moved)) == 5, 10, "all five filed")
+    assert dovecot.flags() == []
+    assert bot.stop() == 0
+
+
+def test_feishu_refusing_a_reply_is_final_and_a_failure_to_answer_is_tried_again(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
+    gone, gone_mail = forwarded(emulator, smtp, "缓存故障")
+    busy, busy_mail = forwarded(emulator, smtp, "网关故障")
+    emulator.fail_reply(gone)  # deleted in Feishu meanwhile
+    emulator.fail_reply(busy, 99991400, "request trigger frequency limit", 429)
+    dovecot.append(reply(gone_mail, "oncall@example.com", "看一下", 6))
+    dovecot.append(reply(busy_mail, "oncall@example.com", "我来", 7))
+    bot.wait_log("Feishu refused it", timeout=20)
+    bot.wait_log("inbound paused", timeout=20)
+    assert "230110" in bot.log()
+    emulator.fail_reply(busy, None)
+    wait_until(lambda: replies(emulator, busy), 30, "the reply, once Feishu answers")
+    time.sleep(1.0)
+    assert [m["content"]["text"] for m in replies(emulator, busy)] == [
+        "oncall@example.com 通过邮件回复：\n我来"
+    ]
+    assert replies(emulator, gone) == []
+    assert bot.log().count("Feishu refused it") == 1  # not tried again
+    assert bot.stop() == 0
+
+
+def test_a_mailbox_that_is_down_pauses_only_the_replies(
+    make_bot: MakeBot,
+    emulator: FeishuEmulator,
+    smtp: SmtpServer,
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    notify = NotifySocket(tmp_path)
+    try:
+        bot = make_bot(rules=ONCALL, extra=inbound(dovecot))
+        bot.start(env=notify.env(2_000_000))
+        notify.wait("READY=1")
+        bot.wait_log("inbound: reading INBOX")
+        message_id, mail = forwarded(emulator, smtp, "存储故障")
+        dovecot.stop()
+        bot.wait_log("inbound paused", timeout=20)
+        event = emulator.push_text("oc_team", "ou_alice", "第二个故障")  # chat → mail goes on
+        assert emulator.wait_ack(event).code == 200
+        smtp.wait_for(2)
+        wait_until(
+            lambda: any("inbound mail paused" in s for s in notify.statuses()), 15, "STATUS="
+        )
+        assert time.monotonic() - notify.times("WATCHDOG=1")[-1] < 2.5  # still fed
+        dovecot.deliver(reply(mail, "oncall@example.com", "恢复了吗", 8))
+        dovecot.start()
+        wait_until(lambda: replies(emulator, message_id), 40, "the mail that came meanwhile")
+        bot.wait_log("inbound resumed")
+        time.sleep(1.0)
+        assert len(replies(emulator, message_id)) == 1
+        assert bot.stop() == 0
+    finally:
+        notify.close()

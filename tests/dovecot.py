@@ -30,17 +30,12 @@ from typing import Any
 
 from feishu_mailbot.config.settings import ImapSettings, PemBundle, Secret, Security
 from tests import certs
+from tests.smtp_server import free_port
 
 HOST = "127.0.0.1"
 USER = "bot@example.com"
 PASSWORD = "imap-test-secret-41d7"
 DOVECOT = "/usr/sbin/dovecot"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 _CONFIG = """\
@@ -91,8 +86,8 @@ class Dovecot:
     def __init__(self, capabilities: str | None = None) -> None:
         self.capabilities = capabilities
         self.dir = Path(tempfile.mkdtemp(prefix="fmb-imap-"))
-        self.port = _free_port()
-        self.tls_port = _free_port()
+        self.port = free_port()
+        self.tls_port = free_port()
         self.log = self.dir / "dovecot.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.leaf = certs.leaf([HOST, "localhost"])

@@ -728,10 +728,7 @@ class FeishuEmulator:
     ) -> None:
         """GET message for `message_id` answers this Feishu error from now on; code -1
         drops the connection instead, as a network failure would. None heals it."""
-        if code is None:
-            self._message_errors.pop(message_id, None)
-        else:
-            self._message_errors[message_id] = (code, msg, status)
+        _set_failure(self._message_errors, message_id, code, msg, status)
 
     def fail_reply(
         self,
@@ -742,10 +739,7 @@ class FeishuEmulator:
     ) -> None:
         """Replies to `message_id` answer this error from now on, as fail_message does
         for reading it (-1: the connection drops); None heals it."""
-        if code is None:
-            self._reply_errors.pop(message_id, None)
-        else:
-            self._reply_errors[message_id] = (code, msg, status)
+        _set_failure(self._reply_errors, message_id, code, msg, status)
 
     def fail_resource(
         self,
@@ -1471,3 +1465,13 @@ class FeishuEmulator:
             "reaction_type": {"emoji_type": emoji},
         }
         return _json({"code": 0, "msg": "success", "data": data})
+
+
+def _set_failure(
+    failures: dict[str, tuple[int, str, int]], key: str, code: int | None, msg: str, status: int
+) -> None:
+    """`key` fails with (code, msg, status) from now on; code None heals it."""
+    if code is None:
+        failures.pop(key, None)
+    else:
+        failures[key] = (code, msg, status)

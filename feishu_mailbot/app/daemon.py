@@ -95,7 +95,7 @@ class Daemon:
         if settings.inbound is not None:  # imaplib and the mail parser only then
             from feishu_mailbot.workers.inbound import Inbound
 
-            self.inbound = Inbound(settings, self.state, self.api)
+            self.inbound = Inbound(settings, self.state, self.api, leading=leading)
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )

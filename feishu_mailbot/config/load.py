@@ -408,9 +408,15 @@ def _imap(n: _Node, config_dir: Path) -> ImapSettings:
 
 def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
     m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id"})
+    imap = _imap(m["imap"], config_dir)
+    processed = _str(m["processed"]) if "processed" in m else None
+    if processed == imap.mailbox:
+        raise m["processed"].error(
+            f"{processed!r} is the folder replies are read from (expected another folder)"
+        )
     return InboundSettings(
-        imap=_imap(m["imap"], config_dir),
-        processed=_str(m["processed"]) if "processed" in m else None,
+        imap=imap,
+        processed=processed,
         trusted_authserv_id=(
             _str(m["trusted_authserv_id"]) if "trusted_authserv_id" in m else None
         ),

@@ -20,6 +20,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from feishu_mailbot.core.text import single_line
+
 # --------------------------------------------------------------------------- new text
 
 # Where a client starts quoting the mail answered: everything from that line on goes.
@@ -39,6 +41,9 @@ _ATTRIBUTION = re.compile(
     r"^\s*(?:On\s.{4,}\swrote|在.{4,}写道|.{2,}于\s*\d{4}年.{2,}写道|.{4,}\sschrieb)\s*[:：]\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+# The longest line that may be an attribution or a divider: the patterns below look for
+# text between two anchors, so their cost grows with the square of a line's length.
+_HEADER_LINE = 400
 # An attribution that clients wrap begins so.
 _WRAPS = re.compile(r"^\s*(?:On\s|在)")
 # Outlook's header block: "发件人: …" / "From: …", then "发送时间:" / "Sent:" / "Date:"
@@ -79,6 +84,8 @@ def new_text(text: str) -> str:
 
 def _quote_start(lines: Sequence[str]) -> int:
     for i, line in enumerate(lines):
+        if len(line) > _HEADER_LINE:
+            continue  # a paragraph, not an attribution (and the patterns stay cheap)
         if _DIVIDERS.match(line):
             return i
         if _FROM_FIELD.match(line) and any(_DATE_FIELD.match(n) for n in lines[i + 1 : i + 5]):
@@ -93,6 +100,11 @@ def _quote_start(lines: Sequence[str]) -> int:
 
 
 # --------------------------------------------------------------------------- who may post
+
+MAX_NAMED = 20  # Message-IDs of a reply's References looked up, the nearest first
+MAX_POST_CHARS = 10_000  # of the new text (a Feishu text message holds 150 KB)
+# The start of a Feishu text message's markup tag (<at user_id="…">).
+_NO_MARKUP = re.compile(r"<(?=\s*/?\s*at\b)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -153,38 +165,38 @@ def auto_reply(mail: Inbound) -> str | None:
     if first.get("return-path", "").strip() == "<>":
         return "an empty Return-Path (a delivery report)"
     if _AUTO_SUBJECT.match(mail.subject):
-        return f"an out-of-office subject: {mail.subject}"
+        return f"an out-of-office subject: {single_line(mail.subject)}"
     return None
 
 
 def authenticated(mail: Inbound, authserv_id: str) -> str | None:
-    """None when the topmost Authentication-Results of the server `authserv_id` says
-    the From domain is genuine: dmarc=pass, or dkim=pass / spf=pass for a domain
-    aligned with it; else why not. Headers of other servers are not trusted: anyone
-    can write one."""
+    """None when the receiving server `authserv_id` says the From domain is genuine:
+    dmarc=pass for it, or dkim=pass / spf=pass for a domain aligned with it; else why
+    not. Only that server's topmost header counts: one further down, or of another
+    server, anyone can have written (where the checks write a header each, the top
+    one is the last check, usually DMARC's, which is enough alone)."""
     import authres  # type: ignore[import-untyped]  # only where a server is trusted
 
     domain = mail.from_address.rpartition("@")[2]
     for value in mail.headers.get("authentication-results", ()):
+        named = value.strip().split(";", 1)[0].split()
+        if not named or named[0].lower() != authserv_id.lower():
+            continue
         try:
             header = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
-        except authres.AuthResError:
-            continue  # unreadable: not the server's own
-        if str(header.authserv_id).lower() != authserv_id.lower():
-            continue
+        except authres.AuthResError as e:
+            return f"the Authentication-Results of {authserv_id} cannot be read: {e}"
         seen: list[str] = []
         for result in header.results:
             method, outcome = str(result.method).lower(), str(result.result).lower()
             props = {f"{p.type}.{p.name}".lower(): str(p.value) for p in result.properties}
             seen.append(f"{method}={outcome}")
-            if outcome != "pass":
-                continue
-            if method == "dmarc":
-                return None
-            if method == "dkim" and _aligned(props.get("header.d", ""), domain):
-                return None
-            mailfrom = props.get("smtp.mailfrom", "").rpartition("@")[2]
-            if method == "spf" and _aligned(mailfrom, domain):
+            vouched = {
+                "dmarc": props.get("header.from", domain),
+                "dkim": props.get("header.d", ""),
+                "spf": props.get("smtp.mailfrom", "").rpartition("@")[2],
+            }.get(method, "")
+            if outcome == "pass" and _aligned(vouched, domain):
                 return None
         verdict = ", ".join(seen) or "no results"
         return f"Authentication-Results of {authserv_id} do not vouch for {domain}: {verdict}"
@@ -208,20 +220,26 @@ def named_keys(mail: Inbound) -> tuple[str, ...]:
     """The mails a reply names, nearest first: In-Reply-To, then References from the
     last (the mail answered) back to the thread's root; as `mail_key`s."""
     ids = (*mail.in_reply_to, *reversed(mail.references))
-    return tuple(dict.fromkeys(i.partition("@")[0] for i in ids if "@" in i))
+    keys = dict.fromkeys(i.partition("@")[0] for i in ids if "@" in i)
+    return tuple(keys)[:MAX_NAMED]
 
 
 def post_text(mail: Inbound) -> str:
-    """What goes into the thread: who wrote by mail, then the new text only."""
+    """What goes into the thread: who wrote by mail, then the new text only, cut to
+    MAX_POST_CHARS. Written as text, never as markup: an `<at …>` in a mail would
+    make the bot mention people (everyone, with user_id="all")."""
     who = f"{mail.from_name} <{mail.from_address}>" if mail.from_name else mail.from_address
-    return f"{who} 通过邮件回复：\n{new_text(mail.text)}"
+    text = new_text(mail.text)
+    if len(text) > MAX_POST_CHARS:
+        text = text[:MAX_POST_CHARS] + "\n（邮件正文过长，已截断）"
+    return _NO_MARKUP.sub("＜", f"{single_line(who)} 通过邮件回复：\n{text}")
 
 
-def post_uuid(mail: Inbound) -> str:
-    """Feishu's reply `uuid` (at most 50 characters): a mail fetched twice, or posted
-    again after a crash before it was recorded, is one message in the thread."""
-    seed = mail.message_id or mail.text
-    return "mail-" + hashlib.sha256(seed.encode("utf-8")).hexdigest()[:40]
+def post_uuid(key: str) -> str:
+    """Feishu's reply `uuid` (at most 50 characters) for the inbound mail `key`: a mail
+    fetched twice, or posted again after a crash before it was recorded, is one
+    message in the thread (Feishu keeps a uuid for an hour)."""
+    return "mail-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
 
 
 def token(key: bytes, mail_id: str, recipient: str) -> str:
@@ -245,6 +263,8 @@ def refusal(
     addresses it was delivered to. A token, when there is one, must be the one made
     for that mail and the sender's address.
     """
+    if not mail.from_address:
+        return "its From is not one well-formed address"
     if answered is None:
         return "it answers no mail the bot sent"
     if mail.from_address not in {r.lower() for r in answered.recipients}:

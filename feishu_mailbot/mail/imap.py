@@ -20,6 +20,7 @@ import imaplib
 import os
 import select
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,11 @@ from feishu_mailbot.config.settings import ImapSettings
 
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
 imaplib.Commands.setdefault("MOVE", ("SELECTED",))
+
+
+# The most of a mail that is read: a reply's text comes first, and a mail of 100 MB
+# must not take the daemon's memory (what is cut is attachments, named as cut).
+MAX_MAIL_BYTES = 8 * 1024 * 1024
 
 
 class ImapError(Exception):
@@ -74,12 +80,14 @@ class Mailbox:
         self.settings = settings
         self._conn: imaplib.IMAP4 | None = None
         self._capabilities: tuple[str, ...] = ()  # the server's, once logged in
+        self._wake_lock = threading.Lock()  # interrupt() and shutdown() come from two threads
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
-    def open(self) -> Opened:
-        """Connect, log in, say who we are, select the mailbox."""
+    def open(self, filing: tuple[str, ...] = ()) -> Opened:
+        """Connect, log in, say who we are, select the mailbox; the folders in `filing`
+        must exist (mail is moved there)."""
         s = self.settings
         self.close()
         step = "connect"
@@ -107,6 +115,13 @@ class Mailbox:
             found = conn.response("UIDVALIDITY")[1]
             if not found or found[0] is None:
                 raise ImapError("the server sent no UIDVALIDITY")
+            for counted in ("EXISTS", "RECENT"):  # the mailbox as selected: not news
+                conn.untagged_responses.pop(counted, None)
+            for folder in filing:
+                step = f"LIST {folder}"
+                kind, listed = conn.list('""', mailbox_name(folder))
+                if kind != "OK" or not [d for d in listed if d]:
+                    raise ImapError(f"there is no folder {folder!r}: create it, or fix the config")
             return Opened(int(found[0]), "IDLE" in self._capabilities)
         except ImapError as e:
             self.close()
@@ -119,13 +134,19 @@ class Mailbox:
         """The UIDs above `last`, oldest first. ("n:*" names the newest mail even when
         its UID is below n, so the list is filtered.) A NOOP first: a server shows a
         session the mail delivered since its last command only then."""
-        self._checked("NOOP", self._session().noop)
+        conn = self._session()
+        self._checked("NOOP", conn.noop)
         data = self._ok("UID SEARCH", "SEARCH", None, f"UID {last + 1}:*")
-        return sorted(u for u in (int(x) for x in b" ".join(data).split()) if u > last)
+        for seen in ("EXISTS", "RECENT"):  # looked at now: `idle` waits for news after this
+            conn.untagged_responses.pop(seen, None)
+        words = b" ".join(d for d in data if isinstance(d, bytes)).split()
+        return sorted(u for u in (int(w) for w in words if w.isdigit()) if u > last)
 
     def fetch(self, uid: int) -> bytes | None:
-        """The whole mail, without marking it seen; None if it is gone."""
-        for item in self._ok("UID FETCH", "FETCH", str(uid), "(BODY.PEEK[])"):
+        """The mail (its first MAX_MAIL_BYTES), without marking it seen; None if it is
+        gone."""
+        part = f"(BODY.PEEK[]<0.{MAX_MAIL_BYTES}>)"
+        for item in self._ok("UID FETCH", "FETCH", str(uid), part):
             if isinstance(item, tuple) and len(item) == 2:
                 return bytes(item[1])
         return None
@@ -142,17 +163,24 @@ class Mailbox:
             return
         self._ok("UID COPY", "COPY", str(uid), target)
         self.mark(uid, "\\Deleted")
-        self._checked("EXPUNGE", conn.expunge)
+        if "UIDPLUS" in self._capabilities:  # this mail only
+            self._ok("UID EXPUNGE", "EXPUNGE", str(uid))
+        else:  # a server without UIDPLUS: any mail a person marked deleted goes too
+            self._checked("EXPUNGE", conn.expunge)
 
     def idle(self, seconds: float) -> bool:
         """Wait up to `seconds` for the server to announce mail (IDLE); True if it did,
         False on timeout or `interrupt`. The session is usable again afterwards."""
         conn = self._session()
+        for news in ("EXISTS", "RECENT"):  # with an answer since `uids_after` looked
+            if conn.untagged_responses.pop(news, None):
+                return True
         tag = conn._new_tag()
         try:
             conn.send(tag + b" IDLE\r\n")
-            if not conn.readline().startswith(b"+"):
-                raise ImapError("the server refused IDLE")
+            while not (line := conn.readline()).startswith(b"+"):  # untagged lines may come first
+                if not line or line.startswith(tag):
+                    raise ImapError(f"the server refused IDLE: {line.decode('utf-8', 'replace')}")
             sock = conn.socket()
             pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
             if not pending:
@@ -171,14 +199,19 @@ class Mailbox:
                         raise ImapError(line.decode("utf-8", "replace").strip())
                     return announced
                 announced = announced or b"EXISTS" in line or b"RECENT" in line
-        except (imaplib.IMAP4.error, OSError) as e:
+        except ImapError:
+            self.close()
+            raise
+        except (imaplib.IMAP4.error, OSError, ValueError) as e:
             self.close()
             raise ImapError(f"IMAP {self.settings.host}: IDLE failed: {_reason(e)}") from e
 
     def interrupt(self) -> None:
         """Ends an `idle` under way in another thread (a stopping daemon)."""
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"x")
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"x")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -190,9 +223,11 @@ class Mailbox:
     def shutdown(self) -> None:
         """For good: the session and the wake pipe."""
         self.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     def _session(self) -> imaplib.IMAP4:
         if self._conn is None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from email import errors
 from email.message import EmailMessage, Message
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 from html.parser import HTMLParser
+from typing import Any
 
 from feishu_mailbot.core.reply import ImagePart, Inbound
 
@@ -26,7 +28,7 @@ _WIDER = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "ascii": "u
 
 def parse(raw: bytes) -> Inbound:
     message = email.message_from_bytes(raw, policy=email.policy.default)
-    name, address = parseaddr(str(message.get("From", "")))
+    name, address = _sender(message)
     delivered = [str(v) for h in _DELIVERED for v in message.get_all(h, [])]
     text, images, files = _body(message)
     headers: dict[str, list[str]] = {}
@@ -35,7 +37,7 @@ def parse(raw: bytes) -> Inbound:
     own = _ids(str(message.get("Message-ID", "")))
     return Inbound(
         message_id=own[0] if own else "",
-        from_address=address.lower(),
+        from_address=address,
         from_name=name,
         subject=str(message.get("Subject", "")),
         in_reply_to=_ids(str(message.get("In-Reply-To", ""))),
@@ -46,6 +48,27 @@ def parse(raw: bytes) -> Inbound:
         images=tuple(images),
         files=tuple(files),
     )
+
+
+def _sender(message: EmailMessage) -> tuple[str, str]:
+    """The From's display name and address (lower case), or ("", "") unless the mail has
+    one From header holding one well-formed address: what a receiving server checked
+    (DMARC is about that one address) must be what the bot reads, and parsers differ
+    on the rest (`victim@corp <attacker@evil>`, two addresses, two headers)."""
+    headers = message.get_all("From", [])
+    if len(headers) != 1:
+        return "", ""
+    header = headers[0]
+    addresses: tuple[Any, ...] = tuple(getattr(header, "addresses", ()))
+    # Raw UTF-8 in a display name (RFC 6532) is undecodable to the parser, not invalid.
+    undecodable = errors.UndecodableBytesDefect
+    defects = [d for d in getattr(header, "defects", ()) if not isinstance(d, undecodable)]
+    if len(addresses) != 1 or defects or not addresses[0].addr_spec:
+        return "", ""
+    name = str(addresses[0].display_name)
+    if any("\udc80" <= c <= "\udcff" for c in name):  # raw UTF-8 bytes, as the parser kept them
+        name = name.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    return name, str(addresses[0].addr_spec).lower()
 
 
 def _ids(value: str) -> tuple[str, ...]:

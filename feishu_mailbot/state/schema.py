@@ -90,7 +90,7 @@ CREATE TABLE inbound (
     mail_id     TEXT               -- the mail of ours it answers
 );
 CREATE TABLE inbound_cursor (
-    mailbox     TEXT PRIMARY KEY,
+    mailbox     TEXT PRIMARY KEY,  -- username@host/folder
     uidvalidity INTEGER NOT NULL,
     last_uid    INTEGER NOT NULL
 );

@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 from feishu_mailbot.config.settings import InboundSettings, Settings
 from feishu_mailbot.core import reply
-from feishu_mailbot.feishu.errors import SCOPE_ERRORS, FeishuError, refused
+from feishu_mailbot.feishu.errors import FeishuError, refused
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail.imap import ImapError, Mailbox, Opened
 from feishu_mailbot.mail.reply import parse
-from feishu_mailbot.state import DatabaseError, State
+from feishu_mailbot.state import State
 from feishu_mailbot.state import inbound as inbound_q
 from feishu_mailbot.workers.rounds import Worker
 
@@ -38,9 +38,14 @@ T = TypeVar("T")
 
 # RFC 2177: a client re-issues IDLE at least every 29 minutes, or the server may
 # drop it as idle.
-IDLE_SECONDS = 25 * 60.0
+IDLE_SECONDS = 9 * 60.0
+IDLE_GIVE_UP = 5  # IDLEs in a row that fail before the mailbox is polled instead
 POLL_SECONDS = 60.0  # how often a server without IDLE is asked
 RETRY_MAX = 300.0  # seconds between tries, at most, while the mailbox or Feishu fails
+# Feishu's codes about the message (230xxx) that are not final: its per-group send rate
+# limit, and a permission the app or the bot lacks, which an operator can grant.
+AGAIN = {230020, 230027}
+LEAD_POLL = 5.0  # another instance reads the mailbox: look again this soon
 # Feishu takes 5 messages a second per group; replies by mail come far slower, but a
 # backlog after an outage must not burst.
 POST_SPACING = 0.25
@@ -55,15 +60,21 @@ class Inbound(Worker):
         state: State,
         api: FeishuApi,
         wall_clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(state, wall_clock)
         assert settings.inbound is not None
         self.inbound: InboundSettings = settings.inbound
+        imap = self.inbound.imap
+        # The cursor's name: another server or account is another mailbox.
+        self._where = f"{imap.username}@{imap.host}/{imap.mailbox}"
+        self._leading = leading  # several instances: only the schedule lock's holder reads
         self._api = api
         self._box = Mailbox(self.inbound.imap)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="imap")
         self._opened: Opened | None = None
         self._failing = 0
+        self._idle_failures = 0  # IDLEs in a row that ended in an error
         self._posted_at = 0.0
         #: Why the mailbox is not being read now (for the status line), or None.
         self.problem: str | None = None
@@ -88,9 +99,15 @@ class Inbound(Worker):
 
     async def _round(self) -> float | None:
         imap = self.inbound.imap
+        if not self._leading():
+            if self._opened is not None:
+                await self._io(self._box.close)
+                self._opened = None
+            return LEAD_POLL
         try:
             if self._opened is None:
-                self._opened = await self._io(self._box.open)
+                filing = () if self.inbound.processed is None else (self.inbound.processed,)
+                self._opened = await self._io(self._box.open, filing)
                 if not self._failing:
                     log.info("inbound: reading %s on %s", imap.mailbox, imap.host)
             await self._take_new(self._opened)
@@ -107,12 +124,18 @@ class Inbound(Worker):
         self._failing, self.problem = 0, None
         if self._bell.stopping:
             return None
-        if self._opened.idle:
+        if self._opened.idle and self._idle_failures < IDLE_GIVE_UP:
             try:
                 await self._io(self._box.idle, IDLE_SECONDS)
             except ImapError as e:
-                log.info("inbound: the mailbox connection ended (%s); connecting again", e)
                 self._opened = None
+                self._idle_failures += 1
+                if self._idle_failures == IDLE_GIVE_UP:  # not a login a second, for ever
+                    log.warning("inbound: IDLE keeps failing (%s); asking every minute instead", e)
+                else:
+                    log.info("inbound: the mailbox connection ended (%s); connecting again", e)
+                return 2.0**self._idle_failures
+            self._idle_failures = 0
             return None  # look at once: new mail, the IDLE's end, or a stop
         return POLL_SECONDS
 
@@ -120,7 +143,7 @@ class Inbound(Worker):
         """Every mail above the cursor, oldest first; the cursor moves past each once
         it is taken, recorded and filed."""
         mailbox = self.inbound.imap.mailbox
-        cursor = self._state.read(partial(inbound_q.cursor, mailbox=mailbox))
+        cursor = self._state.read(partial(inbound_q.cursor, mailbox=self._where))
         if cursor is None:  # the first start: what the mailbox held before is not replies
             await self._begin(opened)
             return
@@ -130,13 +153,10 @@ class Inbound(Worker):
                 return
             raw = await self._io(self._box.fetch, uid)
             if raw is not None:
-                try:
-                    await self._take(raw)
-                except (ImapError, FeishuError, *DatabaseError):
-                    raise  # the mailbox's, Feishu's or the state's: the mail is taken later
-                except Exception as e:  # the mail itself: once, not at every look
-                    await self._unreadable(raw, uid, e)
+                await self._take(raw, uid)
                 await self._io(self._file, uid)
+            else:
+                log.info("mail UID %d went from %s before it was read", uid, mailbox)
             await self._advance(opened, uid)
 
     async def _begin(self, opened: Opened) -> None:
@@ -154,7 +174,7 @@ class Inbound(Worker):
         await self._state.write(
             partial(
                 inbound_q.advance,
-                mailbox=self.inbound.imap.mailbox,
+                mailbox=self._where,
                 uidvalidity=opened.uidvalidity,
                 uid=uid,
             )
@@ -176,31 +196,54 @@ class Inbound(Worker):
         else:
             self._box.move(uid, self.inbound.processed)
 
-    async def _take(self, raw: bytes) -> None:
-        mail = parse(raw)
-        key = mail.message_id or f"sha256:{reply.post_uuid(mail)}"
+    async def _take(self, raw: bytes, uid: int) -> None:
+        """One mail: judged, then posted or refused, and recorded. The parsing and the
+        judging run in the mailbox's thread: a mail of megabytes must not hold up the
+        loop, and what the stdlib's parser raises on (hostile mail does) ends there."""
+        try:
+            mail = await self._io(parse, raw)
+        except Exception as e:  # the mail itself: once, not at every look
+            await self._unreadable(raw, uid, e)
+            return
+        key = mail.message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
         fields = {"INBOUND_ID": key}
         if self._state.read(partial(inbound_q.taken, message_id=key)):
             log.debug("mail taken before, left alone", extra=fields)
             return
         found = self._state.read(partial(inbound_q.answered, keys=reply.named_keys(mail)))
         answered, kind = found if found is not None else (None, "")
-        reason = reply.refusal(mail, answered, b"", (), self.inbound.trusted_authserv_id)
-        if reason is None and answered is not None and not answered.message_id:
-            reason = f"it answers a {kind}, which has no thread in Feishu"
+        try:
+            reason, text = await self._io(self._judge, mail, answered, kind)
+        except Exception as e:
+            await self._unreadable(raw, uid, e)
+            return
         mail_id = answered.mail_id if answered is not None else None
         if answered is not None:
             fields = {**fields, "MAIL_ID": answered.mail_id, "MESSAGE_ID": answered.message_id}
-        if reason is not None:
-            log.info("mail from %s not posted: %s", mail.from_address, reason, extra=fields)
-            await self._record(key, inbound_q.REFUSED, reason, mail_id)
+        if reason is not None or answered is None:
+            sender = mail.from_address or "an unknown sender"
+            log.info("mail from %s not posted: %s", sender, reason, extra=fields)
+            await self._record(key, inbound_q.REFUSED, str(reason), mail_id)
             return
-        assert answered is not None
-        outcome, detail = await self._post(mail, answered.message_id, fields)
+        outcome, detail = await self._post(mail.from_address, text, key, answered, fields)
         await self._record(key, outcome, detail, mail_id)
 
+    def _judge(
+        self, mail: reply.Inbound, answered: reply.Answered | None, kind: str
+    ) -> tuple[str | None, str]:
+        """Why not to post (None: post), and what to post."""
+        reason = reply.refusal(mail, answered, b"", (), self.inbound.trusted_authserv_id)
+        if reason is None and answered is not None and not answered.message_id:
+            reason = f"it answers a {kind}, which has no thread in Feishu"
+        return reason, reply.post_text(mail) if reason is None else ""
+
     async def _post(
-        self, mail: reply.Inbound, message_id: str, fields: dict[str, str]
+        self,
+        sender: str,
+        text: str,
+        key: str,
+        answered: reply.Answered,
+        fields: dict[str, str],
     ) -> tuple[str, str]:
         """Posted, or refused by Feishu for good; anything else raises, to be tried again."""
         wait = self._posted_at + POST_SPACING - time.monotonic()
@@ -209,16 +252,14 @@ class Inbound(Worker):
         self._posted_at = time.monotonic()
         try:
             await self._api.reply_text(
-                message_id, reply.post_text(mail), uuid=reply.post_uuid(mail), in_thread=True
+                answered.message_id, text, uuid=reply.post_uuid(key), in_thread=True
             )
         except FeishuError as e:
-            if not (refused(e) or e.code in SCOPE_ERRORS):
-                raise  # no answer, a rate limit, a server error: later
-            log.error(
-                "reply by %s not posted: Feishu refused it: %s", mail.from_address, e, extra=fields
-            )
+            if not refused(e) or e.code in AGAIN:
+                raise  # no answer, a rate limit, a missing scope, a server error: later
+            log.error("reply by %s not posted: Feishu refused it: %s", sender, e, extra=fields)
             return inbound_q.FAILED, str(e)
-        log.info("reply by %s posted into the thread", mail.from_address, extra=fields)
+        log.info("reply by %s posted into the thread", sender, extra=fields)
         return inbound_q.POSTED, ""
 
     async def _record(self, key: str, outcome: str, detail: str, mail_id: str | None) -> None:

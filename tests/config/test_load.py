@@ -475,6 +475,11 @@ def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
     ("section", "key", "words"),
     [
         ("  processed: x\n", "inbound.imap", "missing"),
+        (
+            "  imap:\n    host: h\n    username: u\n    password: p\n  processed: INBOX\n",
+            "inbound.processed",
+            "is the folder replies are read from",
+        ),
         ("  imap:\n    host: h\n    username: u\n", "inbound.imap.password", "missing"),
         (
             "  imap:\n    host: h\n    username: u\n    password: p\n    security: ssl\n",

@@ -12,11 +12,15 @@ import dataclasses
 import pytest
 
 from feishu_mailbot.core.reply import (
+    MAX_NAMED,
+    MAX_POST_CHARS,
     Answered,
     Inbound,
     authenticated,
     auto_reply,
+    named_keys,
     new_text,
+    post_text,
     refusal,
     token,
 )
@@ -199,3 +203,49 @@ def test_a_reply_that_may_not_be_posted_says_why(
 def test_a_trusted_server_s_missing_verdict_refuses_the_reply() -> None:
     reason = refusal(mail(), ANSWERED, KEY, (), MX)
     assert reason == "no Authentication-Results of mx.example.com"
+
+
+def test_what_is_posted_cannot_mention_anyone_and_is_cut_to_its_limit() -> None:
+    hostile = mail(
+        from_name='<at user_id="all">所有人</at>',
+        text='紧急 <at user_id="all"></at> < AT user_id="ou_x">x</at>\n'
+        + "长" * (MAX_POST_CHARS + 5),
+    )
+    posted = post_text(hostile)
+    assert "<at" not in posted.lower() and "< at" not in posted.lower()
+    assert posted.startswith(
+        '＜at user_id="all">所有人＜/at> <zhangsan@example.com> 通过邮件回复：'
+    )
+    assert posted.endswith("长\n（邮件正文过长，已截断）")
+
+
+def test_a_reply_with_a_huge_line_is_read_at_once() -> None:
+    # The attribution pattern's cost grows with the square of a line's length; a line
+    # that long is a paragraph and is not tried.
+    line = "于1234年" * 100_000
+    assert new_text(f"好的\n{line}\n{QUOTED}") == f"好的\n{line}"
+
+
+def test_a_reply_names_at_most_its_nearest_mails() -> None:
+    refs = tuple(f"k{i}@bot.example.com" for i in range(500))
+    keys = named_keys(mail(in_reply_to=(), references=refs))
+    assert len(keys) == MAX_NAMED and keys[0] == "k499"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (f"{MX}; dmarc=pass header.from=evil.example.net", "dmarc=pass"),
+        (f"{MX}; dkim=pass header.d=example.com; garbage = = =", "cannot be read"),
+    ],
+)
+def test_a_pass_for_another_domain_or_an_unreadable_verdict_is_refused(
+    value: str, why: str
+) -> None:
+    doubt = authenticated(mail(headers=results(value)), MX)
+    assert doubt is not None and why in doubt
+
+
+def test_a_mail_whose_from_is_not_one_address_is_refused() -> None:
+    reason = refusal(mail(from_address=""), ANSWERED, KEY, (), None)
+    assert reason == "its From is not one well-formed address"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 from feishu_mailbot.config.settings import Secret
 from feishu_mailbot.mail.imap import ImapError, Mailbox, mailbox_name
 from tests.dovecot import PASSWORD, Dovecot
+from tests.smtp_server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +109,7 @@ def test_a_certificate_nobody_trusts_is_named(dovecot: Dovecot) -> None:
 
 
 def test_a_server_that_is_down_is_named(dovecot: Dovecot) -> None:
-    with socket.socket() as closed:  # a port nobody listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    box = Mailbox(replace(dovecot.settings("starttls"), port=port))
+    box = Mailbox(replace(dovecot.settings("starttls"), port=free_port()))
     with pytest.raises(ImapError, match=r"connect failed: connection refused"):
         box.open()
     box.shutdown()
@@ -128,9 +125,34 @@ def test_a_server_without_idle_or_move_is_polled_and_moved_to_by_copy() -> None:
             conn = small.session()
             conn.create(mailbox_name("Replies"))
             conn.logout()
+            conn = small.session()  # a mail a person marked deleted but did not expunge
+            small.append(mail(2))
+            (other,) = [u for u in box.uids_after(uid)]
+            conn.uid("STORE", str(other), "+FLAGS", "(\\Deleted)")
+            conn.logout()
             box.move(uid, "Replies")
-            assert box.uids_after(0) == []  # copied, then deleted and expunged here
-            assert small.flags() == []
+            assert box.uids_after(0) == [other]  # copied, then this one expunged (UID EXPUNGE)
             assert len(small.flags("Replies")) == 1
         finally:
             box.shutdown()
+
+
+def test_a_folder_to_file_into_that_is_not_there_is_named_at_open(dovecot: Dovecot) -> None:
+    box = Mailbox(dovecot.settings("tls"))
+    with pytest.raises(ImapError, match=r"LIST 不存在 failed: there is no folder '不存在'"):
+        box.open(("不存在",))
+    box.shutdown()
+
+
+def test_mail_announced_with_another_answer_is_not_waited_for_in_idle(dovecot: Dovecot) -> None:
+    box = Mailbox(dovecot.settings("tls"))
+    try:
+        box.open()
+        dovecot.append(mail(9))
+        last = box.uids_after(0)[-1]
+        dovecot.append(mail(10))
+        box.mark(last)  # its answer carries "* n EXISTS" for the new mail
+        assert box.idle(5) is True  # the server told us already; it will not say it again
+        assert len(box.uids_after(last)) == 1
+    finally:
+        box.shutdown()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from feishu_mailbot.core.reply import new_text
 from feishu_mailbot.mail.reply import html_text, parse
 
@@ -98,3 +100,22 @@ def test_a_mail_without_a_body_or_ids_is_still_read() -> None:
     mail = parse(b"From: <>\r\nSubject: \r\n\r\n")
     assert (mail.message_id, mail.from_address, mail.text) == ("", "", "")
     assert mail.in_reply_to == mail.references == mail.to == ()
+
+
+@pytest.mark.parametrize(
+    "froms",
+    [
+        [b"From: victim@corp.example <attacker@evil.example>"],  # read two ways by parsers
+        [b"From: victim@corp.example, attacker@evil.example"],
+        [b"From: victim@corp.example", b"From: attacker@evil.example"],
+        [],
+    ],
+)
+def test_a_mail_without_exactly_one_from_address_has_no_sender(froms: list[bytes]) -> None:
+    mail = parse(b"\r\n".join([*froms, b"Subject: Re: x", b"", b"hi", b""]))
+    assert (mail.from_address, mail.from_name) == ("", "")
+
+
+def test_a_raw_utf8_display_name_is_read() -> None:
+    mail = parse("From: 张三 <zhangsan@example.com>\r\n\r\nhi\r\n".encode())
+    assert (mail.from_name, mail.from_address) == ("张三", "zhangsan@example.com")

@@ -384,11 +384,11 @@ def _security(m: dict[str, _Node], default: Security = "starttls") -> Security:
     return text  # type: ignore[return-value]
 
 
-def _imap(n: _Node, config_dir: Path) -> ImapSettings:
+def _imap(n: _Node, config_dir: Path, ca_file: PemBundle | None) -> ImapSettings:
     m = _mapping(
         n,
         {"host", "username"},
-        {"port", "security", "password", "password_file", "mailbox", "timeout", "ca_file"},
+        {"port", "security", "password", "password_file", "mailbox", "timeout"},
     )
     security = _security(m, "tls")
     default_port = {"starttls": 143, "tls": 993, "none": 143}[security]
@@ -402,13 +402,14 @@ def _imap(n: _Node, config_dir: Path) -> ImapSettings:
         password=password,
         mailbox=_str(m["mailbox"]) if "mailbox" in m else "INBOX",
         timeout=_number(m["timeout"], minimum=1, maximum=600) if "timeout" in m else 30.0,
-        ca_file=_pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None,
+        ca_file=ca_file,
     )
 
 
 def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
-    m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id"})
-    imap = _imap(m["imap"], config_dir)
+    m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id", "ca_file"})
+    ca_file = _pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None
+    imap = _imap(m["imap"], config_dir, ca_file)
     processed = _str(m["processed"]) if "processed" in m else None
     if processed == imap.mailbox:
         raise m["processed"].error(

@@ -48,7 +48,7 @@ def inbound(server: Dovecot, extra: str = "") -> str:
         "    security: tls\n"
         f"    username: {USER}\n"
         f'    password: "{PASSWORD}"\n'
-        f"    ca_file: {certs.ca_file()}\n"
+        f"  ca_file: {certs.ca_file()}\n"
         f"{extra}"
     )
 

@@ -14,6 +14,7 @@ import pytest
 
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import DAY, MB, AttachmentSettings, RetentionSettings
+from tests import certs
 
 GOOD = """\
 feishu:
@@ -456,6 +457,7 @@ def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
     text = GOOD + (
         "inbound:\n  imap:\n    host: imap.example.com\n    username: bot@example.com\n"
         "    password_file: imap.pw\n  processed: 已处理\n  trusted_authserv_id: mx.example.com\n"
+        f"  ca_file: {certs.ca_file()}\n"
     )
     s = load.load(write(tmp_path, text))
     assert s.inbound is not None
@@ -468,6 +470,7 @@ def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
     )
     assert imap.password.reveal() == "imap-s3cret" and "imap-s3cret" not in repr(s)
     assert (s.inbound.processed, s.inbound.trusted_authserv_id) == ("已处理", "mx.example.com")
+    assert imap.ca_file is not None and "BEGIN CERTIFICATE" in imap.ca_file.pem
     assert load.load(write(tmp_path, GOOD)).inbound is None
 
 

@@ -180,14 +180,12 @@ def test_only_the_state_package_uses_sqlite() -> None:
             assert not any(n.split(".")[0] == "sqlite3" for n in names), f"{name} imports sqlite3"
 
 
-def test_only_the_postgresql_engine_imports_its_driver_and_only_when_configured() -> None:
-    """The driver costs megabytes a SQLite daemon must not pay (its RSS budget)."""
-    users = {name for name, tree in modules().items() if "psycopg2" in _imported(tree)}
-    assert users == {"feishu_mailbot.state.postgres"}, users
+def _loaded_by_the_daemon(*prefixes: str) -> list[str]:
+    """The modules starting with one of `prefixes` that importing the daemon and the
+    command line loads, in a fresh interpreter."""
     probe = (
         "import sys, feishu_mailbot.app.daemon, feishu_mailbot.cli.main;"
-        "print(sorted(m for m in sys.modules"
-        " if m.startswith(('psycopg', 'feishu_mailbot.state.postgres'))))"
+        f"print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe],
@@ -196,25 +194,23 @@ def test_only_the_postgresql_engine_imports_its_driver_and_only_when_configured(
         check=True,
         cwd=PACKAGE.parent,
     )
-    assert done.stdout.strip() == "[]", done.stdout
+    return list(ast.literal_eval(done.stdout.strip()))
+
+
+def test_only_the_postgresql_engine_imports_its_driver_and_only_when_configured() -> None:
+    """The driver costs megabytes a SQLite daemon must not pay (its RSS budget)."""
+    users = {name for name, tree in modules().items() if "psycopg2" in _imported(tree)}
+    assert users == {"feishu_mailbot.state.postgres"}, users
+    assert _loaded_by_the_daemon("psycopg", "feishu_mailbot.state.postgres") == []
 
 
 def test_the_mailbox_side_is_imported_only_when_inbound_is_configured() -> None:
     """imaplib, the inbound worker and the Authentication-Results parser are for
     `inbound:` alone: a daemon without it does not load them."""
-    probe = (
-        "import sys, feishu_mailbot.app.daemon, feishu_mailbot.cli.main;"
-        "print(sorted(m for m in sys.modules if m in ('imaplib', 'authres')"
-        " or m.startswith(('feishu_mailbot.workers.inbound', 'feishu_mailbot.mail.imap'))))"
+    loaded = _loaded_by_the_daemon(
+        "imaplib", "authres", "feishu_mailbot.workers.inbound", "feishu_mailbot.mail.imap"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=PACKAGE.parent,
-    )
-    assert done.stdout.strip() == "[]", done.stdout
+    assert loaded == []
 
 
 def test_the_event_handler_is_short() -> None:

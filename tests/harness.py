@@ -262,6 +262,17 @@ class Bot:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """An admin command on this bot's config, as the operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "feishu_mailbot", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
 
 class Blackhole:
     """A TCP port that takes connections and never answers: the kernel completes the

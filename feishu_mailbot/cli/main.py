@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     q = sub.add_parser("queue", help="the mail not yet sent, one line each (like mailq)")
     which = q.add_mutually_exclusive_group()
-    which.add_argument("--failed", action="store_true", help="only failed mail")
+    which.add_argument(
+        "--failed", action="store_true", help="only failed mail, and sent mail that bounced"
+    )
     which.add_argument("--pending", action="store_true", help="only mail still to be tried")
     which.add_argument("--quarantined", action="store_true", help="the quarantined events")
     q.add_argument("--json", action="store_true")

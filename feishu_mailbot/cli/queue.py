@@ -14,7 +14,7 @@ import email.policy
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from functools import partial
@@ -22,8 +22,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.bounce import describe
 from feishu_mailbot.core.text import terminal, terminal_json
-from feishu_mailbot.state import State, Tx, batches, outbox, quarantine
+from feishu_mailbot.state import State, Tx, batches, bounces, outbox, quarantine
+from feishu_mailbot.state.bounces import Bounced
 from feishu_mailbot.state.lifecycle import REFUSALS, SENDING, Moved
 from feishu_mailbot.state.outbox import QueueEntry
 from feishu_mailbot.state.quarantine import Held
@@ -33,22 +35,30 @@ def _when(at: float, zone: str) -> str:
     return datetime.fromtimestamp(at, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
 
 
-def lines(entries: Sequence[QueueEntry], zone: str) -> list[str]:
+def lines(
+    entries: Sequence[QueueEntry], zone: str, bounced: Mapping[str, Sequence[Bounced]] = {}
+) -> list[str]:
+    """One mail a line, then its subject, its last error and each bounced recipient; a
+    sent mail listed for its bounces is `bounced`."""
     if not entries:
         return ["the outbox is empty"]
     out = [f"{'ID':>6}  {'STATE':<8}  {'QUEUED':<16}  {'TRIES':>5}  TO / SUBJECT / LAST ERROR"]
     for e in entries:
+        state = "bounced" if e.status == "sent" and e.mail_id in bounced else e.status
         out.append(
-            f"{e.id:>6}  {e.status:<8}  {_when(e.created_at, zone):<16}  {e.attempts:>5}  "
+            f"{e.id:>6}  {state:<8}  {_when(e.created_at, zone):<16}  {e.attempts:>5}  "
             + terminal(", ".join(e.recipients), one_line=True)
         )
         out.append(f"{'':>42}{terminal(e.subject or '(not composed yet)', one_line=True)[:100]}")
         if e.last_error:
             out.append(f"{'':>42}{terminal(e.last_error, one_line=True)[:200]}")
+        for b in bounced.get(e.mail_id, ()):
+            said = terminal(describe(b.failure), one_line=True)[:200]
+            out.append(f"{'':>42}bounced {_when(b.at, zone)}: {said}")
     return out
 
 
-def as_json(entries: Sequence[QueueEntry]) -> str:
+def as_json(entries: Sequence[QueueEntry], bounced: Mapping[str, Sequence[Bounced]] = {}) -> str:
     rows: list[dict[str, Any]] = [
         {
             "id": e.id,
@@ -62,6 +72,15 @@ def as_json(entries: Sequence[QueueEntry]) -> str:
             "subject": e.subject,
             "last_error": e.last_error,
             "message_id": e.message_id,
+            "bounced": [
+                {
+                    "recipient": b.failure.address,
+                    "status": b.failure.status,
+                    "diagnostic": b.failure.diagnostic,
+                    "at": b.at,
+                }
+                for b in bounced.get(e.mail_id, ())
+            ],
         }
         for e in entries
     ]
@@ -78,7 +97,7 @@ def held_lines(held: Sequence[Held], zone: str) -> list[str]:
     return out
 
 
-def show(entry: QueueEntry, raw: bytes | None, zone: str) -> str:
+def show(entry: QueueEntry, raw: bytes | None, zone: str, bounced: Sequence[Bounced] = ()) -> str:
     """Headers and plain text of a mail; before it is composed, what is known of it."""
     head = [
         f"id {entry.id} ({entry.mail_id}), {entry.kind}, {entry.status}, "
@@ -87,6 +106,9 @@ def show(entry: QueueEntry, raw: bytes | None, zone: str) -> str:
     ]
     if entry.last_error:
         head.append(f"last error: {terminal(entry.last_error, one_line=True)}")
+    for b in bounced:
+        said = terminal(describe(b.failure), one_line=True)
+        head.append(f"bounced {_when(b.at, zone)}: {said}")
     if raw is None:
         return "\n".join([*head, _without_bytes(entry)])
     return "\n".join([*head, "", readable(raw)])
@@ -132,11 +154,17 @@ def run_queue(settings: Settings, state: State, args: argparse.Namespace) -> int
         else ("pending", "retrying", *SENDING, "failed")
     )
     entries = state.read(partial(outbox.queued, statuses=wanted))
+    bounced: dict[str, tuple[Bounced, ...]] = {}
+    if "failed" in wanted:  # and sent mail a delivery report came back for, latest first
+        listed = {e.mail_id for e in entries}
+        more = [m for m in state.read(bounces.bounced_mail) if m not in listed]
+        entries += state.read(partial(outbox.entries_of, mail_ids=more))
+        bounced = state.read(partial(bounces.of_mails, mail_ids=[e.mail_id for e in entries]))
     planned = state.read(outbox.planned_count)
     if args.json:
-        print(as_json(entries))
+        print(as_json(entries, bounced))
         return os.EX_OK
-    print("\n".join(lines(entries, settings.timezone)))
+    print("\n".join(lines(entries, settings.timezone, bounced)))
     if planned and not args.failed:
         print(f"and {planned} mail planned, entering the outbox as it is sent")
     return os.EX_OK
@@ -150,7 +178,8 @@ def run_show(settings: Settings, state: State, args: argparse.Namespace) -> int:
     raw = state.read(partial(outbox.raw_of, row_id=args.id))
     if raw is None and entry.spool is not None:
         raw = state.spool.read(entry.spool)  # None: sent (or dropped) while we looked
-    print(show(entry, raw, settings.timezone))
+    bounced = state.read(partial(bounces.of_mails, mail_ids=[entry.mail_id]))
+    print(show(entry, raw, settings.timezone, bounced.get(entry.mail_id, ())))
     return os.EX_OK
 
 

@@ -21,8 +21,10 @@ from feishu_mailbot.state import (
     DatabaseError,
     State,
     StateError,
+    bounces,
     digests,
     heartbeat,
+    inbound,
     instances,
     messages,
     outbox,
@@ -62,6 +64,8 @@ def snapshot(settings: Settings, state: State, now: float) -> status.Snapshot:
         db_bytes=state.size(),
         engine=state.engine,
         members=members(state, now),
+        inbound=None if settings.inbound is None else state.read(inbound.counts),
+        bounced_week=state.read(partial(bounces.count_since, since=now - 7 * 86400)),
     )
 
 

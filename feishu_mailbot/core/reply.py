@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from feishu_mailbot.core.bounce import Report
 from feishu_mailbot.core.text import single_line
 
 # --------------------------------------------------------------------------- new text
@@ -122,6 +123,7 @@ class Inbound:
     headers: Mapping[str, tuple[str, ...]]  # lower-case name → values, topmost first
     images: tuple[ImagePart, ...] = ()
     files: tuple[str, ...] = ()  # the names of other attachments: named, not uploaded
+    report: Report | None = None  # when it is a delivery report about a mail
 
 
 @dataclass(frozen=True)

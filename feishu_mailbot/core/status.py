@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot.core.text import terminal, terminal_json
 
+# What became of mail that came in (state/inbound.py's outcomes).
+INBOUND_OUTCOMES = ("posted", "refused", "failed", "report")
 STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is not running (or hung)
 
 
@@ -61,6 +63,8 @@ class Snapshot:
     db_bytes: int
     engine: str = "sqlite"
     members: tuple[Member, ...] = ()
+    inbound: dict[str, int] | None = None  # mail in, by outcome; None: `inbound:` not set
+    bounced_week: int = 0  # recipients a delivery report came back for, in 7 days
 
 
 def running(s: Snapshot) -> bool:
@@ -112,6 +116,16 @@ def text(s: Snapshot) -> str:
     for d in s.digests:
         chat = terminal(d.chat_id, one_line=True)
         lines.append(f"last {d.kind} for {chat}: {d.day}, {duration(s.now - d.queued_at)} ago")
+    if s.bounced_week:
+        lines.append(
+            f"bounced recipients in 7 days: {s.bounced_week} (feishu-mailbot queue --failed)"
+        )
+    if s.inbound is not None:
+        n = s.inbound
+        lines.append(
+            f"mail in: {n.get('posted', 0)} replies posted, {n.get('refused', 0)} refused, "
+            f"{n.get('failed', 0)} failed, {n.get('report', 0)} delivery reports"
+        )
     if s.quarantined:
         lines.append(f"quarantined events: {s.quarantined} (feishu-mailbot queue --quarantined)")
     alive = [m for m in s.members if m.alive]
@@ -145,6 +159,8 @@ def as_json(s: Snapshot) -> str:
         ),
         "last_digests": [d.__dict__ for d in s.digests],
         "quarantined": s.quarantined,
+        "bounced_week": s.bounced_week,
+        "mail_in": s.inbound,
         "database_bytes": s.db_bytes,
         "database_engine": s.engine,
         "instances": [
@@ -204,6 +220,14 @@ def prometheus(s: Snapshot) -> str:
         [(f'{{chat="{_label(d.chat_id)}"}}', d.queued_at) for d in s.digests],
     )
     metric("quarantined", "Events held in quarantine.", [("", s.quarantined)])
+    metric("bounced_week", "Recipients a delivery report came back for, in 7 days.",
+           [("", s.bounced_week)])  # fmt: skip
+    if s.inbound is not None:
+        metric(
+            "mail_in",
+            "Mail that came in to the bot's mailbox and is remembered, by what became of it.",
+            [(f'{{outcome="{k}"}}', s.inbound.get(k, 0)) for k in INBOUND_OUTCOMES],
+        )
     metric("database_bytes", "The state database (and its WAL, for SQLite).", [("", s.db_bytes)])
     metric(
         "instance_up",

@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from feishu_mailbot.core.reply import ImagePart, Inbound
+from feishu_mailbot.mail import bounce
 
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _DELIVERED = ("to", "cc", "delivered-to", "x-original-to", "envelope-to")
@@ -35,6 +36,7 @@ def parse(raw: bytes) -> Inbound:
     for key, value in message.items():  # topmost first
         headers.setdefault(key.lower(), []).append(str(value))
     own = _ids(str(message.get("Message-ID", "")))
+    report = bounce.read(message, address, text)
     return Inbound(
         message_id=own[0] if own else "",
         from_address=address,
@@ -47,6 +49,7 @@ def parse(raw: bytes) -> Inbound:
         headers={k: tuple(v) for k, v in headers.items()},
         images=tuple(images),
         files=tuple(files),
+        report=report,
     )
 
 

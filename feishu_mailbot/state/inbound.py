@@ -13,9 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from feishu_mailbot.core.reply import Answered
+from feishu_mailbot.core.status import INBOUND_OUTCOMES
 from feishu_mailbot.state.db import Tx
 
-POSTED, REFUSED, FAILED = "posted", "refused", "failed"
+# What became of a mail: posted into a thread, refused (why is in `detail`), failed
+# (Feishu refused it, or it could not be read), or a delivery report, read.
+POSTED, REFUSED, FAILED, REPORT = INBOUND_OUTCOMES
 
 
 @dataclass(frozen=True)

@@ -426,6 +426,17 @@ def queued(tx: Tx, statuses: Sequence[str]) -> list[QueueEntry]:
     return [e for e in map(_entry, rows) if e.status in statuses]
 
 
+def entries_of(tx: Tx, mail_ids: Sequence[str]) -> list[QueueEntry]:
+    """The mails `mail_ids` still in the table, in that order."""
+    found: dict[str, QueueEntry] = {}
+    for i in range(0, len(mail_ids), 500):  # under every engine's limit of parameters
+        chunk = tuple(mail_ids[i : i + 500])
+        marks = ",".join("?" * len(chunk))
+        for r in tx.execute(f"{_ENTRY} WHERE mail_id IN ({marks})", chunk):
+            found[r[1]] = _entry(r)
+    return [found[m] for m in mail_ids if m in found]
+
+
 def entry(tx: Tx, row_id: int) -> QueueEntry | None:
     row = tx.execute(f"{_ENTRY} WHERE rowid = ?", (row_id,)).fetchone()
     return None if row is None else _entry(row)

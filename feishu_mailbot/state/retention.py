@@ -55,6 +55,7 @@ _RULES = (
     ("quarantine", "mail", "received_at < ?"),
     ("names", "mail", "fetched_at < ?"),
     ("inbound", "mail", "received_at < ?"),
+    ("bounces", "mail", "bounced_at < ?"),
 )
 
 

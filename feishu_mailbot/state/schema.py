@@ -7,7 +7,7 @@ both engines: plain ALTER/CREATE/UPDATE, with the types below.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # Events that fail the same way on every re-push, kept as Feishu sent them.
 _QUARANTINE = """
@@ -85,7 +85,7 @@ _INBOUND = """
 CREATE TABLE inbound (
     message_id  TEXT PRIMARY KEY,  -- the incoming mail's, without <>
     received_at REAL NOT NULL,
-    outcome     TEXT NOT NULL,     -- posted | refused | failed
+    outcome     TEXT NOT NULL,     -- posted | refused | failed | report
     detail      TEXT NOT NULL,     -- why, in the journal's words
     mail_id     TEXT               -- the mail of ours it answers
 );
@@ -95,6 +95,19 @@ CREATE TABLE inbound_cursor (
     last_uid    INTEGER NOT NULL
 );
 CREATE INDEX outbox_header ON outbox (header_id);
+"""
+
+# Recipients a delivery report says a sent mail did not reach (bounces.py): once each.
+_BOUNCES = """
+CREATE TABLE bounces (
+    mail_id     TEXT NOT NULL,
+    recipient   TEXT NOT NULL,
+    bounced_at  REAL NOT NULL,
+    status      TEXT NOT NULL,  -- RFC 3463's 5.1.1, or ''
+    diagnostic  TEXT NOT NULL,  -- the remote server's words
+    PRIMARY KEY (mail_id, recipient)
+);
+CREATE INDEX bounces_at ON bounces (bounced_at);
 """
 
 SCHEMA = (
@@ -189,6 +202,7 @@ CREATE TABLE names (
     + _INSTANCES
     + _SPOOL_CHUNKS
     + _INBOUND
+    + _BOUNCES
 )
 
 # Step from version N to N+1, for databases made by an older release, on both engines.
@@ -199,6 +213,8 @@ MIGRATIONS = {
     9: _SPOOL_CHUNKS,
     # Replies by mail: our mail's Message-IDs, findable; what came in, and where.
     10: "ALTER TABLE outbox ADD COLUMN header_id TEXT;\n" + _INBOUND,
+    # Delivery reports that came back to the bot's mailbox.
+    11: _BOUNCES,
 }
 
 # The steps before PostgreSQL came (with version 8), for SQLite only.

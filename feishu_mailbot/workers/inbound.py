@@ -23,12 +23,13 @@ from functools import partial
 from typing import Any, TypeVar
 
 from feishu_mailbot.config.settings import InboundSettings, Settings
-from feishu_mailbot.core import reply
+from feishu_mailbot.core import bounce, reply
+from feishu_mailbot.core.bounce import Report
 from feishu_mailbot.feishu.errors import FeishuError, refused
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail.imap import ImapError, Mailbox, Opened
 from feishu_mailbot.mail.reply import parse
-from feishu_mailbot.state import State
+from feishu_mailbot.state import State, bounces
 from feishu_mailbot.state import inbound as inbound_q
 from feishu_mailbot.workers.rounds import Worker
 
@@ -210,6 +211,9 @@ class Inbound(Worker):
         if self._state.read(partial(inbound_q.taken, message_id=key)):
             log.debug("mail taken before, left alone", extra=fields)
             return
+        if mail.report is not None:
+            await self._bounced(mail.report, key, fields)
+            return
         found = self._state.read(partial(inbound_q.answered, keys=reply.named_keys(mail)))
         answered, kind = found if found is not None else (None, "")
         try:
@@ -227,6 +231,29 @@ class Inbound(Worker):
             return
         outcome, detail = await self._post(mail.from_address, text, key, answered, fields)
         await self._record(key, outcome, detail, mail_id)
+
+    async def _bounced(self, report: Report, key: str, fields: dict[str, str]) -> None:
+        """A delivery report: the recipients of our mail it says were not reached are
+        marked, each once (a report is never posted, nor answered)."""
+        keys = tuple(dict.fromkeys(i.partition("@")[0] for i in report.returned_ids if "@" in i))
+        found = self._state.read(partial(inbound_q.answered, keys=keys[: reply.MAX_NAMED]))
+        if found is None:
+            log.info("a delivery report about no mail the bot sent, left alone", extra=fields)
+            await self._record(key, inbound_q.REPORT, "it names no mail the bot sent", None)
+            return
+        answered = found[0]
+        fields = {**fields, "MAIL_ID": answered.mail_id, "MESSAGE_ID": answered.message_id}
+        failures = bounce.failed(report, answered.recipients)
+        for failure in failures:
+            news = await self._state.write(
+                partial(bounces.record, mail_id=answered.mail_id, failure=failure, now=self._now())
+            )
+            if news:
+                log.error("mail bounced: %s", bounce.describe(failure), extra=fields)
+        said = "; ".join(bounce.describe(f) for f in failures) or "no recipient failed"
+        if not failures:
+            log.info("a delivery report about a mail of ours: no recipient failed", extra=fields)
+        await self._record(key, inbound_q.REPORT, said, answered.mail_id)
 
     def _judge(
         self, mail: reply.Inbound, answered: reply.Answered | None, kind: str

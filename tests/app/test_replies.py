@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from feishu_mailbot.mail.imap import mailbox_name
-from tests import certs
+from tests import bounces, certs
 from tests.dovecot import PASSWORD, USER, Dovecot
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, NotifySocket, wait_until
@@ -199,3 +200,35 @@ def test_a_mailbox_that_is_down_pauses_only_the_replies(
         assert bot.stop() == 0
     finally:
         notify.close()
+
+
+def test_a_delivery_report_marks_the_recipient_it_names_bounced_once(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
+    bot.wait_log("inbound: reading INBOX")
+    message_id, mail = forwarded(emulator, smtp, "队列故障")
+    ours = str(mail["Message-ID"])
+    dovecot.append(bounces.postfix(ours, "lisi@example.com", action="delayed", status="4.4.1"))
+    dovecot.append(bounces.postfix(ours, "lisi@example.com"))
+    dovecot.append(bounces.postfix(ours, "lisi@example.com"))  # a server that repeats it
+    dovecot.append(bounces.qmail("<unknown@elsewhere.example>", "oncall@example.com"))
+    bot.wait_log("a delivery report about no mail the bot sent", timeout=20)
+    log = bot.log()
+    assert log.count("mail bounced: lisi@example.com: 5.1.1 550 5.1.1") == 1
+    assert "a delivery report about a mail of ours: no recipient failed" in log  # the delay
+    assert "mail bounced: oncall" not in log and replies(emulator, message_id) == []
+    failed = bot.cli("queue", "--failed")
+    assert failed.returncode == 0, failed.stderr
+    head, subject, said = failed.stdout.splitlines()[1:4]
+    assert "bounced" in head and "lisi@example.com, oncall@example.com" in head
+    assert "队列故障" in subject
+    assert "bounced" in said and "lisi@example.com: 5.1.1 550 5.1.1 <lisi@example.com>" in said
+    assert len(failed.stdout.splitlines()) == 4  # one mail, one bounce
+    status = bot.cli("status")
+    assert "bounced recipients in 7 days: 1 (feishu-mailbot queue --failed)" in status.stdout
+    assert "mail in: 0 replies posted, 0 refused, 0 failed, 4 delivery reports" in status.stdout
+    assert 'feishu_mailbot_mail_in{outcome="report"} 4' in bot.cli("status", "--prometheus").stdout
+    (entry,) = json.loads(bot.cli("queue", "--failed", "--json").stdout)
+    assert entry["state"] == "sent" and entry["bounced"][0]["recipient"] == "lisi@example.com"
+    assert bot.stop() == 0

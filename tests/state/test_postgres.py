@@ -259,13 +259,13 @@ def test_a_schema_8_database_is_brought_up_to_date_in_place(
     tmp_path: Path, postgres: Postgres
 ) -> None:
     """Made by the first release with PostgreSQL (no instances, no outbox.owner, no
-    spool_chunks, nothing of inbound mail): every step since runs, in order."""
+    spool_chunks, nothing of inbound mail or bounces): every step since runs, in order."""
     url = postgres.database()
     state = open_state(tmp_path, url)
     state.write_now(lambda tx: ingest(tx, message(1), (), 1.0))
     state.close()
     with postgres.admin(url.rsplit("/", 1)[1]) as db:
-        db.execute("DROP TABLE instances, locks, spool_chunks, inbound, inbound_cursor")
+        db.execute("DROP TABLE instances, locks, spool_chunks, inbound, inbound_cursor, bounces")
         db.execute("ALTER TABLE outbox DROP COLUMN owner, DROP COLUMN header_id")
         db.execute("UPDATE schema_version SET version = 8")
     state = open_state(tmp_path, url)

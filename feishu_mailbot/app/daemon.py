@@ -43,11 +43,13 @@ from feishu_mailbot.feishu.route import Route
 from feishu_mailbot.state import (
     DatabaseError,
     PostgresUnavailable,
+    State,
     StateError,
     Unavailable,
     heartbeat,
     messages,
     quarantine,
+    subscriptions,
 )
 from feishu_mailbot.state import outbox as outbox_q
 from feishu_mailbot.state.instances import LEASE
@@ -68,6 +70,19 @@ STATUS_EVERY = 5.0
 QUARANTINE_POLL = 1.0  # how soon an operator's retry of a quarantined event is taken
 IDENTITY_RETRY = 5.0  # how often to ask again for the bot's open_id
 NO_EVENTS_HINT = 30 * 60.0  # connected this long without a single event: say what to check
+
+
+class Unsubscribed:
+    """(rule, address) of everyone who unsubscribed, as triage reads it on every event:
+    read at start, with every status beat (a `subscriptions --restore` elsewhere), and
+    when the inbound worker records one."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+        self.pairs: frozenset[tuple[str, str]] = frozenset()
+
+    def read(self) -> None:
+        self.pairs = self._state.read(subscriptions.pairs)
 
 
 class Daemon:
@@ -91,11 +106,14 @@ class Daemon:
             leading=leading,
         )  # fmt: skip
         self.housekeeper = Housekeeper(settings, self.state, leading=leading)
+        self.left = Unsubscribed(self.state)
         self.inbound: Inbound | None = None
         if settings.inbound is not None:  # imaplib and the mail parser only then
             from feishu_mailbot.workers.inbound import Inbound
 
-            self.inbound = Inbound(settings, self.state, self.api, leading=leading)
+            self.inbound = Inbound(
+                settings, self.state, self.api, leading=leading, left_changed=self.left.read
+            )
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )
@@ -125,7 +143,7 @@ class Daemon:
             allowed = self.settings.chat
             zone = ZoneInfo(self.settings.timezone)  # ZoneInfo keeps one object per zone
             event = events.parse_event(payload, lambda chat: allowed(chat) is not None, zone)
-            outcome = triage.triage(event, self.settings, self.bot_open_id)
+            outcome = triage.triage(event, self.settings, self.bot_open_id, self.left.pairs)
             if isinstance(outcome, triage.Drop):
                 log.debug("%s", outcome.reason, extra=_fields(event))
             elif isinstance(outcome, Recall):
@@ -242,6 +260,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:  # before the outbox takes over what predecessors left
             await self.membership.join()
+            self.left.read()
         except DatabaseError as e:
             log.error("database unreachable: %s", e)
             self.state.close()
@@ -368,6 +387,7 @@ class Daemon:
         )
         try:
             await self.state.write(partial(heartbeat.record, beat=beat))
+            self.left.read()
         except DatabaseError as e:
             log.debug("status not recorded: %s", e)
 
@@ -489,8 +509,9 @@ class Daemon:
             if new.inbound != self.settings.inbound:
                 log.warning("inbound.* changes take effect only after a restart")
             self.settings = self.sources.settings = new  # the reporter's and batcher's too
-            for part in (self.names, self.schedule, self.housekeeper):
-                part.settings = new
+            for part in (self.names, self.schedule, self.housekeeper, self.inbound):
+                if part is not None:
+                    part.settings = new
             self.outbox.reconfigure(new)
             self.actions.reconfigure(new)
             self.connection.ping_every = new.health.stall_after / 3

@@ -30,8 +30,9 @@ COMMANDS = {
     "retry": ("feishu_mailbot.cli.queue", "run_retry"),
     "drop": ("feishu_mailbot.cli.queue", "run_drop"),
     "migrate-state": ("feishu_mailbot.cli.migrate_state", "run_migrate_state"),
+    "subscriptions": ("feishu_mailbot.cli.subscriptions", "run_subscriptions"),
 }
-ON_STATE = frozenset({"status", "queue", "show", "retry", "drop"})
+ON_STATE = frozenset({"status", "queue", "show", "retry", "drop", "subscriptions"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
     drop.add_argument("--yes", action="store_true", help="really drop them")
     sub.add_parser("chats", help="the chats the bot is in: ids, names, members, allowlisted")
+    subs = sub.add_parser("subscriptions", help="who unsubscribed from which rule by mail")
+    subs.add_argument(
+        "--restore", metavar="ADDRESS", help="send ADDRESS the mail of the rules it left again"
+    )
+    subs.add_argument("--rule", metavar="NAME", help="with --restore: only this rule")
     mig = sub.add_parser(
         "migrate-state", help="copy the SQLite state into an empty PostgreSQL database"
     )

@@ -23,10 +23,11 @@ from feishu_mailbot.config.settings import Rule, Settings
 from feishu_mailbot.core import batch
 from feishu_mailbot.core.model import Message, StoredFormError
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
+from feishu_mailbot.core.unsubscribe import receives
 from feishu_mailbot.feishu.errors import FeishuError
 from feishu_mailbot.mail import headers
 from feishu_mailbot.mail.batch import compose as compose_mail
-from feishu_mailbot.state import DatabaseError, batches, messages
+from feishu_mailbot.state import DatabaseError, batches, messages, subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,16 @@ class Batcher:
     async def _compose(
         self, rule: Rule, end: datetime, start: datetime | None, waiting: list[str], mail_id: str
     ) -> bool:
+        to = receives(rule.to, rule.name, self.src.state.read(subscriptions.pairs))
+        if not to:
+            dropped = await self.src.state.write(partial(batches.abandon, rule=rule.name))
+            log.info(
+                "batch digest of %s not sent: all its recipients unsubscribed; %d matches dropped",
+                rule.name,
+                dropped,
+                extra={"RULE": rule.name},
+            )
+            return False
         found = [f for f in [await self._entry(m, end) for m in waiting] if f is not None]
         if start is None:
             assert rule.batch is not None
@@ -191,17 +202,18 @@ class Batcher:
         subject, composed = compose_mail(
             roundup,
             sender=self.settings.smtp.sender,
-            to=rule.to,
+            to=to,
             message_id=headers.make_message_id(mail_id),
             date=datetime.fromtimestamp(self.src.now(), end.tzinfo),
             images=images,
+            lists=await self.src.lists((rule.name,)),
         )
         record = partial(
             batches.take,
             rule=rule.name,
             message_ids=waiting,
             mail_id=mail_id,
-            recipients=rule.to,
+            recipients=to,
             now=self.src.now(),
         )
         if not await queue_digest(self.src.state, mail_id, subject, composed, images, record):
@@ -210,7 +222,7 @@ class Batcher:
         log.info(
             "batch digest of %s queued to %s: %d messages",
             rule.name,
-            ", ".join(rule.to),
+            ", ".join(to),
             len(waiting),
             extra={"MAIL_ID": mail_id},
         )

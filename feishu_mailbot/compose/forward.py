@@ -83,7 +83,13 @@ class ForwardComposer:
         thread = await self._thread(msg, row, zone)
         date = forward.sent_at(msg, zone)
         env = forward.Envelope(
-            self.settings.smtp.sender, row.recipients, chat_name, sender_name, row.rules, message_id
+            self.settings.smtp.sender,
+            row.recipients,
+            chat_name,
+            sender_name,
+            row.rules,
+            message_id,
+            await self.src.lists(row.rules),
         )
         subject = forward.subject_of(msg, row.subject_template, env, date=date, thread=thread)
         compose = partial(forward.forward_mail, msg, env, subject=subject, date=date, thread=thread)

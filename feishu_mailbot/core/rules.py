@@ -14,6 +14,7 @@ from functools import lru_cache
 from feishu_mailbot.config.settings import Rule
 from feishu_mailbot.core.model import Delivery, Message
 from feishu_mailbot.core.text import fold
+from feishu_mailbot.core.unsubscribe import receives
 
 # A regex runs on the ack path, so it is bounded: at most this long per rule and message,
 # on at most this much text. Past the limit the rule counts as not matching.
@@ -62,6 +63,7 @@ def plan(
     msg: Message,
     slow: set[str] | None = None,
     folded: str | None = None,
+    left: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[Delivery, ...]:
     """Group recipients by the exact set of matching rules that name them.
 
@@ -70,6 +72,7 @@ def plan(
     groups' rule positions, so the same config and message always give the
     same plan (the outbox relies on that for idempotent retries). `folded` is
     fold(msg.text) when the caller has it already (folding is the costly part).
+    `left` holds the (rule, address) pairs of those who unsubscribed from a rule.
     """
     if folded is None:
         folded = fold(msg.text)
@@ -81,7 +84,7 @@ def plan(
     spelling: dict[str, str] = {}
     rules_for: dict[str, list[int]] = {}
     for index, rule in matched:
-        for address in rule.to:
+        for address in receives(rule.to, rule.name, left) if left else rule.to:
             key = address.strip().casefold()
             if not key:
                 continue

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from feishu_mailbot.core.text import terminal, terminal_json
 
 # What became of mail that came in (state/inbound.py's outcomes).
-INBOUND_OUTCOMES = ("posted", "refused", "failed", "report")
+INBOUND_OUTCOMES = ("posted", "refused", "failed", "report", "unsubscribed")
 STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is not running (or hung)
 
 
@@ -124,7 +124,8 @@ def text(s: Snapshot) -> str:
         n = s.inbound
         lines.append(
             f"mail in: {n.get('posted', 0)} replies posted, {n.get('refused', 0)} refused, "
-            f"{n.get('failed', 0)} failed, {n.get('report', 0)} delivery reports"
+            f"{n.get('failed', 0)} failed, {n.get('report', 0)} delivery reports, "
+            f"{n.get('unsubscribed', 0)} unsubscribed"
         )
     if s.quarantined:
         lines.append(f"quarantined events: {s.quarantined} (feishu-mailbot queue --quarantined)")

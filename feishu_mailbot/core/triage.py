@@ -1,4 +1,4 @@
-"""What an event asks of us, decided from the event and the settings alone.
+"""What an event asks of us, decided from the event, the settings and who unsubscribed.
 
 Pure, and run before the ack: nothing is read from the state here, so the
 answer depends only on what Feishu sent and what the operator configured.
@@ -45,7 +45,13 @@ class Accept:
 Outcome = Drop | Recall | Accept
 
 
-def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
+def triage(
+    event: Event,
+    settings: Settings,
+    bot_open_id: str,
+    left: frozenset[tuple[str, str]] = frozenset(),
+) -> Outcome:
+    """`left`: the (rule, address) pairs of those who unsubscribed (state/subscriptions.py)."""
     if isinstance(event, Ignored):
         return Drop(event.reason)
     if settings.chat(event.chat_id) is None:
@@ -57,7 +63,7 @@ def triage(event: Event, settings: Settings, bot_open_id: str) -> Outcome:
     event = stored.message
     slow: set[str] = set()
     folded = fold(event.text)  # once for both kinds of rule
-    deliveries = rules.plan(settings.rules, event, slow, folded)
+    deliveries = rules.plan(settings.rules, event, slow, folded, left)
     batches = rules.batched(settings.rules, event, slow, folded)
     requests = report_requests(event, settings.daily_report, bot_open_id)
     return Accept(

@@ -79,11 +79,14 @@ def compose(
     message_id: str,
     date: datetime,
     images: Mapping[str, Attachment],
+    lists: Sequence[str] = (),
 ) -> tuple[str, mime.Mail]:
-    """The digest as text + HTML, its messages' images inline: (subject, mail)."""
+    """The digest as text + HTML, its messages' images inline: (subject, mail).
+    `lists`: its List-Id and List-Unsubscribe (mail/headers.py), if any."""
     title = subject(r)
     headers = base_headers(subject=title, sender=sender, to=to, message_id=message_id, date=date)
     headers.append(mime.header("X-Feishu-Mailbot-Batch", sanitize_header(r.rule)))
+    headers.extend(lists)
     shown = (e.message for chat in r.chats for thread in chat.threads for e in thread)
 
     def html(available: set[str]) -> str:

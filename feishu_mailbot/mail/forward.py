@@ -78,6 +78,7 @@ class Envelope:
     sender_name: str
     rule_names: Sequence[str]
     message_id: str
+    lists: Sequence[str] = ()  # List-Id and List-Unsubscribe (mail/headers.py), if any
 
 
 def subject_of(
@@ -126,6 +127,7 @@ def forward_mail(
         headers.append(
             mime.header("X-Feishu-Mailbot-Rules", sanitize_header(", ".join(env.rule_names)))
         )
+    headers.extend(env.lists)
     if thread.references:
         ids = [checked_message_id(r, "references") for r in thread.references]
         headers.append(f"In-Reply-To: {ids[-1]}")

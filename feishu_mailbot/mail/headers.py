@@ -15,6 +15,7 @@ from email.utils import format_datetime, parseaddr
 
 from feishu_mailbot.core.reply import mail_key
 from feishu_mailbot.core.text import single_line
+from feishu_mailbot.core.unsubscribe import list_id, mailto
 from feishu_mailbot.mail import mime
 
 DEFAULT_DOMAIN = "feishu-mailbot"
@@ -96,6 +97,17 @@ def base_headers(
         "Auto-Submitted: auto-generated",
         "X-Auto-Response-Suppress: All",
         f"X-Mailer: {MAILER}",
+    ]
+
+
+def list_headers(rules: Sequence[str], key: bytes, mailbox: str) -> list[str]:
+    """List-Id and List-Unsubscribe (RFC 2919, 2369) of a mail sent for `rules`: an
+    unsubscribe request goes to the bot's `mailbox` (smtp.from), which it reads."""
+    _, addr = parseaddr(_address(mailbox))
+    domain = addr.rpartition("@")[2] or DEFAULT_DOMAIN
+    return [
+        "List-Id: " + mime.address((sanitize_header(rules[0]), list_id(key, rules[0], domain))),
+        f"List-Unsubscribe: <{mailto(addr, key, rules)}>",
     ]
 
 

@@ -17,8 +17,9 @@ from feishu_mailbot.core.status import INBOUND_OUTCOMES
 from feishu_mailbot.state.db import Tx
 
 # What became of a mail: posted into a thread, refused (why is in `detail`), failed
-# (Feishu refused it, or it could not be read), or a delivery report, read.
-POSTED, REFUSED, FAILED, REPORT = INBOUND_OUTCOMES
+# (Feishu refused it, or it could not be read), a delivery report read, or an
+# unsubscribe request taken (the rules in `detail`).
+POSTED, REFUSED, FAILED, REPORT, UNSUBSCRIBED = INBOUND_OUTCOMES
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ _INBOUND = """
 CREATE TABLE inbound (
     message_id  TEXT PRIMARY KEY,  -- the incoming mail's, without <>
     received_at REAL NOT NULL,
-    outcome     TEXT NOT NULL,     -- posted | refused | failed | report
+    outcome     TEXT NOT NULL,     -- posted | refused | failed | report | unsubscribed
     detail      TEXT NOT NULL,     -- why, in the journal's words
     mail_id     TEXT               -- the mail of ours it answers
 );
@@ -108,6 +108,21 @@ CREATE TABLE bounces (
     PRIMARY KEY (mail_id, recipient)
 );
 CREATE INDEX bounces_at ON bounces (bounced_at);
+"""
+
+# Who left which rule by mail (subscriptions.py), until `subscriptions --restore`; and
+# keys the state keeps (the one that makes List-Unsubscribe tokens), as hex.
+_SUBSCRIPTIONS = """
+CREATE TABLE unsubscribed (
+    rule     TEXT NOT NULL,
+    address  TEXT NOT NULL,  -- lower case
+    left_at  REAL NOT NULL,
+    PRIMARY KEY (rule, address)
+);
+CREATE TABLE secrets (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
 """
 
 SCHEMA = (
@@ -203,6 +218,7 @@ CREATE TABLE names (
     + _SPOOL_CHUNKS
     + _INBOUND
     + _BOUNCES
+    + _SUBSCRIPTIONS
 )
 
 # Step from version N to N+1, for databases made by an older release, on both engines.
@@ -213,8 +229,8 @@ MIGRATIONS = {
     9: _SPOOL_CHUNKS,
     # Replies by mail: our mail's Message-IDs, findable; what came in, and where.
     10: "ALTER TABLE outbox ADD COLUMN header_id TEXT;\n" + _INBOUND,
-    # Delivery reports that came back to the bot's mailbox.
-    11: _BOUNCES,
+    # Delivery reports that came back to the bot's mailbox; unsubscribing by mail.
+    11: _BOUNCES + _SUBSCRIPTIONS,
 }
 
 # The steps before PostgreSQL came (with version 8), for SQLite only.

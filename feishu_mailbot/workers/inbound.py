@@ -16,21 +16,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from feishu_mailbot.config.settings import InboundSettings, Settings
-from feishu_mailbot.core import bounce, reply
+from feishu_mailbot.core import bounce, reply, unsubscribe
 from feishu_mailbot.core.bounce import Report
 from feishu_mailbot.feishu.errors import FeishuError, refused
 from feishu_mailbot.feishu.rest import FeishuApi
+from feishu_mailbot.mail.headers import make_message_id
 from feishu_mailbot.mail.imap import ImapError, Mailbox, Opened
 from feishu_mailbot.mail.reply import parse
-from feishu_mailbot.state import State, bounces
+from feishu_mailbot.mail.unsubscribe import confirmation
+from feishu_mailbot.state import State, Tx, bounces, outbox, subscriptions
 from feishu_mailbot.state import inbound as inbound_q
+from feishu_mailbot.state.outbox import Prepared
 from feishu_mailbot.workers.rounds import Worker
 
 log = logging.getLogger(__name__)
@@ -62,10 +68,12 @@ class Inbound(Worker):
         api: FeishuApi,
         wall_clock: Callable[[], float] = time.time,
         leading: Callable[[], bool] = lambda: True,
+        left_changed: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(state, wall_clock)
         assert settings.inbound is not None
-        self.inbound: InboundSettings = settings.inbound
+        self.settings = settings  # its rules, as a reload changes them
+        self.inbound: InboundSettings = settings.inbound  # as it started
         imap = self.inbound.imap
         # The cursor's name: another server or account is another mailbox.
         self._where = f"{imap.username}@{imap.host}/{imap.mailbox}"
@@ -77,6 +85,8 @@ class Inbound(Worker):
         self._failing = 0
         self._idle_failures = 0  # IDLEs in a row that ended in an error
         self._posted_at = 0.0
+        self._left_changed = left_changed  # someone unsubscribed: the daemon reads who
+        self._list_key: bytes | None = None
         #: Why the mailbox is not being read now (for the status line), or None.
         self.problem: str | None = None
 
@@ -214,6 +224,10 @@ class Inbound(Worker):
         if mail.report is not None:
             await self._bounced(mail.report, key, fields)
             return
+        tokens = unsubscribe.asked(mail.subject)
+        if tokens:
+            await self._unsubscribe(mail, tokens, key, fields)
+            return
         found = self._state.read(partial(inbound_q.answered, keys=reply.named_keys(mail)))
         answered, kind = found if found is not None else (None, "")
         try:
@@ -254,6 +268,77 @@ class Inbound(Worker):
         if not failures:
             log.info("a delivery report about a mail of ours: no recipient failed", extra=fields)
         await self._record(key, inbound_q.REPORT, said, answered.mail_id)
+
+    async def _unsubscribe(
+        self, mail: reply.Inbound, tokens: tuple[str, ...], key: str, fields: dict[str, str]
+    ) -> None:
+        """A request to stop a rule's mail (its List-Unsubscribe): taken from a recipient
+        of the rules it names, confirmed once by mail; anything else is logged only."""
+        if self._list_key is None:
+            fresh = os.urandom(32)
+            self._list_key = await self._state.write(partial(subscriptions.key, fresh=fresh))
+        reason, rules = self._may_leave(mail, tokens, self._list_key)
+        sender = mail.from_address or "an unknown sender"
+        if reason is not None:
+            log.info("unsubscribe request from %s not taken: %s", sender, reason, extra=fields)
+            await self._record(key, inbound_q.REFUSED, reason, None)
+            return
+        now = self._now()
+        mail_id = f"unsubscribe/{sender}/{key}"
+        subject, raw = confirmation(
+            sender=self.settings.smtp.sender,
+            to=sender,
+            rules=rules,
+            message_id=make_message_id(mail_id),
+            date=datetime.fromtimestamp(now, ZoneInfo(self.settings.timezone)),
+        )
+
+        def leave(tx: Tx) -> list[str]:
+            news = [r for r in rules if subscriptions.leave(tx, r, sender, now)]
+            if news:
+                notice = Prepared(subject, raw=raw)
+                outbox.queue(
+                    tx, mail_id=mail_id, kind="notice", recipients=[sender], prepared=notice,
+                    now=now,
+                )  # fmt: skip
+            return news
+
+        news = await self._state.write(leave)
+        names = ", ".join(rules)
+        if news:
+            self._left_changed()
+            log.warning(
+                "%s unsubscribed from %s: that mail is no longer sent to them "
+                "(feishu-mailbot subscriptions --restore %s)", sender, names, sender,
+                extra={**fields, "RULE": names},
+            )  # fmt: skip
+        else:
+            log.info("%s had unsubscribed from %s already", sender, names, extra=fields)
+        await self._record(key, inbound_q.UNSUBSCRIBED, names, None)
+
+    def _may_leave(
+        self, mail: reply.Inbound, tokens: tuple[str, ...], list_key: bytes
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """Why not to take the request (None: take it), and the rules it leaves."""
+        if not mail.from_address:
+            return "its From is not one well-formed address", ()
+        configured = {r.name: r for r in self.settings.rules}
+        named = unsubscribe.rules_named(list_key, tokens, configured)
+        if not named:
+            return "it names no rule of this bot (a rule renamed, or a token made up)", ()
+        rules = tuple(
+            n for n in named if mail.from_address in {a.lower() for a in configured[n].to}
+        )
+        if not rules:
+            return f"{mail.from_address} is not a recipient of {', '.join(named)}", ()
+        auto = reply.auto_reply(mail)
+        if auto is not None:
+            return f"an automatic reply ({auto})", ()
+        if self.inbound.trusted_authserv_id:
+            doubt = reply.authenticated(mail, self.inbound.trusted_authserv_id)
+            if doubt is not None:
+                return doubt, ()
+        return None, rules
 
     def _judge(
         self, mail: reply.Inbound, answered: reply.Answered | None, kind: str

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import logging
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from feishu_mailbot.core.model import Image, Message, Recall, Text
 from feishu_mailbot.core.retry import UNEXPECTED_ATTEMPTS
 from feishu_mailbot.feishu.rest import FeishuApi
 from feishu_mailbot.mail import batch as batch_mail
-from feishu_mailbot.state import State, Tx, messages, outbox
+from feishu_mailbot.state import State, Tx, messages, outbox, subscriptions
 from feishu_mailbot.workers.schedule import Schedule
 from tests.compose.test_daily_report import faketime_env
 from tests.feishu_emulator import FeishuEmulator
@@ -261,6 +262,47 @@ def test_a_simulated_day_of_an_hourly_batch(tmp_path: Path, emulator: FeishuEmul
     # Its span is that of what it carries: the matches of 13:00 and 13:10, then the stop.
     catch_up = [str(b["Subject"]) for b in bodies.values() if "–16:00" in str(b["Subject"])]
     assert catch_up == ["[飞书汇总] 低优先级 · 2026-12-01 13:00–16:00 · 6 条"]
+
+
+TWO = """\
+- name: 低优先级
+  keywords: [低优先级]
+  batch: 1h
+  to: [archive@example.com, lisi@example.com]
+"""
+# Read only for the List-Unsubscribe address: nothing connects to it here.
+INBOUND = "inbound:\n  imap:\n    host: 127.0.0.1\n    username: bot\n    password: x\n"
+
+
+def test_a_digest_skips_who_left_its_rule_and_says_how_to_leave(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_config(tmp_path, feishu_url="http://127.0.0.1:9", smtp_port=9, rules=TWO,
+                          extra=INBOUND)  # fmt: skip
+    s = load.load(str(config))
+    at = datetime(2026, 12, 1, 10, 5, tzinfo=SH)
+    state = State(tmp_path / "state" / "feishu-mailbot.db", daemon=True)
+
+    async def tick(n: int, gone: list[str]) -> list[tuple[str, bytes]]:
+        for address in gone:
+            await state.write(partial(subscriptions.leave, rule="低优先级", address=address, now=0))
+        msg = message(n, f"低优先级 #{n}", at + timedelta(hours=n))
+        accepted = triage.triage(msg, s, "ou_mailbot")
+        assert isinstance(accepted, triage.Accept)
+        await state.write(partial(messages.ingest, msg=msg, deliveries=(), now=msg.create_time_ms
+                                  / 1000, batches=accepted.batches))  # fmt: skip
+        clock = lambda: (at + timedelta(hours=n + 1)).timestamp()  # noqa: E731
+        await Batcher(Sources.of(s, state, FeishuApi(s.feishu), clock)).send_due()
+        return state.read(batch_mails)
+
+    ((_, raw),) = asyncio.run(tick(0, ["LiSi@example.com"]))
+    digest = parse(raw)
+    assert str(digest["To"]) == "archive@example.com"
+    assert str(digest["List-Unsubscribe"]).startswith("<mailto:bot@example.com?subject=unsub")
+    with caplog.at_level(logging.INFO):
+        assert len(asyncio.run(tick(1, ["archive@example.com"]))) == 1  # no second digest
+    assert "all its recipients unsubscribed; 1 matches dropped" in caplog.text
+    state.close()
 
 
 def parse(raw: bytes) -> EmailMessage:

@@ -186,3 +186,17 @@ def test_a_regex_out_of_time_is_no_match_and_named() -> None:
     assert delivery.rules == ("fine",)
     assert slow == {"evil"}
     assert not match(evil, msg("x" * 5000))  # without a set to tell, just no match
+
+
+def test_an_address_that_left_a_rule_is_planned_only_for_the_rules_it_keeps() -> None:
+    rules = [
+        Rule(name="oncall", to=("Li@x.org", "a@x.org"), keywords=("故障",)),
+        Rule(name="db", to=("li@x.org",), keywords=("故障",)),
+    ]
+    left = frozenset({("oncall", "li@x.org")})
+    assert plan(rules, msg("数据库故障"), left=left) == (
+        Delivery(("a@x.org",), ("oncall",), rules[0].subject, False, False),
+        Delivery(("li@x.org",), ("db",), rules[1].subject, False, False),
+    )
+    everyone = frozenset({("oncall", "li@x.org"), ("oncall", "a@x.org"), ("db", "li@x.org")})
+    assert plan(rules, msg("数据库故障"), left=everyone) == ()

@@ -265,7 +265,10 @@ def test_a_schema_8_database_is_brought_up_to_date_in_place(
     state.write_now(lambda tx: ingest(tx, message(1), (), 1.0))
     state.close()
     with postgres.admin(url.rsplit("/", 1)[1]) as db:
-        db.execute("DROP TABLE instances, locks, spool_chunks, inbound, inbound_cursor, bounces")
+        db.execute(
+            "DROP TABLE instances, locks, spool_chunks, inbound, inbound_cursor, bounces,"
+            " unsubscribed, secrets"
+        )
         db.execute("ALTER TABLE outbox DROP COLUMN owner, DROP COLUMN header_id")
         db.execute("UPDATE schema_version SET version = 8")
     state = open_state(tmp_path, url)

@@ -112,8 +112,9 @@ class Daemon:
             from feishu_mailbot.workers.inbound import Inbound
 
             self.inbound = Inbound(
-                settings, self.state, self.api, leading=leading, left_changed=self.left.read
-            )
+                settings, self.state, self.api, self.sources.key, leading=leading,
+                left_changed=self.left.read,
+            )  # fmt: skip
         self.connection = LongConnection(
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )

@@ -89,7 +89,7 @@ class ForwardComposer:
             sender_name,
             row.rules,
             message_id,
-            await self.src.lists(row.rules),
+            [*await self.src.lists(row.rules), *await self.src.reply_to(row.mail_id)],
         )
         subject = forward.subject_of(msg, row.subject_template, env, date=date, thread=thread)
         compose = partial(forward.forward_mail, msg, env, subject=subject, date=date, thread=thread)

@@ -50,6 +50,7 @@ from feishu_mailbot.config.settings import (
     Settings,
     SmtpSettings,
 )
+from feishu_mailbot.core import reply
 from feishu_mailbot.core.rules import RULE_TIMEOUT_MS
 from feishu_mailbot.core.subjects import validate_digest_subject, validate_subject_template
 
@@ -175,16 +176,20 @@ def _list(n: _Node, item: Callable[[_Node], T], *, allow_scalar: bool = True) ->
 
 def _email(n: _Node) -> str:
     text = _str(n)
-    name, addr = parseaddr(text)
-    ok = bool(addr) and re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+", addr) is not None
-    if ok:
-        try:
-            Address(display_name=name, addr_spec=addr)
-        except (ValueError, IndexError):
-            ok = False
-    if not ok or any(c in text for c in "\r\n"):
+    if not _is_email(text):
         raise n.error(f"{text!r} is not an email address (expected user@example.com)")
     return text
+
+
+def _is_email(text: str) -> bool:
+    name, addr = parseaddr(text)
+    if not addr or re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+", addr) is None:
+        return False
+    try:
+        Address(display_name=name, addr_spec=addr)
+    except (ValueError, IndexError):
+        return False
+    return not any(c in text for c in "\r\n")
 
 
 # What YAML 1.1 makes of an unquoted word that a secret may well be.
@@ -407,7 +412,7 @@ def _imap(n: _Node, config_dir: Path, ca_file: PemBundle | None) -> ImapSettings
 
 
 def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
-    m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id", "ca_file"})
+    m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id", "ca_file", "reply_address"})
     ca_file = _pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None
     imap = _imap(m["imap"], config_dir, ca_file)
     processed = _str(m["processed"]) if "processed" in m else None
@@ -421,7 +426,27 @@ def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
         trusted_authserv_id=(
             _str(m["trusted_authserv_id"]) if "trusted_authserv_id" in m else None
         ),
+        reply_address=_reply_address(m["reply_address"]) if "reply_address" in m else None,
     )
+
+
+def _reply_address(n: _Node) -> str:
+    """An address, or one with `{token}` once in its local part, which stays within the
+    64 characters servers take (RFC 5321) with the longest token in it."""
+    text = _str(n)
+    longest = text.replace("{token}", reply.BOUNCE + "0" * reply.TOKEN_LENGTH)
+    if "<" in text or "{token}" in text.partition("@")[2] or not _is_email(longest):
+        raise n.error(
+            f"{text!r} is not a reply address (expected bot@example.com, or "
+            "bot+{token}@example.com where the provider delivers sub-addresses)"
+        )
+    local = longest.partition("@")[0]
+    if len(local) > 64:
+        raise n.error(
+            f"{text!r} would have a local part of {len(local)} characters with a token in it "
+            "(servers take 64): shorten what is before the @"
+        )
+    return text
 
 
 _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}|[0-9A-Fa-f]{64}")

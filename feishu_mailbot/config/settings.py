@@ -134,6 +134,9 @@ class InboundSettings:
     # The receiving server whose Authentication-Results are believed (RFC 8601
     # authserv-id); None: none is asked for.
     trusted_authserv_id: str | None = None
+    # Where replies go (Reply-To): "bot+{token}@example.com" names each mail by a token
+    # (and its envelope sender too, for delivery reports: VERP); None: smtp.from.
+    reply_address: str | None = None
 
 
 @dataclass(frozen=True)

@@ -244,26 +244,61 @@ def post_uuid(key: str) -> str:
     return "mail-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
 
 
-def token(key: bytes, mail_id: str, recipient: str) -> str:
-    """The part of a reply address that names one mail to one recipient: nobody
-    without `key` can make one for another mail or address."""
-    mac = hmac.new(key, f"{mail_id}\n{recipient.lower()}".encode(), hashlib.sha256)
-    return mac.hexdigest()[:20]
+TOKEN_FINDS = 24  # hex digits of a mail's header_id that a token begins with
+TOKEN_LENGTH = TOKEN_FINDS + 10  # and of an HMAC, which only the bot can make
+BOUNCE = "b"  # before the token of an envelope sender (VERP): a report, not a reply
+_TOKEN = re.compile(rf"({BOUNCE}?)([0-9a-f]{{{TOKEN_LENGTH}}})")
+
+
+def token(key: bytes, header_id: str) -> str:
+    """The part of `inbound.reply_address` that names one mail of ours: the start of
+    its header_id, which finds it, then an HMAC over all of it. A forward goes once to
+    all its recipients, so a token cannot name one of them: the reply's From must."""
+    mac = hmac.new(key, f"reply\n{header_id}".encode(), hashlib.sha256)
+    return header_id[:TOKEN_FINDS] + mac.hexdigest()[: TOKEN_LENGTH - TOKEN_FINDS]
+
+
+def tokened_address(pattern: str, key: bytes, header_id: str, bounce: bool = False) -> str:
+    """`pattern` ("bot+{token}@example.com") with the mail's token: its Reply-To, or
+    (`bounce`) its envelope sender, where delivery reports go."""
+    return pattern.replace("{token}", (BOUNCE if bounce else "") + token(key, header_id))
+
+
+def tokens_in(addresses: Sequence[str], pattern: str) -> tuple[tuple[str, bool], ...]:
+    """The tokens in the addresses a mail was delivered to that `pattern` makes, each
+    with whether it is an envelope sender's (a delivery report's)."""
+    local, _, domain = pattern.lower().partition("@")
+    before, _, after = local.partition("{token}")
+    found: dict[tuple[str, bool], None] = {}
+    for address in addresses:
+        name, _, at = address.lower().partition("@")
+        if at != domain or not name.startswith(before) or not name.endswith(after):
+            continue
+        middle = _TOKEN.fullmatch(name[len(before) : len(name) - len(after)])
+        if middle is not None:
+            found[(middle.group(2), bool(middle.group(1)))] = None
+    return tuple(found)
+
+
+def answered_by(
+    tokened: Answered | None, forged: bool, referenced: Answered | None
+) -> tuple[Answered | None, str | None]:
+    """The mail a reply answers: the one its address's token names (`tokened`), else the
+    one its In-Reply-To/References name (`referenced`); or why neither is believed.
+    `forged`: its address carries a token the bot did not make."""
+    if forged:
+        return None, "its reply address carries a token the bot did not make"
+    if tokened is not None and referenced is not None and tokened.mail_id != referenced.mail_id:
+        return None, "its reply address was made for another mail"
+    return tokened or referenced, None
 
 
 def refusal(
-    mail: Inbound,
-    answered: Answered | None,
-    key: bytes,
-    tokens: Sequence[str],
-    trusted_authserv_id: str | None,
+    mail: Inbound, answered: Answered | None, trusted_authserv_id: str | None
 ) -> str | None:
     """Why `mail` is not posted into `answered`'s thread, or None to post it.
 
-    `answered` is the mail of ours it names by a token in its address or by its
-    In-Reply-To/References (None: it names none); `tokens` the tokens found in the
-    addresses it was delivered to. A token, when there is one, must be the one made
-    for that mail and the sender's address.
+    `answered` is the mail of ours it names (answered_by), None when it names none.
     """
     if not mail.from_address:
         return "its From is not one well-formed address"
@@ -271,8 +306,6 @@ def refusal(
         return "it answers no mail the bot sent"
     if mail.from_address not in {r.lower() for r in answered.recipients}:
         return f"{mail.from_address} is not a recipient of the mail it answers"
-    if tokens and token(key, answered.mail_id, mail.from_address) not in tokens:
-        return "its reply address was made for another mail or recipient"
     auto = auto_reply(mail)
     if auto is not None:
         return f"an automatic reply ({auto})"

@@ -78,7 +78,7 @@ class Envelope:
     sender_name: str
     rule_names: Sequence[str]
     message_id: str
-    lists: Sequence[str] = ()  # List-Id and List-Unsubscribe (mail/headers.py), if any
+    lists: Sequence[str] = ()  # List-Id, List-Unsubscribe, Reply-To (compose/sources.py)
 
 
 def subject_of(

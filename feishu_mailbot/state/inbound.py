@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from feishu_mailbot.core.reply import Answered
 from feishu_mailbot.core.status import INBOUND_OUTCOMES
@@ -28,25 +29,34 @@ class Cursor:
     last_uid: int
 
 
+_OURS = "SELECT header_id, mail_id, message_id, recipients, kind FROM outbox"
+
+
+def _ours(row: Sequence[Any]) -> tuple[Answered, str]:
+    return Answered(str(row[1]), str(row[2]), tuple(json.loads(row[3]))), str(row[4])
+
+
 def answered(tx: Tx, keys: Sequence[str]) -> tuple[Answered, str] | None:
     """Of the mails `keys` name (core.reply.named_keys, nearest first), the nearest
     that is ours: it, and its kind (forward, recall, digest…)."""
     if not keys:
         return None
     marks = ",".join("?" * len(keys))
-    rows = {
-        r[0]: r[1:]
-        for r in tx.execute(
-            "SELECT header_id, mail_id, message_id, recipients, kind FROM outbox"
-            f" WHERE header_id IN ({marks})",
-            tuple(keys),
-        ).fetchall()
-    }
+    rows = {r[0]: r for r in tx.execute(f"{_OURS} WHERE header_id IN ({marks})", tuple(keys))}
     for key in keys:
         if key in rows:
-            mail_id, message_id, recipients, kind = rows[key]
-            return Answered(mail_id, message_id, tuple(json.loads(recipients))), str(kind)
+            return _ours(rows[key])
     return None
+
+
+def tokened(tx: Tx, start: str) -> tuple[str, Answered, str] | None:
+    """The mail whose header_id begins with `start` (a core.reply.token's first part): its
+    header_id, to check the token's HMAC against, it, and its kind. A range on the
+    index, where a LIKE would read the table."""
+    row = tx.execute(
+        f"{_OURS} WHERE header_id >= ? AND header_id <= ? LIMIT 1", (start, start + "g")
+    ).fetchone()
+    return None if row is None else (str(row[0]), *_ours(row))
 
 
 def taken(tx: Tx, message_id: str) -> bool:

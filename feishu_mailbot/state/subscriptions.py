@@ -1,4 +1,4 @@
-"""Who left which rule by mail, and the key of the List-Unsubscribe tokens.
+"""Who left which rule by mail, and the key of the tokens in our mail's addresses.
 
 The daemon holds the pairs in memory for its rules (core/rules.py skips them)
 and reads them again every few seconds, so `subscriptions --restore` from
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from feishu_mailbot.state.db import Tx
 
-UNSUBSCRIBE_KEY = "unsubscribe"
+TOKENS_KEY = "tokens"  # of List-Unsubscribe, Reply-To and envelope sender tokens
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,13 @@ class Left:
 
 
 def key(tx: Tx, fresh: bytes) -> bytes:
-    """The state's key for List-Unsubscribe tokens: `fresh` if there was none yet (the
-    first instance to ask makes it; every later one reads that one)."""
+    """The state's key of the tokens in our mail's addresses: `fresh` if there was none
+    yet (the first instance to ask makes it; every later one reads that one)."""
     tx.execute(
         "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        (UNSUBSCRIBE_KEY, fresh.hex()),
+        (TOKENS_KEY, fresh.hex()),
     )
-    row = tx.execute("SELECT value FROM secrets WHERE name = ?", (UNSUBSCRIBE_KEY,)).fetchone()
+    row = tx.execute("SELECT value FROM secrets WHERE name = ?", (TOKENS_KEY,)).fetchone()
     return bytes.fromhex(str(row[0]))
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
@@ -66,6 +65,7 @@ class Inbound(Worker):
         settings: Settings,
         state: State,
         api: FeishuApi,
+        key: Callable[[], Awaitable[bytes]],
         wall_clock: Callable[[], float] = time.time,
         leading: Callable[[], bool] = lambda: True,
         left_changed: Callable[[], None] = lambda: None,
@@ -86,7 +86,7 @@ class Inbound(Worker):
         self._idle_failures = 0  # IDLEs in a row that ended in an error
         self._posted_at = 0.0
         self._left_changed = left_changed  # someone unsubscribed: the daemon reads who
-        self._list_key: bytes | None = None
+        self._key = key  # of the tokens in our mail's addresses (compose/sources.py)
         #: Why the mailbox is not being read now (for the status line), or None.
         self.problem: str | None = None
 
@@ -222,16 +222,21 @@ class Inbound(Worker):
             log.debug("mail taken before, left alone", extra=fields)
             return
         if mail.report is not None:
-            await self._bounced(mail.report, key, fields)
+            await self._bounced(mail, mail.report, key, fields)
             return
         tokens = unsubscribe.asked(mail.subject)
         if tokens:
             await self._unsubscribe(mail, tokens, key, fields)
             return
         found = self._state.read(partial(inbound_q.answered, keys=reply.named_keys(mail)))
-        answered, kind = found if found is not None else (None, "")
+        referenced, kind = found if found is not None else (None, "")
+        tokened, forged = await self._tokened(mail, bounce=False)
+        answered, mismatch = reply.answered_by(tokened and tokened[0], forged, referenced)
+        if tokened is not None and answered is tokened[0]:
+            kind = tokened[1]
         try:
             reason, text = await self._io(self._judge, mail, answered, kind)
+            reason = mismatch or reason
         except Exception as e:
             await self._unreadable(raw, uid, e)
             return
@@ -246,11 +251,36 @@ class Inbound(Worker):
         outcome, detail = await self._post(mail.from_address, text, key, answered, fields)
         await self._record(key, outcome, detail, mail_id)
 
-    async def _bounced(self, report: Report, key: str, fields: dict[str, str]) -> None:
+    async def _tokened(
+        self, mail: reply.Inbound, bounce: bool
+    ) -> tuple[tuple[reply.Answered, str] | None, bool]:
+        """The mail of ours (and its kind) that a token in the addresses `mail` was
+        delivered to names, a reply's or (`bounce`) an envelope sender's; and whether
+        one there was not made by the bot."""
+        pattern = self.inbound.reply_address
+        if pattern is None or "{token}" not in pattern:
+            return None, False
+        found = None
+        forged = False
+        for token, is_bounce in reply.tokens_in(mail.to, pattern):
+            if is_bounce != bounce:
+                continue
+            row = self._state.read(partial(inbound_q.tokened, start=token[: reply.TOKEN_FINDS]))
+            if row is not None and reply.token(await self._key(), row[0]) == token:
+                found = found or (row[1], row[2])
+            elif row is not None:
+                forged = True
+        return found, forged
+
+    async def _bounced(
+        self, mail: reply.Inbound, report: Report, key: str, fields: dict[str, str]
+    ) -> None:
         """A delivery report: the recipients of our mail it says were not reached are
         marked, each once (a report is never posted, nor answered)."""
         keys = tuple(dict.fromkeys(i.partition("@")[0] for i in report.returned_ids if "@" in i))
         found = self._state.read(partial(inbound_q.answered, keys=keys[: reply.MAX_NAMED]))
+        verp, _ = await self._tokened(mail, bounce=True)  # its envelope sender's token
+        found = verp or found
         if found is None:
             log.info("a delivery report about no mail the bot sent, left alone", extra=fields)
             await self._record(key, inbound_q.REPORT, "it names no mail the bot sent", None)
@@ -274,10 +304,7 @@ class Inbound(Worker):
     ) -> None:
         """A request to stop a rule's mail (its List-Unsubscribe): taken from a recipient
         of the rules it names, confirmed once by mail; anything else is logged only."""
-        if self._list_key is None:
-            fresh = os.urandom(32)
-            self._list_key = await self._state.write(partial(subscriptions.key, fresh=fresh))
-        reason, rules = self._may_leave(mail, tokens, self._list_key)
+        reason, rules = self._may_leave(mail, tokens, await self._key())
         sender = mail.from_address or "an unknown sender"
         if reason is not None:
             log.info("unsubscribe request from %s not taken: %s", sender, reason, extra=fields)
@@ -344,7 +371,7 @@ class Inbound(Worker):
         self, mail: reply.Inbound, answered: reply.Answered | None, kind: str
     ) -> tuple[str | None, str]:
         """Why not to post (None: post), and what to post."""
-        reason = reply.refusal(mail, answered, b"", (), self.inbound.trusted_authserv_id)
+        reason = reply.refusal(mail, answered, self.inbound.trusted_authserv_id)
         if reason is None and answered is not None and not answered.message_id:
             reason = f"it answers a {kind}, which has no thread in Feishu"
         return reason, reply.post_text(mail) if reason is None else ""

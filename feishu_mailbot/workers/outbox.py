@@ -96,6 +96,7 @@ class Outbox(Worker):
     ) -> None:
         super().__init__(sources.state, sources.now)
         settings = self.settings = sources.settings
+        self._sources = sources
         self.policy = RetryPolicy.from_settings(settings)
         self._composer = composer(sources, self._relay_limit)
         # The action worker polls the state anyway; this only saves it the wait.
@@ -262,6 +263,7 @@ class Outbox(Worker):
 
     async def _attempt(self, row: OutboxRow, fields: dict[str, str]) -> None:
         prepared: Prepared | None = None
+        envelope = await self._sources.envelope_sender(row.mail_id)  # before it is claimed
         if row.spool is not None and not await asyncio.to_thread(
             self._state.spool.exists, row.spool
         ):
@@ -301,7 +303,7 @@ class Outbox(Worker):
         transport = await self._idle.get()
         try:
             refused = await asyncio.get_running_loop().run_in_executor(
-                self._smtp_threads, transport.send, data, self.settings.smtp.sender, row.recipients
+                self._smtp_threads, transport.send, data, envelope, row.recipients
             )
         except DeliveryError as e:
             await self._failed_attempt(row, str(e), e.permanent, fields)

@@ -295,3 +295,48 @@ def test_an_unsubscribe_mail_stops_that_rules_mail_to_that_address_until_restore
     assert str(back["To"]) == "lisi@example.com, oncall@example.com"
     assert bot.cli("subscriptions").stdout.strip() == "nobody has unsubscribed"
     assert bot.stop() == 0
+
+
+def addressed(raw: bytes, to: str, *, keep_references: bool = True) -> bytes:
+    """A reply as sent to `to` (its Reply-To), by a client that keeps or drops the
+    In-Reply-To/References."""
+    lines = raw.decode().split("\r\n")
+    lines = [f"To: {to}" if line.startswith("To:") else line for line in lines]
+    if not keep_references:
+        lines = [x for x in lines if not x.startswith(("In-Reply-To:", "References:"))]
+    return "\r\n".join(lines).encode()
+
+
+def test_a_reply_address_with_a_token_names_the_mail_and_its_bounces(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    tokens = '  reply_address: "bot+{token}@example.com"\n'
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot, tokens)).start()
+    bot.wait_log("inbound: reading INBOX")
+    first, a = forwarded(emulator, smtp, "支付故障")
+    second, b = forwarded(emulator, smtp, "登录故障")
+    reply_a, reply_b = str(a["Reply-To"]), str(b["Reply-To"])
+    assert reply_a.startswith("bot+") and reply_a.endswith("@example.com") and reply_a != reply_b
+    (envelope,) = [r.mail_from for r in smtp.received if r.message["Message-ID"] == a["Message-ID"]]
+    assert envelope == reply_a.replace("bot+", "bot+b")  # VERP: reports come back to it
+    # A client that drops In-Reply-To/References: the token alone names the mail.
+    dovecot.append(
+        addressed(reply(a, "lisi@example.com", "我看看", 1), reply_a, keep_references=False)
+    )
+    # A reply to mail a, sent to b's address: a token taken from another mail.
+    dovecot.append(addressed(reply(a, "lisi@example.com", "串了", 2), reply_b))
+    forged = reply_a[: -len("@example.com") - 1] + ("0" if reply_a[-13] != "0" else "1")
+    dovecot.append(addressed(reply(a, "lisi@example.com", "伪造", 3), forged + "@example.com"))
+    # A report without the returned headers: its envelope sender's token names the mail.
+    report = bounces.qmail("<not-ours@elsewhere.example>", "oncall@example.com")
+    dovecot.append(report.replace(b"To: bot@example.com", f"To: {envelope}".encode()))
+    bot.wait_log("mail bounced: oncall@example.com", timeout=20)
+    wait_until(lambda: replies(emulator, first), 10, "the reply without references")
+    log = bot.log()
+    assert "not posted: its reply address was made for another mail" in log
+    assert "not posted: its reply address carries a token the bot did not make" in log
+    assert [m["content"]["text"] for m in replies(emulator, first)] == [
+        "lisi@example.com 通过邮件回复：\n我看看"
+    ]
+    assert replies(emulator, second) == []
+    assert bot.stop() == 0

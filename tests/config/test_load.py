@@ -457,7 +457,7 @@ def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
     text = GOOD + (
         "inbound:\n  imap:\n    host: imap.example.com\n    username: bot@example.com\n"
         "    password_file: imap.pw\n  processed: 已处理\n  trusted_authserv_id: mx.example.com\n"
-        f"  ca_file: {certs.ca_file()}\n"
+        f"  ca_file: {certs.ca_file()}\n  reply_address: bot+{{token}}@example.com\n"
     )
     s = load.load(write(tmp_path, text))
     assert s.inbound is not None
@@ -471,7 +471,11 @@ def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
     assert imap.password.reveal() == "imap-s3cret" and "imap-s3cret" not in repr(s)
     assert (s.inbound.processed, s.inbound.trusted_authserv_id) == ("已处理", "mx.example.com")
     assert imap.ca_file is not None and "BEGIN CERTIFICATE" in imap.ca_file.pem
+    assert s.inbound.reply_address == "bot+{token}@example.com"
     assert load.load(write(tmp_path, GOOD)).inbound is None
+
+
+IMAP = "  imap:\n    host: h\n    username: u\n    password: p\n"
 
 
 @pytest.mark.parametrize(
@@ -498,6 +502,21 @@ def test_an_inbound_section_with_its_password_file(tmp_path: Path) -> None:
             "  imap:\n    host: h\n    username: u\n    password: p\n  proccessed: x\n",
             "inbound.proccessed",
             "did you mean",
+        ),
+        (
+            IMAP + "  reply_address: bot@{token}.example.com\n",
+            "inbound.reply_address",
+            "where the provider delivers sub-addresses",
+        ),
+        (
+            IMAP + "  reply_address: Bot <bot@example.com>\n",
+            "inbound.reply_address",
+            "is not a reply address",
+        ),
+        (
+            IMAP + "  reply_address: feishu-mailbot-notifications-x+{token}@example.com\n",
+            "inbound.reply_address",
+            "local part of 66 characters with a token in it (servers take 64)",
         ),
     ],
 )

@@ -16,6 +16,7 @@ from feishu_mailbot.core.reply import (
     MAX_POST_CHARS,
     Answered,
     Inbound,
+    answered_by,
     authenticated,
     auto_reply,
     named_keys,
@@ -23,6 +24,8 @@ from feishu_mailbot.core.reply import (
     post_text,
     refusal,
     token,
+    tokened_address,
+    tokens_in,
 )
 
 QUOTED = "> [值班群] 线上故障：支付接口 500\n> 请尽快处理\n"
@@ -166,42 +169,60 @@ ANSWERED = Answered(
 )
 
 
-def test_a_token_names_one_mail_to_one_recipient() -> None:
-    mine = token(KEY, ANSWERED.mail_id, "ZhangSan@example.com")
-    assert mine == token(KEY, ANSWERED.mail_id, "zhangsan@example.com")
-    assert mine != token(KEY, ANSWERED.mail_id, "lisi@example.com")
-    assert mine != token(KEY, "om_2/zhangsan@example.com", "zhangsan@example.com")
-    assert mine != token(b"x" * 32, ANSWERED.mail_id, "zhangsan@example.com")
+HEADER_ID = "0123456789abcdef0123456789abcdef01234567"
+OTHER = Answered("om_2/lisi@example.com", "om_2", ("lisi@example.com",))
+
+
+def test_a_token_names_one_mail_and_only_the_key_makes_it() -> None:
+    mine = token(KEY, HEADER_ID)
+    assert mine.startswith(HEADER_ID[:24]) and len(mine) == 34
+    assert mine != token(b"x" * 32, HEADER_ID)
+    assert mine != token(KEY, HEADER_ID[:-1] + "8")  # the same start, another mail
+    pattern = "Bot+{token}@Example.com"
+    reply_to = tokened_address(pattern, KEY, HEADER_ID)
+    verp = tokened_address(pattern, KEY, HEADER_ID, bounce=True)
+    assert reply_to == f"Bot+{mine}@Example.com" and verp == f"Bot+b{mine}@Example.com"
+    seen = ("someone@example.com", reply_to.lower(), verp, f"bot+{mine}@elsewhere.example")
+    assert tokens_in(seen, pattern) == ((mine, False), (mine, True))
+    assert tokens_in(("bot+short@example.com", "bot@example.com"), pattern) == ()
+
+
+def test_the_mail_a_reply_answers_is_its_tokens_or_its_references() -> None:
+    assert answered_by(ANSWERED, False, None) == (ANSWERED, None)
+    assert answered_by(None, False, ANSWERED) == (ANSWERED, None)
+    assert answered_by(ANSWERED, False, ANSWERED) == (ANSWERED, None)
+    assert answered_by(OTHER, False, ANSWERED) == (
+        None, "its reply address was made for another mail"
+    )  # fmt: skip
+    assert answered_by(None, True, ANSWERED)[1] == (
+        "its reply address carries a token the bot did not make"
+    )
 
 
 def test_a_recipient_s_reply_is_posted() -> None:
-    assert refusal(mail(), ANSWERED, KEY, (), None) is None
-    good = token(KEY, ANSWERED.mail_id, "zhangsan@example.com")
-    assert refusal(mail(), ANSWERED, KEY, (good,), None) is None
+    assert refusal(mail(), ANSWERED, None) is None
     passed = mail(headers=results(f"{MX}; dmarc=pass header.from=example.com"))
-    assert refusal(passed, ANSWERED, KEY, (), MX) is None
+    assert refusal(passed, ANSWERED, MX) is None
 
 
 @pytest.mark.parametrize(
-    ("inbound", "answered", "tokens", "why"),
+    ("inbound", "answered", "why"),
     [
-        (mail(), None, (), "answers no mail"),
-        (mail(from_address="wangwu@example.com"), ANSWERED, (), "not a recipient"),
-        (mail(), ANSWERED, (token(KEY, "om_2/x", "zhangsan@example.com"),), "another mail"),
-        (mail(), ANSWERED, (token(KEY, ANSWERED.mail_id, "lisi@example.com"),), "another mail"),
-        (mail(headers={"auto-submitted": ("auto-replied",)}), ANSWERED, (), "automatic reply"),
-        (mail(text=f"On 12/1/26 10:02, bot wrote:\n{QUOTED}"), ANSWERED, (), "no new text"),
+        (mail(), None, "answers no mail"),
+        (mail(from_address="wangwu@example.com"), ANSWERED, "not a recipient"),
+        (mail(headers={"auto-submitted": ("auto-replied",)}), ANSWERED, "automatic reply"),
+        (mail(text=f"On 12/1/26 10:02, bot wrote:\n{QUOTED}"), ANSWERED, "no new text"),
     ],
 )
 def test_a_reply_that_may_not_be_posted_says_why(
-    inbound: Inbound, answered: Answered | None, tokens: tuple[str, ...], why: str
+    inbound: Inbound, answered: Answered | None, why: str
 ) -> None:
-    reason = refusal(inbound, answered, KEY, tokens, None)
+    reason = refusal(inbound, answered, None)
     assert reason is not None and why in reason
 
 
 def test_a_trusted_server_s_missing_verdict_refuses_the_reply() -> None:
-    reason = refusal(mail(), ANSWERED, KEY, (), MX)
+    reason = refusal(mail(), ANSWERED, MX)
     assert reason == "no Authentication-Results of mx.example.com"
 
 
@@ -247,5 +268,5 @@ def test_a_pass_for_another_domain_or_an_unreadable_verdict_is_refused(
 
 
 def test_a_mail_whose_from_is_not_one_address_is_refused() -> None:
-    reason = refusal(mail(from_address=""), ANSWERED, KEY, (), None)
+    reason = refusal(mail(from_address=""), ANSWERED, None)
     assert reason == "its From is not one well-formed address"

@@ -149,6 +149,7 @@ _SCOPES = (
     ("/resources/", "im:resource"),
     ("/reactions", "im:message.reactions:write_only"),
     ("/reply", "im:message:send_as_bot"),
+    ("/im/v1/images", "im:resource"),
     ("/im/v1/chats/", "im:chat:readonly"),
 )
 
@@ -295,6 +296,8 @@ class FeishuEmulator:
         self._slow = 0.0
         self._reply_n = 0
         self._by_uuid: dict[str, dict[str, Any]] = {}
+        #: Images uploaded (上传图片): image_key, file name, content type, bytes.
+        self.uploaded_images: list[dict[str, Any]] = []
         self.rest_calls: Counter[str] = Counter()  # open-apis path → requests received
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -387,7 +390,8 @@ class FeishuEmulator:
             self._cond.notify_all()
 
     async def _startup(self) -> None:
-        app = web.Application(middlewares=[self._middleware])
+        # An image upload is up to 10 MB (上传图片); aiohttp's default takes 1 MB.
+        app = web.Application(middlewares=[self._middleware], client_max_size=11 * 1024 * 1024)
         app.router.add_post("/callback/ws/endpoint", self._h_endpoint)
         app.router.add_get("/ws", self._h_ws)
         app.router.add_post("/open-apis/auth/v3/tenant_access_token/internal", self._h_token)
@@ -400,6 +404,7 @@ class FeishuEmulator:
         app.router.add_get("/open-apis/im/v1/chats", self._h_chats)
         app.router.add_get("/open-apis/bot/v3/info", self._h_bot_info)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reply", self._h_reply)
+        app.router.add_post("/open-apis/im/v1/images", self._h_image)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reactions", self._h_reaction)
         app.router.add_post("/open-apis/im/v1/messages", self._h_send)
         self._runner = web.AppRunner(
@@ -1434,6 +1439,28 @@ class FeishuEmulator:
         if reply_to in self._reply_errors:
             return self._failure(request, *self._reply_errors[reply_to])
         return self._record_message("reply", self._message_chats.get(reply_to), reply_to, body)
+
+    async def _h_image(self, request: web.Request) -> web.Response:
+        # 上传图片 (POST /open-apis/im/v1/images, multipart/form-data: image_type
+        # "message" or "avatar", image the file; at most 10 MB, never empty; answers
+        # data.image_key).
+        if (err := self._auth_error(request)) is not None:
+            return err
+        form = await request.post()
+        image = form.get("image")
+        if form.get("image_type") not in ("message", "avatar") or not isinstance(
+            image, web.FileField
+        ):
+            return _error(99992402, "field validation failed")
+        data = image.file.read()
+        if not data or len(data) > 10 * 1024 * 1024:
+            return _error(99992402, "field validation failed: image size")
+        key = f"img_v3_{len(self.uploaded_images) + 1:04d}"
+        self.uploaded_images.append(
+            {"image_key": key, "name": image.filename, "content_type": image.content_type,
+             "data": data}
+        )  # fmt: skip
+        return _json({"code": 0, "msg": "success", "data": {"image_key": key}})
 
     async def _h_send(self, request: web.Request) -> web.Response:
         if (err := self._auth_error(request)) is not None:

@@ -226,15 +226,47 @@ def named_keys(mail: Inbound) -> tuple[str, ...]:
     return tuple(keys)[:MAX_NAMED]
 
 
-def post_text(mail: Inbound) -> str:
+def post_text(mail: Inbound, not_uploaded: Sequence[str] = ()) -> str:
     """What goes into the thread: who wrote by mail, then the new text only, cut to
-    MAX_POST_CHARS. Written as text, never as markup: an `<at …>` in a mail would
-    make the bot mention people (everyone, with user_id="all")."""
+    MAX_POST_CHARS, then the names of the files not uploaded. Written as text, never as
+    markup: an `<at …>` in a mail would make the bot mention people (everyone, with
+    user_id="all")."""
     who = f"{mail.from_name} <{mail.from_address}>" if mail.from_name else mail.from_address
     text = new_text(mail.text)
     if len(text) > MAX_POST_CHARS:
         text = text[:MAX_POST_CHARS] + "\n（邮件正文过长，已截断）"
+    files = [single_line(f) for f in (*not_uploaded, *mail.files)]
+    if files:
+        text += f"\n（附件未上传：{'、'.join(files)}）"
     return _NO_MARKUP.sub("＜", f"{single_line(who)} 通过邮件回复：\n{text}")
+
+
+IMAGE_LIMIT = 10 * 1024 * 1024  # bytes Feishu takes for an image (上传图片)
+MAX_IMAGES = 9  # images of one reply uploaded; the rest are named
+# What 上传图片 takes (JPG, JPEG, PNG, WEBP, GIF, BMP, ICO, TIFF, HEIC).
+IMAGE_TYPES = frozenset({
+    "image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/bmp",
+    "image/x-icon", "image/vnd.microsoft.icon", "image/tiff", "image/heic",
+})  # fmt: skip
+
+
+def uploadable(images: Sequence[ImagePart]) -> tuple[tuple[ImagePart, ...], tuple[str, ...]]:
+    """The images of a reply Feishu takes (up to MAX_IMAGES), and the names of the
+    others, which the post names instead."""
+    fit = [i for i in images if i.content_type in IMAGE_TYPES and 0 < len(i.data) <= IMAGE_LIMIT]
+    taken = fit[:MAX_IMAGES]
+    return tuple(taken), tuple(single_line(i.name) for i in images if i not in taken)
+
+
+def post_content(text: str, image_keys: Sequence[str]) -> tuple[str, dict[str, object]]:
+    """The message posted: (msg_type, content). Text alone is a `text` message; with
+    images a `post` (发送消息内容结构: zh_cn, title, paragraphs of text and img elements),
+    a line a paragraph, the images below."""
+    if not image_keys:
+        return "text", {"text": text}
+    lines = [[{"tag": "text", "text": line}] for line in text.split("\n")]
+    images = [[{"tag": "img", "image_key": key}] for key in image_keys]
+    return "post", {"zh_cn": {"title": "", "content": [*lines, *images]}}
 
 
 def post_uuid(key: str) -> str:

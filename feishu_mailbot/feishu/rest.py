@@ -71,6 +71,8 @@ class FeishuApi:
         json_body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         auth: bool = True,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+        data: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         for attempt in (0, 1):
             headers = {}
@@ -78,8 +80,9 @@ class FeishuApi:
                 headers["Authorization"] = f"Bearer {await self.tenant_token(refresh=attempt == 1)}"
             try:
                 response = await self._http.request(
-                    method, path, json=json_body, params=params, headers=headers
-                )
+                    method, path, json=json_body, params=params, headers=headers,
+                    files=files, data=data,
+                )  # fmt: skip
             except httpx.HTTPError as e:  # no answer: which hop is in the way
                 raise HopFailed(self._route.failure(what, self.settings.domain, e)) from e
             try:
@@ -231,11 +234,23 @@ class FeishuApi:
     async def reply_text(
         self, message_id: str, text: str, *, uuid: str | None = None, in_thread: bool = False
     ) -> None:
+        """回复消息 with a text message; see `reply`."""
+        await self.reply(message_id, "text", {"text": text}, uuid=uuid, in_thread=in_thread)
+
+    async def reply(
+        self,
+        message_id: str,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        uuid: str | None = None,
+        in_thread: bool = False,
+    ) -> None:
         """回复消息: `in_thread` posts into the message's thread (话题), `uuid` makes a
         second call with it within an hour a no-op at Feishu."""
         body: dict[str, Any] = {
-            "msg_type": "text",
-            "content": json.dumps({"text": text}, ensure_ascii=False),
+            "msg_type": msg_type,
+            "content": json.dumps(content, ensure_ascii=False),
         }
         if in_thread:
             body["reply_in_thread"] = True
@@ -247,6 +262,21 @@ class FeishuApi:
             "reply",
             json_body=body,
         )
+
+    async def upload_image(self, name: str, content_type: str, data: bytes) -> str:
+        """上传图片 (POST /open-apis/im/v1/images, image_type=message): its image_key,
+        for a `post` message. Feishu takes up to 10 MB (core.reply.IMAGE_LIMIT)."""
+        payload = await self._json(
+            "POST",
+            "/open-apis/im/v1/images",
+            "image upload",
+            files={"image": (name, data, content_type)},
+            data={"image_type": "message"},
+        )
+        key = (payload.get("data") or {}).get("image_key")
+        if not isinstance(key, str) or not key:
+            raise FeishuError("image upload", "no image_key in the response")
+        return key
 
 
 async def _download(response: httpx.Response, content_type: str, limit: int) -> Download:

@@ -235,7 +235,7 @@ class Inbound(Worker):
         if tokened is not None and answered is tokened[0]:
             kind = tokened[1]
         try:
-            reason, text = await self._io(self._judge, mail, answered, kind)
+            reason, text, images = await self._io(self._judge, mail, answered, kind)
             reason = mismatch or reason
         except Exception as e:
             await self._unreadable(raw, uid, e)
@@ -248,7 +248,7 @@ class Inbound(Worker):
             log.info("mail from %s not posted: %s", sender, reason, extra=fields)
             await self._record(key, inbound_q.REFUSED, str(reason), mail_id)
             return
-        outcome, detail = await self._post(mail.from_address, text, key, answered, fields)
+        outcome, detail = await self._post(mail, text, images, key, answered, fields)
         await self._record(key, outcome, detail, mail_id)
 
     async def _tokened(
@@ -369,29 +369,59 @@ class Inbound(Worker):
 
     def _judge(
         self, mail: reply.Inbound, answered: reply.Answered | None, kind: str
-    ) -> tuple[str | None, str]:
-        """Why not to post (None: post), and what to post."""
+    ) -> tuple[str | None, str, tuple[reply.ImagePart, ...]]:
+        """Why not to post (None: post), and what to post: its text, its images."""
         reason = reply.refusal(mail, answered, self.inbound.trusted_authserv_id)
         if reason is None and answered is not None and not answered.message_id:
             reason = f"it answers a {kind}, which has no thread in Feishu"
-        return reason, reply.post_text(mail) if reason is None else ""
+        if reason is not None:
+            return reason, "", ()
+        images, named = reply.uploadable(mail.images)
+        return None, reply.post_text(mail, named), images
+
+    async def _upload(
+        self, images: tuple[reply.ImagePart, ...], fields: dict[str, str]
+    ) -> tuple[list[str], list[str]]:
+        """The image_keys of the images Feishu took, and the names of those it refused
+        (a format it cannot read): the post names them instead. Anything else raises."""
+        keys: list[str] = []
+        refused_names: list[str] = []
+        for image in images:
+            try:
+                keys.append(
+                    await self._api.upload_image(image.name, image.content_type, image.data)
+                )
+            except FeishuError as e:
+                if not refused(e) or e.code in AGAIN:
+                    raise
+                log.warning("image %s of a reply not uploaded: %s", image.name, e, extra=fields)
+                refused_names.append(image.name)
+        return keys, refused_names
 
     async def _post(
         self,
-        sender: str,
+        mail: reply.Inbound,
         text: str,
+        images: tuple[reply.ImagePart, ...],
         key: str,
         answered: reply.Answered,
         fields: dict[str, str],
     ) -> tuple[str, str]:
-        """Posted, or refused by Feishu for good; anything else raises, to be tried again."""
+        """Posted, or refused by Feishu for good; anything else raises, to be tried again.
+        Images are uploaded first (again, on a retry: an image never posted is unseen)."""
+        sender = mail.from_address
+        image_keys, not_taken = await self._upload(images, fields)
+        if not_taken:
+            named = [*reply.uploadable(mail.images)[1], *not_taken]
+            text = await self._io(reply.post_text, mail, named)
+        msg_type, content = reply.post_content(text, image_keys)
         wait = self._posted_at + POST_SPACING - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         self._posted_at = time.monotonic()
         try:
-            await self._api.reply_text(
-                answered.message_id, text, uuid=reply.post_uuid(key), in_thread=True
+            await self._api.reply(
+                answered.message_id, msg_type, content, uuid=reply.post_uuid(key), in_thread=True
             )
         except FeishuError as e:
             if not refused(e) or e.code in AGAIN:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.parse
@@ -107,7 +108,14 @@ def test_a_reply_by_mail_is_posted_once_into_the_thread_of_its_message(
     assert posted["reply_in_thread"] is True and posted["uuid"].startswith("mail-")
     bot.wait_log("reply by lisi@example.com posted into the thread")
     assert "\\Seen" in dovecot.flags()[-1] and "\\Seen" not in dovecot.flags()[0]
-    # The same mail again (a copy with a new UID), after a restart: left alone.
+    # The same mail again (a copy with a new UID) after the IDLE's connection ended.
+    dovecot.stop()
+    dovecot.start()
+    bot.wait_log("the mailbox connection ended", timeout=20)
+    dovecot.append(raw)
+    wait_until(lambda: "\\Seen" in dovecot.flags()[-1], 20, "the copy, taken")
+    assert len(replies(emulator, message_id)) == 1
+    # And after a restart.
     assert bot.stop() == 0
     bot.start()
     dovecot.append(raw)
@@ -184,6 +192,7 @@ def test_a_mailbox_that_is_down_pauses_only_the_replies(
         bot.wait_log("inbound: reading INBOX")
         message_id, mail = forwarded(emulator, smtp, "存储故障")
         dovecot.stop()
+        down_at = time.monotonic()
         bot.wait_log("inbound paused", timeout=20)
         event = emulator.push_text("oc_team", "ou_alice", "第二个故障")  # chat → mail goes on
         assert emulator.wait_ack(event).code == 200
@@ -193,6 +202,10 @@ def test_a_mailbox_that_is_down_pauses_only_the_replies(
         )
         assert time.monotonic() - notify.times("WATCHDOG=1")[-1] < 2.5  # still fed
         dovecot.deliver(reply(mail, "oncall@example.com", "恢复了吗", 8))
+        wait_until(lambda: "inbound mail paused" in bot.cli("status").stdout, 15, "status")
+        time.sleep(max(0.0, down_at + 20 - time.monotonic()))  # down for 20 s
+        assert time.monotonic() - notify.times("WATCHDOG=1")[-1] < 2.5  # fed all along
+        assert bot.proc is not None and bot.proc.poll() is None
         dovecot.start()
         wait_until(lambda: replies(emulator, message_id), 40, "the mail that came meanwhile")
         bot.wait_log("inbound resumed")
@@ -339,4 +352,138 @@ def test_a_reply_address_with_a_token_names_the_mail_and_its_bounces(
         "lisi@example.com 通过邮件回复：\n我看看"
     ]
     assert replies(emulator, second) == []
+    assert bot.stop() == 0
+
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
+)
+
+
+def shaped(to: EmailMessage, n: int, shape: str) -> bytes:
+    """A reply in the shape one client writes it, the new text "收到，马上看" in each."""
+    subject = base64.b64encode(f"回复：{to['Subject']}".encode()).decode()
+    head = [
+        "From: 李四 <lisi@example.com>",
+        "To: bot@example.com",
+        f"Subject: =?utf-8?b?{subject}?=",
+        f"Message-ID: <shape-{n}-{time.time_ns()}@mail.example.com>",
+        f"In-Reply-To: {to['Message-ID']}",
+        "MIME-Version: 1.0",
+    ]
+    if shape == "foxmail":  # GBK text labelled gb2312, Foxmail's divider and header block
+        body = (
+            "收到，马上看\r\n\r\n------------------ 原始邮件 ------------------\r\n"
+            '发件人: "值班机器人"<bot@example.com>;\r\n'
+            "发送时间: 2026年12月1日(星期一) 上午10:02\r\n"
+            f"主题: {to['Subject']}\r\n\r\n原文\r\n"
+        )
+        part = [
+            'Content-Type: text/plain; charset="gb2312"',
+            "Content-Transfer-Encoding: base64",
+            "",
+            base64.encodebytes(body.encode("gbk")).decode(),
+        ]
+    elif shape == "outlook-html":  # HTML only, Outlook's header block in a div
+        html = (
+            '<html><body><div class="WordSection1"><p class="MsoNormal">收到，马上看<o:p></o:p></p>'
+            '<p class="MsoNormal">&nbsp;</p><div style="border-top:solid #E1E1E1 1.0pt">'
+            "<p><b>发件人:</b> 值班机器人 &lt;bot@example.com&gt;<br>"
+            "<b>发送时间:</b> 2026年12月1日 "
+            "10:02<br><b>主题:</b> 原文</p></div><p>原文</p></div></body></html>"
+        )
+        part = ["Content-Type: text/html; charset=utf-8", "", html]
+    else:  # Apple Mail / QQ: "在 … 写道：" and a > quote
+        body = (
+            "收到，马上看\r\n\r\n发自我的iPhone\r\n\r\n"
+            "在 2026年12月1日，10:02，值班机器人 <bot@example.com> 写道：\r\n\r\n> 原文\r\n"
+        )
+        part = ["Content-Type: text/plain; charset=utf-8", "", body]
+    return "\r\n".join([*head, *part]).encode()
+
+
+def test_replies_from_each_client_post_only_their_new_text(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
+    bot.wait_log("inbound: reading INBOX")
+    threads = {}
+    for n, shape in enumerate(("foxmail", "outlook-html", "写道")):
+        message_id, mail = forwarded(emulator, smtp, f"故障 {shape}")
+        threads[shape] = message_id
+        dovecot.append(shaped(mail, n, shape))
+    for shape, message_id in threads.items():
+        wait_until(lambda m=message_id: replies(emulator, m), 20, f"the {shape} reply")
+        assert [r["content"]["text"] for r in replies(emulator, message_id)] == [
+            "李四 <lisi@example.com> 通过邮件回复：\n收到，马上看"
+        ], shape
+    assert bot.stop() == 0
+
+
+def test_an_image_in_a_reply_is_uploaded_and_posted_and_other_files_are_named(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
+    bot.wait_log("inbound: reading INBOX")
+    message_id, mail = forwarded(emulator, smtp, "页面故障")
+    answer = EmailMessage()
+    answer["From"] = "oncall@example.com"
+    answer["To"] = "bot@example.com"
+    answer["Subject"] = f"Re: {mail['Subject']}"
+    answer["Message-ID"] = f"<img-{time.time_ns()}@mail.example.com>"
+    answer["In-Reply-To"] = str(mail["Message-ID"])
+    answer.set_content("截图如下，日志见附件。\n\nOn 12/1/26 10:02, bot wrote:\n> 页面故障\n")
+    answer.add_attachment(PNG, maintype="image", subtype="png", filename="截图.png")
+    answer.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="日志.pdf")
+    dovecot.append(answer.as_bytes())
+    wait_until(lambda: replies(emulator, message_id), 20, "the reply with its image")
+    ((upload,),) = [emulator.uploaded_images]
+    assert (upload["name"], upload["content_type"], upload["data"]) == (
+        "截图.png",
+        "image/png",
+        PNG,
+    )
+    (posted,) = replies(emulator, message_id)
+    assert posted["msg_type"] == "post" and posted["reply_in_thread"] is True
+    assert posted["content"] == {
+        "zh_cn": {
+            "title": "",
+            "content": [
+                [{"tag": "text", "text": "oncall@example.com 通过邮件回复："}],
+                [{"tag": "text", "text": "截图如下，日志见附件。"}],
+                [{"tag": "text", "text": "（附件未上传：日志.pdf）"}],
+                [{"tag": "img", "image_key": upload["image_key"]}],
+            ],
+        }
+    }
+    assert bot.stop() == 0
+
+
+def test_with_a_trusted_server_only_its_pass_lets_a_reply_through(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(
+        rules=ONCALL, extra=inbound(dovecot, "  trusted_authserv_id: mx.example.com\n")
+    ).start()
+    bot.wait_log("inbound: reading INBOX")
+    message_id, mail = forwarded(emulator, smtp, "证书故障")
+    verdicts = {
+        "没有结论": "",
+        "没通过": "mx.example.com; dmarc=fail header.from=example.com",
+        "别人写的": "evil.example.net; dmarc=pass header.from=example.com",
+        "通过了": "mx.example.com; dkim=pass header.d=example.com; dmarc=pass",
+    }
+    for n, (text, verdict) in enumerate(verdicts.items()):
+        extra = {"Authentication_Results": verdict} if verdict else {}
+        dovecot.append(reply(mail, "lisi@example.com", text, 30 + n, **extra))
+    wait_until(lambda: replies(emulator, message_id), 20, "the reply with the server's pass")
+    log = bot.log()
+    assert log.count("not posted: no Authentication-Results of mx.example.com") == 2
+    assert (
+        "not posted: Authentication-Results of mx.example.com do not vouch for example.com:"
+        " dmarc=fail" in log
+    )
+    assert [r["content"]["text"] for r in replies(emulator, message_id)] == [
+        "lisi@example.com 通过邮件回复：\n通过了"
+    ]
     assert bot.stop() == 0

@@ -417,14 +417,41 @@ async def database_hops(settings: Settings, ends_at: float) -> list[Hop]:
     return walk.hops
 
 
+async def imap_hops(settings: Settings, ends_at: float) -> list[Hop]:
+    """The bot's mailbox, when `inbound:` is configured: logged in, its folders there."""
+    inbound = settings.inbound
+    if inbound is None:
+        return []
+    from feishu_mailbot.mail.imap import ImapError, Mailbox  # imaplib only then
+
+    walk = _Walk(hops.IMAP, ends_at, [])
+    box = Mailbox(inbound.imap)
+
+    def look() -> str:
+        filing = () if inbound.processed is None else (inbound.processed,)
+        try:
+            opened = box.open(filing)
+        except ImapError as e:
+            raise _Failed(str(e), "imap") from None
+        finally:
+            box.shutdown()
+        waits = "IDLE" if opened.idle else "no IDLE: asked every minute"
+        return f"{inbound.imap.username} on {inbound.imap.host}, {inbound.imap.mailbox}: {waits}"
+
+    await walk.step("mailbox", lambda: asyncio.to_thread(look), "imap")
+    return walk.hops
+
+
 async def walk(settings: Settings) -> list[Hop]:
-    """The paths at once, within DEADLINE: Feishu's hops, the relay's, the database's."""
+    """The paths at once, within DEADLINE: Feishu's hops, the relay's, the database's,
+    the bot's mailbox."""
     started = time.monotonic()
     relay = asyncio.to_thread(smtp.walk, settings.smtp, deadline=min(SMTP_DEADLINE, DEADLINE - 5))
     feishu = feishu_hops(settings, started + DEADLINE - 5)
     database = database_hops(settings, started + DEADLINE - 5)
-    found = await asyncio.gather(feishu, relay, database)
-    return [*found[0], *found[1], *found[2]]
+    mailbox = imap_hops(settings, started + DEADLINE - 5)
+    found = await asyncio.gather(feishu, relay, database, mailbox)
+    return [hop for path in found for hop in path]
 
 
 def lines(found: list[Hop]) -> list[str]:
@@ -439,11 +466,12 @@ def lines(found: list[Hop]) -> list[str]:
 def verdict(found: list[Hop]) -> tuple[bool, str]:
     broken = [h for h in found if not h.ok]
     if not broken:
-        to = (
-            "Feishu, the relay and the database"
-            if any(h.path == hops.DATABASE for h in found)
-            else "Feishu and to the relay"
-        )
+        paths = ["Feishu", "the relay"]
+        if any(h.path == hops.DATABASE for h in found):
+            paths.append("the database")
+        if any(h.path == hops.IMAP for h in found):
+            paths.append("the bot's mailbox")
+        to = ", ".join(paths[:-1]) + " and " + paths[-1]
         return True, f"doctor: every hop works, to {to}; nothing was sent"
     where = "; ".join(f"{h.path} path broken at {h.name}" for h in broken)
     return False, f"doctor: {where}"

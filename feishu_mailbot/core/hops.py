@@ -16,6 +16,7 @@ from dataclasses import dataclass
 FEISHU = "Feishu"
 SMTP = "SMTP"
 DATABASE = "DB"  # only when `database:` is configured
+IMAP = "IMAP"  # only when `inbound:` is configured
 
 #: Each path's hops, in the order they are walked.
 FEISHU_HOPS = (
@@ -33,6 +34,7 @@ FEISHU_HOPS = (
 )
 SMTP_HOPS = ("DNS", "TCP", "TLS", "greeting", "EHLO", "STARTTLS", "AUTH")
 DATABASE_HOPS = ("connect", "schema")
+IMAP_HOPS = ("mailbox",)
 
 #: What a failure usually means, and what to do; `{target}` is the host:port of the hop.
 CAUSES = {
@@ -92,6 +94,10 @@ CAUSES = {
     "db-schema": "the database is not one this release can use: see the detail",
     "db-driver": "PostgreSQL's driver is not installed on this host: apt install "
     "python3-psycopg2 (the package recommends it)",
+    "imap": "the bot's mailbox cannot be read: check inbound.imap (host, port, security, "
+    "username, password); 163, 126 and QQ mailboxes want IMAP switched on in their web "
+    "settings and an authorization code (授权码) as the password; a missing folder must be "
+    "created",
     "timeout": "no answer within the time given: something in between drops the traffic",
 }
 

@@ -487,3 +487,25 @@ def test_with_a_trusted_server_only_its_pass_lets_a_reply_through(
         "lisi@example.com 通过邮件回复：\n通过了"
     ]
     assert bot.stop() == 0
+
+
+def test_doctor_walks_to_the_bots_mailbox_and_names_a_refused_login(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
+) -> None:
+    bot = make_bot(rules=ONCALL, extra=inbound(dovecot, f"  processed: {PROCESSED}\n"))
+    out = bot.cli("doctor")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{USER} on 127.0.0.1, INBOX: IDLE" in out.stdout
+    assert "every hop works, to Feishu, the relay and the bot's mailbox" in out.stdout
+    text = bot.config.read_text("utf-8").replace(PASSWORD, "wr0ng-imap-pass")
+    bot.config.write_text(text.replace(f"processed: {PROCESSED}", "processed: 没有"), "utf-8")
+    out = bot.cli("doctor")
+    assert out.returncode == 69, out.stdout + out.stderr
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("IMAP")]
+    assert "mailbox" in line and "FAILED" in line and "LOGIN failed" in line
+    assert "授权码" in out.stdout and "wr0ng-imap-pass" not in out.stdout
+    assert "IMAP path broken at mailbox" in out.stdout
+    missing = bot.config.read_text("utf-8").replace("wr0ng-imap-pass", PASSWORD)
+    bot.config.write_text(missing, "utf-8")
+    out = bot.cli("doctor")
+    assert out.returncode == 69 and "there is no folder '没有'" in out.stdout, out.stdout

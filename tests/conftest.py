@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from feishu_mailbot.mail.imap import mailbox_name
+from tests.dovecot import PROCESSED, Dovecot
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import (
     PROXY_PASSWORD,
@@ -54,6 +56,16 @@ def emulator() -> Iterator[FeishuEmulator]:
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A real Dovecot on loopback (tests/dovecot.py), with the folder PROCESSED."""
+    with Dovecot() as server:
+        conn = server.session()
+        conn.create(mailbox_name(PROCESSED))
+        conn.logout()
+        yield server
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from tests.smtp_server import free_port
 HOST = "127.0.0.1"
 USER = "bot@example.com"
 PASSWORD = "imap-test-secret-41d7"
+PROCESSED = "已处理"  # a folder the dovecot fixture (conftest.py) creates
 DOVECOT = "/usr/sbin/dovecot"
 
 

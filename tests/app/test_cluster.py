@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from tests.app.test_replies import forwarded, inbound, replies, reply
 from tests.cli.test_live import cli
 from tests.compose.test_attachments import FILES, attached, post_file
 from tests.compose.test_daily_report import (
@@ -23,6 +24,7 @@ from tests.compose.test_daily_report import (
     report_config,
     today_in_shanghai,
 )
+from tests.dovecot import Dovecot
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, NotifySocket, wait_until, write_config
 from tests.postgres import Postgres
@@ -209,3 +211,43 @@ def test_postgresql_stopped_for_20_s_under_load_loses_nothing_and_sends_nothing_
     assert len(refused) > 50, len(refused)  # the outage's events were answered 500 ...
     assert {final[e] for e in pushed} == {200}  # ... and taken once re-pushed
     assert "database unreachable" in bot.log() and "Traceback" not in bot.log()
+
+
+def test_only_the_schedule_holder_reads_the_mailbox_and_the_other_takes_over(
+    tmp_path: Path,
+    emulator: FeishuEmulator,
+    smtp: SmtpServer,
+    postgres: Postgres,
+    dovecot: Dovecot,
+) -> None:
+    """Replies by mail with two instances: one reads the bot's mailbox (the schedule
+    lock's holder), so a reply is posted once; after a kill -9 the other reads it."""
+    database = (
+        f"database:\n  url: {postgres.database()}\n  password_file: {postgres.password_file}\n"
+        "  failover_after: 6\n"
+    )
+    config = write_config(
+        tmp_path, feishu_url=emulator.base_url, smtp_port=smtp.port,
+        rules="- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com, lisi@example.com]\n",
+        extra=database + inbound(dovecot),
+    )  # fmt: skip
+    a = started(config, tmp_path / "a")
+    a.wait_log("this instance runs the schedule")
+    b = started(config, tmp_path / "b")
+    try:
+        a.wait_log("inbound: reading INBOX")
+        message_id, mail = forwarded(emulator, smtp, "集群故障")
+        dovecot.append(reply(mail, "lisi@example.com", "第一封", 1))
+        wait_until(lambda: replies(emulator, message_id), 20, "the first reply")
+        assert "inbound: reading" not in b.log()
+        a.kill()
+        b.wait_log("this instance runs the schedule", timeout=30)
+        b.wait_log("inbound: reading INBOX", timeout=20)
+        dovecot.append(reply(mail, "lisi@example.com", "第二封", 2))
+        wait_until(lambda: len(replies(emulator, message_id)) == 2, 20, "the second reply")
+        time.sleep(1.0)
+    finally:
+        b.stop()
+    texts = [r["content"]["text"].split("\n")[1] for r in replies(emulator, message_id)]
+    assert texts == ["第一封", "第二封"]
+    assert "Traceback" not in a.log() + b.log()

@@ -7,23 +7,20 @@ import base64
 import json
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from feishu_mailbot.mail.imap import mailbox_name
 from tests import bounces, certs
-from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.dovecot import PASSWORD, PROCESSED, USER, Dovecot
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, NotifySocket, wait_until
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
 ONCALL = "- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com, lisi@example.com]\n"
-PROCESSED = "已处理"
 # A From header broken off after "a@" by a stray byte: the stdlib's address parser
 # (email._header_value_parser.get_domain) raises IndexError on it.
 HOSTILE = (
@@ -31,15 +28,6 @@ HOSTILE = (
     b'Content-Type: multipart/mixed; boundary="q"\r\n\r\n--q\r\n'
     b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>hi</p>\r\n--q--\r\n"
 )
-
-
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    with Dovecot() as server:
-        conn = server.session()
-        conn.create(mailbox_name(PROCESSED))
-        conn.logout()
-        yield server
 
 
 def inbound(server: Dovecot, extra: str = "") -> str:

@@ -262,10 +262,12 @@ class Bot:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """An admin command on this bot's config, as the operator runs it."""
+    def cli(self, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+        """An admin command on this bot's config, as the operator runs it (as `user`, a
+        uid without groups, instead of root when given)."""
+        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
         return subprocess.run(
-            [sys.executable, "-m", "feishu_mailbot", "--config", str(self.config), *args],
+            [*prefix, sys.executable, "-m", "feishu_mailbot", "--config", str(self.config), *args],
             capture_output=True,
             text=True,
             timeout=60,

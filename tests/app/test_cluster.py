@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from tests.app.test_replies import forwarded, inbound, replies, reply
-from tests.cli.test_live import cli
 from tests.compose.test_attachments import FILES, attached, post_file
 from tests.compose.test_daily_report import (
     FAKETIME,
@@ -60,9 +59,9 @@ def test_two_instances_share_the_events_and_send_every_mail_once(
         # Every event reached one instance and was acked once; both took their share.
         devices = collections.Counter(f["device_id"] for f in emulator.data_frames)
         assert len(devices) == 2 and min(devices.values()) > EVENTS // 4, devices
-        wait_until(lambda: "instances: 2 running" in cli(b, "status").stdout, 15, "both listed")
+        wait_until(lambda: "instances: 2 running" in b.cli("status").stdout, 15, "both listed")
         for bot in (a, b):
-            shown = cli(bot, "status").stdout
+            shown = bot.cli("status").stdout
             assert "database: postgresql" in shown, shown
             assert f"pid {a.proc.pid} " in shown and f"pid {b.proc.pid} " in shown, shown  # type: ignore[union-attr]
             assert shown.count("runs the schedule") == 1, shown

@@ -44,6 +44,13 @@ def inbound(server: Dovecot, extra: str = "") -> str:
     )
 
 
+def reading(make_bot: MakeBot, server: Dovecot, extra: str = "") -> Bot:
+    """A daemon with `inbound:` (and `extra` in it), once it reads the mailbox."""
+    bot = make_bot(rules=ONCALL, extra=inbound(server, extra)).start()
+    bot.wait_log("inbound: reading INBOX")
+    return bot
+
+
 def reply(to: EmailMessage, sender: str, body: str, n: int, **headers: str) -> bytes:
     """A reply to `to` as a mail client writes one (Thunderbird's quote)."""
     lines = [
@@ -207,8 +214,7 @@ def test_a_mailbox_that_is_down_pauses_only_the_replies(
 def test_a_delivery_report_marks_the_recipient_it_names_bounced_once(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
 ) -> None:
-    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
-    bot.wait_log("inbound: reading INBOX")
+    bot = reading(make_bot, dovecot)
     message_id, mail = forwarded(emulator, smtp, "队列故障")
     ours = str(mail["Message-ID"])
     dovecot.append(bounces.postfix(ours, "lisi@example.com", action="delayed", status="4.4.1"))
@@ -256,8 +262,7 @@ def unsubscribe_request(mail: EmailMessage, sender: str, n: int, subject: str = 
 def test_an_unsubscribe_mail_stops_that_rules_mail_to_that_address_until_restored(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
 ) -> None:
-    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
-    bot.wait_log("inbound: reading INBOX")
+    bot = reading(make_bot, dovecot)
     _, mail = forwarded(emulator, smtp, "磁盘故障")
     assert str(mail["List-Unsubscribe"]).startswith(
         "<mailto:bot@example.com?subject=unsubscribe%20"
@@ -312,8 +317,7 @@ def test_a_reply_address_with_a_token_names_the_mail_and_its_bounces(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
 ) -> None:
     tokens = '  reply_address: "bot+{token}@example.com"\n'
-    bot = make_bot(rules=ONCALL, extra=inbound(dovecot, tokens)).start()
-    bot.wait_log("inbound: reading INBOX")
+    bot = reading(make_bot, dovecot, tokens)
     first, a = forwarded(emulator, smtp, "支付故障")
     second, b = forwarded(emulator, smtp, "登录故障")
     reply_a, reply_b = str(a["Reply-To"]), str(b["Reply-To"])
@@ -393,8 +397,7 @@ def shaped(to: EmailMessage, n: int, shape: str) -> bytes:
 def test_replies_from_each_client_post_only_their_new_text(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
 ) -> None:
-    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
-    bot.wait_log("inbound: reading INBOX")
+    bot = reading(make_bot, dovecot)
     threads = {}
     for n, shape in enumerate(("foxmail", "outlook-html", "写道")):
         message_id, mail = forwarded(emulator, smtp, f"故障 {shape}")
@@ -411,8 +414,7 @@ def test_replies_from_each_client_post_only_their_new_text(
 def test_an_image_in_a_reply_is_uploaded_and_posted_and_other_files_are_named(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
 ) -> None:
-    bot = make_bot(rules=ONCALL, extra=inbound(dovecot)).start()
-    bot.wait_log("inbound: reading INBOX")
+    bot = reading(make_bot, dovecot)
     message_id, mail = forwarded(emulator, smtp, "页面故障")
     answer = EmailMessage()
     answer["From"] = "oncall@example.com"

@@ -24,20 +24,8 @@ MakeBot = Callable[..., Bot]
 ONE_RULE = "- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com]\n"
 
 
-def cli(bot: Bot, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "feishu_mailbot", "--config", str(bot.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-
-
 def queue_ids(bot: Bot, *args: str) -> list[int]:
-    listing = json.loads(cli(bot, "queue", "--json", *args).stdout)
+    listing = json.loads(bot.cli("queue", "--json", *args).stdout)
     return [int(e["id"]) for e in listing]
 
 
@@ -64,39 +52,39 @@ def test_status_while_running_and_after_a_stop(
     assert bot.proc is not None
     emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障：状态"))
     smtp.wait_for(1, timeout=10)
-    wait_until(lambda: "outbox 0" in cli(bot, "status").stdout, 15, "a recorded status")
-    out = cli(bot, "status")
+    wait_until(lambda: "outbox 0" in bot.cli("status").stdout, 15, "a recorded status")
+    out = bot.cli("status")
     assert out.returncode == 0, out.stderr
     assert f"daemon: running (pid {bot.proc.pid}): connected" in out.stdout
     assert "events today: 1" in out.stdout
     assert "mail: 0 pending, 0 retrying, 0 sending, 0 failed" in out.stdout
-    data = json.loads(cli(bot, "status", "--json").stdout)
+    data = json.loads(bot.cli("status", "--json").stdout)
     assert data["running"] and data["connected"] and data["pid"] == bot.proc.pid
     assert data["mail"] == {"pending": 0, "retrying": 0, "sending": 0, "failed": 0}
     assert data["database_bytes"] > 0
-    prom = cli(bot, "status", "--prometheus").stdout
+    prom = bot.cli("status", "--prometheus").stdout
     assert "feishu_mailbot_up 1\n" in prom and "feishu_mailbot_connected 1\n" in prom
     assert 'feishu_mailbot_mail{state="failed"} 0\n' in prom
     assert "# TYPE feishu_mailbot_database_bytes gauge" in prom
     assert bot.stop() == 0
-    stopped = cli(bot, "status")
+    stopped = bot.cli("status")
     assert "daemon: stopped" in stopped.stdout
-    assert "feishu_mailbot_up 0\n" in cli(bot, "status", "--prometheus").stdout
+    assert "feishu_mailbot_up 0\n" in bot.cli("status", "--prometheus").stdout
 
 
 def test_a_failed_mail_is_listed_shown_retried_and_delivered_once(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
     bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：要重试的邮件", backend)
-    listing = cli(bot, "queue").stdout
+    listing = bot.cli("queue").stdout
     assert f"{mail_id:>6}  failed" in listing and "oncall@example.com" in listing
     assert "550 5.1.1" in listing
-    shown = cli(bot, "show", str(mail_id)).stdout
+    shown = bot.cli("show", str(mail_id)).stdout
     assert "Subject: [研发群] 张三: 故障：要重试的邮件" in shown
     assert "故障：要重试的邮件" in shown.split("\n\n", 2)[-1]  # the plain text
-    assert "failed" in cli(bot, "status").stdout
+    assert "failed" in bot.cli("status").stdout
     smtp._refused_rcpts.clear()  # the mailbox exists again
-    retried = cli(bot, "retry", str(mail_id))
+    retried = bot.cli("retry", str(mail_id))
     assert retried.returncode == 0, retried.stderr
     assert "1 mail due now" in retried.stdout
     started = time.monotonic()
@@ -112,13 +100,13 @@ def test_drop_needs_yes_and_takes_only_waiting_or_failed_mail(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
 ) -> None:
     bot, mail_id = failed_mail(make_bot, emulator, smtp, "故障：丢弃", backend)
-    refused = cli(bot, "drop", str(mail_id))
+    refused = bot.cli("drop", str(mail_id))
     assert refused.returncode == 64 and "add --yes" in refused.stderr
-    dropped = cli(bot, "drop", str(mail_id), "--yes")
+    dropped = bot.cli("drop", str(mail_id), "--yes")
     assert dropped.returncode == 0 and "1 mail dropped" in dropped.stdout
     assert queue_ids(bot) == []
-    assert cli(bot, "drop", str(mail_id), "--yes").returncode == 65  # already gone
-    assert cli(bot, "show", "999").returncode == 65
+    assert bot.cli("drop", str(mail_id), "--yes").returncode == 65  # already gone
+    assert bot.cli("show", "999").returncode == 65
     assert bot.stop() == 0
 
 
@@ -126,7 +114,7 @@ def test_mail_ids_that_are_not_numbers_are_a_usage_error(make_bot: MakeBot) -> N
     bot = make_bot(rules=ONE_RULE)
     bot.start().stop()
     for args in (("retry", "abc"), ("drop", "abc", "--yes"), ("retry", "1", "x2")):
-        out = cli(bot, *args)
+        out = bot.cli(*args)
         assert out.returncode == 64, (args, out.stderr)
         assert "usage: feishu-mailbot" in out.stderr and "invalid int value" in out.stderr
         assert "Traceback" not in out.stderr
@@ -235,29 +223,29 @@ def test_a_quarantined_event_is_listed_retried_and_dropped(
         )
     )
     state.close()
-    held = cli(bot, "queue", "--quarantined").stdout
+    held = bot.cli("queue", "--quarantined").stdout
     assert key in held and "fixed since" in held and poison["header"]["event_id"] in held
-    assert "quarantined events: 2" in cli(bot, "status").stdout
-    retried = cli(bot, "retry", "--all-quarantined")
+    assert "quarantined events: 2" in bot.cli("status").stdout
+    retried = bot.cli("retry", "--all-quarantined")
     assert "2 quarantined events to be taken again" in retried.stdout
     [mail] = smtp.wait_for(1, timeout=10)  # the one this release takes
     assert "隔离后重试" in str(mail["Subject"])
     bot.wait_log("quarantined event taken on retry")
     # The poison is held again, with today's reason; then the operator drops it.
     wait_until(
-        lambda: key not in cli(bot, "queue", "--quarantined").stdout, 10, "the retried one released"
+        lambda: key not in bot.cli("queue", "--quarantined").stdout, 10, "the retried one released"
     )
     bad = poison["header"]["event_id"]
-    assert re.search(rf"{bad}\s+held", cli(bot, "queue", "--quarantined").stdout)
-    assert cli(bot, "drop", "--quarantined", bad, "--yes").stdout.startswith("1 quarantined")
-    assert "no quarantined events" in cli(bot, "queue", "--quarantined").stdout
+    assert re.search(rf"{bad}\s+held", bot.cli("queue", "--quarantined").stdout)
+    assert bot.cli("drop", "--quarantined", bad, "--yes").stdout.startswith("1 quarantined")
+    assert "no quarantined events" in bot.cli("queue", "--quarantined").stdout
     assert bot.stop() == 0
 
 
 def test_a_user_who_cannot_read_the_state_gets_one_line(make_bot: MakeBot) -> None:
     bot = make_bot(rules=ONE_RULE).start()
     # As installed, an ordinary user cannot read the config (0640 root:feishu-mailbot) ...
-    out = cli(bot, "status", user=65534)
+    out = bot.cli("status", user=65534)
     assert out.returncode == 78 and out.stderr.count("\n") == 1
     assert "permission denied (run as root or as the feishu-mailbot user)" in out.stderr
     # ... nor, with a readable copy, the state directory (0750 feishu-mailbot).
@@ -368,7 +356,7 @@ def test_chats_lists_where_the_bot_is_and_what_is_allowed(
     emulator.register_chat("oc_other", "隔壁群", members=12)
     emulator.chat_page_size = 1  # every chat on a page of its own: the pages are followed
     bot = make_bot()
-    out = cli(bot, "chats")
+    out = bot.cli("chats")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert re.search(r"^oc_other\s+12\s+no\s+隔壁群$", out.stdout, re.M), lines
@@ -380,7 +368,7 @@ def test_status_can_write_the_node_exporter_file(make_bot: MakeBot, tmp_path: Pa
     target = tmp_path / "feishu-mailbot.prom"
     wait_until(
         lambda: (
-            cli(bot, "status", "--prometheus", "--output", str(target)).returncode == 0
+            bot.cli("status", "--prometheus", "--output", str(target)).returncode == 0
             and "feishu_mailbot_up 1" in target.read_text()
         ),
         15,
@@ -435,7 +423,7 @@ def test_status_output_on_a_full_disk_leaves_no_partial_file(
         with open(filler, "wb", buffering=0) as fill, contextlib.suppress(OSError):
             while True:
                 fill.write(b"\0" * 4096)
-        out = cli(bot, "status", "--prometheus", "--output", str(target))
+        out = bot.cli("status", "--prometheus", "--output", str(target))
         assert out.returncode == 73, (out.returncode, out.stderr)  # EX_CANTCREAT
         assert sorted(p.name for p in small.iterdir()) == ["feishu-mailbot.prom", "filler"]
         assert out.stderr == f"{target}: cannot write it: No space left on device" + (
@@ -463,7 +451,7 @@ def test_prometheus_values_keep_every_digit(make_bot: MakeBot) -> None:
             ("ev_large", time.time(), "large", os.urandom(1_300_000)),
         )
     db.close()
-    out = cli(bot, "status", "--prometheus")
+    out = bot.cli("status", "--prometheus")
     assert out.returncode == 0, out.stderr
     values = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if line[:1] != "#")
     assert values['feishu_mailbot_last_digest_timestamp_seconds{chat="oc_team"}'] == (

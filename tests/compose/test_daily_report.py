@@ -4,10 +4,7 @@ schedule) libfaketime as the controllable clock of the daemon process."""
 from __future__ import annotations
 
 import email.policy
-import os
 import re
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -16,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import REPO, Bot, mail_html, screenshot, wait_until
+from tests.harness import Bot, mail_html, screenshot, wait_until
 from tests.kit import Backend
 from tests.smtp_server import SmtpServer
 
@@ -48,17 +45,6 @@ def bot_with_reports(make_bot: MakeBot, emulator: FeishuEmulator, **kw: str) -> 
     emulator.register_user("ou_mallory", "Mallory")
     emulator.register_resource("img_v2_report", PNG, "image/png")
     return make_bot(rules="- name: oncall\n  keywords: [故障]\n  to: [oncall@example.com]\n", **kw)
-
-
-def cli(bot: Bot, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "feishu_mailbot", "--config", str(bot.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
 
 
 def mention_bot(emulator: FeishuEmulator, sender: str, command: str) -> dict[str, object]:
@@ -110,7 +96,7 @@ def test_manual_digest_dry_run_trigger_and_refusal(
     wait_until(lambda: len(emulator.reactions) >= 4, 15, "the acknowledging reactions")
     assert {r["emoji_type"] for r in emulator.reactions} == {"OK"}
 
-    dry = cli(bot, "send-report", "--dry-run")
+    dry = bot.cli("send-report", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     out = dry.stdout
     assert "日报汇总" in out and "2/4 已提交" in out
@@ -172,7 +158,7 @@ def test_a_resend_from_the_chat_is_rate_limited(
     time.sleep(1)
     assert len(smtp.messages) == 1
     # The operator is not rate-limited.
-    forced = cli(bot, "send-report", "--force")
+    forced = bot.cli("send-report", "--force")
     assert forced.returncode == 0, forced.stderr
     smtp.wait_for(2, timeout=20)
     assert bot.stop() == 0

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.cli.test_live import cli, queue_ids
+from tests.cli.test_live import queue_ids
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import Bot, fill, wait_until
 from tests.kit import SQLITE, Backend
@@ -80,7 +80,7 @@ def test_a_mail_dropped_while_prepared_is_never_sent(
     bot = make_bot(rules=IMAGES, extra=backend.config).start()
     image_held(emulator, "img_dropped")
     [row_id] = queue_ids(bot)
-    dropped = cli(bot, "drop", str(row_id), "--yes")
+    dropped = bot.cli("drop", str(row_id), "--yes")
     assert dropped.returncode == 0, dropped.stderr
     assert "1 mail dropped" in dropped.stdout
     rate_limit_then_heal(emulator, "img_dropped")
@@ -89,7 +89,7 @@ def test_a_mail_dropped_while_prepared_is_never_sent(
     assert statuses(bot, backend) == ["dropped"]
     assert "is not tried again: an operator dropped it" in bot.log()
     # And the table refuses to bring it back.
-    retried = cli(bot, "retry", str(row_id))
+    retried = bot.cli("retry", str(row_id))
     assert retried.returncode == 65
     assert f"mail {row_id}: not retried: an operator dropped it" in retried.stderr
     assert bot.stop() == 0

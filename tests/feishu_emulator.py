@@ -405,6 +405,7 @@ class FeishuEmulator:
         app.router.add_get("/open-apis/bot/v3/info", self._h_bot_info)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reply", self._h_reply)
         app.router.add_post("/open-apis/im/v1/images", self._h_image)
+        app.router.add_get("/open-apis/application/v6/scopes", self._h_scopes)
         app.router.add_post("/open-apis/im/v1/messages/{message_id}/reactions", self._h_reaction)
         app.router.add_post("/open-apis/im/v1/messages", self._h_send)
         self._runner = web.AppRunner(
@@ -1439,6 +1440,18 @@ class FeishuEmulator:
         if reply_to in self._reply_errors:
             return self._failure(request, *self._reply_errors[reply_to])
         return self._record_message("reply", self._message_chats.get(reply_to), reply_to, body)
+
+    async def _h_scopes(self, request: web.Request) -> web.Response:
+        # 查询租户授权状态 (GET /open-apis/application/v6/scopes; 权限要求: 无): each
+        # scope the app asks for with grant_status 1 (已授权) or 2 (未授权). The app
+        # here asks for every scope a path needs; `missing_scopes` are not granted.
+        if (err := self._auth_error(request)) is not None:
+            return err
+        asked = sorted({scope for _, scope in _SCOPES} | {"im:message", "im:message.group_msg"})
+        listed = [
+            {"scope_name": s, "grant_status": 2 if s in self.missing_scopes else 1} for s in asked
+        ]
+        return _json({"code": 0, "msg": "success", "data": {"scopes": listed}})
 
     async def _h_image(self, request: web.Request) -> web.Response:
         # 上传图片 (POST /open-apis/im/v1/images, multipart/form-data: image_type

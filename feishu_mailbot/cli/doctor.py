@@ -285,6 +285,8 @@ async def feishu_hops(settings: Settings, ends_at: float) -> list[Hop]:
         if not await walk.step("bot info", lambda: _bot(api), "bot"):
             return walk.hops
         await walk.step("chats", lambda: _chats(api, settings), "chats")
+        if settings.inbound is not None:
+            await walk.step("reply scopes", lambda: _reply_scopes(api), "reply-scopes")
         return walk.hops
     finally:
         probe.close()
@@ -325,6 +327,20 @@ async def _chats(api: FeishuApi, settings: Settings) -> str:
         where = f"in {len(inside)} of {len(allowed)} allowlisted chats; not in {', '.join(missing)}"
         raise _Failed(where, "chats")
     return f"in all {len(allowed)} allowlisted chats: {', '.join(inside)}"
+
+
+# What posting a reply by mail needs (回复消息: any one of im:message,
+# im:message:send_as_bot; 上传图片: im:resource), as 查询租户授权状态 lists them.
+_REPLY_SCOPES = (("im:message:send_as_bot", "im:message"), ("im:resource",))
+
+
+async def _reply_scopes(api: FeishuApi) -> str:
+    granted = {name for name, ok in (await api.scopes()).items() if ok}
+    lacking = [" or ".join(any_of) for any_of in _REPLY_SCOPES if not granted & set(any_of)]
+    if lacking:
+        raise _Failed(f"not granted: {', '.join(lacking)}", "reply-scopes")
+    have = [next(s for s in any_of if s in granted) for any_of in _REPLY_SCOPES]
+    return f"granted: {', '.join(have)}"
 
 
 class _Socket:

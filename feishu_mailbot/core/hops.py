@@ -31,6 +31,7 @@ FEISHU_HOPS = (
     "pong",
     "bot info",
     "chats",
+    "reply scopes",  # only with `inbound:`
 )
 SMTP_HOPS = ("DNS", "TCP", "TLS", "greeting", "EHLO", "STARTTLS", "AUTH")
 DATABASE_HOPS = ("connect", "schema")
@@ -62,6 +63,8 @@ CAUSES = {
     "a new version",
     "scopes": "the app lacks a scope: add im:message and im:message.group_msg (to get "
     "every group message, not only @-mentions) and publish a new version",
+    "reply-scopes": "replies by mail need the app to send as the bot and upload images: add "
+    "im:message:send_as_bot (or im:message) and im:resource, and publish a new version",
     "chats": "the bot is not in an allowlisted chat: add it there (群设置 → 群机器人), or "
     "correct the id under chats: (feishu-mailbot chats lists where it is)",
     "smtp-dns": "the relay's name does not resolve here: check smtp.host and the DNS "

@@ -263,6 +263,17 @@ class FeishuApi:
             json_body=body,
         )
 
+    async def scopes(self) -> dict[str, bool]:
+        """查询租户授权状态 (GET /open-apis/application/v6/scopes, no scope needed): the
+        scopes the app asks for, and whether the tenant granted each."""
+        payload = await self._json("GET", "/open-apis/application/v6/scopes", "scopes")
+        listed = (payload.get("data") or {}).get("scopes") or []
+        return {
+            str(s.get("scope_name")): s.get("grant_status") == 1
+            for s in listed
+            if isinstance(s, dict)
+        }
+
     async def upload_image(self, name: str, content_type: str, data: bytes) -> str:
         """上传图片 (POST /open-apis/im/v1/images, image_type=message): its image_key,
         for a `post` message. Feishu takes up to 10 MB (core.reply.IMAGE_LIMIT)."""

@@ -486,7 +486,18 @@ def test_doctor_walks_to_the_bots_mailbox_and_names_a_refused_login(
     out = bot.cli("doctor")
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{USER} on 127.0.0.1, INBOX: IDLE" in out.stdout
+    assert (
+        "reply scopes       ok" in out.stdout
+        and "granted: im:message:send_as_bot, im:r" in out.stdout
+    )
     assert "every hop works, to Feishu, the relay and the bot's mailbox" in out.stdout
+    emulator.missing_scopes |= {"im:message:send_as_bot", "im:message"}
+    out = bot.cli("doctor")
+    assert (
+        out.returncode == 69 and "not granted: im:message:send_as_bot or im:message" in out.stdout
+    )
+    assert "Feishu path broken at reply scopes" in out.stdout
+    emulator.missing_scopes.clear()
     text = bot.config.read_text("utf-8").replace(PASSWORD, "wr0ng-imap-pass")
     bot.config.write_text(text.replace(f"processed: {PROCESSED}", "processed: 没有"), "utf-8")
     out = bot.cli("doctor")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from importlib import import_module
 
 from feishu_mailbot import __version__
@@ -48,35 +49,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    sub.add_parser("run", help="run the daemon in the foreground (systemd's ExecStart)")
-    check = sub.add_parser("check-config", help="validate the configuration")
+    # `--config` after the subcommand too (`feishu-mailbot check-config --config X`), as
+    # people type it; unset there, it leaves the one before the subcommand alone.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    add = partial(sub.add_parser, parents=[after])
+    add("run", help="run the daemon in the foreground (systemd's ExecStart)")
+    check = add("check-config", help="validate the configuration")
     check.add_argument(
         "--online",
         action="store_true",
         help="also walk every hop to Feishu and to the relay, as doctor does (sends nothing)",
     )
-    doc = sub.add_parser(
-        "doctor", help="walk every hop to Feishu and to the relay and name the broken one"
-    )
+    doc = add("doctor", help="walk every hop to Feishu and to the relay and name the broken one")
     doc.add_argument(
         "--report", metavar="FILE", help="also write a support bundle (secrets replaced) to FILE"
     )
-    rep = sub.add_parser("send-report", help="build the daily-report digest now and queue it")
+    rep = add("send-report", help="build the daily-report digest now and queue it")
     rep.add_argument("--date", metavar="YYYY-MM-DD", help="report day (default: the current one)")
     rep.add_argument("--dry-run", action="store_true", help="print the digest, send nothing")
     rep.add_argument("--force", action="store_true", help="send even if already sent that day")
-    sim = sub.add_parser("simulate", help="show what a message would trigger, and its email")
+    sim = add("simulate", help="show what a message would trigger, and its email")
     sim.add_argument("--chat", required=True, metavar="CHAT_ID")
     sim.add_argument("--sender", required=True, metavar="OPEN_ID")
     sim.add_argument("text")
-    st = sub.add_parser("status", help="connection, events today, the queue, digests, database")
+    st = add("status", help="connection, events today, the queue, digests, database")
     form = st.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
     form.add_argument("--prometheus", action="store_true", help="the Prometheus text format")
     st.add_argument(
         "--output", metavar="FILE", help="write to FILE (atomically, for node-exporter)"
     )
-    q = sub.add_parser("queue", help="the mail not yet sent, one line each (like mailq)")
+    q = add("queue", help="the mail not yet sent, one line each (like mailq)")
     which = q.add_mutually_exclusive_group()
     which.add_argument(
         "--failed", action="store_true", help="only failed mail, and sent mail that bounced"
@@ -84,29 +90,27 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--pending", action="store_true", help="only mail still to be tried")
     which.add_argument("--quarantined", action="store_true", help="the quarantined events")
     q.add_argument("--json", action="store_true")
-    show = sub.add_parser("show", help="headers and text of one queued mail")
-    show.add_argument("id", type=int, metavar="ID")
-    retry = sub.add_parser("retry", help="try mail (or quarantined events) again now")
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="mail ids from `queue`")
+    show = add("show", help="headers and text of one queued mail")
+    show.add_argument("id", metavar="ID", help="the number `queue` prints, or a MAIL_ID")
+    retry = add("retry", help="try mail (or quarantined events) again now")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="numbers from `queue`, or MAIL_IDs")
     retry.add_argument("--all-failed", action="store_true", help="every failed mail")
     retry.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
     retry.add_argument("--all-quarantined", action="store_true")
-    drop = sub.add_parser("drop", help="remove mail (or quarantined events) for good")
-    drop.add_argument("ids", nargs="*", type=int, metavar="ID", help="mail ids from `queue`")
+    drop = add("drop", help="remove mail (or quarantined events) for good")
+    drop.add_argument("ids", nargs="*", metavar="ID", help="numbers from `queue`, or MAIL_IDs")
     drop.add_argument("--quarantined", nargs="*", metavar="EVENT", help="quarantined events")
     drop.add_argument("--yes", action="store_true", help="really drop them")
-    sub.add_parser("chats", help="the chats the bot is in: ids, names, members, allowlisted")
-    subs = sub.add_parser("subscriptions", help="who unsubscribed from which rule by mail")
+    add("chats", help="the chats the bot is in: ids, names, members, allowlisted")
+    subs = add("subscriptions", help="who unsubscribed from which rule by mail")
     subs.add_argument(
         "--restore", metavar="ADDRESS", help="send ADDRESS the mail of the rules it left again"
     )
     subs.add_argument("--rule", metavar="NAME", help="with --restore: only this rule")
-    mig = sub.add_parser(
-        "migrate-state", help="copy the SQLite state into an empty PostgreSQL database"
-    )
+    mig = add("migrate-state", help="copy the SQLite state into an empty PostgreSQL database")
     mig.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/dbname")
     mig.add_argument("--password-file", metavar="FILE", help="the role's password (or ~/.pgpass)")
-    imp = sub.add_parser("import-env", help="the old bot's .env as a complete config (stdout)")
+    imp = add("import-env", help="the old bot's .env as a complete config (stdout)")
     imp.add_argument("env", metavar="PATH", help="the old bot's .env file")
     imp.add_argument(
         "--secrets-dir",

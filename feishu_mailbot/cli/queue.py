@@ -170,12 +170,25 @@ def run_queue(settings: Settings, state: State, args: argparse.Namespace) -> int
     return os.EX_OK
 
 
+def _row_ids(state: State, names: Sequence[str]) -> list[int] | None:
+    """The mails named by number or by MAIL_ID; None (said on stderr) if one is unknown."""
+    found = state.read(partial(outbox.row_ids, names=names))
+    unknown = [name for name, row_id in found.items() if row_id is None]
+    for name in unknown:
+        print(f"no mail {terminal(name, one_line=True)} in the outbox (see feishu-mailbot queue)",
+              file=sys.stderr)  # fmt: skip
+    return None if unknown else [r for r in found.values() if r is not None]
+
+
 def run_show(settings: Settings, state: State, args: argparse.Namespace) -> int:
-    entry = state.read(partial(outbox.entry, row_id=args.id))
+    ids = _row_ids(state, [args.id])
+    if ids is None:
+        return os.EX_DATAERR
+    entry = state.read(partial(outbox.entry, row_id=ids[0]))
     if entry is None:
         print(f"no mail {args.id} in the outbox (see feishu-mailbot queue)", file=sys.stderr)
         return os.EX_DATAERR
-    raw = state.read(partial(outbox.raw_of, row_id=args.id))
+    raw = state.read(partial(outbox.raw_of, row_id=ids[0]))
     if raw is None and entry.spool is not None:
         raw = state.spool.read(entry.spool)  # None: sent (or dropped) while we looked
     bounced = state.read(partial(bounces.of_mails, mail_ids=[entry.mail_id]))
@@ -205,7 +218,9 @@ def run_retry(settings: Settings, state: State, args: argparse.Namespace) -> int
     if not args.ids and not args.all_failed:
         print("retry: name mail ids from `queue`, or --all-failed", file=sys.stderr)
         return os.EX_USAGE
-    ids = None if args.all_failed else args.ids
+    ids = None if args.all_failed else _row_ids(state, args.ids)
+    if ids is None and not args.all_failed:
+        return os.EX_DATAERR
 
     def retry(tx: Tx) -> tuple[dict[int, int], dict[int, Moved]]:
         back = batches.give_back(tx, ids)  # never composed: composed anew, not resent
@@ -234,7 +249,10 @@ def run_drop(settings: Settings, state: State, args: argparse.Namespace) -> int:
         n = state.write_now(partial(quarantine.drop, keys=args.quarantined))
         print(f"{n} quarantined events dropped")
         return os.EX_OK
-    moved, files = state.write_now(partial(outbox.drop, row_ids=args.ids))
+    ids = _row_ids(state, args.ids)
+    if ids is None:
+        return os.EX_DATAERR
+    moved, files = state.write_now(partial(outbox.drop, row_ids=ids))
     for name in files:
         state.spool.remove(name)
     _refusals(moved, "dropped")

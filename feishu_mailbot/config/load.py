@@ -262,6 +262,11 @@ def _feishu(n: _Node, config_dir: Path) -> FeishuSettings:
         {"app_secret", "app_secret_file", "domain", "proxy", "proxy_password_file", "ca_file"},
     )
     app_id = _str(m["app_id"])
+    if re.fullmatch(r"cli_x+", app_id):
+        raise m["app_id"].error(
+            "still the example placeholder (expected the App ID from the developer console's "
+            "Credentials page)"
+        )
     if not re.fullmatch(r"cli_[0-9A-Za-z]+", app_id):
         raise m["app_id"].error(
             f"{app_id!r} does not look like a Feishu app id "
@@ -319,6 +324,20 @@ def _database(n: _Node, config_dir: Path) -> DatabaseSettings:
     return DatabaseSettings(url, password, failover)
 
 
+# Names RFC 2606 keeps for documentation: they never resolve, so one is a placeholder.
+_EXAMPLE_HOST = re.compile(r"(?:.+\.)?example\.(?:com|net|org)\.?|(?:.+\.)?example\.?", re.I)
+
+
+def _host(n: _Node) -> str:
+    host = _str(n)
+    if _EXAMPLE_HOST.fullmatch(host):
+        raise n.error(
+            f"{host!r} is still the example placeholder, a name that never resolves "
+            "(expected your relay's host name)"
+        )
+    return host
+
+
 def _chat(n: _Node) -> Chat:
     if isinstance(n.node, yaml.ScalarNode):
         chat_id = _str(n)
@@ -327,6 +346,11 @@ def _chat(n: _Node) -> Chat:
         m = _mapping(n, {"id"}, {"name"})
         chat_id = _str(m["id"])
         name = _str(m["name"]) if "name" in m else None
+    if re.fullmatch(r"oc_x+", chat_id):
+        raise n.error(
+            "still the example placeholder (expected a chat id: `feishu-mailbot chats` lists "
+            "the chats the bot is in)"
+        )
     if not re.fullmatch(r"oc_[0-9A-Za-z_-]+", chat_id):
         raise n.error(f"{chat_id!r} is not a chat id (expected oc_…)")
     return Chat(id=chat_id, name=name)
@@ -350,6 +374,7 @@ def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
             "tls_fingerprint",
         },
     )
+    host = _host(m["host"])
     security = _security(m)
     default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
     port = int(_number(m["port"], minimum=1, maximum=65535)) if "port" in m else default_port
@@ -361,7 +386,7 @@ def _smtp(n: _Node, config_dir: Path) -> SmtpSettings:
         )
     timeout = _number(m["timeout"], minimum=1, maximum=600) if "timeout" in m else 30.0
     return SmtpSettings(
-        host=_str(m["host"]),
+        host=host,
         port=port,
         security=security,
         sender=_email(m["from"]),
@@ -813,6 +838,33 @@ def parse(text: str, path: str) -> Settings:
 
 # A group that repeats something repeatable, itself repeated: (a+)+, (\w+\s?)*, (x|xy){2,}.
 _NESTED = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*]|\{\d*,?\d*\})(?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+
+
+def named_files(settings: Settings) -> list[tuple[str, Path]]:
+    """The files a valid config makes the daemon read besides itself (`*_file` keys:
+    secrets, CA certificates), with their keys; relative ones as the loader resolves
+    them. For check-config, which looks whether the service user can read them."""
+    text = Path(settings.path).read_text(encoding="utf-8")
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    config_dir = Path(settings.path).resolve().parent
+    found: list[tuple[str, Path]] = []
+
+    def walk(node: yaml.Node, key: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                name = f"{key}.{k.value}" if key else str(k.value)
+                if str(k.value).endswith("_file") and isinstance(v, yaml.ScalarNode):
+                    path = Path(str(v.value))
+                    found.append((name, path if path.is_absolute() else config_dir / path))
+                else:
+                    walk(v, name)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{key}[{i}]")
+
+    if root is not None:
+        walk(root, "")
+    return found
 
 
 def warnings(settings: Settings) -> list[str]:

@@ -437,6 +437,19 @@ def entries_of(tx: Tx, mail_ids: Sequence[str]) -> list[QueueEntry]:
     return [found[m] for m in mail_ids if m in found]
 
 
+def row_ids(tx: Tx, names: Sequence[str]) -> dict[str, int | None]:
+    """Each of `names` as the short number `queue` prints: a number is one already, and
+    anything else is a MAIL_ID as the journal writes it (None: no such mail)."""
+    out: dict[str, int | None] = {}
+    for name in names:
+        if name.isdecimal():
+            out[name] = int(name)
+            continue
+        row = tx.execute("SELECT rowid FROM outbox WHERE mail_id = ?", (name,)).fetchone()
+        out[name] = None if row is None else int(row[0])
+    return out
+
+
 def entry(tx: Tx, row_id: int) -> QueueEntry | None:
     row = tx.execute(f"{_ENTRY} WHERE rowid = ?", (row_id,)).fetchone()
     return None if row is None else _entry(row)

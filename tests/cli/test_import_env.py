@@ -15,7 +15,7 @@ ENV = """\
 FEISHU_APP_ID=cli_a5f3e2d1c0b9
 FEISHU_APP_SECRET=Qm7rT2vX9pL4sK8w
 DAILY_REPORT_CHAT_ID=oc_5ad573a6411d72b8305fda3a9c15c70e
-SMTP_SERVER=smtp.example.com
+SMTP_SERVER=smtp.qiye.163.com
 SMTP_USER=team.bot@example.com
 SMTP_PASSWORD=app-pass-42
 """
@@ -127,7 +127,10 @@ def test_problems_name_the_line_and_key_never_the_value(
     assert f"{env}:7: " in err
     assert f"{env}:4" not in err and f"{env}:5" not in err
     assert "\x1b" not in err and "\x1b" not in out and "\\x1b[2J: unknown key" in err
-    s = load(tmp_path, out.replace('"REPLACE_ME"', '"set-by-hand"'))
+    filled = out.replace('"REPLACE_ME"', '"set-by-hand"').replace(
+        "smtp.example.com", "smtp.corp.cn"
+    )
+    s = load(tmp_path, filled)
     assert s.smtp.password is not None and s.smtp.password.reveal() == "first-half\nsecond-half"
 
 

@@ -110,14 +110,21 @@ def test_drop_needs_yes_and_takes_only_waiting_or_failed_mail(
     assert bot.stop() == 0
 
 
-def test_mail_ids_that_are_not_numbers_are_a_usage_error(make_bot: MakeBot) -> None:
-    bot = make_bot(rules=ONE_RULE)
-    bot.start().stop()
-    for args in (("retry", "abc"), ("drop", "abc", "--yes"), ("retry", "1", "x2")):
+def test_a_mail_is_named_by_its_number_or_by_the_journals_mail_id(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, backend: Backend
+) -> None:
+    bot, number = failed_mail(make_bot, emulator, smtp, "故障：按 MAIL_ID", backend)
+    (entry,) = json.loads(bot.cli("queue", "--json").stdout)
+    mail_id = entry["mail_id"]
+    assert f"MAIL_ID={mail_id}" in bot.log()  # as the journal names it
+    by_number, by_name = bot.cli("show", str(number)), bot.cli("show", mail_id)
+    assert by_name.returncode == 0 and by_name.stdout == by_number.stdout
+    for args in (("retry", "om_gone/x@example.com"), ("drop", "abc", "--yes"), ("show", "x")):
         out = bot.cli(*args)
-        assert out.returncode == 64, (args, out.stderr)
-        assert "usage: feishu-mailbot" in out.stderr and "invalid int value" in out.stderr
-        assert "Traceback" not in out.stderr
+        assert out.returncode == 65, (args, out.stderr)
+        assert f"no mail {args[1]} in the outbox" in out.stderr and "Traceback" not in out.stderr
+    assert bot.cli("drop", mail_id, "--yes").stdout.startswith("1 mail dropped")
+    assert bot.stop() == 0
 
 
 def queued_mail(bot: Bot, count: int, size: int = 0, spooled: bool = False) -> list[int]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -138,13 +140,53 @@ def test_shipped_example_config_asks_for_credentials() -> None:
     example = Path(__file__).resolve().parents[2] / "etc" / "feishu-mailbot.yaml"
     result = run_cli("--config", str(example), "check-config")
     assert result.returncode == 78
-    assert "feishu.app_secret: still the example placeholder" in result.stderr
+    assert ": still the example placeholder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "key"),
+    [
+        ("app_secret: changeme", "feishu.app_secret"),
+        ("app_id: cli_xxxxxxxxxxxxxxxx", "feishu.app_id"),
+        ("id: oc_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "chats[0]"),
+        ("host: smtp.example.com", "smtp.host"),
+    ],
+)
+def test_each_placeholder_of_the_shipped_example_is_refused_by_its_key(
+    tmp_path: Path, placeholder: str, key: str
+) -> None:
+    """The example with everything filled in but one placeholder: that one is named."""
+    example = Path(__file__).resolve().parents[2] / "etc" / "feishu-mailbot.yaml"
+    text = example.read_text("utf-8")
+    filled = {
+        "app_secret: changeme": "app_secret: s3cret-from-the-console",
+        "app_id: cli_xxxxxxxxxxxxxxxx": "app_id: cli_a5f3e2d1c0b9",
+        "id: oc_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx": "id: oc_5ad573a6411d72b8305fda3a9c15c70e",
+        "host: smtp.example.com": "host: smtp.qiye.163.com",
+        "password_file: /etc/feishu-mailbot/smtp_password": "password: from-the-relay",
+    }
+    for shipped, real in filled.items():
+        assert shipped in text
+        if shipped != placeholder:
+            text = text.replace(shipped, real, 1)
+    path = tmp_path / "feishu-mailbot.yaml"
+    path.write_text(text, "utf-8")
+    result = run_cli("--config", str(path), "check-config")
+    assert result.returncode == 78, result.stdout
+    assert f"{key}: " in result.stderr and "still the example placeholder" in result.stderr
+    if placeholder == "host: smtp.example.com":  # and the rest of the example is fine
+        text = text.replace(placeholder, filled[placeholder])
+        path.write_text(text, "utf-8")
+        assert run_cli("--config", str(path), "check-config").returncode == 0
 
 
 def test_check_config_ok(tmp_path: Path) -> None:
-    result = run_cli("--config", write(tmp_path, GOOD), "check-config")
+    path = write(tmp_path, GOOD)
+    result = run_cli("--config", path, "check-config")
     assert result.returncode == 0, result.stderr
     assert "OK (2 chats, 2 rules)" in result.stdout
+    after = run_cli("check-config", "--config", path)  # as people type it, too
+    assert after.returncode == 0 and after.stdout == result.stdout, after.stderr
 
 
 def test_usage_error_is_64() -> None:
@@ -527,3 +569,36 @@ def test_bad_inbound_settings_are_config_errors(
         load.load(write(tmp_path, GOOD + "inbound:\n" + section))
     message = str(info.value)
     assert key in message and words in message, message
+
+
+def test_check_config_names_what_the_service_user_could_not_read(tmp_path: Path) -> None:
+    """Root reads everything: the check says which file, or which directory on the way,
+    the daemon's user would fail on, and the command that fixes it."""
+    from feishu_mailbot.cli.check import unreadable
+
+    top = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        secrets = top / "secrets"
+        secrets.mkdir(mode=0o750)  # root:root, as `mkdir` as root leaves it
+        secret = secrets / "app_secret"
+        secret.write_text("s3cret\n", "utf-8")
+        secret.chmod(0o640)
+        config = top / "feishu-mailbot.yaml"
+        config.write_text(
+            GOOD.replace("  app_secret: test-secret\n", f"  app_secret_file: {secret}\n"), "utf-8"
+        )
+        config.chmod(0o644)
+        settings = load.load(str(config))
+        (warning,) = unreadable(settings, "nobody")
+        assert warning.startswith(f"feishu.app_secret_file: {secret}: the service user nobody")
+        assert f"the directory {secrets} is root:root 0750" in warning
+        assert f"(run: chgrp feishu-mailbot {secrets} && chmod g+x {secrets})" in warning
+        os.chown(secrets, -1, 65534)  # nobody's group
+        (warning,) = unreadable(settings, "nobody")
+        assert f"the file {secret} is root:root 0640" in warning
+        os.chown(secret, -1, 65534)
+        assert unreadable(settings, "nobody") == []
+        assert unreadable(settings, "no-such-user-here") == []
+    finally:
+        shutil.rmtree(top)

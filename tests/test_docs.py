@@ -17,6 +17,7 @@ import yaml
 from feishu_mailbot.cli.main import _parser
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import DAY, MB
+from feishu_mailbot.core.exits import Exit
 
 REPO = Path(__file__).resolve().parents[1]
 MAN5 = REPO / "packaging" / "debian" / "feishu-mailbot.yaml.5"
@@ -201,3 +202,14 @@ def test_every_subcommand_and_flag_in_readme_and_man8_exists() -> None:
             assert flag in flags, (sub, flag, line)
         checked += 1
     assert checked >= 2 * (len(commands) - 1)  # README and man 8 name every command
+
+
+def test_one_table_of_exit_statuses_in_the_code_readme_the_guide_and_man8() -> None:
+    codes = {int(e) for e in Exit}
+    man8 = MAN8.read_text("utf-8").split(".SH EXIT STATUS", 1)[1].split(".SH ", 1)[0]
+    assert {int(c) for c in re.findall(r"^\.TP\n\.B (\d+)$", man8, re.M)} == codes
+    for doc in (REPO / "README.md", REPO / "docs" / "operator-guide.md"):
+        rows = re.findall(r"^\| (\d+) \| ", doc.read_text("utf-8"), re.M)
+        assert sorted(map(int, rows)) == sorted(codes), doc.name
+    package = REPO / "feishu_mailbot"
+    assert [p for p in package.rglob("*.py") if "os.EX_" in p.read_text("utf-8")] == []

@@ -33,6 +33,7 @@ from feishu_mailbot.compose.sources import Sources
 from feishu_mailbot.config import load, proxy
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import health, status, triage
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.core.model import BODY_CAP, Event, Ignored, Recall
 from feishu_mailbot.core.rules import RULE_TIMEOUT_MS
 from feishu_mailbot.feishu import events
@@ -119,7 +120,7 @@ class Daemon:
             settings.feishu, self.handle, ping_every=settings.health.stall_after / 3, route=route
         )
         self._stop = asyncio.Event()
-        self._exit_code = os.EX_OK
+        self._exit_code = Exit.OK
         self._ready = False
         self.bot_open_id = ""
         self.events_seen = 0
@@ -265,7 +266,7 @@ class Daemon:
         except DatabaseError as e:
             log.error("database unreachable: %s", e)
             self.state.close()
-            return os.EX_TEMPFAIL
+            return Exit.TEMPFAIL
         workers = [
             self._start_worker("membership", self.membership.run()),
             self._start_worker("outbox", self.outbox.run()),
@@ -325,7 +326,7 @@ class Daemon:
             why,
             exc_info=error,
         )
-        self._exit_code = os.EX_TEMPFAIL
+        self._exit_code = Exit.TEMPFAIL
         self._stop.set()
 
     async def _learn_identity(self) -> None:
@@ -366,7 +367,7 @@ class Daemon:
                     )
                 else:
                     log.error("stalled: %s; exiting so a supervisor can restart us", verdict.reason)
-                    self._exit_code = os.EX_TEMPFAIL
+                    self._exit_code = Exit.TEMPFAIL
                     self._stop.set()
             if verdict.verdict is not previous or now - last_status >= STATUS_EVERY:
                 line = self.status_line(verdict)
@@ -444,7 +445,7 @@ class Daemon:
                     self.notifier.status(
                         f"Feishu rejected the app credentials: fix {self.settings.path}"
                     )
-                    return os.EX_CONFIG
+                    return Exit.CONFIG
                 error = str(e)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
@@ -463,7 +464,7 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RECONNECT_MAX)
-        return os.EX_OK
+        return Exit.OK
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
         self.notifier.stopping()
@@ -495,7 +496,7 @@ class Daemon:
                 log.error(
                     "the %s worker failed while stopping: %s", task.get_name(), task.exception()
                 )
-                self._exit_code = self._exit_code or os.EX_TEMPFAIL
+                self._exit_code = self._exit_code or Exit.TEMPFAIL
 
     def reload(self) -> None:
         """SIGHUP: swap in a valid new config without touching the long connection."""
@@ -586,15 +587,15 @@ def run(settings: Settings) -> int:
     sys.setswitchinterval(0.0005)
     for problem in proxy.environment_errors(os.environ):
         log.error("%s; fix the unit's Environment= (its drop-in) or set feishu.proxy", problem)
-        return os.EX_CONFIG
+        return Exit.CONFIG
     try:
         daemon = Daemon(settings)
     except StateError as e:
         log.error("%s", e)
-        return os.EX_CONFIG
+        return Exit.CONFIG
     except DatabaseError as e:  # PostgreSQL down or unreachable: systemd starts us again
         log.error("database unreachable: %s", e)
-        return os.EX_TEMPFAIL
+        return Exit.TEMPFAIL
     if not daemon.state.spool.writable():
         log.error(
             "%s: not writable by this user, so mail over 256 KiB cannot be sent (an older "

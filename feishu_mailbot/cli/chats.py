@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.exits import Exit
 
 
 def run_chats(settings: Settings, args: argparse.Namespace) -> int:
@@ -26,10 +26,10 @@ def run_chats(settings: Settings, args: argparse.Namespace) -> int:
         found = asyncio.run(listing())
     except FeishuError as e:
         print(f"Feishu: {e}", file=sys.stderr)
-        return os.EX_UNAVAILABLE
+        return Exit.UNAVAILABLE
     if not found:
         print("the bot is in no group chat yet: add it to one in Feishu (群设置 → 群机器人)")
-        return os.EX_OK
+        return Exit.OK
     print(f"{'CHAT ID':<40}  {'MEMBERS':>7}  {'ALLOWED':<7}  NAME")
     for chat_id, name, members in found:
         allowed = "yes" if settings.chat(chat_id) else "no"
@@ -39,4 +39,4 @@ def run_chats(settings: Settings, args: argparse.Namespace) -> int:
     missing = [c.id for c in settings.chats if c.id not in {f[0] for f in found}]
     for chat_id in missing:
         print(f"note: {chat_id} is allowlisted but the bot is not in it", file=sys.stderr)
-    return os.EX_OK
+    return Exit.OK

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.exits import Exit
 
 SERVICE_USER = "feishu-mailbot"
 
@@ -21,7 +22,7 @@ def run_check_config(settings: Settings, args: argparse.Namespace) -> int:
     for warning in [*load.warnings(settings), *unreadable(settings, SERVICE_USER)]:
         print(f"warning: {warning}", file=sys.stderr)
     if not args.online:
-        return os.EX_OK
+        return Exit.OK
     from feishu_mailbot.cli.doctor import run_doctor  # the network stack, only when asked
 
     return run_doctor(settings, args)

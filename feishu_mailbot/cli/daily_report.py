@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from datetime import datetime
 
 from feishu_mailbot.app import logs
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.exits import Exit
 
 
 def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
@@ -34,19 +34,19 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
             f"{settings.path}: daily_report: not configured (add the section first)",
             file=sys.stderr,
         )
-        return os.EX_CONFIG
+        return Exit.CONFIG
     today = current_day(time.time(), rs)
     try:
         day = date.fromisoformat(day_text) if day_text else today
     except ValueError:
         print(f"--date {day_text!r}: expected YYYY-MM-DD", file=sys.stderr)
-        return os.EX_USAGE
+        return Exit.USAGE
     if day > today:
         # Recording a future day as sent would hold back the schedule until then.
         print(
             f"--date {day}: that report day has not begun yet (today is {today})", file=sys.stderr
         )
-        return os.EX_USAGE
+        return Exit.USAGE
     kept = kept_days(settings.retention.messages)
     if window_refusal(day, today, kept):
         print(
@@ -54,7 +54,7 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
             "so that day's are gone",
             file=sys.stderr,
         )
-        return os.EX_USAGE
+        return Exit.USAGE
     where = location(settings)
     if where.url is None:  # reports are there or nowhere; and root must not make the file
         path = where.path
@@ -65,13 +65,13 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
             print(
                 f"{path}: {reason}: run it as root or as the feishu-mailbot user", file=sys.stderr
             )
-            return os.EX_NOPERM
+            return Exit.NOPERM
         if not present:
             print(
                 f"{path}: no state database yet (the daemon makes it when it first runs)",
                 file=sys.stderr,
             )
-            return os.EX_UNAVAILABLE
+            return Exit.UNAVAILABLE
     logs.setup(settings.log_level)
 
     async def build() -> int:
@@ -94,21 +94,21 @@ def run_send_report(settings: Settings, args: argparse.Namespace) -> int:
                 f"the digest for {day} was already sent at {when} to {to}; "
                 "use --force to send it again"
             )
-            return os.EX_OK
+            return Exit.OK
         print(f"Subject: {terminal(outcome.subject, one_line=True)}\nTo: {to}\n")
         print(terminal(outcome.text))
         if not dry_run:
             print(f"queued for {to}; the running daemon sends it within seconds")
-        return os.EX_OK
+        return Exit.OK
 
     try:
         return asyncio.run(build())
     except FeishuError as e:
         print(f"Feishu: {e}", file=sys.stderr)
-        return os.EX_UNAVAILABLE
+        return Exit.UNAVAILABLE
     except StateError as e:
         print(str(e), file=sys.stderr)
-        return os.EX_UNAVAILABLE
+        return Exit.UNAVAILABLE
     except DatabaseError as e:  # busy, or a dry run that met the daemon starting: again
         print(f"{where}: {e} (try again)", file=sys.stderr)
-        return os.EX_TEMPFAIL
+        return Exit.TEMPFAIL

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from feishu_mailbot.config import proxy
 from feishu_mailbot.config.settings import Proxy, Settings, address
 from feishu_mailbot.core import hops, x509
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.core.hops import Hop
 from feishu_mailbot.feishu import frames
 from feishu_mailbot.feishu.connection import endpoint
@@ -499,7 +500,7 @@ def run(settings: Settings) -> tuple[int, list[Hop]]:
         print(line)
     ok, summary = verdict(found)
     print(summary)
-    return (os.EX_OK if ok else os.EX_UNAVAILABLE), found
+    return (Exit.OK if ok else Exit.UNAVAILABLE), found
 
 
 def run_doctor(settings: Settings, args: argparse.Namespace) -> int:
@@ -518,6 +519,6 @@ def run_doctor(settings: Settings, args: argparse.Namespace) -> int:
         write_atomically(Path(report_to), text, 0o600)
     except OSError as e:
         print(f"{report_to}: cannot write it: {e.strerror or e}", file=sys.stderr)
-        return os.EX_CANTCREAT
+        return Exit.CANTCREAT
     print(f"wrote {report_to} (0600): attach it to a support ticket; it holds no secret")
     return code

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.core.text import terminal
 
 # Keys the long connection does not use: the old bot's webhook mode needed them.
@@ -283,21 +284,21 @@ def run_import_env(env_path: str, secrets_dir: str | None) -> int:
         text = Path(env_path).read_text(encoding="utf-8-sig")  # a BOM would hide the first key
     except OSError as e:
         print(f"{env_path}: cannot read it: {e.strerror or e}", file=sys.stderr)
-        return os.EX_NOINPUT
+        return Exit.NOINPUT
     except UnicodeDecodeError as e:
         print(f"{env_path}: not UTF-8 text: {e.reason} at byte {e.start}", file=sys.stderr)
-        return os.EX_DATAERR
+        return Exit.DATAERR
     values, problems = parse(text, env_path)
     folder = os.path.abspath(secrets_dir) if secrets_dir else None
     imported = convert(values, env_path, folder)
     if folder is not None and imported.secrets:
         written = _write_secrets(folder, imported.secrets)
-        if written != os.EX_OK:
+        if written != Exit.OK:
             return written
     sys.stdout.write(imported.yaml)
     for note in [*problems, *imported.notes]:
         print(f"note: {note}", file=sys.stderr)
-    return os.EX_OK
+    return Exit.OK
 
 
 def _write_secrets(folder: str, secrets: dict[str, str]) -> int:
@@ -314,7 +315,7 @@ def _write_secrets(folder: str, secrets: dict[str, str]) -> int:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         print(f"{folder}: cannot keep secrets there: {e.strerror or e}", file=sys.stderr)
-        return os.EX_CANTCREAT
+        return Exit.CANTCREAT
     try:
         if made:  # the daemon must get in: group feishu-mailbot, 0750 whatever the umask
             _give_to_group(dir_fd)
@@ -343,7 +344,7 @@ def _write_secrets_at(folder: str, dir_fd: int, secrets: dict[str, str]) -> int:
                 file=sys.stderr,
             )
         print("nothing written, no config printed", file=sys.stderr)
-        return os.EX_CANTCREAT
+        return Exit.CANTCREAT
     created: list[str] = []
     report = []
     try:
@@ -370,10 +371,10 @@ def _write_secrets_at(folder: str, dir_fd: int, secrets: dict[str, str]) -> int:
             "no config printed",
             file=sys.stderr,
         )
-        return os.EX_CANTCREAT
+        return Exit.CANTCREAT
     for line in report:
         print(line, file=sys.stderr)
-    return os.EX_OK
+    return Exit.OK
 
 
 def _give_to_group(fd: int) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from feishu_mailbot.app.database import location
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.state import DatabaseError, State, StateError
 
 Command = Callable[[Settings, State, argparse.Namespace], int]
@@ -33,7 +34,7 @@ def open_state(settings: Settings) -> State | int:
                 f"{path}: no state database yet (the daemon makes it when it first runs)",
                 file=sys.stderr,
             )
-            return os.EX_UNAVAILABLE
+            return Exit.UNAVAILABLE
         except PermissionError:
             pass  # said below
         if not os.access(path, os.R_OK | os.W_OK):
@@ -41,15 +42,15 @@ def open_state(settings: Settings) -> State | int:
                 f"{path}: permission denied: run it as root or as the feishu-mailbot user",
                 file=sys.stderr,
             )
-            return os.EX_NOPERM
+            return Exit.NOPERM
     try:
         return where.open()
     except StateError as e:
         print(str(e), file=sys.stderr)
-        return os.EX_UNAVAILABLE
+        return Exit.UNAVAILABLE
     except DatabaseError as e:  # the server is down or refuses: maybe not for long
         print(f"{where}: {e}", file=sys.stderr)
-        return os.EX_TEMPFAIL
+        return Exit.TEMPFAIL
 
 
 def run(settings: Settings, args: argparse.Namespace, command: Command) -> int:
@@ -61,6 +62,6 @@ def run(settings: Settings, args: argparse.Namespace, command: Command) -> int:
         return command(settings, state, args)
     except DatabaseError as e:
         print(f"{location(settings)}: {e} (the daemon may be busy: try again)", file=sys.stderr)
-        return os.EX_TEMPFAIL
+        return Exit.TEMPFAIL
     finally:
         state.close()

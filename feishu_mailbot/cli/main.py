@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -13,6 +12,7 @@ from feishu_mailbot import __version__
 from feishu_mailbot.app import logs
 from feishu_mailbot.config import load
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.exits import Exit
 
 #: Every subcommand once the configuration is loaded: the module and the function that
 #: runs it, `f(settings, args)`, imported when used, so `status` (a timer runs it every
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
-        return os.EX_USAGE if e.code not in (0, None) else os.EX_OK
+        return Exit.USAGE if e.code not in (0, None) else Exit.OK
     if args.command == "import-env":  # before a config exists: it makes one
         from feishu_mailbot.cli.import_env import run_import_env
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load.load(path)
     except load.ConfigError as e:
         print(f"{e}", file=sys.stderr)
-        return os.EX_CONFIG
+        return Exit.CONFIG
     module, function = COMMANDS[args.command]
     command = getattr(import_module(module), function)
     if args.command in ON_STATE:

@@ -8,7 +8,6 @@ counts and says so (exit 0); a target holding anything else is refused.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from feishu_mailbot.app.database import location
 from feishu_mailbot.config.load import database_url_problem
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import status
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.state import DatabaseError, State, StateError, Tx, heartbeat
 from feishu_mailbot.state import migrate_state as copying
 
@@ -31,7 +31,7 @@ def _report(found: list[copying.Count]) -> None:
 def run_migrate_state(settings: Settings, args: argparse.Namespace) -> int:
     if problem := database_url_problem(args.to):
         print(f"--to: {problem}", file=sys.stderr)
-        return os.EX_USAGE
+        return Exit.USAGE
     where = location(settings)
     if where.url is not None:
         print(
@@ -39,30 +39,30 @@ def run_migrate_state(settings: Settings, args: argparse.Namespace) -> int:
             "state of state_dir; run it before adding the database section",
             file=sys.stderr,
         )
-        return os.EX_USAGE
+        return Exit.USAGE
     password = None
     if args.password_file is not None:
         try:
             password = Path(args.password_file).read_text(encoding="utf-8").strip()
         except OSError as e:
             print(f"{args.password_file}: cannot read it: {e.strerror or e}", file=sys.stderr)
-            return os.EX_NOINPUT
+            return Exit.NOINPUT
     if not where.path.exists():
         print(f"{where.path}: no state database to copy", file=sys.stderr)
-        return os.EX_NOINPUT
+        return Exit.NOINPUT
     try:
         source = State(where.path, readonly=True)
     except StateError as e:
         print(str(e), file=sys.stderr)
-        return os.EX_UNAVAILABLE
+        return Exit.UNAVAILABLE
     try:
         return _copy(source, args.to, password)
     except StateError as e:
         print(str(e), file=sys.stderr)
-        return os.EX_UNAVAILABLE
+        return Exit.UNAVAILABLE
     except DatabaseError as e:
         print(f"{args.to}: {e} (nothing was copied)", file=sys.stderr)
-        return os.EX_TEMPFAIL
+        return Exit.TEMPFAIL
     finally:
         source.close()
 
@@ -75,7 +75,7 @@ def _copy(source: State, url: str, password: str | None) -> int:
             "(systemctl stop feishu-mailbot), then run migrate-state again",
             file=sys.stderr,
         )
-        return os.EX_TEMPFAIL
+        return Exit.TEMPFAIL
     target = State(source.path, url=url, password=password)  # creates the schema if empty
     try:
         names = source.read(copying.tables)
@@ -90,14 +90,14 @@ def _copy(source: State, url: str, password: str | None) -> int:
             if all(c.equal for c in before):
                 print(f"{url}: already holds this state, the same rows in every table:")
                 _report(before)
-                return os.EX_OK
+                return Exit.OK
             full = next(c for c in before if c.target)
             print(
                 f"{url}: not empty ({full.table} has {full.target} rows): migrate-state "
                 "copies into an empty database only",
                 file=sys.stderr,
             )
-            return os.EX_CANTCREAT
+            return Exit.CANTCREAT
 
         def copy(t: Tx) -> None:
             from feishu_mailbot.state import postgres
@@ -115,9 +115,9 @@ def _copy(source: State, url: str, password: str | None) -> int:
     _report(after)
     if not all(c.equal for c in after):
         print("the counts differ: do not switch to this database", file=sys.stderr)
-        return os.EX_SOFTWARE
+        return Exit.SOFTWARE
     print(
         "next: add a database section with this url to the config (its password in "
         "database.password_file), then start the daemon"
     )
-    return os.EX_OK
+    return Exit.OK

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core.bounce import describe
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.core.text import terminal, terminal_json
 from feishu_mailbot.state import State, Tx, batches, bounces, outbox, quarantine
 from feishu_mailbot.state.bounces import Bounced
@@ -145,7 +145,7 @@ def run_queue(settings: Settings, state: State, args: argparse.Namespace) -> int
     if args.quarantined:
         held = state.read(quarantine.entries)
         print("\n".join(held_lines(held, settings.timezone)))
-        return os.EX_OK
+        return Exit.OK
     wanted = (
         ("failed",)
         if args.failed
@@ -163,11 +163,11 @@ def run_queue(settings: Settings, state: State, args: argparse.Namespace) -> int
     planned = state.read(outbox.planned_count)
     if args.json:
         print(as_json(entries, bounced))
-        return os.EX_OK
+        return Exit.OK
     print("\n".join(lines(entries, settings.timezone, bounced)))
     if planned and not args.failed:
         print(f"and {planned} mail planned, entering the outbox as it is sent")
-    return os.EX_OK
+    return Exit.OK
 
 
 def _row_ids(state: State, names: Sequence[str]) -> list[int] | None:
@@ -183,17 +183,17 @@ def _row_ids(state: State, names: Sequence[str]) -> list[int] | None:
 def run_show(settings: Settings, state: State, args: argparse.Namespace) -> int:
     ids = _row_ids(state, [args.id])
     if ids is None:
-        return os.EX_DATAERR
+        return Exit.DATAERR
     entry = state.read(partial(outbox.entry, row_id=ids[0]))
     if entry is None:
         print(f"no mail {args.id} in the outbox (see feishu-mailbot queue)", file=sys.stderr)
-        return os.EX_DATAERR
+        return Exit.DATAERR
     raw = state.read(partial(outbox.raw_of, row_id=ids[0]))
     if raw is None and entry.spool is not None:
         raw = state.spool.read(entry.spool)  # None: sent (or dropped) while we looked
     bounced = state.read(partial(bounces.of_mails, mail_ids=[entry.mail_id]))
     print(show(entry, raw, settings.timezone, bounced.get(entry.mail_id, ())))
-    return os.EX_OK
+    return Exit.OK
 
 
 def _refusals(moved: dict[int, Moved], verb: str) -> None:
@@ -211,16 +211,16 @@ def run_retry(settings: Settings, state: State, args: argparse.Namespace) -> int
         keys = None if args.all_quarantined else args.quarantined
         if keys == []:
             print("retry --quarantined: name the events (or --all-quarantined)", file=sys.stderr)
-            return os.EX_USAGE
+            return Exit.USAGE
         n = state.write_now(partial(quarantine.retry, keys=keys))
         print(f"{n} quarantined events to be taken again by the running daemon")
-        return os.EX_OK
+        return Exit.OK
     if not args.ids and not args.all_failed:
         print("retry: name mail ids from `queue`, or --all-failed", file=sys.stderr)
-        return os.EX_USAGE
+        return Exit.USAGE
     ids = None if args.all_failed else _row_ids(state, args.ids)
     if ids is None and not args.all_failed:
-        return os.EX_DATAERR
+        return Exit.DATAERR
 
     def retry(tx: Tx) -> tuple[dict[int, int], dict[int, Moved]]:
         back = batches.give_back(tx, ids)  # never composed: composed anew, not resent
@@ -234,24 +234,24 @@ def run_retry(settings: Settings, state: State, args: argparse.Namespace) -> int
         print(f"mail {row_id}: its {matches} matches go into a new batch digest at the next look")
     n = sum(m.done for m in moved.values()) + len(back)
     print(f"{n} mail due now; the running daemon sends it within seconds")
-    return os.EX_OK if n or ids is None else os.EX_DATAERR
+    return Exit.OK if n or ids is None else Exit.DATAERR
 
 
 def run_drop(settings: Settings, state: State, args: argparse.Namespace) -> int:
     if not args.ids and not args.quarantined:
         print("drop: name mail ids from `queue`, or --quarantined EVENT...", file=sys.stderr)
-        return os.EX_USAGE
+        return Exit.USAGE
     if not args.yes:
         what = args.ids or args.quarantined
         print(f"drop: would drop {', '.join(map(str, what))} for good; add --yes", file=sys.stderr)
-        return os.EX_USAGE
+        return Exit.USAGE
     if args.quarantined:
         n = state.write_now(partial(quarantine.drop, keys=args.quarantined))
         print(f"{n} quarantined events dropped")
-        return os.EX_OK
+        return Exit.OK
     ids = _row_ids(state, args.ids)
     if ids is None:
-        return os.EX_DATAERR
+        return Exit.DATAERR
     moved, files = state.write_now(partial(outbox.drop, row_ids=ids))
     for name in files:
         state.spool.remove(name)
@@ -265,4 +265,4 @@ def run_drop(settings: Settings, state: State, args: argparse.Namespace) -> int:
             )
     n = sum(m.done for m in moved.values())
     print(f"{n} mail dropped")
-    return os.EX_OK if n else os.EX_DATAERR
+    return Exit.OK if n else Exit.DATAERR

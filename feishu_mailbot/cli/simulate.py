@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from feishu_mailbot.config.settings import Settings
+from feishu_mailbot.core.exits import Exit
 
 
 def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
             f"chat {terminal(chat_id, one_line=True)} is not in the `chats` allowlist: "
             "the message would be ignored and not stored"
         )
-        return os.EX_OK
+        return Exit.OK
     for request in outcome.requests:
         print(f"daily report: {request.kind} would be queued for {request.payload['day']}")
     for name in outcome.batches:
@@ -51,7 +51,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
     if not outcome.deliveries:
         if not outcome.batches:
             print("no rule matches: the message would be stored, and no mail sent")
-        return os.EX_OK
+        return Exit.OK
     chat = settings.chat(chat_id)
     chat_name = (chat.name if chat else None) or chat_id
     for d in outcome.deliveries:
@@ -65,4 +65,4 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"rules {', '.join(d.rules)} → one mail to {', '.join(d.recipients)}")
         print("-" * 72)
         print(queue.readable(email.render()))
-    return os.EX_OK
+    return Exit.OK

@@ -7,7 +7,6 @@ to a file node-exporter reads, through cli/output.py.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from functools import partial
@@ -17,6 +16,7 @@ from feishu_mailbot.app.database import location
 from feishu_mailbot.cli.output import write_atomically
 from feishu_mailbot.config.settings import Settings
 from feishu_mailbot.core import status
+from feishu_mailbot.core.exits import Exit
 from feishu_mailbot.state import (
     DatabaseError,
     State,
@@ -87,12 +87,12 @@ def run_status(settings: Settings, state: State, args: argparse.Namespace) -> in
         text = status.text(snap) + "\n"
     if args.output is None:
         sys.stdout.write(text)
-        return os.EX_OK
+        return Exit.OK
     target = Path(args.output)
     try:
         write_atomically(target, text)
     except OSError as e:
         unchanged = " (the file there is unchanged)" if target.exists() else ""
         print(f"{target}: cannot write it: {e.strerror or e}{unchanged}", file=sys.stderr)
-        return os.EX_CANTCREAT
-    return os.EX_OK
+        return Exit.CANTCREAT
+    return Exit.OK

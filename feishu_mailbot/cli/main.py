@@ -32,6 +32,7 @@ COMMANDS = {
     "drop": ("feishu_mailbot.cli.queue", "run_drop"),
     "migrate-state": ("feishu_mailbot.cli.migrate_state", "run_migrate_state"),
     "subscriptions": ("feishu_mailbot.cli.subscriptions", "run_subscriptions"),
+    "backup": ("feishu_mailbot.cli.backup", "run_backup"),
 }
 ON_STATE = frozenset({"status", "queue", "show", "retry", "drop", "subscriptions"})
 
@@ -107,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         "--restore", metavar="ADDRESS", help="send ADDRESS the mail of the rules it left again"
     )
     subs.add_argument("--rule", metavar="NAME", help="with --restore: only this rule")
+    back = add("backup", help="copy the live SQLite state to FILE (before an upgrade)")
+    back.add_argument("file", metavar="FILE")
     mig = add("migrate-state", help="copy the SQLite state into an empty PostgreSQL database")
     mig.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/dbname")
     mig.add_argument("--password-file", metavar="FILE", help="the role's password (or ~/.pgpass)")

@@ -499,6 +499,17 @@ def _mail_ids(tx: Tx, row_ids: Sequence[int]) -> dict[int, str]:
     )
 
 
+def waiting_due_now(tx: Tx, now: float) -> int:
+    """Mail waiting for its next attempt is due at once (the relay's settings changed:
+    the fix for a wrong password should not wait out a 10-minute backoff); how many."""
+    cur = tx.execute(
+        "UPDATE outbox SET next_attempt_at = ? WHERE status = 'pending' AND attempts > 0"
+        " AND next_attempt_at > ?",
+        (now, now),
+    )
+    return int(cur.rowcount)
+
+
 def retry_now(tx: Tx, row_ids: Sequence[int] | None, now: float) -> dict[int, Moved]:
     """The operator's retry: due at once with fresh attempts, if the table allows it;
     None: every failed mail. Per row id asked for (or moved), what was found and done."""

@@ -7,6 +7,9 @@ good and must survive a power cut.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -120,3 +123,42 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
         history = {**SQLITE_MIGRATIONS, **MIGRATIONS}
         steps = "".join(history[v] for v in range(version, SCHEMA_VERSION))
     db.executescript(f"BEGIN; {steps} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+
+def backup(path: str, target: Path) -> int:
+    """A consistent copy of the database at `path` in `target`, while the daemon goes
+    on writing (SQLite's online backup, in one read transaction), checked whole and
+    made a single file; its size in bytes. `target` is the old file or the new one,
+    never half: the copy is made beside it under an unguessable name (O_EXCL,
+    O_NOFOLLOW: this may run as root) and renamed over it."""
+    source = connect_readonly(path)
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.close(os.open(partial, flags, 0o600))
+    except OSError:
+        source.close()
+        raise
+    try:
+        copy = sqlite3.connect(partial, isolation_level=None)
+        try:
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one file, nothing beside it
+            verdict = copy.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            copy.close()
+        if verdict != "ok":
+            raise StateError(f"{path}: the copy does not check out ({verdict}); nothing written")
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    finally:
+        source.close()
+    return target.stat().st_size

@@ -126,7 +126,20 @@ class Outbox(Worker):
                 transport.reconfigure(settings.smtp)
             self.policy = RetryPolicy.from_settings(settings)
             self._relay_asked = False  # maybe another relay, with another SIZE
+            self._due_now()
         self.settings = settings
+
+    def _due_now(self) -> None:
+        """A new relay setting (a fixed password, most often): mail waiting out a backoff
+        is tried now, not up to retry_max later."""
+        try:
+            due = self._state.write_now(partial(outbox.waiting_due_now, now=self._now()))
+        except DatabaseError as e:
+            log.warning("smtp.* changed, but waiting mail stays at its next attempt: %s", e)
+            return
+        if due:
+            log.info("smtp.* changed: %d waiting mails are tried now", due)
+            self.wake()
 
     async def run(self) -> None:
         """Deliver due mail until stop(); in-flight SMTP transactions are always finished."""

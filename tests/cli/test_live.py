@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from feishu_mailbot.state.schema import SCHEMA_VERSION
 from tests.feishu_emulator import FeishuEmulator
 from tests.harness import REPO, Bot, wait_until
 from tests.kit import SQLITE, Backend
@@ -479,3 +480,44 @@ def test_durations_read_alike_in_the_status_line_and_in_status() -> None:
     ]  # fmt: skip
     noon = 1_764_561_600.0  # 2025-12-01 12:00 in Shanghai
     assert noon - today_began(noon, "Asia/Shanghai") == 12 * 3600
+
+
+def test_a_backup_of_the_live_state_restores_its_queue(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """`backup` while the daemon writes; then the guide's restore: stop, put the copy in
+    place (and no WAL beside it), start. The failed mail is there again."""
+    bot, number = failed_mail(make_bot, emulator, smtp, "故障：备份")
+    for n in range(20):  # the daemon writing while the copy is taken
+        emulator.push_text("oc_team", "ou_alice", f"闲聊 {n}")
+    copy = tmp_path / "backups" / "state.db"
+    copy.parent.mkdir()
+    out = bot.cli("backup", str(copy))
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {copy} (0600," in out.stdout and f"schema {SCHEMA_VERSION})" in out.stdout
+    assert copy.stat().st_mode & 0o777 == 0o600 and list(copy.parent.iterdir()) == [copy]
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert db.execute("SELECT count(*) FROM outbox WHERE status = 'failed'").fetchone() == (1,)
+    assert bot.cli("drop", str(number), "--yes").returncode == 0
+    assert queue_ids(bot, "--failed") == []
+    assert bot.stop() == 0
+    state = bot.config.parent / "state" / "feishu-mailbot.db"
+    for leftover in (Path(f"{state}-wal"), Path(f"{state}-shm")):
+        leftover.unlink(missing_ok=True)
+    state.write_bytes(copy.read_bytes())
+    bot.start()
+    assert queue_ids(bot, "--failed") == [number]
+    assert bot.stop() == 0
+    bad = bot.cli("backup", str(tmp_path / "no-such-dir" / "state.db"))
+    assert bad.returncode == 73 and "cannot write it" in bad.stderr
+
+
+def test_backup_points_a_postgresql_state_at_pg_dump(make_bot: MakeBot, backend: Backend) -> None:
+    bot = make_bot(rules=ONE_RULE, extra=backend.config)
+    out = bot.cli("backup", "/tmp/never-written.db")
+    if backend.name == "sqlite":  # no state database yet
+        assert out.returncode == 69 and "no state database yet" in out.stderr
+    else:
+        assert out.returncode == 69 and "pg_dump --format=custom" in out.stderr
+    assert not Path("/tmp/never-written.db").exists()

@@ -423,6 +423,7 @@ def test_remove_stops_and_purge_leaves_nothing(box: Container) -> None:
     box.run("apt-get", "purge", "-y", "feishu-mailbot", timeout=300)
     for path in (
         "/etc/feishu-mailbot.yaml",
+        "/etc/feishu-mailbot",  # the secrets, whose group purge deletes
         "/var/lib/feishu-mailbot",
         "/usr/lib/feishu-mailbot",
         "/usr/bin/feishu-mailbot",

@@ -20,7 +20,7 @@ import pytest
 
 from tests.app.test_health import WATCHDOG_USEC, last_feed_gap
 from tests.feishu_emulator import FeishuEmulator
-from tests.harness import REPO, Bot, NotifySocket, fill, wait_until
+from tests.harness import REPO, SMTP_PASSWORD, Bot, NotifySocket, fill, wait_until
 from tests.smtp_server import SmtpServer
 
 MakeBot = Callable[..., Bot]
@@ -289,4 +289,28 @@ def test_a_full_disk_loses_nothing_and_sends_everything_once(
     time.sleep(1.0)
     subjects = sorted(str(m["Subject"]) for m in smtp.messages)
     assert len(subjects) == 2 and "磁盘满之前" in subjects[0] + subjects[1], subjects
+    assert bot.stop() == 0
+
+
+def test_a_reload_with_the_fixed_smtp_password_sends_waiting_mail_at_once(
+    make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    """A wrong password: the relay answers 535 and the mail waits out its backoff (10
+    minutes here). The fixed password and a reload send it now, not at the next try."""
+    bot = make_bot(rules=ONE_RULE)
+    good = bot.config.read_text("utf-8")
+    slow = good.replace("  retry_initial: 0.2\n", "  retry_initial: 600\n").replace(
+        "  retry_max: 1\n", "  retry_max: 600\n"
+    )
+    bot.config.write_text(slow.replace(SMTP_PASSWORD, "wr0ng-smtp-pass"), "utf-8")
+    bot.start()
+    emulator.wait_ack(emulator.push_text("oc_team", "ou_alice", "故障：密码错了"))
+    bot.wait_log("retrying in", timeout=15)
+    assert smtp.received == []
+    bot.config.write_text(slow, "utf-8")
+    assert bot.proc is not None
+    bot.proc.send_signal(signal.SIGHUP)
+    bot.wait_log("smtp.* changed: 1 waiting mails are tried now")
+    (mail,) = smtp.wait_for(1, timeout=10)
+    assert "密码错了" in str(mail["Subject"])
     assert bot.stop() == 0

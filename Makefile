@@ -5,15 +5,16 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Runtime modules, plus what the tests drive: systemd-analyze, debootstrap +
+# Runtime modules (all that `make demo` needs), plus what the tests drive: systemd-analyze, debootstrap +
 # systemd-nspawn for the system test on a real systemd, libfaketime as the daemon's
 # controllable clock, headless Chromium (with CJK fonts) to render the digest, and
 # tinyproxy as the real HTTP proxy between the bot and Feishu (tests/http_proxy.py), and
 # PostgreSQL 15 with the driver the .deb recommends (tests/postgres.py starts a cluster),
 # the Authentication-Results parser that replies by mail are checked with, and Dovecot
 # as the bot's mailbox (tests/dovecot.py runs one with a config of its own).
-APT_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
-	python3-regex python3-psycopg2 python3-authres \
+RUNTIME_PACKAGES := python3 python3-venv python3-pip python3-systemd python3-sdnotify python3-yaml \
+	python3-regex python3-authres
+TEST_PACKAGES := python3-psycopg2 \
 	systemd debootstrap systemd-container faketime chromium fonts-noto-cjk tinyproxy postgresql-15 \
 	dovecot-imapd
 DEB_BUILD_PACKAGES := build-essential debhelper dh-python python3-pip lintian
@@ -45,20 +46,25 @@ define apt_ensure
 	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 endef
 
-.PHONY: all setup test test-hours lint demo deb bench clean
+.PHONY: all setup setup-runtime test test-hours lint demo deb bench clean
 
 all: test
 
 $(VENV)/.ready: pyproject.toml
-	$(call apt_ensure,$(APT_PACKAGES))
+	$(call apt_ensure,$(RUNTIME_PACKAGES))
 	rm -rf $(VENV)
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.ready
+# setup-runtime: the venv on the runtime packages (the demo, lint); setup: and what the
+# tests and the bench start (PostgreSQL, Dovecot, tinyproxy, a container, Chromium).
+setup-runtime: $(VENV)/.ready
 
-lint: setup
+setup: setup-runtime
+	$(call apt_ensure,$(TEST_PACKAGES))
+
+lint: setup-runtime
 	$(VENV)/bin/ruff check feishu_mailbot tests
 	$(VENV)/bin/ruff format --check feishu_mailbot tests
 	$(VENV)/bin/mypy feishu_mailbot
@@ -80,7 +86,7 @@ test-hours: setup
 	    LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="@$$(date -u +%F) $$utc:00" \
 	    $(PY) -m pytest -q -p no:cacheprovider $(HOUR_TESTS) || exit 1; done
 
-demo: setup
+demo: setup-runtime
 	$(PY) -m tests.demo
 
 # Performance figures (medians; run it on an otherwise idle machine): the last line is

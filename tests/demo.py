@@ -7,9 +7,11 @@ prints every email that comes out, then exits 0.
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
+import warnings
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -52,6 +54,10 @@ def show(mail: EmailMessage) -> str:
 
 
 def main() -> int:
+    # aiosmtpd warns about the test SMTP server's own settings (AUTH without TLS, on
+    # loopback): true, and not the demo's business (pytest is told so in pyproject.toml).
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
     with (
         tempfile.TemporaryDirectory(prefix="feishu-mailbot-demo-") as tmp,
         FeishuEmulator(ping_interval=5) as emulator,
@@ -68,8 +74,11 @@ def main() -> int:
         config = write_config(
             directory, feishu_url=emulator.base_url, smtp_port=smtp.port, rules=RULES
         )
+        config.chmod(0o600)  # it holds the (test) secrets, as /etc/feishu-mailbot.yaml would
         bot = Bot(config, directory)
         print(f"Feishu emulator at {emulator.base_url}, SMTP server at 127.0.0.1:{smtp.port}")
+        print("chats allowed: oc_team (研发群); the rules:")
+        print("".join(f"    {line}\n" for line in RULES.splitlines()), end="")
         print("starting: python -m feishu_mailbot --config", config, "run")
         bot.start()
         print("daemon is connected and ready; posting chat traffic …\n")
@@ -109,7 +118,15 @@ def main() -> int:
             print()
         print("━━━━━━━━━━━━━━━━━━━━ daemon log ━━━━━━━━━━━━━━━━━━━━")
         print(bot.log().rstrip())
-        return 0
+        print()
+        leaked = [m for m in smtp.messages if "未授权" in str(m.get_body(("plain",)))]
+        print(
+            "the message from oc_elsewhere (a chat not in `chats`) was acknowledged to Feishu "
+            "and dropped: not stored, no mail"
+            if not leaked
+            else "BUG: oc_elsewhere was mailed"
+        )
+        return 1 if leaked else 0
 
 
 if __name__ == "__main__":

@@ -255,7 +255,18 @@ def convert(values: dict[str, str], path: str, secrets_dir: str | None) -> Impor
     out.append(f"{prefix}  mode: {mode}  # DAILY_REPORT_SEND_MODE; also: scheduled, immediate")
     if mode == "manual":
         out.append(f"{prefix}  # '@bot 发送日报' in the chat, or `feishu-mailbot send-report`")
+    # What this release does in the chat that the old bot did not, by default.
+    out.append(
+        f"{prefix}  # acknowledge: reaction   # default: an OK reaction on each report taken,"
+    )
+    out.append(f"{prefix}  #                         # seen in the chat; needs the scope")
+    out.append(
+        f"{prefix}  #                         # im:message.reactions:write_only; none: silent"
+    )
+    out.append(f"{prefix}  # roster: [...]           # without one, anyone in the chat may trigger")
+    out.append(f"{prefix}  #                         # the digest; with one, only its members")
     out.append("")
+    out.append("# With no rules (the old bot had none), only the daily report is mailed.")
     out.append("# Keyword rules (forward matching messages by mail) were not in the .env:")
     out.append("# rules:")
     out.append("#   - name: oncall")

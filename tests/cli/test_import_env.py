@@ -192,3 +192,15 @@ def test_a_secrets_dir_it_makes_lets_the_daemon_in(
     assert code == 0, err
     assert secrets.stat().st_mode & 0o777 == 0o750
     assert secrets.stat().st_gid == (secrets / "app_secret").stat().st_gid
+
+
+def test_the_config_says_what_the_new_defaults_change_in_the_chat(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _, _ = run(tmp_path, capsys, ENV + "DAILY_REPORT_ENABLED=True\n")
+    assert code == 0
+    assert "acknowledge: reaction   # default: an OK reaction on each report taken," in out
+    assert "im:message.reactions:write_only" in out
+    assert "without one, anyone in the chat may trigger" in out
+    assert "With no rules (the old bot had none), only the daily report is mailed." in out
+    assert load(tmp_path, out).daily_report is not None  # comments only: still valid

@@ -137,6 +137,42 @@ def test_fresh_install_with_the_example_config(box: Container) -> None:
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
+def test_coming_from_the_old_bot_as_the_guide_says(
+    box: Container, emulator: FeishuEmulator, smtp: SmtpServer
+) -> None:
+    """Section 8 of the operator guide, as root, with the real service user: import-env
+    with --secrets-dir, check-config --online, systemctl start: active and READY."""
+    box.write(
+        "/root/old-bot/.env",
+        f"FEISHU_APP_ID=cli_test\nFEISHU_APP_SECRET=test-secret\nDAILY_REPORT_CHAT_ID=oc_team\n"
+        f"SMTP_SERVER=127.0.0.1\nSMTP_PORT={smtp.port}\nUSE_TLS=False\n"
+        f"SMTP_USER={SMTP_USER}\nSMTP_PASSWORD={SMTP_PASSWORD}\n",
+        0o600,
+    )
+    box.run(
+        "sh", "-c",
+        "(umask 027; feishu-mailbot import-env /root/old-bot/.env "
+        "--secrets-dir /etc/feishu-mailbot > /etc/feishu-mailbot.yaml.new) && "
+        "mv /etc/feishu-mailbot.yaml.new /etc/feishu-mailbot.yaml",
+    )  # fmt: skip
+    # The emulator stands in for open.feishu.cn, which the old bot never named.
+    box.run("sed", "-i", f"s#^feishu:$#feishu:\\n  domain: {emulator.base_url}#",
+            "/etc/feishu-mailbot.yaml")  # fmt: skip
+    box.run("sh", "-c", "chgrp feishu-mailbot /etc/feishu-mailbot.yaml && "
+            "chmod 0640 /etc/feishu-mailbot.yaml")  # fmt: skip
+    owner = box.run("stat", "-c", "%U:%G %a", "/etc/feishu-mailbot").stdout.split()
+    assert owner == ["root:feishu-mailbot", "750"]
+    checked = box.run("feishu-mailbot", "check-config", "--online")
+    assert "doctor: every hop works" in checked.stdout, checked.stdout + checked.stderr
+    assert "cannot read it" not in checked.stderr
+    systemctl(box, "reset-failed", UNIT)
+    systemctl(box, "start", UNIT)  # returns once READY=1 was sent
+    assert show(box, "ActiveState") == "active"
+    assert "ready:" in journal(box)
+    systemctl(box, "stop", UNIT)  # the next step configures it anew
+    box.run("rm", "-r", "/root/old-bot")
+
+
 def test_configured_service_starts_ready_and_hardened(
     box: Container, emulator: FeishuEmulator, smtp: SmtpServer
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import gc
 import hashlib
@@ -510,6 +511,9 @@ class Daemon:
                 log.warning("feishu.* and state_dir changes take effect only after a restart")
             if new.inbound != self.settings.inbound:
                 log.warning("inbound.* changes take effect only after a restart")
+                # Until then the mail's Reply-To, envelope and List-Unsubscribe go on
+                # naming the mailbox that is read.
+                new = dataclasses.replace(new, inbound=self.settings.inbound)
             self.settings = self.sources.settings = new  # the reporter's and batcher's too
             for part in (self.names, self.schedule, self.housekeeper, self.inbound):
                 if part is not None:

@@ -40,7 +40,10 @@ def unreadable(settings: Settings, user: str) -> list[str]:
     files = [("the config", Path(settings.path).resolve()), *load.named_files(settings)]
     out = []
     for key, path in files:
-        blocked = _blocked(path, account.pw_uid, groups)
+        # A link is followed through its own directories, then through its target's.
+        blocked = _blocked(path, account.pw_uid, groups) or _blocked(
+            path.resolve(), account.pw_uid, groups
+        )
         if blocked is not None:
             out.append(f"{key}: {path}: the service user {user} cannot read it: {blocked}")
     return out

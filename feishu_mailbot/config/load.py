@@ -437,10 +437,19 @@ def _imap(n: _Node, config_dir: Path, ca_file: PemBundle | None) -> ImapSettings
 
 
 def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
-    m = _mapping(n, {"imap"}, {"processed", "trusted_authserv_id", "ca_file", "reply_address"})
+    m = _mapping(
+        n, {"imap"}, {"processed", "trusted_authserv_id", "ca_file", "reply_address", "verp"}
+    )
     ca_file = _pem_bundle(m["ca_file"], config_dir) if "ca_file" in m else None
     imap = _imap(m["imap"], config_dir, ca_file)
     processed = _str(m["processed"]) if "processed" in m else None
+    reply_address = _reply_address(m["reply_address"]) if "reply_address" in m else None
+    verp = _bool(m["verp"]) if "verp" in m else False
+    if verp and "{token}" not in (reply_address or ""):
+        raise m["verp"].error(
+            "needs reply_address with a {token} (expected e.g. reply_address: "
+            '"bot+{token}@example.com"), whose sub-address the envelope sender takes'
+        )
     if processed == imap.mailbox:
         raise m["processed"].error(
             f"{processed!r} is the folder replies are read from (expected another folder)"
@@ -451,7 +460,8 @@ def _inbound(n: _Node, config_dir: Path) -> InboundSettings:
         trusted_authserv_id=(
             _str(m["trusted_authserv_id"]) if "trusted_authserv_id" in m else None
         ),
-        reply_address=_reply_address(m["reply_address"]) if "reply_address" in m else None,
+        reply_address=reply_address,
+        verp=verp,
     )
 
 

@@ -134,9 +134,12 @@ class InboundSettings:
     # The receiving server whose Authentication-Results are believed (RFC 8601
     # authserv-id); None: none is asked for.
     trusted_authserv_id: str | None = None
-    # Where replies go (Reply-To): "bot+{token}@example.com" names each mail by a token
-    # (and its envelope sender too, for delivery reports: VERP); None: smtp.from.
+    # Where replies go (Reply-To): "bot+{token}@example.com" names each mail by a token;
+    # None: smtp.from.
     reply_address: str | None = None
+    # The envelope sender takes the token too (VERP: a delivery report names its mail):
+    # only where the relay accepts a MAIL FROM other than the login (163, QQ do not).
+    verp: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from feishu_mailbot.core.addresses import bare_set
 from feishu_mailbot.core.text import single_line
 
 MAX_DIAGNOSTIC = 300  # characters of the remote server's words kept
@@ -61,21 +62,34 @@ def looks_like_report(
     return daemon and bool(_SUBJECT.search(subject))
 
 
+# Where a prose report starts quoting the mail it returns: its To: line names every
+# recipient, not only those that failed.
+_QUOTED = re.compile(
+    r"^\s*(?:-{2,}.*(?:copy|original|returned|原邮件|原始邮件|退回的邮件).*"
+    r"|(?:Return-Path|Received|From|To|Cc|Subject|Date|Message-ID)\s*:.*)$",
+    re.IGNORECASE,
+)
+
+
 def failed(report: Report, recipients: Sequence[str]) -> tuple[Failure, ...]:
     """The recipients of our mail (`recipients`) that `report` says were not reached.
 
     A standard report names them; any other address in it (an alias it expanded to,
-    a recipient of another mail) is not ours to mark. A non-standard one is searched
-    for each recipient's address, and the line naming it is the diagnostic.
+    a recipient of another mail) is not ours to mark. A non-standard one is searched,
+    up to where it quotes the returned mail, for each recipient's whole address, and
+    the line naming it is the diagnostic.
     """
-    ours = {r.lower(): r.lower() for r in recipients}
+    ours = bare_set(recipients)
     if report.standard:
         seen = {f.address: f for f in report.failures if f.address in ours}
         return tuple(seen.values())
     lines = report.text.splitlines()
+    end = next((i for i, line in enumerate(lines) if _QUOTED.match(line)), len(lines))
+    lines = lines[:end]
     out: list[Failure] = []
-    for address in ours:
-        said = [i for i, line in enumerate(lines) if address in line.lower()]
+    for address in sorted(ours):
+        whole = re.compile(rf"(?<![\w.+-]){re.escape(address)}(?![\w.-])", re.IGNORECASE)
+        said = [i for i, line in enumerate(lines) if whole.search(line)]
         if not said:
             continue
         # The address's line and the next: qmail writes "<a@b>:" then the reply.
@@ -83,6 +97,13 @@ def failed(report: Report, recipients: Sequence[str]) -> tuple[Failure, ...]:
         status = _STATUS.search(words)
         out.append(Failure(address, status.group(1) if status else "", words[:MAX_DIAGNOSTIC]))
     return tuple(out)
+
+
+def status_of(text: str) -> str:
+    """An RFC 3463 status as a report states it ("5.1.1", "5.1.1 (bad mailbox)"), or
+    "" for anything else: a report is anyone's text, and this is stored."""
+    found = _STATUS.match(text.strip())
+    return found.group(1) if found else ""
 
 
 def describe(failure: Failure) -> str:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from feishu_mailbot.core.addresses import bare_set
 from feishu_mailbot.core.bounce import Report
 from feishu_mailbot.core.text import single_line
 
@@ -234,7 +236,7 @@ def post_text(mail: Inbound, not_uploaded: Sequence[str] = ()) -> str:
     who = f"{mail.from_name} <{mail.from_address}>" if mail.from_name else mail.from_address
     text = new_text(mail.text)
     if len(text) > MAX_POST_CHARS:
-        text = text[:MAX_POST_CHARS] + "\n（邮件正文过长，已截断）"
+        text = text[:MAX_POST_CHARS] + "\n" + _CUT
     files = [single_line(f) for f in (*not_uploaded, *mail.files)]
     if files:
         text += f"\n（附件未上传：{'、'.join(files)}）"
@@ -258,15 +260,38 @@ def uploadable(images: Sequence[ImagePart]) -> tuple[tuple[ImagePart, ...], tupl
     return tuple(taken), tuple(single_line(i.name) for i in images if i not in taken)
 
 
+# Feishu takes a rich-text (post) request body of up to 30 KB, a text one of 150 KB
+# (发送消息/回复消息): a post's text is cut to fit, with room for the JSON around it.
+POST_BYTES = 28 * 1024
+_CUT = "（邮件正文过长，已截断）"
+
+
 def post_content(text: str, image_keys: Sequence[str]) -> tuple[str, dict[str, object]]:
     """The message posted: (msg_type, content). Text alone is a `text` message; with
     images a `post` (发送消息内容结构: zh_cn, title, paragraphs of text and img elements),
-    a line a paragraph, the images below."""
+    a line a paragraph, the images below, its text cut to POST_BYTES."""
     if not image_keys:
         return "text", {"text": text}
-    lines = [[{"tag": "text", "text": line}] for line in text.split("\n")]
+    lines = text.split("\n")
     images = [[{"tag": "img", "image_key": key}] for key in image_keys]
-    return "post", {"zh_cn": {"title": "", "content": [*lines, *images]}}
+
+    def content(kept: list[str]) -> dict[str, object]:
+        paragraphs = [[{"tag": "text", "text": line}] for line in kept]
+        return {"zh_cn": {"title": "", "content": [*paragraphs, *images]}}
+
+    def size(kept: list[str]) -> int:
+        return len(json.dumps(content(kept), ensure_ascii=False).encode("utf-8"))
+
+    if size(lines) <= POST_BYTES:
+        return "post", content(lines)
+    low, high = 1, len(lines)  # the most leading lines that fit, with the note
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if size([*lines[:mid], _CUT]) <= POST_BYTES else (low, mid - 1)
+    kept = [*lines[:low], _CUT]
+    while size(kept) > POST_BYTES and len(kept[0]) > 1:  # one line alone too long
+        kept[0] = kept[0][: len(kept[0]) // 2]
+    return "post", content(kept)
 
 
 def post_uuid(key: str) -> str:
@@ -336,7 +361,7 @@ def refusal(
         return "its From is not one well-formed address"
     if answered is None:
         return "it answers no mail the bot sent"
-    if mail.from_address not in {r.lower() for r in answered.recipients}:
+    if mail.from_address not in bare_set(answered.recipients):
         return f"{mail.from_address} is not a recipient of the mail it answers"
     auto = auto_reply(mail)
     if auto is not None:

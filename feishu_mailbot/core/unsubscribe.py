@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
+from feishu_mailbot.core.addresses import bare
+
 WORD = "unsubscribe"
 _TOKEN = 12  # hex digits of a rule's token
 _ASKED = re.compile(rf"\b{WORD}\s+([0-9a-f]{{{_TOKEN}}}(?:\.[0-9a-f]{{{_TOKEN}}})*)\b", re.I)
@@ -55,4 +57,4 @@ def rules_named(key: bytes, tokens: Sequence[str], rules: Iterable[str]) -> tupl
 def receives(to: Iterable[str], rule: str, left: frozenset[tuple[str, str]]) -> tuple[str, ...]:
     """The addresses of a rule's `to` that still get its mail: `left` holds the (rule,
     address in lower case) pairs of those who unsubscribed."""
-    return tuple(a for a in to if (rule, a.strip().lower()) not in left)
+    return tuple(a for a in to if (rule, bare(a)) not in left)

@@ -13,11 +13,20 @@ import quopri
 import re
 from email.message import EmailMessage, Message
 
-from feishu_mailbot.core.bounce import MAX_DIAGNOSTIC, Failure, Report, looks_like_report
+from feishu_mailbot.core.bounce import (
+    MAX_DIAGNOSTIC,
+    Failure,
+    Report,
+    looks_like_report,
+    status_of,
+)
 from feishu_mailbot.core.text import single_line
 
-_MESSAGE_ID = re.compile(r"^\s*Message-ID\s*:\s*<([^<>\s]+)>", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(
+    r"^\s*Message-ID\s*:\s*<([^<>\s\x00-\x1f\x7f]+)>", re.IGNORECASE | re.MULTILINE
+)
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_ADDRESS = re.compile(r"[^\s@<>\x00-\x1f\x7f]+@[^\s@<>\x00-\x1f\x7f]+")
 # The parts in which a report returns the mail, or its headers.
 _RETURNED = ("text/rfc822-headers", "message/rfc822", "message/global-headers", "message/global")
 
@@ -87,11 +96,13 @@ def _recipient(fields: dict[str, str]) -> list[Failure]:
     delayed, delivered, relayed or expanded ones are not bounces."""
     if fields.get("action", "").lower() != "failed":
         return []
-    status = fields.get("status", "").split()[0] if fields.get("status") else ""
+    status = status_of(fields.get("status", ""))
     diagnostic = single_line(fields.get("diagnostic-code", "").partition(";")[2])
     named = (fields.get(h, "") for h in ("original-recipient", "final-recipient"))
-    addresses = dict.fromkeys(n.partition(";")[2].strip().strip("<>").lower() for n in named)
-    return [Failure(a, status, diagnostic[:MAX_DIAGNOSTIC]) for a in addresses if a]
+    addresses = dict.fromkeys(single_line(n.partition(";")[2]).strip("<> ").lower() for n in named)
+    return [
+        Failure(a, status, diagnostic[:MAX_DIAGNOSTIC]) for a in addresses if _ADDRESS.fullmatch(a)
+    ]
 
 
 def _all_text(message: EmailMessage) -> str:

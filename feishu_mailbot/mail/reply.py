@@ -21,7 +21,8 @@ from typing import Any
 from feishu_mailbot.core.reply import ImagePart, Inbound
 from feishu_mailbot.mail import bounce
 
-_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+# Printable only: a Message-ID is stored, and PostgreSQL refuses a NUL in text.
+_MESSAGE_ID = re.compile(r"<([^<>\s\x00-\x1f\x7f]+)>")
 _DELIVERED = ("to", "cc", "delivered-to", "x-original-to", "envelope-to")
 # Charsets whose labels mail clients use for text in a larger one.
 _WIDER = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "ascii": "utf-8"}

@@ -7,10 +7,10 @@ good and must survive a power cut.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -129,17 +129,20 @@ def backup(path: str, target: Path) -> int:
     """A consistent copy of the database at `path` in `target`, while the daemon goes
     on writing (SQLite's online backup, in one read transaction), checked whole and
     made a single file; its size in bytes. `target` is the old file or the new one,
-    never half: the copy is made beside it under an unguessable name (O_EXCL,
-    O_NOFOLLOW: this may run as root) and renamed over it."""
+    never half: the copy is made in a directory of its own beside it (0700, so that
+    nobody else can put a link where SQLite opens the copy or its journal, this may
+    run as root) and renamed over it. Never over the live database or its side files."""
+    live = Path(path).resolve()
+    if target.resolve() in {live, *(live.with_name(live.name + s) for s in _SIDE_FILES)}:
+        raise StateError(f"{target}: that is the live state database (expected another file)")
     source = connect_readonly(path)
-    partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        os.close(os.open(partial, flags, 0o600))
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError:
         source.close()
         raise
     try:
+        partial = work / "copy.db"
         copy = sqlite3.connect(partial, isolation_level=None)
         try:
             source.backup(copy)
@@ -151,14 +154,15 @@ def backup(path: str, target: Path) -> int:
             raise StateError(f"{path}: the copy does not check out ({verdict}); nothing written")
         fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            os.fchmod(fd, 0o600)  # the state holds the queue's mail, and names and keys
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(partial, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
     finally:
         source.close()
+        shutil.rmtree(work, ignore_errors=True)
     return target.stat().st_size
+
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")

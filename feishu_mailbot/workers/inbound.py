@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from feishu_mailbot.config.settings import InboundSettings, Settings
 from feishu_mailbot.core import bounce, reply, unsubscribe
+from feishu_mailbot.core.addresses import bare_set
 from feishu_mailbot.core.bounce import Report
 from feishu_mailbot.feishu.errors import FeishuError, refused
 from feishu_mailbot.feishu.rest import FeishuApi
@@ -33,7 +34,7 @@ from feishu_mailbot.mail.headers import make_message_id
 from feishu_mailbot.mail.imap import ImapError, Mailbox, Opened
 from feishu_mailbot.mail.reply import parse
 from feishu_mailbot.mail.unsubscribe import confirmation
-from feishu_mailbot.state import State, Tx, bounces, outbox, subscriptions
+from feishu_mailbot.state import DatabaseError, State, Tx, bounces, outbox, subscriptions
 from feishu_mailbot.state import inbound as inbound_q
 from feishu_mailbot.state.outbox import Prepared
 from feishu_mailbot.workers.rounds import Worker
@@ -221,12 +222,17 @@ class Inbound(Worker):
         if self._state.read(partial(inbound_q.taken, message_id=key)):
             log.debug("mail taken before, left alone", extra=fields)
             return
-        if mail.report is not None:
-            await self._bounced(mail, mail.report, key, fields)
-            return
         tokens = unsubscribe.asked(mail.subject)
-        if tokens:
-            await self._unsubscribe(mail, tokens, key, fields)
+        if mail.report is not None or tokens:
+            try:
+                if mail.report is not None:
+                    await self._bounced(mail, mail.report, key, fields)
+                else:
+                    await self._unsubscribe(mail, tokens, key, fields)
+            except DatabaseError:
+                raise  # the state's, not the mail's: the round is tried again
+            except Exception as e:  # the mail's (a header authres cannot read…): once
+                await self._unreadable(raw, uid, e)
             return
         found = self._state.read(partial(inbound_q.answered, keys=reply.named_keys(mail)))
         referenced, kind = found if found is not None else (None, "")
@@ -353,9 +359,7 @@ class Inbound(Worker):
         named = unsubscribe.rules_named(list_key, tokens, configured)
         if not named:
             return "it names no rule of this bot (a rule renamed, or a token made up)", ()
-        rules = tuple(
-            n for n in named if mail.from_address in {a.lower() for a in configured[n].to}
-        )
+        rules = tuple(n for n in named if mail.from_address in bare_set(configured[n].to))
         if not rules:
             return f"{mail.from_address} is not a recipient of {', '.join(named)}", ()
         auto = reply.auto_reply(mail)

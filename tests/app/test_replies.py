@@ -101,6 +101,7 @@ def test_a_reply_by_mail_is_posted_once_into_the_thread_of_its_message(
         "text": "李四 <lisi@example.com> 通过邮件回复：\n我来处理，10 分钟内回复。"
     }
     assert posted["reply_in_thread"] is True and posted["uuid"].startswith("mail-")
+    assert [r.mail_from for r in smtp.received] == ["bot@example.com"]  # no VERP unless asked
     bot.wait_log("reply by lisi@example.com posted into the thread")
     assert "\\Seen" in dovecot.flags()[-1] and "\\Seen" not in dovecot.flags()[0]
     # The same mail again (a copy with a new UID) after the IDLE's connection ended.
@@ -316,7 +317,7 @@ def addressed(raw: bytes, to: str, *, keep_references: bool = True) -> bytes:
 def test_a_reply_address_with_a_token_names_the_mail_and_its_bounces(
     make_bot: MakeBot, emulator: FeishuEmulator, smtp: SmtpServer, dovecot: Dovecot
 ) -> None:
-    tokens = '  reply_address: "bot+{token}@example.com"\n'
+    tokens = '  reply_address: "bot+{token}@example.com"\n  verp: true\n'
     bot = reading(make_bot, dovecot, tokens)
     first, a = forwarded(emulator, smtp, "支付故障")
     second, b = forwarded(emulator, smtp, "登录故障")

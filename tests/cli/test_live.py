@@ -511,6 +511,8 @@ def test_a_backup_of_the_live_state_restores_its_queue(
     assert bot.stop() == 0
     bad = bot.cli("backup", str(tmp_path / "no-such-dir" / "state.db"))
     assert bad.returncode == 73 and "cannot write it" in bad.stderr
+    live = bot.cli("backup", f"{state}-wal")
+    assert live.returncode == 69 and "that is the live state database" in live.stderr
 
 
 def test_backup_points_a_postgresql_state_at_pg_dump(make_bot: MakeBot, backend: Backend) -> None:

@@ -551,6 +551,11 @@ IMAP = "  imap:\n    host: h\n    username: u\n    password: p\n"
             "where the provider delivers sub-addresses",
         ),
         (
+            IMAP + '  reply_address: "bot@example.com"\n  verp: true\n',
+            "inbound.verp",
+            "needs reply_address with a {token}",
+        ),
+        (
             IMAP + "  reply_address: Bot <bot@example.com>\n",
             "inbound.reply_address",
             "is not a reply address",
@@ -600,5 +605,12 @@ def test_check_config_names_what_the_service_user_could_not_read(tmp_path: Path)
         os.chown(secret, -1, 65534)
         assert unreadable(settings, "nobody") == []
         assert unreadable(settings, "no-such-user-here") == []
+        hidden = top / "root-only"  # a link, readable, to a file in root's own directory
+        hidden.mkdir(mode=0o700)
+        (hidden / "app_secret").write_text("s3cret\n", "utf-8")
+        secret.unlink()
+        secret.symlink_to(hidden / "app_secret")
+        (warning,) = unreadable(settings, "nobody")
+        assert f"the directory {hidden} is root:root 0700" in warning
     finally:
         shutil.rmtree(top)

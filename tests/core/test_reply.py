@@ -8,12 +8,14 @@ Outlook's header block in Chinese and English).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
 from feishu_mailbot.core.reply import (
     MAX_NAMED,
     MAX_POST_CHARS,
+    POST_BYTES,
     Answered,
     Inbound,
     answered_by,
@@ -21,6 +23,7 @@ from feishu_mailbot.core.reply import (
     auto_reply,
     named_keys,
     new_text,
+    post_content,
     post_text,
     refusal,
     token,
@@ -270,3 +273,20 @@ def test_a_pass_for_another_domain_or_an_unreadable_verdict_is_refused(
 def test_a_mail_whose_from_is_not_one_address_is_refused() -> None:
     reason = refusal(mail(from_address=""), ANSWERED, None)
     assert reason == "its From is not one well-formed address"
+
+
+def test_a_recipient_configured_with_a_display_name_may_reply() -> None:
+    named = dataclasses.replace(ANSWERED, recipients=("张三 <ZhangSan@Example.com>",))
+    assert refusal(mail(), named, None) is None
+
+
+def test_a_post_with_images_is_cut_to_what_feishu_takes_and_keeps_its_images() -> None:
+    text = "李四 <lisi@example.com> 通过邮件回复：\n" + "\n".join(["长" * 100] * 100)
+    msg_type, content = post_content(text, ["img_v3_1"])
+    body = json.dumps(content, ensure_ascii=False).encode("utf-8")
+    assert msg_type == "post" and len(body) <= POST_BYTES
+    paragraphs = content["zh_cn"]["content"]  # type: ignore[index]
+    assert paragraphs[0] == [{"tag": "text", "text": "李四 <lisi@example.com> 通过邮件回复："}]
+    assert paragraphs[-2] == [{"tag": "text", "text": "（邮件正文过长，已截断）"}]
+    assert paragraphs[-1] == [{"tag": "img", "image_key": "img_v3_1"}]
+    assert post_content("短", ["k"])[1]["zh_cn"]["content"][0] == [{"tag": "text", "text": "短"}]  # type: ignore[index]

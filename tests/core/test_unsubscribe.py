@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from feishu_mailbot.core.unsubscribe import asked, mailto, rule_token, rules_named
+from feishu_mailbot.core.unsubscribe import asked, mailto, receives, rule_token, rules_named
 
 KEY = b"k" * 32
 
@@ -22,3 +22,10 @@ def test_tokens_made_without_the_key_or_for_another_rule_name_nothing() -> None:
     assert asked(forged) and rules_named(KEY, asked(forged), ["oncall"]) == ()
     assert asked("please unsubscribe me") == ()
     assert asked("unsubscribe 12345") == ()  # too short to be a token
+
+
+def test_who_left_is_matched_by_the_bare_address_however_the_config_writes_it() -> None:
+    to = ("李四 <LiSi@Example.com>", "oncall@example.com")
+    left = frozenset({("oncall", "lisi@example.com")})
+    assert receives(to, "oncall", left) == ("oncall@example.com",)
+    assert receives(to, "db", left) == to

@@ -63,3 +63,24 @@ def test_a_persons_mail_is_not_a_report_even_when_it_says_undelivered() -> None:
         f"In-Reply-To: {OURS}\r\n\r\n我收到了一封退信，是怎么回事？\r\n"
     ).encode()
     assert parse(raw).report is None
+
+
+def test_a_prose_report_marks_only_who_it_says_failed_not_the_quoted_to_line() -> None:
+    """qmail quotes the returned mail, To: line and all; li@ is also inside zhangli@."""
+    raw = bounces.qmail(OURS, "li@corp.example").replace(
+        b"To: li@corp.example", b"To: zhangli@corp.example, wang@corp.example, li@corp.example"
+    )
+    report = parse(raw).report
+    assert report is not None
+    everyone = ("zhangli@corp.example", "wang@corp.example", "Li <LI@corp.example>")
+    assert [f.address for f in failed(report, everyone)] == ["li@corp.example"]
+
+
+def test_a_reports_fields_are_stored_only_as_plain_status_and_address() -> None:
+    raw = bounces.postfix(OURS, "lisi@example.com").replace(
+        b"Status: 5.1.1", b"Status: 5.1.1\x00; DROP"
+    )
+    report = parse(raw).report
+    assert report is not None
+    (failure,) = failed(report, TO)
+    assert failure.status == "5.1.1" and "\x00" not in failure.diagnostic

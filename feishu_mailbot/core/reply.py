@@ -135,6 +135,7 @@ class ImagePart:
     name: str
     content_type: str
     data: bytes
+    content_id: str = ""  # an inline one's, without <>
 
 
 @dataclass(frozen=True)

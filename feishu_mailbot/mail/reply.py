@@ -4,7 +4,8 @@ Mail from the clients used here comes in every charset they know: a part that
 says gb2312 or gbk is read as GB 18030, which contains both (Foxmail labels GBK
 text gb2312). An HTML-only mail (Outlook can send one) is read as text, with
 its `<blockquote>` quotes marked with `>` so that core.reply cuts them as it
-cuts a plain-text quote.
+cuts a plain-text quote. The inline images of the quoted part (Outlook keeps the
+quoted mail's) go with it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from email.utils import getaddresses
 from html.parser import HTMLParser
 from typing import Any
 
-from feishu_mailbot.core.reply import ImagePart, Inbound
+from feishu_mailbot.core.reply import ImagePart, Inbound, new_text
 from feishu_mailbot.mail import bounce
 
 # Printable only: a Message-ID is stored, and PostgreSQL refuses a NUL in text.
@@ -94,13 +95,17 @@ def _body(message: EmailMessage) -> tuple[str, list[ImagePart], list[str]]:
         if kind.startswith("image/"):
             data = part.get_payload(decode=True)
             if isinstance(data, bytes):
-                images.append(ImagePart(name or f"image.{kind[6:]}", kind, data))
+                cid = str(part.get("Content-ID", "")).strip().strip("<>")
+                images.append(ImagePart(name or f"image.{kind[6:]}", kind, data, cid))
         elif kind == "text/plain" and not attached and plain is None:
             plain = _text_of(part)
         elif kind == "text/html" and not attached and html is None:
             html = _text_of(part)
         elif name or attached:
             files.append(name or kind)
+    if html is not None:
+        quoted = quoted_images(html)  # cut with the quote, as its text is
+        images = [i for i in images if not i.content_id or i.content_id not in quoted]
     if plain is None and html is not None:
         plain = html_text(html)
     return plain or "", images, files
@@ -125,8 +130,9 @@ _HIDDEN = {"style", "script", "head", "title"}
 
 
 class _Text(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, mark_images: bool = False) -> None:
         super().__init__(convert_charrefs=True)
+        self.mark_images = mark_images  # an <img src="cid:…"> leaves _CID_MARK in its line
         self.lines: list[str] = [""]
         self.quoted = 0  # inside how many blockquotes
         self.hidden = 0
@@ -144,6 +150,12 @@ class _Text(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _HIDDEN:
             self.hidden += 1
+        elif tag == "img" and self.mark_images and not self.hidden:
+            src = dict(attrs).get("src") or ""
+            if src.lower().startswith("cid:"):
+                if not self.lines[-1] and self.quoted:
+                    self.lines[-1] = "> " * self.quoted
+                self.lines[-1] += f"\ue000{src[4:].strip()}\ue001"
         elif tag == "br":
             self.lines.append("")
             self.blank = False
@@ -171,9 +183,21 @@ class _Text(HTMLParser):
         self.lines[-1] += text.lstrip() if not self.lines[-1].strip(" >") else text
 
 
-def html_text(html: str) -> str:
-    """An HTML body as the lines a reader sees, quotes marked with `>`."""
-    parser = _Text()
+def html_text(html: str, mark_images: bool = False) -> str:
+    """An HTML body as the lines a reader sees, quotes marked with `>`; with
+    `mark_images`, an inline image (`cid:`) leaves a private-use mark where it shows."""
+    parser = _Text(mark_images)
     parser.feed(html)
     parser.close()
     return "\n".join(line.rstrip() for line in parser.lines).strip("\n")
+
+
+_CID_MARK = re.compile("\ue000([^\ue001]*)\ue001")
+
+
+def quoted_images(html: str) -> frozenset[str]:
+    """The Content-IDs of the inline images an HTML reply shows only in the mail it
+    quotes (Outlook keeps the quoted mail's images): cut with the quote, as its text is."""
+    marked = html_text(html, mark_images=True)
+    kept = set(_CID_MARK.findall(new_text(marked)))
+    return frozenset(set(_CID_MARK.findall(marked)) - kept)

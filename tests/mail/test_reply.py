@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from email.message import EmailMessage
 
 import pytest
 
@@ -119,3 +120,23 @@ def test_a_mail_without_exactly_one_from_address_has_no_sender(froms: list[bytes
 def test_a_raw_utf8_display_name_is_read() -> None:
     mail = parse("From: 张三 <zhangsan@example.com>\r\n\r\nhi\r\n".encode())
     assert (mail.from_name, mail.from_address) == ("张三", "zhangsan@example.com")
+
+
+def test_the_images_of_the_quoted_mail_go_with_the_quote() -> None:
+    """Outlook quotes our forward with its inline images; only the new screenshot is
+    the reply's."""
+    html = (
+        '<html><body><p>截图如下</p><p><img src="cid:new@outlook"></p>'
+        '<div style="border-top:solid #E1E1E1 1.0pt"><p><b>发件人:</b> 值班机器人<br>'
+        "<b>发送时间:</b> 2026年12月1日 10:02</p></div>"
+        '<p>线上故障</p><p><img src="cid:old@feishu-mailbot"></p></body></html>'
+    )
+    mail = EmailMessage()
+    mail["From"] = "lisi@example.com"
+    mail["Message-ID"] = "<r-1@example.com>"
+    mail.set_content(html, subtype="html")
+    for cid in ("new@outlook", "old@feishu-mailbot"):
+        mail.add_related(PNG, maintype="image", subtype="png", cid=f"<{cid}>")
+    parsed = parse(mail.as_bytes())
+    assert [i.content_id for i in parsed.images] == ["new@outlook"]
+    assert new_text(parsed.text) == "截图如下"

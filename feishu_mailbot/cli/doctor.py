@@ -390,7 +390,13 @@ async def database_hops(settings: Settings, ends_at: float) -> list[Hop]:
     db = settings.database
     if db is None:
         return []
-    from feishu_mailbot.state import PostgresUnavailable, StateError, schema
+    from feishu_mailbot.state import (
+        LoginRefused,
+        MissingDriver,
+        PostgresUnavailable,
+        StateError,
+        schema,
+    )
 
     password = None if db.password is None else db.password.reveal()
     found: list[int | None] = []
@@ -401,12 +407,11 @@ async def database_hops(settings: Settings, ends_at: float) -> list[Hop]:
 
             who, version = await asyncio.to_thread(postgres.probe, db.url, password)
         except StateError as e:
-            text = str(e)
             cause = (
                 "db-login"
-                if "refused the login" in text
+                if isinstance(e, LoginRefused)
                 else "db-driver"
-                if "python3-psycopg2" in text
+                if isinstance(e, MissingDriver)
                 else "db-schema"
             )
             raise _Failed(str(e), cause) from None

@@ -27,6 +27,8 @@ from feishu_mailbot.state import sqlite
 from feishu_mailbot.state.checkpoint import Checkpointer
 from feishu_mailbot.state.db import (
     DatabaseError,
+    LoginRefused,
+    MissingDriver,
     PostgresUnavailable,
     StateError,
     Transaction,
@@ -42,6 +44,8 @@ __all__ = [
     "DB_NAME",
     "DatabaseError",
     "Location",
+    "LoginRefused",
+    "MissingDriver",
     "PostgresUnavailable",
     "Spool",
     "State",

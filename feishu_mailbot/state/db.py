@@ -44,6 +44,14 @@ class StateError(Exception):
     """The state database cannot be used; restarting will not help, an operator must act."""
 
 
+class LoginRefused(StateError):
+    """PostgreSQL refused the role's login: the URL, the password or pg_hba.conf."""
+
+
+class MissingDriver(StateError):
+    """`database:` names PostgreSQL, and this host lacks its driver."""
+
+
 class PostgresError(Exception):
     """A PostgreSQL statement failed (postgres.py's translation of the driver's error)."""
 

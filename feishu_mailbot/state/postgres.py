@@ -29,14 +29,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from feishu_mailbot.state.db import Cursor, PostgresError, PostgresUnavailable, StateError, Tx
+from feishu_mailbot.state.db import (
+    Cursor,
+    LoginRefused,
+    MissingDriver,
+    PostgresError,
+    PostgresUnavailable,
+    StateError,
+    Tx,
+)
 
 try:
     import psycopg2
     import psycopg2.errors
     import psycopg2.extensions as pgx
 except ImportError as e:  # the package Recommends the driver; SQLite needs none
-    raise StateError(
+    raise MissingDriver(
         f"database: names a PostgreSQL server, but its driver cannot be loaded ({e}): "
         "apt install python3-psycopg2"
     ) from e
@@ -183,7 +191,7 @@ class Connection:
             self._connect()
         except PostgresError as e:
             if _REFUSED.search(str(e)):
-                raise StateError(
+                raise LoginRefused(
                     f"{url}: the server refused the login: {e} (check database.url, the "
                     "password and pg_hba.conf)"
                 ) from e

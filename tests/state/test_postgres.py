@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from feishu_mailbot.state import DatabaseError, State, StateError, Tx, Unavailable, postgres, spool
+from feishu_mailbot.state import (
+    DatabaseError,
+    LoginRefused,
+    State,
+    StateError,
+    Tx,
+    Unavailable,
+    postgres,
+    spool,
+)
 from feishu_mailbot.state.db import Transaction
 from feishu_mailbot.state.messages import Ingest, ingest
 from feishu_mailbot.state.schema import SCHEMA_VERSION
@@ -54,10 +63,22 @@ def test_a_refused_login_is_a_state_error_without_the_password(
     tmp_path: Path, postgres: Postgres
 ) -> None:
     url = postgres.database()
-    with pytest.raises(StateError) as info:
+    with pytest.raises(LoginRefused) as info:
         State(tmp_path / "x.db", url=url, password="not-the-password")
     assert url in str(info.value) and "refused the login" in str(info.value)
     assert "not-the-password" not in str(info.value)
+    assert isinstance(info.value, StateError)  # the daemon's exit 78, no restart
+    import asyncio
+
+    from feishu_mailbot.cli.doctor import database_hops
+    from feishu_mailbot.config import load
+    from tests.config.test_load import GOOD, write
+
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    config = write(tmp_path, GOOD + f"database:\n  url: {url}\n  password_file: {wrong}\n")
+    hops = asyncio.run(database_hops(load.load(config), time.monotonic() + 10))
+    assert [(h.name, h.cause) for h in hops] == [("connect", "db-login")], hops
 
 
 def test_a_server_that_is_down_is_unavailable_not_a_state_error(tmp_path: Path) -> None:

@@ -224,8 +224,13 @@ def mail_key(mail_id: str) -> str:
 def named_keys(mail: Inbound) -> tuple[str, ...]:
     """The mails a reply names, nearest first: In-Reply-To, then References from the
     last (the mail answered) back to the thread's root; as `mail_key`s."""
-    ids = (*mail.in_reply_to, *reversed(mail.references))
-    keys = dict.fromkeys(i.partition("@")[0] for i in ids if "@" in i)
+    return keys_of((*mail.in_reply_to, *reversed(mail.references)))
+
+
+def keys_of(message_ids: Sequence[str]) -> tuple[str, ...]:
+    """The `mail_key`s of Message-IDs (without <>), as ours are made: each once, in
+    order, at most MAX_NAMED."""
+    keys = dict.fromkeys(i.partition("@")[0] for i in message_ids if "@" in i)
     return tuple(keys)[:MAX_NAMED]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from feishu_mailbot.core.bounce import Failure
-from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.db import Tx, chunks
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,10 @@ def record(tx: Tx, mail_id: str, failure: Failure, now: float) -> bool:
 def of_mails(tx: Tx, mail_ids: Sequence[str]) -> dict[str, tuple[Bounced, ...]]:
     """The bounces of each of `mail_ids` that has any, oldest first."""
     out: dict[str, list[Bounced]] = {}
-    for i in range(0, len(mail_ids), 500):  # under every engine's limit of parameters
-        chunk = tuple(mail_ids[i : i + 500])
+    for chunk, marks in chunks(mail_ids):
         for r in tx.execute(
             "SELECT mail_id, recipient, status, diagnostic, bounced_at FROM bounces"
-            f" WHERE mail_id IN ({','.join('?' * len(chunk))}) ORDER BY bounced_at, recipient",
+            f" WHERE mail_id IN ({marks}) ORDER BY bounced_at, recipient",
             chunk,
         ):
             out.setdefault(r[0], []).append(Bounced(r[0], Failure(r[1], r[2], r[3]), r[4]))

@@ -98,3 +98,13 @@ def rollback(db: Tx) -> None:
     with contextlib.suppress(*DatabaseError):
         if db.in_transaction:
             db.execute("ROLLBACK")
+
+
+IN_LIST = 500  # values in one `IN (?, …)`: under every engine's limit of parameters
+
+
+def chunks(values: Sequence[str]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """`values` in slices for `… IN ({marks})`: each slice, and its `?, ?, …`."""
+    for i in range(0, len(values), IN_LIST):
+        part = tuple(values[i : i + IN_LIST])
+        yield part, ",".join("?" * len(part))

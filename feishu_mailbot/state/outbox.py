@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feishu_mailbot.core.reply import mail_key
-from feishu_mailbot.state.db import Tx
+from feishu_mailbot.state.db import Tx, chunks
 from feishu_mailbot.state.instances import FREE, ORPHANED
 from feishu_mailbot.state.lifecycle import (
     OUTBOX,
@@ -429,9 +429,7 @@ def queued(tx: Tx, statuses: Sequence[str]) -> list[QueueEntry]:
 def entries_of(tx: Tx, mail_ids: Sequence[str]) -> list[QueueEntry]:
     """The mails `mail_ids` still in the table, in that order."""
     found: dict[str, QueueEntry] = {}
-    for i in range(0, len(mail_ids), 500):  # under every engine's limit of parameters
-        chunk = tuple(mail_ids[i : i + 500])
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in chunks(mail_ids):
         for r in tx.execute(f"{_ENTRY} WHERE mail_id IN ({marks})", chunk):
             found[r[1]] = _entry(r)
     return [found[m] for m in mail_ids if m in found]

@@ -283,8 +283,8 @@ class Inbound(Worker):
     ) -> None:
         """A delivery report: the recipients of our mail it says were not reached are
         marked, each once (a report is never posted, nor answered)."""
-        keys = tuple(dict.fromkeys(i.partition("@")[0] for i in report.returned_ids if "@" in i))
-        found = self._state.read(partial(inbound_q.answered, keys=keys[: reply.MAX_NAMED]))
+        keys = reply.keys_of(report.returned_ids)
+        found = self._state.read(partial(inbound_q.answered, keys=keys))
         verp, _ = await self._tokened(mail, bounce=True)  # its envelope sender's token
         found = verp or found
         if found is None:

@@ -525,23 +525,23 @@ IMAP = "  imap:\n    host: h\n    username: u\n    password: p\n"
     [
         ("  processed: x\n", "inbound.imap", "missing"),
         (
-            "  imap:\n    host: h\n    username: u\n    password: p\n  processed: INBOX\n",
+            IMAP + "  processed: INBOX\n",
             "inbound.processed",
             "is the folder replies are read from",
         ),
         ("  imap:\n    host: h\n    username: u\n", "inbound.imap.password", "missing"),
         (
-            "  imap:\n    host: h\n    username: u\n    password: p\n    security: ssl\n",
+            IMAP + "    security: ssl\n",
             "inbound.imap.security",
             "expected starttls, tls or none",
         ),
         (
-            "  imap:\n    host: h\n    username: u\n    password: p\n    port: 0\n",
+            IMAP + "    port: 0\n",
             "inbound.imap.port",
             "",
         ),
         (
-            "  imap:\n    host: h\n    username: u\n    password: p\n  proccessed: x\n",
+            IMAP + "  proccessed: x\n",
             "inbound.proccessed",
             "did you mean",
         ),
